@@ -1,0 +1,228 @@
+"""The guardian's vocabulary: plain frozen values that every layer passes around.
+
+Nothing here does I/O. Judges read `Evidence` (arrays, never a client) and return `Verdict`s;
+`policy.decide` turns them into one `Decision`; the engine applies it to a `RolloutState`.
+"""
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field, replace
+from enum import Enum
+from typing import Any, Literal
+
+Arm = Literal["canary", "baseline"]
+ARMS: tuple[Arm, ...] = ("canary", "baseline")
+
+
+class SignalType(str, Enum):
+    COUNTER = "counter"  # recorded as the increment within the tick
+    GAUGE = "gauge"  # recorded as the value at the end of the tick
+
+
+class Result(str, Enum):
+    PASS = "pass"
+    FAIL = "fail"
+    INCONCLUSIVE = "inconclusive"  # not enough evidence (missing data, too few samples, `for:` pending)
+    ERROR = "error"  # the evidence could not be fetched at all
+
+
+class Action(str, Enum):
+    START = "start"  # deploy the new version at the first traffic step
+    CONTINUE = "continue"  # stay at this step and keep watching
+    ADVANCE = "advance"  # go to the next traffic step
+    PROMOTE = "promote"  # the new version becomes stable
+    PAUSE = "pause"  # hold traffic where it is; resumes when the evidence is conclusive again
+    RESUME = "resume"
+    SCALE = "scale"  # add (or remove) replicas of the stable version
+    ROLLBACK = "rollback"  # all traffic back to the stable version
+    NOTIFY = "notify"  # a check wants a human to know; the rollout goes on
+
+
+class Phase(str, Enum):
+    PROGRESSING = "progressing"
+    PAUSED = "paused"
+    PROMOTED = "promoted"
+    ROLLED_BACK = "rolled_back"
+
+    @property
+    def terminal(self) -> bool:
+        return self in (Phase.PROMOTED, Phase.ROLLED_BACK)
+
+
+class Strategy(str, Enum):
+    CANARY = "canary"
+    ROLLING = "rolling"
+    BLUE_GREEN = "blue-green"
+    OBSERVE = "observe"
+
+
+@dataclass(frozen=True)
+class Verdict:
+    """What one check concluded at one tick, with everything needed to explain it."""
+
+    check: str
+    result: Result
+    reason: str
+    value: float | None = None
+    threshold: float | None = None
+    sample_size: float | None = None
+    statistic: str | None = None  # e.g. "wilson_lower(0.95)", "e_value", "last"
+    action: Action = Action.ROLLBACK  # what a FAIL asks for
+    breaching: bool = False  # INCONCLUSIVE only: the limit is crossed but `for:` has not elapsed
+    replicas: int = 0  # for action SCALE: the replica delta
+
+    def to_dict(self) -> dict[str, Any]:
+        d = asdict(self)
+        d["result"] = self.result.value
+        d["action"] = self.action.value
+        return d
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> Verdict:
+        return cls(**{**d, "result": Result(d["result"]), "action": Action(d["action"])})
+
+
+@dataclass(frozen=True)
+class Decision:
+    action: Action
+    reason: str
+    tick: int | None = None
+    at: float | None = None
+    verdicts: tuple[Verdict, ...] = ()
+    source: str = "guardian"  # "guardian" or "user"
+    replicas: int = 0
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "action": self.action.value,
+            "reason": self.reason,
+            "tick": self.tick,
+            "at": self.at,
+            "source": self.source,
+            "replicas": self.replicas,
+            "verdicts": [v.to_dict() for v in self.verdicts],
+        }
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> Decision:
+        return cls(
+            action=Action(d["action"]),
+            reason=d["reason"],
+            tick=d.get("tick"),
+            at=d.get("at"),
+            source=d.get("source", "guardian"),
+            replicas=d.get("replicas", 0),
+            verdicts=tuple(Verdict.from_dict(v) for v in d.get("verdicts", [])),
+        )
+
+
+@dataclass
+class Evidence:
+    """Everything fetched so far for one rollout, tick by tick (the body of a recording).
+
+    `series[signal][arm][t]` is the value for tick t (None: missing). `unavailable[t]` says why the
+    source could not be asked at tick t (None when it answered).
+    """
+
+    step_seconds: float
+    series: dict[str, dict[str, list[float | None]]] = field(default_factory=dict)
+    unavailable: list[str | None] = field(default_factory=list)
+
+    @property
+    def ticks(self) -> int:
+        return len(self.unavailable)
+
+    def append(self, values: dict[str, dict[str, float | None]], unavailable: str | None = None) -> None:
+        t = self.ticks
+        for signal, arms in values.items():
+            per_arm = self.series.setdefault(signal, {})
+            for arm, v in arms.items():
+                column = per_arm.setdefault(arm, [])
+                column.extend([None] * (t - len(column)))
+                column.append(v)
+        self.unavailable.append(unavailable)
+        for per_arm in self.series.values():
+            for column in per_arm.values():
+                column.extend([None] * (t + 1 - len(column)))
+
+    def column(self, signal: str, arm: str) -> list[float | None]:
+        col = self.series.get(signal, {}).get(arm, [])
+        return col + [None] * (self.ticks - len(col))
+
+
+@dataclass(frozen=True)
+class Outcome:
+    """What an actuator did with one action."""
+
+    ok: bool
+    action: str
+    detail: str
+    attempts: int = 1
+    data: dict[str, Any] = field(default_factory=dict)
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+@dataclass(frozen=True)
+class RolloutState:
+    id: str
+    service: str
+    image: str
+    strategy: Strategy
+    steps: tuple[int, ...]
+    target: str
+    step_seconds: float  # tick length
+    analysis_seconds: float  # how long each step must pass before advancing
+    created_at: float
+    phase: Phase = Phase.PROGRESSING
+    paused_by: str | None = None  # "user" or "guardian" while PAUSED
+    step_index: int = 0
+    step_started_at: float = 0.0
+    last_tick: int = -1
+    scaled_replicas: int = 0
+    reason: str = ""
+    updated_at: float = 0.0
+    rules: str = "default"  # name of the rule set judging this rollout
+
+    @property
+    def weight(self) -> int:
+        if self.phase == Phase.PROMOTED:
+            return 100
+        if self.phase == Phase.ROLLED_BACK:
+            return 0
+        return self.steps[self.step_index] if self.steps else 0
+
+    @property
+    def last_step(self) -> bool:
+        return self.step_index >= len(self.steps) - 1
+
+    def tick_bounds(self, t: int) -> tuple[float, float]:
+        """Tick t covers [created_at + t·step, created_at + (t+1)·step)."""
+        return self.created_at + t * self.step_seconds, self.created_at + (t + 1) * self.step_seconds
+
+    def due_tick(self, now: float, delay: float = 0.0) -> int:
+        """The newest tick whose window has ended (plus `delay` for the source to settle); -1 if none."""
+        return int((now - delay - self.created_at) // self.step_seconds) - 1
+
+    def evolve(self, **changes: Any) -> RolloutState:
+        return replace(self, **changes)
+
+    def to_dict(self) -> dict[str, Any]:
+        d = asdict(self)
+        d["strategy"] = self.strategy.value
+        d["phase"] = self.phase.value
+        d["steps"] = list(self.steps)
+        d["weight"] = self.weight
+        return d
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> RolloutState:
+        d = {k: v for k, v in d.items() if k != "weight"}
+        return cls(
+            **{
+                **d,
+                "strategy": Strategy(d["strategy"]),
+                "phase": Phase(d["phase"]),
+                "steps": tuple(d["steps"]),
+            }
+        )

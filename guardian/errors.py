@@ -1,0 +1,78 @@
+"""The one exception tree of the guardian.
+
+GuardianError
+├── SourceError            a metric could not be read
+│   ├── NoData             the source answered, but has no sample for this signal/arm/time
+│   └── SourceUnavailable  the source did not answer (down, timeout, HTTP 5xx, bad query)
+├── RuleError              a rule file is invalid; carries every Problem (file, line, field, message)
+├── ActuatorError          an action could not be carried out (after its retries)
+│   └── UnknownActuator    a target names an actuator the registry does not know
+├── RecordingError         a recording file is not guardian-recording/v1
+└── StoreError             the state store refused an operation
+    ├── RolloutNotFound    no rollout with that id
+    └── RolloutConflict    the operation clashes with the rollout's state (e.g. one already in flight)
+
+Missing data is never a zero: sources raise NoData, and judges turn it into *inconclusive*.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+
+class GuardianError(Exception):
+    """Base of every error the guardian raises on purpose."""
+
+
+class SourceError(GuardianError):
+    pass
+
+
+class NoData(SourceError):
+    """The source answered, but returned no usable sample (empty vector, NaN)."""
+
+
+class SourceUnavailable(SourceError):
+    """The source could not be asked: connection refused, timeout, 5xx or a rejected query."""
+
+
+@dataclass(frozen=True)
+class Problem:
+    """One thing wrong in a rule file: `FILE:LINE: field.path: message`."""
+
+    file: str
+    line: int
+    field: str
+    message: str
+
+    def __str__(self) -> str:
+        return f"{self.file}:{self.line}: {self.field}: {self.message}"
+
+
+class RuleError(GuardianError):
+    def __init__(self, problems: list[Problem]):
+        self.problems = problems
+        super().__init__("\n".join(str(p) for p in problems))
+
+
+class ActuatorError(GuardianError):
+    pass
+
+
+class UnknownActuator(ActuatorError):
+    pass
+
+
+class RecordingError(GuardianError):
+    pass
+
+
+class StoreError(GuardianError):
+    pass
+
+
+class RolloutNotFound(StoreError):
+    pass
+
+
+class RolloutConflict(StoreError):
+    pass
