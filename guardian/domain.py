@@ -126,6 +126,7 @@ class Evidence:
     step_seconds: float
     series: dict[str, dict[str, list[float | None]]] = field(default_factory=dict)
     unavailable: list[str | None] = field(default_factory=list)
+    counters: frozenset[str] = frozenset()  # signals recorded as increments (summed over a window)
 
     @property
     def ticks(self) -> int:
@@ -145,8 +146,9 @@ class Evidence:
                 column.extend([None] * (t + 1 - len(column)))
 
     def column(self, signal: str, arm: str) -> list[float | None]:
-        col = self.series.get(signal, {}).get(arm, [])
-        return col + [None] * (self.ticks - len(col))
+        """Tick-aligned values (every column is kept padded to `ticks`). Do not mutate."""
+        col = self.series.get(signal, {}).get(arm)
+        return col if col is not None else [None] * self.ticks
 
 
 @dataclass(frozen=True)
@@ -180,6 +182,7 @@ class RolloutState:
     step_started_at: float = 0.0
     last_tick: int = -1
     scaled_replicas: int = 0
+    last_scale_at: float | None = None
     reason: str = ""
     updated_at: float = 0.0
     rules: str = "default"  # name of the rule set judging this rollout

@@ -1,0 +1,350 @@
+"""One tick of one rollout: fetch -> record -> judge -> decide -> act. Where the logic lives.
+
+Every step that changes the world is written down first: the tick's evidence, verdicts and
+decision are stored before the actuator is called; an action's intent is in the operation log
+before `apply` and its outcome after. A crash between any two steps is resumed on the next tick
+(a pending operation is re-applied with its idempotency key). Ticking twice for the same tick
+changes nothing more.
+"""
+from __future__ import annotations
+
+import json
+import os
+import threading
+import time
+import uuid
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+from loguru import logger
+
+from guardian.actuators import ActionRequest, Actuator
+from guardian.clock import Clock
+from guardian.domain import (
+    ARMS,
+    Action,
+    Decision,
+    Evidence,
+    Outcome,
+    Phase,
+    RolloutState,
+    SignalType,
+    Strategy,
+    Verdict,
+)
+from guardian.engine.store import SQLiteStore
+from guardian.errors import ActuatorError, NoData, RolloutConflict, SourceUnavailable
+from guardian.judge.policy import Policy, decide
+from guardian.judge.threshold import evaluate
+from guardian.metrics import GuardianMetrics
+from guardian.notifiers import LogNotifier, Notifier
+from guardian.rules.book import RuleBook
+from guardian.rules.loader import RuleSet
+from guardian.sources import ArmSelector, MetricSource, SignalQuery
+
+ACTUATED = {Action.START, Action.ADVANCE, Action.PROMOTE, Action.ROLLBACK, Action.PAUSE, Action.RESUME, Action.SCALE}
+
+
+@dataclass(frozen=True)
+class GuardConfig:
+    evaluation_delay: float = 1.0  # seconds after a tick's end before it is fetched (lets the last scrape land)
+    catch_up_ticks: int = 30  # missed ticks fetched after a restart; older ones are recorded as gaps
+    max_scale: int = 3  # at most this many replicas added by scale-out decisions
+    policy: Policy = Policy()
+    recordings_dir: Path | None = None
+
+
+@dataclass(frozen=True)
+class StartSpec:
+    service: str
+    image: str
+    strategy: Strategy = Strategy.CANARY
+    steps: tuple[int, ...] = (10, 25, 50, 100)
+    target: str = "noop"
+    step_seconds: float = 10.0
+    analysis_seconds: float = 60.0
+    id: str | None = None
+
+
+def _weight_after(state: RolloutState, action: Action) -> int:
+    if action is Action.ADVANCE:
+        return state.steps[min(state.step_index + 1, len(state.steps) - 1)]
+    if action is Action.PROMOTE:
+        return 100
+    if action is Action.ROLLBACK:
+        return 0
+    if action is Action.START:
+        return state.steps[0]
+    return state.weight
+
+
+def transition(state: RolloutState, decision: Decision, now: float, max_scale: int) -> RolloutState:
+    """The state after `decision` took effect."""
+    a = decision.action
+    s = state.evolve(updated_at=now, reason=decision.reason)
+    if a is Action.START:
+        return s.evolve(step_index=0, step_started_at=now)
+    if a is Action.ADVANCE:
+        return s.evolve(step_index=state.step_index + 1, step_started_at=now)
+    if a is Action.PROMOTE:
+        return s.evolve(phase=Phase.PROMOTED, paused_by=None)
+    if a is Action.ROLLBACK:
+        return s.evolve(phase=Phase.ROLLED_BACK, paused_by=None)
+    if a is Action.PAUSE:
+        return s.evolve(phase=Phase.PAUSED, paused_by=decision.source)
+    if a is Action.RESUME:
+        return s.evolve(phase=Phase.PROGRESSING, paused_by=None, step_started_at=now)
+    if a is Action.SCALE:
+        return s.evolve(scaled_replicas=min(max_scale, state.scaled_replicas + decision.replicas), last_scale_at=now)
+    return s
+
+
+class Guard:
+    def __init__(
+        self,
+        store: SQLiteStore,
+        source: MetricSource,
+        rulebook: RuleBook,
+        actuator_for: Callable[[str], Actuator],
+        clock: Clock,
+        config: GuardConfig = GuardConfig(),
+        notifier: Notifier | None = None,
+        metrics: GuardianMetrics | None = None,
+    ):
+        self.store, self.source, self.rulebook = store, source, rulebook
+        self.actuator_for, self.clock, self.config = actuator_for, clock, config
+        self.notifier = notifier or LogNotifier()
+        self.metrics = metrics or GuardianMetrics()
+        self._locks: dict[str, threading.Lock] = {}
+        self._locks_guard = threading.Lock()
+        self._evidence: dict[str, Evidence] = {}
+
+    def _lock(self, rollout_id: str) -> threading.Lock:
+        with self._locks_guard:
+            return self._locks.setdefault(rollout_id, threading.Lock())
+
+    # -- starting -----------------------------------------------------------------------------------
+    def start(self, spec: StartSpec) -> RolloutState:
+        """Create the rollout and deploy the new version at the first step.
+
+        Raises RolloutConflict (one in flight already) or ActuatorError (the start failed; the
+        actuator was then told to roll back, and the rollout is recorded as rolled back)."""
+        now = self.clock.now()
+        state = RolloutState(
+            id=spec.id or uuid.uuid4().hex[:12], service=spec.service, image=spec.image, strategy=spec.strategy,
+            steps=spec.steps, target=spec.target, step_seconds=spec.step_seconds,
+            analysis_seconds=spec.analysis_seconds, created_at=now, step_started_at=now, updated_at=now,
+            rules=self.rulebook.for_service(spec.service).source,
+        )
+        self.actuator_for(spec.target)  # an unknown actuator fails here, before anything is stored
+        self.store.create(state)
+        with self._lock(state.id):
+            decision = Decision(Action.START, f"start {spec.strategy.value} rollout of {spec.image}", at=now,
+                                source="user")
+            state, outcome = self._act(state, decision)
+            if not outcome.ok:
+                undo = Decision(Action.ROLLBACK, f"start failed: {outcome.detail}", at=self.clock.now(),
+                                source="guardian")
+                state, undo_outcome = self._act(state, undo)
+                if not undo_outcome.ok:  # still record it as ended: nothing is progressing
+                    state = state.evolve(phase=Phase.ROLLED_BACK, reason=f"start failed: {outcome.detail}; "
+                                         f"rollback failed too: {undo_outcome.detail}")
+                    self.store.save(state)
+                raise ActuatorError(f"rollout {state.id}: start failed: {outcome.detail}")
+        self._refresh_gauges()
+        return state
+
+    # -- the tick -------------------------------------------------------------------------------------
+    def due(self, state: RolloutState) -> bool:
+        return not state.phase.terminal and state.due_tick(self.clock.now(), self.config.evaluation_delay) > (
+            state.last_tick)
+
+    def tick(self, rollout_id: str) -> Decision | None:
+        """Evaluate the newest due tick of a rollout. Returns its decision, or None if nothing was due."""
+        with self._lock(rollout_id):
+            self._resume_pending_ops(rollout_id)
+            state = self.store.get(rollout_id)
+            if state.phase.terminal:
+                return None
+            t = state.due_tick(self.clock.now(), self.config.evaluation_delay)
+            if t <= state.last_tick:
+                return None
+            began = time.perf_counter()
+            decision = self._tick(state, t)
+            self.metrics.tick_seconds.observe(time.perf_counter() - began)
+            self.metrics.ticks.inc()
+            return decision
+
+    def _tick(self, state: RolloutState, t: int) -> Decision:
+        ruleset = self.rulebook.for_service(state.service)
+        ev = self._evidence_of(state, ruleset)
+        first = max(state.last_tick + 1, t - self.config.catch_up_ticks + 1)
+        while ev.ticks < first:
+            ev.append({}, unavailable="not fetched: the guardian was not running")
+        for i in range(first, t):  # catch up on ticks missed while the guardian was down: record, don't judge
+            values, unavailable = self._fetch(ruleset, state, i)
+            ev.append(values, unavailable)
+            self.store.record_tick(state.evolve(last_tick=i), i, self.clock.now(), values, unavailable, [], None)
+        values, unavailable = self._fetch(ruleset, state, t)
+        ev.append(values, unavailable)
+        if unavailable:
+            self.metrics.source_errors.inc()
+        verdicts = [evaluate(check, ev, t) for check in ruleset.rules.checks]
+        for v in verdicts:
+            self.metrics.verdicts.labels(v.check, v.result.value).inc()
+        now = self.clock.now()
+        if state.phase is Phase.PAUSED and state.paused_by == "user":
+            decision = Decision(Action.CONTINUE, "paused by a user: watching, not acting", tick=t, at=now,
+                                verdicts=tuple(verdicts))
+        else:
+            decision = decide(verdicts, state, now, self.config.policy, tick=t, last_scale_at=state.last_scale_at)
+        if decision.action is Action.PAUSE and state.phase is Phase.PAUSED:
+            decision = Decision(Action.CONTINUE, f"still paused: {decision.reason}", tick=t, at=now,
+                                verdicts=decision.verdicts)
+        if decision.action is Action.SCALE and state.scaled_replicas >= self.config.max_scale:
+            decision = Decision(Action.NOTIFY, f"scale-out limit ({self.config.max_scale}) reached: {decision.reason}",
+                                tick=t, at=now, verdicts=decision.verdicts)
+        state = state.evolve(last_tick=t, updated_at=now)
+        self.store.record_tick(state, t, now, values, unavailable, verdicts, decision)
+        self._write_recording(state)
+        if decision.action in ACTUATED:
+            self._act(state, decision)
+        elif decision.action is Action.NOTIFY:
+            self.store.log_decision(state.id, decision, None, now)
+            self._notify(state, decision, None)
+        self.metrics.decisions.labels(decision.action.value).inc()
+        return decision
+
+    def _evidence_of(self, state: RolloutState, ruleset: RuleSet) -> Evidence:
+        counters = frozenset(n for n, q in ruleset.queries.items() if q.type is SignalType.COUNTER)
+        ev = self._evidence.get(state.id)
+        if ev is None or ev.ticks != state.last_tick + 1:
+            ev = self.store.evidence(state.id, state.step_seconds, counters)
+            self._evidence[state.id] = ev
+        ev.counters = counters
+        return ev
+
+    def _fetch(self, ruleset: RuleSet, state: RolloutState, t: int) -> tuple[dict, str | None]:
+        start, end = state.tick_bounds(t)
+        arms = ruleset.rules.arms
+        values: dict[str, dict[str, float | None]] = {}
+        unavailable: str | None = None
+        for name, q in ruleset.queries.items():
+            query = SignalQuery(name, q.type, q.promql)
+            values[name] = {}
+            for arm in ARMS:
+                values[name][arm] = None
+                if unavailable:
+                    continue  # the source is down: do not wait for a timeout per query
+                try:
+                    values[name][arm] = self.source.fetch(
+                        query, state.service, ArmSelector(arm, arms.label, getattr(arms, arm)), start, end)
+                except NoData:
+                    pass
+                except SourceUnavailable as e:
+                    unavailable = str(e) or "source unavailable"
+        return values, unavailable
+
+    # -- acting ---------------------------------------------------------------------------------------
+    def _act(self, state: RolloutState, decision: Decision) -> tuple[RolloutState, Outcome]:
+        now = self.clock.now()
+        seq = self.store.next_op_seq(state.id)
+        request = ActionRequest(
+            rollout_id=state.id, service=state.service, image=state.image, action=decision.action,
+            weight=_weight_after(state, decision.action), key=f"{state.id}:{seq}:{decision.action.value}",
+            strategy=state.strategy.value, replicas=decision.replicas, reason=decision.reason,
+        )
+        self.store.begin_op(state.id, request.key, request.to_dict(), decision, now)
+        return self._complete(state, seq, request, decision)
+
+    def _complete(self, state: RolloutState, seq: int, request: ActionRequest,
+                  decision: Decision) -> tuple[RolloutState, Outcome]:
+        outcome = self._apply(state.target, request)
+        now = self.clock.now()
+        if outcome.ok:
+            new_state = transition(state, decision, now, self.config.max_scale)
+        else:
+            self.metrics.actuator_failures.labels(request.action.value).inc()
+            new_state = state.evolve(updated_at=now, reason=f"{request.action.value} failed: {outcome.detail}")
+            logger.error("rollout {}: {} failed: {}", state.id, request.action.value, outcome.detail)
+        self.store.finish_op(state.id, seq, outcome, decision, new_state, now)
+        self._notify(new_state, decision, outcome)
+        self._refresh_gauges()
+        return new_state, outcome
+
+    def _apply(self, target: str, request: ActionRequest) -> Outcome:
+        try:
+            actuator = self.actuator_for(target)
+            outcome = actuator.apply(request)
+            if outcome.ok:
+                check = actuator.verify(request)
+                if not check.ok:
+                    return Outcome(False, request.action.value, f"applied but not verified: {check.detail}",
+                                   outcome.attempts)
+            return outcome
+        except Exception as e:  # noqa: BLE001 - an actuator bug is a failed action, reported
+            return Outcome(False, request.action.value, f"{type(e).__name__}: {e}")
+
+    def _resume_pending_ops(self, rollout_id: str) -> None:
+        """Finish actions whose intent was written but whose outcome was not (a crash in between)."""
+        for op in self.store.pending_ops(rollout_id):
+            state = self.store.get(rollout_id)
+            r = op["request"]
+            request = ActionRequest(**{**r, "action": Action(r["action"])})
+            decision = Decision.from_dict(op["decision"])
+            logger.warning("rollout {}: resuming interrupted {} (key {})", rollout_id, request.action.value,
+                           request.key)
+            self._complete(state, op["seq"], request, decision)
+
+    # -- manual overrides -------------------------------------------------------------------------------
+    def override(self, rollout_id: str, action: Action, reason: str = "") -> RolloutState:
+        """pause / resume / promote / rollback by a user. Raises RolloutConflict when the rollout's phase
+        does not allow it, ActuatorError when the actuator failed (the state is then unchanged)."""
+        with self._lock(rollout_id):
+            self._resume_pending_ops(rollout_id)
+            state = self.store.get(rollout_id)
+            if state.phase.terminal:
+                raise RolloutConflict(f"rollout {rollout_id} is already {state.phase.value}")
+            if action is Action.PAUSE and state.phase is Phase.PAUSED and state.paused_by == "user":
+                return state
+            if action is Action.RESUME and state.phase is not Phase.PAUSED:
+                raise RolloutConflict(f"rollout {rollout_id} is not paused")
+            decision = Decision(action, reason or f"{action.value} by a user", at=self.clock.now(), source="user")
+            new_state, outcome = self._act(state, decision)
+            if not outcome.ok:
+                raise ActuatorError(f"{action.value} failed: {outcome.detail}")
+            return new_state
+
+    # -- side outputs -----------------------------------------------------------------------------------
+    def _notify(self, state: RolloutState, decision: Decision, outcome: Outcome | None) -> None:
+        self.notifier.notify({
+            "rollout_id": state.id, "service": state.service, "image": state.image, "phase": state.phase.value,
+            "weight": state.weight, "action": decision.action.value, "reason": decision.reason,
+            "source": decision.source, "tick": decision.tick, "at": decision.at,
+            "verdicts": [v.to_dict() for v in decision.verdicts],
+            "outcome": outcome.to_dict() if outcome else None,
+        })
+
+    def _write_recording(self, state: RolloutState) -> None:
+        if self.config.recordings_dir is None:
+            return
+        try:
+            self.config.recordings_dir.mkdir(parents=True, exist_ok=True)
+            path = self.config.recordings_dir / f"{state.id}.json"
+            tmp = path.with_suffix(".json.tmp")
+            tmp.write_text(json.dumps(self.store.recording(state.id)))
+            os.replace(tmp, path)
+        except OSError as e:
+            logger.warning("could not write the recording of {}: {}", state.id, e)
+
+    def _refresh_gauges(self) -> None:
+        counts = {p: 0 for p in Phase}
+        for s in self.store.list():
+            counts[s.phase] += 1
+        for phase, n in counts.items():
+            self.metrics.rollouts.labels(phase.value).set(n)
+
+
+def verdicts_of(decision: dict) -> list[Verdict]:
+    return [Verdict.from_dict(v) for v in decision.get("verdicts", [])]

@@ -1,0 +1,258 @@
+"""State and history of rollouts in SQLite (WAL), the embedded default `StateStore`.
+
+Tables: `rollouts` (the current RolloutState), `ticks` (what each tick fetched, the verdicts and the
+decision: the body of the rollout's recording), `ops` (the operation log: an action's intent is
+written before the actuator is called and its outcome after, so a crash in between is resumed with
+the same idempotency key) and `decisions` (the decision log: every decision that acted, with its
+evidence and outcome). Every multi-row change is one transaction.
+
+At most one rollout of a service is in flight: a partial unique index makes the database itself
+refuse a second one, even from two guardian processes.
+"""
+from __future__ import annotations
+
+import json
+import sqlite3
+import threading
+from collections.abc import Iterator
+from contextlib import contextmanager
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any, Protocol
+
+from guardian.domain import ARMS, Decision, Evidence, Outcome, RolloutState, Verdict
+from guardian.errors import RolloutConflict, RolloutNotFound
+
+RECORDING_FORMAT = "guardian-recording/v1"
+
+SCHEMA = """
+CREATE TABLE IF NOT EXISTS rollouts (
+    id TEXT PRIMARY KEY, service TEXT NOT NULL, phase TEXT NOT NULL,
+    state TEXT NOT NULL, created_at REAL NOT NULL, updated_at REAL NOT NULL);
+CREATE UNIQUE INDEX IF NOT EXISTS one_in_flight_per_service
+    ON rollouts(service) WHERE phase IN ('progressing', 'paused');
+CREATE TABLE IF NOT EXISTS ticks (
+    rollout_id TEXT NOT NULL, tick INTEGER NOT NULL, at REAL NOT NULL,
+    "values" TEXT NOT NULL, unavailable TEXT, verdicts TEXT NOT NULL, decision TEXT,
+    PRIMARY KEY (rollout_id, tick));
+CREATE TABLE IF NOT EXISTS ops (
+    rollout_id TEXT NOT NULL, seq INTEGER NOT NULL, key TEXT NOT NULL UNIQUE, request TEXT NOT NULL,
+    decision TEXT NOT NULL, status TEXT NOT NULL, outcome TEXT, created_at REAL NOT NULL, finished_at REAL,
+    PRIMARY KEY (rollout_id, seq));
+CREATE TABLE IF NOT EXISTS decisions (
+    rollout_id TEXT NOT NULL, seq INTEGER NOT NULL, at REAL NOT NULL, decision TEXT NOT NULL,
+    outcome TEXT, PRIMARY KEY (rollout_id, seq));
+"""
+
+
+class StateStore(Protocol):
+    def create(self, state: RolloutState) -> None: ...
+    def get(self, rollout_id: str) -> RolloutState: ...
+    def list(self, *, active_only: bool = False) -> list[RolloutState]: ...
+    def save(self, state: RolloutState) -> None: ...
+    def record_tick(self, state: RolloutState, tick: int, at: float, values: dict, unavailable: str | None,
+                    verdicts: list[Verdict], decision: Decision | None) -> None: ...
+    def evidence(self, rollout_id: str, step_seconds: float, counters: frozenset[str]) -> Evidence: ...
+    def begin_op(self, rollout_id: str, key: str, request: dict, decision: Decision, at: float) -> int: ...
+    def finish_op(self, rollout_id: str, seq: int, outcome: Outcome, decision: Decision,
+                  state: RolloutState | None, at: float) -> None: ...
+    def pending_ops(self, rollout_id: str) -> list[dict[str, Any]]: ...
+    def decisions(self, rollout_id: str) -> list[dict[str, Any]]: ...
+    def recording(self, rollout_id: str) -> dict[str, Any]: ...
+
+
+class SQLiteStore:
+    def __init__(self, path: str | Path = ":memory:"):
+        self.path = str(path)
+        if self.path != ":memory:":
+            Path(self.path).parent.mkdir(parents=True, exist_ok=True)
+        self._db = sqlite3.connect(self.path, check_same_thread=False, isolation_level=None, timeout=10)
+        self._db.row_factory = sqlite3.Row
+        self._lock = threading.RLock()
+        with self._lock:
+            if self.path != ":memory:":
+                self._db.execute("PRAGMA journal_mode=WAL")
+            self._db.execute("PRAGMA synchronous=NORMAL")
+            self._db.executescript(SCHEMA)
+
+    @contextmanager
+    def _tx(self) -> Iterator[sqlite3.Connection]:
+        with self._lock:
+            self._db.execute("BEGIN IMMEDIATE")
+            try:
+                yield self._db
+            except BaseException:
+                self._db.execute("ROLLBACK")
+                raise
+            self._db.execute("COMMIT")
+
+    def ping(self) -> bool:
+        with self._lock:
+            return self._db.execute("SELECT 1").fetchone()[0] == 1
+
+    def close(self) -> None:
+        with self._lock:
+            self._db.close()
+
+    # -- rollouts ---------------------------------------------------------------------------------
+    def create(self, state: RolloutState) -> None:
+        try:
+            with self._tx() as db:
+                db.execute(
+                    "INSERT INTO rollouts (id, service, phase, state, created_at, updated_at) VALUES (?,?,?,?,?,?)",
+                    (state.id, state.service, state.phase.value, json.dumps(state.to_dict()),
+                     state.created_at, state.updated_at),
+                )
+        except sqlite3.IntegrityError:
+            active = [s.id for s in self.list(active_only=True) if s.service == state.service]
+            raise RolloutConflict(
+                f"service {state.service!r} already has a rollout in flight: {', '.join(active) or '?'}"
+            ) from None
+
+    def get(self, rollout_id: str) -> RolloutState:
+        with self._lock:
+            row = self._db.execute("SELECT state FROM rollouts WHERE id = ?", (rollout_id,)).fetchone()
+        if row is None:
+            raise RolloutNotFound(f"no rollout with id {rollout_id!r}")
+        return RolloutState.from_dict(json.loads(row["state"]))
+
+    def list(self, *, active_only: bool = False) -> list[RolloutState]:
+        sql = "SELECT state FROM rollouts"
+        if active_only:
+            sql += " WHERE phase IN ('progressing', 'paused')"
+        with self._lock:
+            rows = self._db.execute(sql + " ORDER BY created_at").fetchall()
+        return [RolloutState.from_dict(json.loads(r["state"])) for r in rows]
+
+    def _save(self, db: sqlite3.Connection, state: RolloutState) -> None:
+        cur = db.execute(
+            "UPDATE rollouts SET phase = ?, state = ?, updated_at = ? WHERE id = ?",
+            (state.phase.value, json.dumps(state.to_dict()), state.updated_at, state.id),
+        )
+        if cur.rowcount != 1:
+            raise RolloutNotFound(f"no rollout with id {state.id!r}")
+
+    def save(self, state: RolloutState) -> None:
+        with self._tx() as db:
+            self._save(db, state)
+
+    # -- ticks and evidence -----------------------------------------------------------------------
+    def record_tick(self, state, tick, at, values, unavailable, verdicts, decision) -> None:
+        with self._tx() as db:
+            db.execute(
+                'INSERT OR REPLACE INTO ticks (rollout_id, tick, at, "values", unavailable, verdicts, decision) '
+                "VALUES (?,?,?,?,?,?,?)",
+                (state.id, tick, at, json.dumps(values), unavailable, json.dumps([v.to_dict() for v in verdicts]),
+                 json.dumps(decision.to_dict()) if decision else None),
+            )
+            self._save(db, state)
+
+    def ticks(self, rollout_id: str) -> list[dict[str, Any]]:
+        with self._lock:
+            rows = self._db.execute(
+                'SELECT tick, at, "values", unavailable, verdicts, decision FROM ticks WHERE rollout_id = ? '
+                "ORDER BY tick", (rollout_id,)).fetchall()
+        return [
+            {"tick": r["tick"], "at": r["at"], "values": json.loads(r["values"]), "unavailable": r["unavailable"],
+             "verdicts": json.loads(r["verdicts"]), "decision": json.loads(r["decision"]) if r["decision"] else None}
+            for r in rows
+        ]
+
+    def evidence(self, rollout_id: str, step_seconds: float, counters: frozenset[str] = frozenset()) -> Evidence:
+        ev = Evidence(step_seconds=step_seconds, counters=counters)
+        for row in self.ticks(rollout_id):
+            while ev.ticks < row["tick"]:  # ticks never fetched (the guardian was not running)
+                ev.append({}, unavailable="not fetched: the guardian was not running")
+            ev.append(row["values"], unavailable=row["unavailable"])
+        return ev
+
+    def latest_tick(self, rollout_id: str) -> dict[str, Any] | None:
+        with self._lock:
+            row = self._db.execute("SELECT MAX(tick) AS t FROM ticks WHERE rollout_id = ?", (rollout_id,)).fetchone()
+        if row["t"] is None:
+            return None
+        return next(t for t in self.ticks(rollout_id) if t["tick"] == row["t"])
+
+    # -- operation log ----------------------------------------------------------------------------
+    def begin_op(self, rollout_id, key, request, decision, at) -> int:
+        with self._tx() as db:
+            seq = db.execute("SELECT COALESCE(MAX(seq), 0) + 1 FROM ops WHERE rollout_id = ?",
+                             (rollout_id,)).fetchone()[0]
+            db.execute(
+                "INSERT INTO ops (rollout_id, seq, key, request, decision, status, created_at) "
+                "VALUES (?,?,?,?,?,'pending',?)",
+                (rollout_id, seq, key, json.dumps(request), json.dumps(decision.to_dict()), at),
+            )
+        return seq
+
+    def next_op_seq(self, rollout_id: str) -> int:
+        with self._lock:
+            return self._db.execute("SELECT COALESCE(MAX(seq), 0) + 1 FROM ops WHERE rollout_id = ?",
+                                    (rollout_id,)).fetchone()[0]
+
+    def finish_op(self, rollout_id, seq, outcome, decision, state, at) -> None:
+        """Write an action's outcome, the decision log entry and (if it took effect) the new state."""
+        with self._tx() as db:
+            db.execute(
+                "UPDATE ops SET status = ?, outcome = ?, finished_at = ? WHERE rollout_id = ? AND seq = ?",
+                ("done" if outcome.ok else "failed", json.dumps(outcome.to_dict()), at, rollout_id, seq),
+            )
+            self._log_decision(db, rollout_id, decision, outcome, at)
+            if state is not None:
+                self._save(db, state)
+
+    def log_decision(self, rollout_id: str, decision: Decision, outcome: Outcome | None, at: float,
+                     state: RolloutState | None = None) -> None:
+        with self._tx() as db:
+            self._log_decision(db, rollout_id, decision, outcome, at)
+            if state is not None:
+                self._save(db, state)
+
+    def _log_decision(self, db, rollout_id, decision, outcome, at) -> None:
+        seq = db.execute("SELECT COALESCE(MAX(seq), 0) + 1 FROM decisions WHERE rollout_id = ?",
+                         (rollout_id,)).fetchone()[0]
+        db.execute(
+            "INSERT INTO decisions (rollout_id, seq, at, decision, outcome) VALUES (?,?,?,?,?)",
+            (rollout_id, seq, at, json.dumps(decision.to_dict()),
+             json.dumps(outcome.to_dict()) if outcome else None),
+        )
+
+    def pending_ops(self, rollout_id: str) -> list[dict[str, Any]]:
+        with self._lock:
+            rows = self._db.execute(
+                "SELECT seq, key, request, decision FROM ops WHERE rollout_id = ? AND status = 'pending' "
+                "ORDER BY seq", (rollout_id,)).fetchall()
+        return [{"seq": r["seq"], "key": r["key"], "request": json.loads(r["request"]),
+                 "decision": json.loads(r["decision"])} for r in rows]
+
+    def ops(self, rollout_id: str) -> list[dict[str, Any]]:
+        with self._lock:
+            rows = self._db.execute("SELECT * FROM ops WHERE rollout_id = ? ORDER BY seq", (rollout_id,)).fetchall()
+        return [{**dict(r), "request": json.loads(r["request"]), "decision": json.loads(r["decision"]),
+                 "outcome": json.loads(r["outcome"]) if r["outcome"] else None} for r in rows]
+
+    def decisions(self, rollout_id: str) -> list[dict[str, Any]]:
+        with self._lock:
+            rows = self._db.execute("SELECT seq, at, decision, outcome FROM decisions WHERE rollout_id = ? "
+                                    "ORDER BY seq", (rollout_id,)).fetchall()
+        return [{"seq": r["seq"], "at": r["at"], **json.loads(r["decision"]),
+                 "outcome": json.loads(r["outcome"]) if r["outcome"] else None} for r in rows]
+
+    # -- recordings ---------------------------------------------------------------------------------
+    def recording(self, rollout_id: str) -> dict[str, Any]:
+        """The rollout as a guardian-recording/v1 document (SPEC section 3)."""
+        state = self.get(rollout_id)
+        ev = self.evidence(rollout_id, state.step_seconds)
+        series = {
+            signal: {arm: list(ev.column(signal, arm)) for arm in ARMS}
+            for signal in ev.series
+        }
+        return {
+            "format": RECORDING_FORMAT,
+            "service": state.service,
+            "step_seconds": state.step_seconds,
+            "start": datetime.fromtimestamp(state.created_at, UTC).isoformat().replace("+00:00", "Z"),
+            "series": series,
+            "labels": {"rollout_id": state.id, "image": state.image, "phase": state.phase.value,
+                       "unavailable_ticks": [i for i, u in enumerate(ev.unavailable) if u]},
+        }

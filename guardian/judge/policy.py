@@ -1,0 +1,75 @@
+"""Verdicts -> one Decision. Pure: no I/O, time passed in.
+
+Order of precedence:
+1. any FAIL -> the most severe action the failing checks ask for (rollback > pause > scale > notify);
+2. any ERROR, or INCONCLUSIVE without a breach -> PAUSE (missing data is never a pass);
+3. any INCONCLUSIVE breach whose `for:` is still running -> CONTINUE (hold the step);
+4. all PASS -> ADVANCE, or PROMOTE on the last step, once the step has been analysed long enough.
+A rollout the guardian paused is RESUMEd when the evidence is conclusive again.
+"""
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+from guardian.domain import Action, Decision, Phase, Result, RolloutState, Verdict
+
+SEVERITY = {Action.ROLLBACK: 4, Action.PAUSE: 3, Action.SCALE: 2, Action.NOTIFY: 1}
+
+
+@dataclass(frozen=True)
+class Policy:
+    on_inconclusive: Action = Action.PAUSE  # or CONTINUE: hold without pausing
+    scale_cooldown_seconds: float = 60.0
+
+
+def _names(verdicts: Sequence[Verdict]) -> str:
+    return "; ".join(f"{v.check}: {v.reason}" for v in verdicts)
+
+
+def decide(
+    verdicts: Sequence[Verdict],
+    state: RolloutState,
+    now: float,
+    policy: Policy = Policy(),
+    *,
+    tick: int | None = None,
+    last_scale_at: float | None = None,
+) -> Decision:
+    vs = tuple(verdicts)
+
+    def make(action: Action, reason: str, replicas: int = 0) -> Decision:
+        return Decision(action=action, reason=reason, tick=tick, at=now, verdicts=vs, replicas=replicas)
+
+    failed = [v for v in vs if v.result is Result.FAIL]
+    if failed:
+        worst = max(failed, key=lambda v: SEVERITY.get(v.action, 0))
+        if worst.action is Action.SCALE:
+            if last_scale_at is not None and now - last_scale_at < policy.scale_cooldown_seconds:
+                return make(Action.CONTINUE, f"scale-out cooling down; {_names(failed)}")
+            return make(Action.SCALE, _names(failed), replicas=worst.replicas)
+        if worst.action is not Action.NOTIFY:
+            return make(worst.action, _names([v for v in failed if v.action is worst.action]))
+        notify = make(Action.NOTIFY, _names(failed))
+    else:
+        notify = None
+    if not vs:
+        return make(policy.on_inconclusive, "no checks judge this rollout: nothing is known, so nothing passes")
+    unknown = [v for v in vs if v.result is Result.ERROR or (v.result is Result.INCONCLUSIVE and not v.breaching)]
+    if unknown:
+        return make(policy.on_inconclusive, _names(unknown))
+    if notify is not None:
+        return notify
+    holding = [v for v in vs if v.result is Result.INCONCLUSIVE]
+    if holding:
+        return make(Action.CONTINUE, _names(holding))
+    if state.phase is Phase.PAUSED and state.paused_by == "guardian":
+        return make(Action.RESUME, "all checks pass again: " + _names(vs))
+    analysed = now - state.step_started_at
+    if analysed < state.analysis_seconds:
+        left = state.analysis_seconds - analysed
+        return make(Action.CONTINUE, f"all checks pass; step {state.step_index + 1}/{len(state.steps)} "
+                                     f"analysed {analysed:.0f}s of {state.analysis_seconds:g}s ({left:.0f}s left)")
+    if state.last_step:
+        return make(Action.PROMOTE, "all checks passed on every step: " + _names(vs))
+    return make(Action.ADVANCE, f"all checks passed for {analysed:.0f}s at {state.weight}%: " + _names(vs))

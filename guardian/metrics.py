@@ -1,0 +1,21 @@
+"""The guardian's own Prometheus metrics (registry injected, so tests get a fresh one)."""
+from __future__ import annotations
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+
+
+class GuardianMetrics:
+    def __init__(self, registry: CollectorRegistry | None = None):
+        self.registry = registry or CollectorRegistry()
+        r = self.registry
+        self.ticks = Counter("guardian_ticks_total", "Rollout ticks evaluated", registry=r)
+        self.tick_seconds = Histogram("guardian_tick_duration_seconds", "Time to fetch, judge and act in one tick",
+                                      registry=r, buckets=(0.01, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10))
+        self.decisions = Counter("guardian_decisions_total", "Decisions by action", ["action"], registry=r)
+        self.verdicts = Counter("guardian_verdicts_total", "Verdicts by check and result",
+                                ["check", "result"], registry=r)
+        self.source_errors = Counter("guardian_source_errors_total", "Ticks whose metrics could not be fetched",
+                                     registry=r)
+        self.actuator_failures = Counter("guardian_actuator_failures_total", "Actions that failed",
+                                         ["action"], registry=r)
+        self.rollouts = Gauge("guardian_rollouts", "Rollouts by phase", ["phase"], registry=r)

@@ -1,0 +1,206 @@
+"""Rule files as pydantic models (SPEC section 5). Parsing with line numbers lives in loader.py.
+
+A rule file names the service it guards, optionally overrides or adds signal queries, and lists
+checks. Example (the seed's policy)::
+
+    service: checkout
+    checks:
+      - name: error-rate
+        kind: threshold
+        ratio: errors / requests
+        above: 5%
+        for: 2m
+        action: rollback
+      - name: p99-latency
+        kind: threshold
+        signal: p99_seconds
+        above: 1s
+        for: 3m
+        action: rollback
+"""
+from __future__ import annotations
+
+import re
+from typing import Annotated, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+
+from guardian.domain import Action, SignalType
+from guardian.rules.promql import PLACEHOLDERS, unknown_placeholders
+
+_NUM = r"(\d+(?:\.\d+)?)"
+_DURATION = re.compile(rf"^\s*(?:{_NUM}h)?\s*(?:{_NUM}m(?!s))?\s*(?:{_NUM}s)?\s*(?:(\d+)ms)?\s*$")
+_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
+
+
+def parse_duration(value: object) -> float:
+    """'2m' -> 120.0, '1h30m' -> 5400.0, '500ms' -> 0.5, 30 -> 30.0 (plain numbers are seconds)."""
+    if isinstance(value, bool):
+        raise ValueError("a duration is a number of seconds or a string like 30s, 2m, 1h30m")
+    if isinstance(value, int | float):
+        seconds = float(value)
+    elif isinstance(value, str) and value.strip() and (m := _DURATION.match(value)) and any(m.groups()):
+        h, mi, s, ms = (float(g) if g else 0.0 for g in m.groups())
+        seconds = h * 3600 + mi * 60 + s + ms / 1000
+    else:
+        raise ValueError(f"bad duration {value!r}: use a number of seconds or e.g. 30s, 2m, 1h30m, 500ms")
+    if seconds < 0:
+        raise ValueError(f"duration {value!r} is negative")
+    return seconds
+
+
+def parse_number(value: object) -> float:
+    """A limit: 0.05, '5%' (= 0.05), '1s' / '250ms' (= seconds)."""
+    if isinstance(value, bool):
+        raise ValueError("expected a number such as 0.05, 5% or 1s")
+    if isinstance(value, int | float):
+        return float(value)
+    if isinstance(value, str):
+        text = value.strip()
+        try:
+            if text.endswith("%"):
+                return float(text[:-1]) / 100
+            if text and text[-1] in "smh" and text[0].isdigit():
+                return parse_duration(text)
+            return float(text)
+        except ValueError:
+            pass
+    raise ValueError(f"expected a number such as 0.05, 5% or 1s, got {value!r}")
+
+
+Duration = Annotated[float, Field(ge=0)]
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class Query(_Strict):
+    """A signal's PromQL template. COUNTER: the cumulative counter (the guardian takes the
+    increase per tick); GAUGE: a value per tick (use {{window}} in rate() windows)."""
+
+    promql: str = Field(min_length=1)
+    type: SignalType = SignalType.GAUGE
+
+    @field_validator("promql")
+    @classmethod
+    def _known_placeholders(cls, v: str) -> str:
+        if bad := unknown_placeholders(v):
+            raise ValueError(
+                f"unknown placeholder {{{{{bad[0]}}}}}; known: " + ", ".join(f"{{{{{p}}}}}" for p in PLACEHOLDERS)
+            )
+        return v
+
+
+class ThresholdCheck(_Strict):
+    """An absolute guard on one arm: a signal or a ratio of two counters against a limit.
+
+    Ratios use the Wilson bound at `confidence`: a breach needs the bound beyond the limit, so a
+    handful of requests cannot fail a release; fewer than `min_samples` requests (in `window`)
+    is inconclusive. The breach must last `for` before the check fails.
+    """
+
+    name: str = Field(min_length=1)
+    kind: Literal["threshold"] = "threshold"
+    signal: str | None = None
+    ratio: str | None = None  # "errors / requests"
+    arm: Literal["canary", "baseline"] = "canary"
+    above: float | None = None
+    below: float | None = None
+    for_: Duration = Field(0.0, alias="for")
+    window: Duration | None = None  # history aggregated per evaluation; default: 30s for ratios, one tick else
+    min_samples: float = Field(50.0, ge=0)
+    samples_from: str = "requests"  # the counter that counts samples for `min_samples` on signals
+    confidence: float = Field(0.95, gt=0.5, lt=1)
+    action: Literal["rollback", "pause", "scale", "notify"] = "rollback"
+    replicas: int = 1  # with action: scale
+
+    model_config = ConfigDict(extra="forbid", frozen=True, populate_by_name=True)
+
+    @field_validator("above", "below", mode="before")
+    @classmethod
+    def _number(cls, v: object) -> float | None:
+        return None if v is None else parse_number(v)
+
+    @field_validator("for_", "window", mode="before")
+    @classmethod
+    def _duration(cls, v: object) -> float | None:
+        return None if v is None else parse_duration(v)
+
+    @field_validator("ratio")
+    @classmethod
+    def _ratio(cls, v: str | None) -> str | None:
+        if v is None:
+            return v
+        parts = [p.strip() for p in v.split("/")]
+        if len(parts) != 2 or not all(_NAME.match(p) for p in parts):
+            raise ValueError(f"ratio must read 'numerator / denominator' with two signal names, got {v!r}")
+        return f"{parts[0]} / {parts[1]}"
+
+    @model_validator(mode="after")
+    def _one_of(self) -> ThresholdCheck:
+        if (self.signal is None) == (self.ratio is None):
+            raise ValueError("give exactly one of 'signal' or 'ratio'")
+        if (self.above is None) == (self.below is None):
+            raise ValueError("give exactly one of 'above' or 'below'")
+        if self.action == "scale" and self.replicas == 0:
+            raise ValueError("action 'scale' needs a non-zero 'replicas' delta")
+        return self
+
+    @property
+    def limit(self) -> float:
+        return self.above if self.above is not None else self.below  # type: ignore[return-value]
+
+    @property
+    def direction(self) -> str:
+        return "above" if self.above is not None else "below"
+
+    @property
+    def signals(self) -> tuple[str, ...]:
+        if self.ratio:
+            num, den = self.ratio.split(" / ")
+            return (num, den)
+        return (self.signal,)  # type: ignore[return-value]
+
+    @property
+    def action_enum(self) -> Action:
+        return Action(self.action)
+
+
+Check = Annotated[ThresholdCheck, Field(discriminator="kind")]
+
+
+class AlertRoute(_Strict):
+    """Alertmanager alerts whose labels all match `match` ask for `action`."""
+
+    match: dict[str, str] = Field(min_length=1)
+    action: Literal["rollback", "pause", "notify"] = "rollback"
+
+
+class Arms(_Strict):
+    label: str = "track"
+    canary: str = "canary"
+    baseline: str = "baseline"
+
+    @field_validator("label")
+    @classmethod
+    def _label_name(cls, v: str) -> str:
+        if not _NAME.match(v):
+            raise ValueError(f"{v!r} is not a valid Prometheus label name")
+        return v
+
+
+class RuleFile(_Strict):
+    service: str = Field(min_length=1)
+    arms: Arms = Arms()
+    queries: dict[str, Query] = {}
+    checks: list[Check] = Field(default_factory=list)
+    alerts: list[AlertRoute] = []
+
+    @field_validator("queries")
+    @classmethod
+    def _signal_names(cls, v: dict[str, Query]) -> dict[str, Query]:
+        for name in v:
+            if not _NAME.match(name):
+                raise ValueError(f"signal name {name!r} must be letters, digits and _")
+        return v
