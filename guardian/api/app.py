@@ -1,0 +1,127 @@
+"""The FastAPI app factory. `build` wires the components (and fails fast on invalid rules);
+`create_app` adds routes, error handlers and a lifespan that runs the scheduler and closes clients."""
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from collections.abc import AsyncIterator, Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse
+from loguru import logger
+from starlette.exceptions import HTTPException as StarletteHTTPException
+
+from guardian import __version__
+from guardian.actuators import Actuator
+from guardian.actuators.pool import ActuatorPool
+from guardian.clock import Clock, SystemClock
+from guardian.domain import Action
+from guardian.engine.guard import Guard, GuardConfig
+from guardian.engine.scheduler import Scheduler
+from guardian.engine.store import SQLiteStore
+from guardian.errors import ActuatorError, RolloutConflict, RolloutNotFound, UnknownActuator
+from guardian.judge.policy import Policy
+from guardian.metrics import GuardianMetrics
+from guardian.rules.book import RuleBook
+from guardian.settings import Settings
+from guardian.sources import MetricSource
+
+
+@dataclass
+class Components:
+    settings: Settings
+    store: SQLiteStore
+    rulebook: RuleBook
+    source: MetricSource
+    guard: Guard
+    metrics: GuardianMetrics
+    actuators: Callable[[str], Actuator]
+    clock: Clock
+
+
+def build(settings: Settings, *, source: MetricSource | None = None, clock: Clock | None = None,
+          actuators: Callable[[str], Actuator] | None = None) -> Components:
+    """Wire everything. Raises RuleError when a rule file is invalid: nothing is started then."""
+    rulebook = RuleBook(settings.rules)
+    if source is None:
+        from guardian.sources.prometheus import PrometheusSource
+
+        source = PrometheusSource(settings.prometheus_url, timeout=settings.prometheus_timeout,
+                                  min_window=settings.min_window)
+    clock = clock or SystemClock()
+    store = SQLiteStore(settings.db_path)
+    metrics = GuardianMetrics()
+    actuators = actuators or ActuatorPool()
+    config = GuardConfig(
+        evaluation_delay=settings.evaluation_delay, max_scale=settings.max_scale,
+        recordings_dir=Path(settings.recordings_dir) if settings.recordings_dir else None,
+        policy=Policy(on_inconclusive=Action(settings.on_inconclusive)),
+    )
+    guard = Guard(store, source, rulebook, actuators, clock, config, metrics=metrics)
+    return Components(settings, store, rulebook, source, guard, metrics, actuators, clock)
+
+
+def _error(status: int, code: str, detail: object) -> JSONResponse:
+    return JSONResponse(status_code=status, content={"error": code, "detail": detail})
+
+
+def create_app(components: Components, *, run_scheduler: bool = True) -> FastAPI:
+    @contextlib.asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        scheduler = Scheduler(components.guard, components.rulebook)
+        task = asyncio.create_task(scheduler.run()) if run_scheduler else None
+        logger.info("guardian {} ready: rules for {}", __version__,
+                    ", ".join(components.rulebook.services()) or "no service (built-in default policy)")
+        try:
+            yield
+        finally:
+            scheduler.stop()
+            if task:
+                await task
+            close = getattr(components.actuators, "close", None)
+            if callable(close):
+                close()
+            components.store.close()
+
+    app = FastAPI(title="Release Guardian", version=__version__, lifespan=lifespan,
+                  description="Guards rollouts: watches Prometheus, judges, advances or rolls back.")
+    app.state.components = components
+
+    @app.exception_handler(RequestValidationError)
+    async def _invalid(request: Request, exc: RequestValidationError) -> JSONResponse:
+        fields = [
+            {"field": ".".join(str(p) for p in e["loc"] if p != "body") or "body",
+             "message": e["msg"].removeprefix("Value error, ")}
+            for e in exc.errors()
+        ]
+        return _error(422, "invalid_request", fields)
+
+    @app.exception_handler(StarletteHTTPException)
+    async def _http(request: Request, exc: StarletteHTTPException) -> JSONResponse:
+        code = {401: "unauthorized", 404: "not_found", 405: "method_not_allowed", 409: "conflict"}.get(
+            exc.status_code, "error")
+        return _error(exc.status_code, code, exc.detail)
+
+    @app.exception_handler(RolloutNotFound)
+    async def _not_found(request: Request, exc: RolloutNotFound) -> JSONResponse:
+        return _error(404, "not_found", str(exc))
+
+    @app.exception_handler(RolloutConflict)
+    async def _conflict(request: Request, exc: RolloutConflict) -> JSONResponse:
+        return _error(409, "conflict", str(exc))
+
+    @app.exception_handler(UnknownActuator)
+    async def _unknown_actuator(request: Request, exc: UnknownActuator) -> JSONResponse:
+        return _error(422, "invalid_request", [{"field": "target", "message": str(exc)}])
+
+    @app.exception_handler(ActuatorError)
+    async def _actuator(request: Request, exc: ActuatorError) -> JSONResponse:
+        return _error(502, "actuator_failed", str(exc))
+
+    from guardian.api.routes import router
+
+    app.include_router(router)
+    return app

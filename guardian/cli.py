@@ -1,0 +1,282 @@
+"""The `guardian` command (SPEC section 1)."""
+from __future__ import annotations
+
+import json
+import os
+import sys
+import time
+from datetime import datetime
+from pathlib import Path
+from typing import Annotated, Any
+
+import httpx
+import typer
+from rich.console import Console
+
+from guardian.errors import RecordingError, RuleError
+
+app = typer.Typer(help="Release Guardian: guards rollouts by watching their metrics, and rolls back bad ones.",
+                  no_args_is_help=True, add_completion=False, pretty_exceptions_enable=False)
+rules_app = typer.Typer(help="Validate rule files.", no_args_is_help=True)
+rollout_app = typer.Typer(help="Start, follow and steer rollouts through a running guardian.", no_args_is_help=True)
+app.add_typer(rules_app, name="rules")
+app.add_typer(rollout_app, name="rollout")
+out = Console(highlight=False, soft_wrap=True)
+err = Console(stderr=True, highlight=False, soft_wrap=True)
+
+EXIT_PROMOTED, EXIT_ROLLED_BACK, EXIT_ERROR, EXIT_PAUSED = 0, 1, 2, 3
+
+ApiOpt = Annotated[str, typer.Option("--api", envvar="GUARDIAN_API", help="the guardian's URL")]
+TokenOpt = Annotated[str | None, typer.Option("--token", envvar="GUARDIAN_TOKEN", help="bearer token",
+                                              show_default=False)]
+
+
+def _fail(message: str) -> typer.Exit:
+    err.print(f"[red]error:[/red] {message}")
+    return typer.Exit(EXIT_ERROR)
+
+
+# -- serve ------------------------------------------------------------------------------------------
+@app.command()
+def serve(
+    config: Annotated[Path | None, typer.Option("--config", "-c", help="YAML settings file")] = None,
+    host: Annotated[str | None, typer.Option(help="listen address (default 127.0.0.1)")] = None,
+    port: Annotated[int | None, typer.Option(help="listen port (default 8080)")] = None,
+    prometheus_url: Annotated[str | None, typer.Option(help="Prometheus base URL")] = None,
+    rules: Annotated[list[str] | None, typer.Option("--rules", help="rule file or folder (repeatable)")] = None,
+    db_path: Annotated[str | None, typer.Option(help="SQLite state file")] = None,
+) -> None:
+    """Run the guardian: HTTP API, scheduler and rule reloading. Refuses to start on invalid rules."""
+    import uvicorn
+
+    from guardian.api.app import build, create_app
+    from guardian.settings import load_settings
+
+    try:
+        settings = load_settings(config, host=host, port=port, prometheus_url=prometheus_url, rules=rules,
+                                 db_path=db_path)
+        components = build(settings)
+    except RuleError as e:
+        for p in e.problems:
+            err.print(str(p), markup=False)
+        err.print("[red]not started:[/red] fix the problems above")
+        raise typer.Exit(EXIT_ERROR) from None
+    uvicorn.run(create_app(components), host=settings.host, port=settings.port, log_level="warning")
+
+
+# -- rules check ------------------------------------------------------------------------------------
+@rules_app.command("check")
+def rules_check(paths: Annotated[list[Path], typer.Argument(help="rule files or folders")]) -> None:
+    """Validate rule files: prints FILE:LINE: field.path: message for every problem and exits 2."""
+    from guardian.rules.loader import load_paths, rule_files
+
+    missing = [p for p in paths if not p.exists()]
+    for p in missing:
+        err.print(f"{p}:0: (file): no such file or folder", markup=False)
+    try:
+        sets = load_paths([p for p in paths if p.exists()])
+    except RuleError as e:
+        for problem in e.problems:
+            out.print(str(problem), markup=False)
+        raise typer.Exit(EXIT_ERROR) from None
+    if missing:
+        raise typer.Exit(EXIT_ERROR)
+    files = rule_files(paths)
+    out.print(f"ok: {len(files)} file(s), {sum(len(s.rules.checks) for s in sets.values())} check(s) "
+              f"for {', '.join(sorted(sets)) or 'no service'}")
+
+
+# -- rollout ----------------------------------------------------------------------------------------
+def _client(api: str, token: str | None) -> httpx.Client:
+    headers = {"Authorization": f"Bearer {token}"} if token else {}
+    return httpx.Client(base_url=api, headers=headers, timeout=30)
+
+
+def _call(api: str, token: str | None, method: str, path: str, **kw: Any) -> Any:
+    try:
+        with _client(api, token) as c:
+            r = c.request(method, path, **kw)
+    except httpx.HTTPError as e:
+        raise _fail(f"cannot reach the guardian at {api} ({e}); is `guardian serve` running?") from None
+    if r.status_code >= 400:
+        try:
+            body = r.json()
+            detail = body.get("detail")
+        except ValueError:
+            detail = r.text
+        if isinstance(detail, list):
+            detail = "; ".join(f"{d.get('field')}: {d.get('message')}" if isinstance(d, dict) else str(d)
+                               for d in detail)
+        raise _fail(f"HTTP {r.status_code}: {detail}")
+    return r.json()
+
+
+def _verdict_line(v: dict[str, Any]) -> str:
+    colour = {"pass": "green", "fail": "red", "inconclusive": "yellow", "error": "magenta"}.get(v["result"], "white")
+    value = "—" if v.get("value") is None else f"{v['value']:.4g}"
+    n = v.get("sample_size")
+    n_text = "" if n is None or n != n else f" n={n:g}"
+    return f"[{colour}]{v['check']}: {v['result']}[/{colour}] {value} vs {v.get('threshold')}{n_text}"
+
+
+def _status_line(r: dict[str, Any]) -> str:
+    steps = r["steps"]
+    left = r.get("time_left_in_step")
+    parts = [
+        datetime.now().strftime("%H:%M:%S"),
+        f"{r['id']} {r['service']}",
+        f"{r['phase']}" + (f" (by {r['paused_by']})" if r.get("paused_by") else ""),
+        f"step {min(r['step_index'] + 1, len(steps))}/{len(steps)} weight {r['weight']}%",
+    ]
+    if left is not None:
+        parts.append(f"{left:.0f}s left in step")
+    line = " · ".join(parts)
+    if r.get("verdicts"):
+        line += "\n    " + " | ".join(_verdict_line(v) for v in r["verdicts"])
+    return line
+
+
+def _exit_code(r: dict[str, Any]) -> int:
+    return {"promoted": EXIT_PROMOTED, "rolled_back": EXIT_ROLLED_BACK}.get(r["phase"], EXIT_PAUSED)
+
+
+def _watch(api: str, token: str | None, rollout_id: str, timeout: float, interval: float = 1.0) -> int:
+    deadline = time.monotonic() + timeout if timeout > 0 else None
+    seen_tick, seen_decisions = None, 0
+    while True:
+        r = _call(api, token, "GET", f"/v1/rollouts/{rollout_id}")
+        tick = r["last_tick"]
+        for d in r["decisions"][seen_decisions:]:
+            out.print(f"  → [bold]{d['action']}[/bold] ({d['source']}): {d['reason']}"
+                      + ("" if not d.get("outcome") or d["outcome"]["ok"] else
+                         f" [red]FAILED: {d['outcome']['detail']}[/red]"))
+        seen_decisions = len(r["decisions"])
+        if tick != seen_tick:
+            out.print(_status_line(r))
+            seen_tick = tick
+        if r["phase"] in ("promoted", "rolled_back"):
+            out.print(f"[bold]{r['phase']}[/bold]: {r['reason']}")
+            return _exit_code(r)
+        if r["phase"] == "paused" and r.get("paused_by") == "user":
+            out.print(f"[yellow]paused by a user[/yellow]: {r['reason']}")
+            return EXIT_PAUSED
+        if deadline and time.monotonic() > deadline:
+            out.print(f"[yellow]still {r['phase']} after {timeout:g}s[/yellow]: {r['reason']}")
+            return EXIT_PAUSED
+        time.sleep(interval)
+
+
+@rollout_app.command("start")
+def rollout_start(
+    service: Annotated[str, typer.Argument(help="the service to roll out")],
+    image: Annotated[str, typer.Option("--image", help="the new version's image")],
+    strategy: Annotated[str, typer.Option(help="canary | rolling | blue-green | observe")] = "canary",
+    steps: Annotated[str | None, typer.Option(help="canary weights, e.g. 10,25,50,100")] = None,
+    target: Annotated[str | None, typer.Option(help="actuator: noop, webhook+http://host/path")] = None,
+    step_seconds: Annotated[float | None, typer.Option(help="tick length in seconds")] = None,
+    analysis_seconds: Annotated[float | None, typer.Option(help="seconds each step must pass")] = None,
+    wait: Annotated[bool, typer.Option("--wait", help="follow it; exit 0 promoted, 1 rolled back, 3 paused")] = False,
+    timeout: Annotated[float, typer.Option(help="with --wait: exit 3 after this many seconds; 0 = never")] = 0,
+    api: ApiOpt = "http://127.0.0.1:8080",
+    token: TokenOpt = None,
+) -> None:
+    """Start a guarded rollout."""
+    body: dict[str, Any] = {"service": service, "image": image, "strategy": strategy}
+    if steps:
+        try:
+            body["steps"] = [int(s) for s in steps.split(",")]
+        except ValueError:
+            raise _fail(f"--steps: expected comma-separated whole numbers, got {steps!r}") from None
+    for key, value in (("target", target), ("step_seconds", step_seconds), ("analysis_seconds", analysis_seconds)):
+        if value is not None:
+            body[key] = value
+    r = _call(api, token, "POST", "/v1/rollouts", json=body)
+    out.print(f"started rollout [bold]{r['id']}[/bold] of {r['service']} → {r['image']} "
+              f"({r['strategy']}, steps {r['steps']}, target {r['target']})")
+    if wait:
+        raise typer.Exit(_watch(api, token, r["id"], timeout))
+    out.print(r["id"])
+
+
+@rollout_app.command("status")
+def rollout_status(rollout_id: str, api: ApiOpt = "http://127.0.0.1:8080", token: TokenOpt = None,
+                   as_json: Annotated[bool, typer.Option("--json", help="the full state as JSON")] = False) -> None:
+    """Show a rollout's state, step and latest verdicts."""
+    r = _call(api, token, "GET", f"/v1/rollouts/{rollout_id}")
+    if as_json:
+        print(json.dumps(r, indent=2))
+        return
+    out.print(_status_line(r))
+    out.print(f"  reason: {r['reason']}", markup=False)
+
+
+@rollout_app.command("watch")
+def rollout_watch(rollout_id: str, api: ApiOpt = "http://127.0.0.1:8080", token: TokenOpt = None,
+                  timeout: Annotated[float, typer.Option(help="give up (exit 3) after this many seconds")] = 0) -> None:
+    """Follow a rollout live until it ends: exit 0 promoted, 1 rolled back, 3 paused or timed out."""
+    raise typer.Exit(_watch(api, token, rollout_id, timeout))
+
+
+def _override(action: str):
+    def command(rollout_id: str, api: ApiOpt = "http://127.0.0.1:8080", token: TokenOpt = None) -> None:
+        r = _call(api, token, "POST", f"/v1/rollouts/{rollout_id}/{action}")
+        out.print(_status_line(r))
+
+    command.__doc__ = {
+        "pause": "Hold the rollout where it is (the guardian keeps watching, but does not act).",
+        "resume": "Resume a paused rollout.",
+        "promote": "Make the new version stable now, skipping the remaining steps.",
+        "rollback": "Send all traffic back to the stable version now.",
+    }[action]
+    return command
+
+
+for _action in ("pause", "resume", "promote", "rollback"):
+    rollout_app.command(_action)(_override(_action))
+
+
+# -- replay -----------------------------------------------------------------------------------------
+@app.command()
+def replay(
+    paths: Annotated[list[Path], typer.Argument(help="recordings (guardian-recording/v1) or folders of them")],
+    rules: Annotated[Path | None, typer.Option(help="a rule file to judge with (default: built-in policy)")] = None,
+    as_json: Annotated[bool, typer.Option("--json", help="one JSON object per recording per line")] = False,
+) -> None:
+    """Replay recorded rollouts through the real decision engine."""
+    from guardian.engine.replay import replay_file
+    from guardian.rules.loader import DEFAULT_RULESET, RuleSet, load_paths
+
+    ruleset = DEFAULT_RULESET
+    if rules is not None:
+        try:
+            sets = load_paths([rules])
+        except RuleError as e:
+            for p in e.problems:
+                err.print(str(p), markup=False)
+            raise typer.Exit(EXIT_ERROR) from None
+        if len(sets) != 1:
+            raise _fail(f"{rules}: expected one rule file, found rules for {len(sets)} services")
+        ruleset = next(iter(sets.values()))
+    assert isinstance(ruleset, RuleSet)
+    files: list[Path] = []
+    for p in paths:
+        files.extend(sorted(p.glob("*.json")) if p.is_dir() else [p])
+    failed = 0
+    for f in files:
+        try:
+            result = replay_file(f, ruleset)
+        except RecordingError as e:
+            err.print(f"error: {e}", markup=False)
+            failed += 1
+            continue
+        if as_json:
+            sys.stdout.write(json.dumps(result.to_json()) + "\n")
+        else:
+            tick = "" if result.tick is None else f" at tick {result.tick}"
+            out.print(f"{result.file}: [bold]{result.decision}[/bold]{tick}: {result.reason}")
+    if failed:
+        raise typer.Exit(EXIT_ERROR)
+
+
+def main() -> None:  # pragma: no cover
+    app(prog_name=os.path.basename(sys.argv[0]) or "guardian")

@@ -1,0 +1,79 @@
+"""Replay recordings through the live engine: the same Guard, store, judges and policy; only the
+source (a RecordingSource), the clock (a FakeClock) and the actuator (noop) differ.
+
+Causal by construction: at tick t the guard can only have fetched ticks <= t. `labels` are never read.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from guardian.actuators.noop import NoopActuator
+from guardian.clock import FakeClock
+from guardian.domain import Action, Phase, Strategy
+from guardian.engine.guard import Guard, GuardConfig, StartSpec
+from guardian.engine.store import SQLiteStore
+from guardian.rules.loader import DEFAULT_RULESET, RuleSet
+from guardian.sources.recording import RecordingSource
+
+
+class _Silent:
+    def notify(self, event: dict[str, Any]) -> None:
+        pass
+
+
+class _FixedRules:
+    def __init__(self, ruleset: RuleSet):
+        self.ruleset = ruleset
+
+    def for_service(self, service: str) -> RuleSet:
+        return self.ruleset
+
+
+@dataclass(frozen=True)
+class ReplayResult:
+    file: str
+    decision: str  # "rollback" | "promote" | "pause"
+    tick: int | None
+    reason: str
+    decisions: tuple[dict[str, Any], ...] = ()
+
+    def to_json(self) -> dict[str, Any]:
+        return {"file": self.file, "decision": self.decision, "tick": self.tick, "reason": self.reason}
+
+
+def replay_recording(recording: dict[str, Any], name: str, ruleset: RuleSet = DEFAULT_RULESET) -> ReplayResult:
+    source = RecordingSource(recording)
+    clock = FakeClock(source.start)
+    store = SQLiteStore(":memory:")
+    noop = NoopActuator()
+    guard = Guard(store, source, _FixedRules(ruleset), lambda target: noop, clock,
+                  GuardConfig(evaluation_delay=0.0, catch_up_ticks=1), notifier=_Silent())
+    horizon = source.ticks * source.step
+    state = guard.start(StartSpec(service=recording.get("service", name), image="recorded", strategy=Strategy.OBSERVE,
+                                  steps=(100,), step_seconds=source.step, analysis_seconds=horizon + source.step,
+                                  id="replay"))
+    paused_at: int | None = None
+    last_reason = ""
+    for t in range(source.ticks):
+        clock.t = source.start + (t + 1) * source.step
+        decision = guard.tick(state.id)
+        if decision is None:
+            continue
+        last_reason = decision.reason
+        if decision.action is Action.ROLLBACK:
+            return ReplayResult(name, "rollback", t, decision.reason, tuple(store.decisions(state.id)))
+        if decision.action is Action.PAUSE:
+            paused_at = t
+    final = store.get(state.id)
+    store.close()
+    if final.phase is Phase.PAUSED:
+        return ReplayResult(name, "pause", paused_at, final.reason or last_reason)
+    return ReplayResult(name, "promote", None, last_reason or "no check failed")
+
+
+def replay_file(path: Path, ruleset: RuleSet = DEFAULT_RULESET) -> ReplayResult:
+    from guardian.sources.recording import load_recording
+
+    return replay_recording(load_recording(path), path.name, ruleset)

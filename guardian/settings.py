@@ -1,0 +1,94 @@
+"""Settings: defaults, then a YAML config file (`--config`), then GUARDIAN_* environment variables.
+
+Refuses unsafe combinations at start-up: listening beyond loopback without a token, ticks
+shorter than the source can answer, a delay that swallows the tick.
+"""
+from __future__ import annotations
+
+import ipaddress
+from pathlib import Path
+from typing import Any, Literal
+
+from pydantic import Field, SecretStr, ValidationError, model_validator
+from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
+from ruamel.yaml import YAML
+from ruamel.yaml.error import MarkedYAMLError
+
+from guardian.errors import Problem, RuleError
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(env_prefix="GUARDIAN_", extra="forbid", env_nested_delimiter="__")
+
+    host: str = "127.0.0.1"
+    port: int = Field(8080, ge=0, le=65535)
+    token: SecretStr | None = None  # bearer token for mutating endpoints
+    prometheus_url: str = "http://127.0.0.1:9090"
+    prometheus_timeout: float = Field(5.0, gt=0)
+    min_window: float = Field(15.0, gt=0, description="shortest {{window}} put into PromQL rate() windows")
+    rules: list[str] = ["rules"]
+    db_path: str = "var/guardian.db"
+    recordings_dir: str = "var/recordings"
+    tick_seconds: float = Field(10.0, ge=0.5, description="length of one tick (evaluation interval)")
+    evaluation_delay: float = Field(1.0, ge=0, description="wait after a tick's end for the last scrape")
+    analysis_seconds: float = Field(60.0, ge=0, description="how long a step must pass before advancing")
+    steps: list[int] = [10, 25, 50, 100]
+    default_target: str = "noop"
+    max_scale: int = Field(3, ge=0)
+    on_inconclusive: Literal["pause", "continue"] = "pause"
+    log_level: str = "INFO"
+
+    @model_validator(mode="after")
+    def _safe(self) -> Settings:
+        if self.token is None and not _is_loopback(self.host):
+            raise ValueError(f"refusing to listen on {self.host} without a token: set GUARDIAN_TOKEN or "
+                             "listen on 127.0.0.1")
+        if self.evaluation_delay >= self.tick_seconds:
+            raise ValueError(f"evaluation_delay ({self.evaluation_delay}s) must be shorter than tick_seconds "
+                             f"({self.tick_seconds}s)")
+        if not self.steps or any(not 0 < s <= 100 for s in self.steps) or self.steps != sorted(self.steps):
+            raise ValueError("steps must be rising percentages in 1..100")
+        return self
+
+    @classmethod
+    def settings_customise_sources(cls, settings_cls: type[BaseSettings], init_settings: PydanticBaseSettingsSource,
+                                   env_settings: PydanticBaseSettingsSource, dotenv_settings, file_secret_settings):
+        return (env_settings, init_settings)  # environment beats the config file
+
+
+def _is_loopback(host: str) -> bool:
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+def load_settings(config: str | Path | None = None, **overrides: Any) -> Settings:
+    """Settings from an optional YAML file plus overrides. Raises RuleError with FILE:LINE: field: message."""
+    data: dict[str, Any] = {}
+    name = str(config) if config else "(settings)"
+    doc = None
+    if config:
+        try:
+            doc = YAML(typ="rt").load(Path(config).read_text(encoding="utf-8")) or {}
+        except OSError as e:
+            raise RuleError([Problem(name, 1, "(file)", f"cannot read: {e}")]) from None
+        except MarkedYAMLError as e:
+            line = e.problem_mark.line + 1 if e.problem_mark else 1
+            raise RuleError([Problem(name, line, "(yaml)", f"malformed YAML: {e.problem}")]) from None
+        if not isinstance(doc, dict):
+            raise RuleError([Problem(name, 1, "(file)", "a config file is a mapping of setting: value")])
+        data = {str(k): v for k, v in doc.items()}
+    data.update({k: v for k, v in overrides.items() if v is not None})
+    try:
+        return Settings(**data)
+    except ValidationError as e:
+        from guardian.rules.loader import _field_path, _line_of
+
+        raise RuleError([
+            Problem(name, _line_of(doc, err["loc"]) if doc else 1, _field_path(err["loc"], doc or {}),
+                    err["msg"].removeprefix("Value error, ") if err["type"] != "extra_forbidden" else "unknown setting")
+            for err in e.errors()
+        ]) from None
