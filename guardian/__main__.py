@@ -1,0 +1,3 @@
+from guardian.cli import app
+
+app(prog_name="guardian")
