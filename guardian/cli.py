@@ -16,6 +16,8 @@ from rich.console import Console
 from guardian.errors import RecordingError, RuleError
 
 app = typer.Typer(help="Release Guardian: guards rollouts by watching their metrics, and rolls back bad ones.",
+                  epilog="Exit codes: 0 ok / promoted, 1 rolled back, 2 invalid input or error, 3 paused or "
+                         "timed out. Settings: --config FILE or GUARDIAN_* variables (see README).",
                   no_args_is_help=True, add_completion=False, pretty_exceptions_enable=False)
 rules_app = typer.Typer(help="Validate rule files.", no_args_is_help=True)
 rollout_app = typer.Typer(help="Start, follow and steer rollouts through a running guardian.", no_args_is_help=True)

@@ -6,6 +6,7 @@ shorter than the source can answer, a delay that swallows the tick.
 from __future__ import annotations
 
 import ipaddress
+from contextvars import ContextVar
 from pathlib import Path
 from typing import Any, Literal
 
@@ -46,14 +47,31 @@ class Settings(BaseSettings):
         if self.evaluation_delay >= self.tick_seconds:
             raise ValueError(f"evaluation_delay ({self.evaluation_delay}s) must be shorter than tick_seconds "
                              f"({self.tick_seconds}s)")
-        if not self.steps or any(not 0 < s <= 100 for s in self.steps) or self.steps != sorted(self.steps):
-            raise ValueError("steps must be rising percentages in 1..100")
+        if (not self.steps or any(not 0 < s <= 100 for s in self.steps)
+                or any(a >= b for a, b in zip(self.steps, self.steps[1:], strict=False))):
+            raise ValueError("steps must be strictly rising percentages in 1..100")
         return self
 
     @classmethod
     def settings_customise_sources(cls, settings_cls: type[BaseSettings], init_settings: PydanticBaseSettingsSource,
                                    env_settings: PydanticBaseSettingsSource, dotenv_settings, file_secret_settings):
-        return (env_settings, init_settings)  # environment beats the config file
+        # command-line flags (init) beat the environment, which beats the config file
+        return (init_settings, env_settings, _FileSource(settings_cls, _FILE_DATA.get() or {}))
+
+
+_FILE_DATA: ContextVar[dict[str, Any] | None] = ContextVar("guardian_settings_file", default=None)
+
+
+class _FileSource(PydanticBaseSettingsSource):
+    def __init__(self, settings_cls: type[BaseSettings], data: dict[str, Any]):
+        super().__init__(settings_cls)
+        self.data = data
+
+    def get_field_value(self, field: Any, field_name: str) -> tuple[Any, str, bool]:
+        return self.data.get(field_name), field_name, False
+
+    def __call__(self) -> dict[str, Any]:
+        return dict(self.data)
 
 
 def _is_loopback(host: str) -> bool:
@@ -81,9 +99,10 @@ def load_settings(config: str | Path | None = None, **overrides: Any) -> Setting
         if not isinstance(doc, dict):
             raise RuleError([Problem(name, 1, "(file)", "a config file is a mapping of setting: value")])
         data = {str(k): v for k, v in doc.items()}
-    data.update({k: v for k, v in overrides.items() if v is not None})
+    flags = {k: v for k, v in overrides.items() if v is not None}
+    token = _FILE_DATA.set(data)
     try:
-        return Settings(**data)
+        return Settings(**flags)
     except ValidationError as e:
         from guardian.rules.loader import _field_path, _line_of
 
@@ -92,3 +111,5 @@ def load_settings(config: str | Path | None = None, **overrides: Any) -> Setting
                     err["msg"].removeprefix("Value error, ") if err["type"] != "extra_forbidden" else "unknown setting")
             for err in e.errors()
         ]) from None
+    finally:
+        _FILE_DATA.reset(token)

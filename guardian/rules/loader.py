@@ -73,12 +73,21 @@ def _field_path(loc: Sequence[int | str], node: Any) -> str:
     return "".join(parts) or "(file)"
 
 
+def _loc(err: dict[str, Any]) -> tuple[int | str, ...]:
+    loc = tuple(err["loc"])
+    if err["type"] in ("union_tag_invalid", "union_tag_not_found"):  # point at the `kind` field itself
+        loc += (err["ctx"]["discriminator"].strip("'"),)
+    return loc
+
+
 def _message(err: dict[str, Any]) -> str:
     msg = err["msg"].removeprefix("Value error, ")
     if err["type"] == "extra_forbidden":
         return "unknown field"
-    if err["type"] == "missing":
+    if err["type"] in ("missing", "union_tag_not_found"):
         return "required field is missing"
+    if err["type"] == "union_tag_invalid":
+        return f"unknown kind {err['ctx']['tag']!r}; known: {err['ctx']['expected_tags'].replace(chr(39), '')}"
     return msg
 
 
@@ -102,7 +111,10 @@ def _semantic_problems(data: dict[str, Any]) -> list[tuple[tuple[int | str, ...]
             value = check.get(field_name)
             if not isinstance(value, str):
                 continue
-            for signal in (p.strip() for p in value.split("/")):
+            names = [p.strip() for p in value.split("/")]
+            if field_name == "ratio" and (len(names) != 2 or not all(names)):
+                continue  # a malformed ratio is reported by the model; do not guess at its names
+            for signal in names:
                 if signal and signal not in known:
                     problems.append(
                         (("checks", i, field_name),
@@ -124,7 +136,7 @@ def parse_text(text: str, filename: str) -> RuleFile:
         raise RuleError([Problem(filename, 1, "(file)", "a rule file is a mapping with 'service' and 'checks'")])
     plain = _plain(data)
     rules, errors = _validate(plain)
-    problems = [(tuple(err["loc"]), _message(err)) for err in errors] + _semantic_problems(plain)
+    problems = [(_loc(err), _message(err)) for err in errors] + _semantic_problems(plain)
     if problems or rules is None:
         found = [Problem(filename, _line_of(data, loc), _field_path(loc, data), m) for loc, m in problems]
         raise RuleError(sorted(found, key=lambda p: p.line))
@@ -175,7 +187,7 @@ def load_paths(paths: Iterable[str | Path]) -> dict[str, RuleSet]:
             continue
         if rules.service in sets:
             problems.append(
-                Problem(str(f), 1, "service",
+                Problem(str(f), _line_of(YAML(typ="rt").load(text), ("service",)), "service",
                         f"service {rules.service!r} is already guarded by {sets[rules.service].source}")
             )
             continue

@@ -84,8 +84,13 @@ def _safe_url(url: str) -> str:
     return urlunsplit(parts._replace(netloc=parts.netloc.rpartition("@")[2]))
 
 
-def _ts(t: float) -> str:
-    return f"{t:.3f}"
+def _ms(t: float) -> int:
+    """Prometheus works in whole milliseconds; round once so start, end and step agree exactly."""
+    return round(t * 1000)
+
+
+def _ts(ms: int) -> str:
+    return f"{ms // 1000}.{ms % 1000:03d}"
 
 
 def _dt(t: float) -> datetime:
@@ -163,11 +168,12 @@ class PrometheusSource:
         return self._gauge(promql, where, end)
 
     def _counter(self, promql: str, where: str, start: float, end: float) -> float:
-        # The client rounds start/end to whole seconds; these params override them exactly.
-        params = {"start": _ts(start), "end": _ts(end)}
-        result = self._call(
-            promql, self._client.custom_query_range, promql, _dt(start), _dt(end), _ts(end - start), params
-        )
+        # The client rounds start/end to whole seconds: these params override them. The step is given
+        # in integer ms (a float step is truncated by Prometheus) so the second point lands on `end`.
+        s_ms, e_ms = _ms(start), _ms(end)
+        params = {"start": _ts(s_ms), "end": _ts(e_ms)}
+        step = f"{max(e_ms - s_ms, 1)}ms"
+        result = self._call(promql, self._client.custom_query_range, promql, _dt(start), _dt(end), step, params)
         pairs = [window_pair(s.get("values", []), start, end) for s in result]
         try:
             return counter_increase(pairs)
@@ -175,7 +181,7 @@ class PrometheusSource:
             raise NoData(f"no data for {where} at the end of the window: {promql}") from None
 
     def _gauge(self, promql: str, where: str, end: float) -> float:
-        result = self._call(promql, self._client.custom_query, promql, {"time": _ts(end)})
+        result = self._call(promql, self._client.custom_query, promql, {"time": _ts(_ms(end))})
         if result and not isinstance(result[0], dict):  # a scalar answer: [ts, "value"]
             result = [{"metric": {}, "value": result}]
         if not result:

@@ -1,0 +1,382 @@
+"""The `guardian` command (SPEC section 1): rules check, replay, the rollout commands and their exit codes.
+
+The rollout commands are run against the real app in process (the CLI's HTTP client is swapped for a
+TestClient), so the CLI and the API are checked together without a server."""
+from __future__ import annotations
+
+import json
+import os
+import re
+import shutil
+import textwrap
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from fastapi.testclient import TestClient
+from typer.testing import CliRunner
+
+from guardian import cli
+from guardian.api.app import Components, build, create_app
+from guardian.cli import app
+from guardian.clock import FakeClock
+from guardian.errors import RuleError
+from guardian.rules.loader import load_paths
+from guardian.settings import Settings
+from guardian.sources.recording import RecordingSource
+
+REPO = Path(__file__).resolve().parents[2]
+ANSI = re.compile(r"\x1b\[[0-9;]*[A-Za-z]")
+TICKS = 40
+
+
+@pytest.fixture(autouse=True)
+def clean_env(monkeypatch):
+    for name in list(os.environ):
+        if name.upper().startswith("GUARDIAN_"):
+            monkeypatch.delenv(name)
+
+
+@pytest.fixture
+def runner() -> CliRunner:
+    return CliRunner()
+
+
+def run(runner: CliRunner, *args: str):
+    return runner.invoke(app, [str(a) for a in args], env={"COLUMNS": "200"})
+
+
+def text(s: str) -> str:
+    return ANSI.sub("", s)
+
+
+def flat(s: str) -> str:
+    """Help text without its box drawing and line wrapping."""
+    return " ".join(text(s).replace("│", " ").split())
+
+
+def recording(canary_errors: int = 30, ticks: int = TICKS) -> dict:
+    return {
+        "format": "guardian-recording/v1",
+        "service": "checkout",
+        "step_seconds": 10,
+        "start": "2026-01-05T12:00:00Z",
+        "series": {
+            "requests": {"canary": [100] * ticks, "baseline": [900] * ticks},
+            "errors": {"canary": [canary_errors] * ticks, "baseline": [1] * ticks},
+            "p99_seconds": {"canary": [0.1] * ticks, "baseline": [0.1] * ticks},
+        },
+        "labels": {"truth": "bad"},
+    }
+
+
+# -- rules check ----------------------------------------------------------------------------------------
+def test_rules_check_shipped_rules(runner):
+    result = run(runner, "rules", "check", REPO / "rules")
+    assert result.exit_code == 0, result.output
+    assert "ok:" in result.stdout and "checkout" in result.stdout
+
+
+BAD_RULES = """\
+service: checkout
+checks:
+  - name: error-rate
+    kind: threshold
+    ratio: oops / requests
+    above: 5%
+    for: 2 minutes
+    action: explode
+"""
+
+
+def test_rules_check_bad_file_prints_one_unwrapped_line_per_problem(runner, tmp_path):
+    bad = tmp_path / "bad.yaml"
+    bad.write_text(BAD_RULES, encoding="utf-8")
+    with pytest.raises(RuleError) as err:
+        load_paths([bad])
+    expected = [str(p) for p in err.value.problems]
+    assert len(expected) == 3
+    assert any(len(line) > 120 for line in expected)  # long enough that a wrapping console would break it
+
+    result = run(runner, "rules", "check", bad)
+    assert result.exit_code == 2
+    assert text(result.stdout).splitlines() == expected
+    assert expected[0].startswith(f"{bad}:5: checks[0].ratio: unknown signal 'oops'")
+    assert expected[1].startswith(f"{bad}:7: checks[0].for: bad duration")
+    assert expected[2].startswith(f"{bad}:8: checks[0].action: ")
+
+
+def test_rules_check_line_format(runner, tmp_path):
+    bad = tmp_path / "r.yml"
+    bad.write_text("service: x\nbogus: 1\n", encoding="utf-8")
+    result = run(runner, "rules", "check", tmp_path)  # a folder: its *.yml files are checked
+    assert result.exit_code == 2
+    assert text(result.stdout).splitlines() == [f"{bad}:2: bogus: unknown field"]
+
+
+def test_rules_check_reports_every_file(runner, tmp_path):
+    (tmp_path / "a.yaml").write_text("service: a\nchecks: 5\n", encoding="utf-8")
+    (tmp_path / "b.yaml").write_text("service: b\nport: 1\n", encoding="utf-8")
+    result = run(runner, "rules", "check", tmp_path)
+    assert result.exit_code == 2
+    lines = text(result.stdout).splitlines()
+    assert [line.split(": ")[0] for line in lines] == [f"{tmp_path / 'a.yaml'}:2", f"{tmp_path / 'b.yaml'}:2"]
+
+
+def test_rules_check_missing_path(runner, tmp_path):
+    missing = tmp_path / "nope.yaml"
+    result = run(runner, "rules", "check", missing)
+    assert result.exit_code == 2
+    assert str(missing) in result.stderr
+    assert "no such file" in result.stderr
+
+
+def test_rules_check_missing_path_with_a_valid_one_still_fails(runner, tmp_path):
+    result = run(runner, "rules", "check", REPO / "rules", tmp_path / "nope")
+    assert result.exit_code == 2
+
+
+def test_rules_check_without_paths_is_a_usage_error(runner):
+    assert run(runner, "rules", "check").exit_code == 2
+
+
+# -- replay -----------------------------------------------------------------------------------------------
+def write_json(path: Path, doc: object) -> Path:
+    path.write_text(json.dumps(doc), encoding="utf-8")
+    return path
+
+
+def uneven() -> dict:
+    doc = recording()
+    doc["series"]["errors"]["canary"] = doc["series"]["errors"]["canary"][:-1]
+    return doc
+
+
+def non_numeric() -> dict:
+    doc = recording()
+    doc["series"]["requests"]["canary"][3] = "lots"
+    return doc
+
+
+INVALID = [
+    ({**recording(), "format": "guardian-recording/v0"}, "format"),
+    (uneven(), "series.errors.canary"),
+    (non_numeric(), "series.requests.canary[3]"),
+    ({**recording(), "step_seconds": 0}, "step_seconds"),
+    ({**recording(), "start": "yesterday"}, "start"),
+    ({**recording(), "series": {}}, "series"),
+]
+
+
+@pytest.mark.parametrize(("doc", "field"), INVALID,
+                         ids=["wrong-format", "uneven-arrays", "non-numeric", "zero-step", "bad-start", "no-series"])
+def test_replay_folder_with_a_valid_and_an_invalid_recording(runner, tmp_path, doc, field):
+    write_json(tmp_path / "good.json", recording())
+    write_json(tmp_path / "broken.json", doc)
+
+    result = run(runner, "replay", tmp_path, "--json")
+
+    assert result.exit_code == 2
+    lines = result.stdout.splitlines()
+    assert len(lines) == 1, result.stdout
+    line = json.loads(lines[0])
+    assert set(line) == {"file", "decision", "tick", "reason"}
+    assert line["file"] == "good.json"
+    assert line["decision"] == "rollback"
+    assert isinstance(line["tick"], int)
+    assert 11 <= line["tick"] <= 13  # 30% errors from tick 0 must last `for: 2m` (12 ticks of 10 s)
+    assert "error-rate" in line["reason"]
+    assert "broken.json" in result.stderr
+    assert field in result.stderr
+
+
+def test_replay_unreadable_json(runner, tmp_path):
+    (tmp_path / "truncated.json").write_text('{"format": "guardian-', encoding="utf-8")
+    result = run(runner, "replay", tmp_path / "truncated.json", "--json")
+    assert result.exit_code == 2
+    assert result.stdout == ""
+    assert "truncated.json" in result.stderr
+
+
+def test_replay_healthy_recording_promotes(runner, tmp_path):
+    path = write_json(tmp_path / "fine.json", recording(canary_errors=0))
+    result = run(runner, "replay", path, "--json")
+    assert result.exit_code == 0, result.output
+    assert json.loads(result.stdout) == {**json.loads(result.stdout), "file": "fine.json", "decision": "promote",
+                                         "tick": None}
+
+
+def test_replay_ignores_labels(runner, tmp_path):
+    good = recording()
+    relabelled = {**recording(), "labels": {"truth": "good", "onset_tick": None}}
+    write_json(tmp_path / "a.json", good)
+    write_json(tmp_path / "b.json", relabelled)
+    result = run(runner, "replay", tmp_path, "--json")
+    assert result.exit_code == 0, result.output
+    a, b = (json.loads(line) for line in result.stdout.splitlines())
+    assert (a["decision"], a["tick"], a["reason"]) == (b["decision"], b["tick"], b["reason"])
+
+
+def test_replay_with_rules(runner, tmp_path):
+    # a 50% limit: 30% errors is no longer a reason to roll back
+    rules = tmp_path / "lenient.yaml"
+    rules.write_text(textwrap.dedent("""\
+        service: checkout
+        checks:
+          - name: error-rate
+            kind: threshold
+            ratio: errors / requests
+            above: 50%
+            for: 2m
+        """), encoding="utf-8")
+    path = write_json(tmp_path / "rec.json", recording())
+    result = run(runner, "replay", path, "--json", "--rules", rules)
+    assert result.exit_code == 0, result.output
+    assert json.loads(result.stdout)["decision"] == "promote"
+
+
+def test_replay_with_invalid_rules(runner, tmp_path):
+    rules = tmp_path / "bad.yaml"
+    rules.write_text("service: checkout\nbogus: 1\n", encoding="utf-8")
+    path = write_json(tmp_path / "rec.json", recording())
+    result = run(runner, "replay", path, "--rules", rules)
+    assert result.exit_code == 2
+    assert f"{rules}:2: bogus: unknown field" in result.stderr
+    assert result.stdout == ""
+
+
+def test_replay_human_output(runner, tmp_path):
+    path = write_json(tmp_path / "rec.json", recording())
+    result = run(runner, "replay", path)
+    assert result.exit_code == 0
+    assert re.match(r"rec\.json: rollback at tick \d+: error-rate", text(result.stdout))
+
+
+def test_shipped_bench_recordings_replay_if_present(runner, tmp_path):
+    bench = Path("/work/shared/bench/recordings")
+    files = sorted(bench.glob("*.json"))[:2] if bench.is_dir() else []
+    if not files:
+        pytest.skip("no bench recordings here")
+    for f in files:
+        shutil.copy(f, tmp_path / f.name)
+    result = run(runner, "replay", tmp_path, "--json")
+    assert result.exit_code == 0, result.output
+    assert [json.loads(line)["file"] for line in result.stdout.splitlines()] == [f.name for f in files]
+
+
+# -- rollout commands -------------------------------------------------------------------------------------
+def test_rollout_status_without_a_guardian(runner):
+    result = run(runner, "rollout", "status", "nope", "--api", "http://127.0.0.1:9")
+    assert result.exit_code == 2
+    assert result.stdout == ""
+    err = text(result.stderr)
+    assert "cannot reach the guardian at http://127.0.0.1:9" in err
+    assert "guardian serve" in err
+    assert "Traceback" not in result.output
+
+
+def test_rollout_start_bad_steps_fail_before_calling(runner):
+    result = run(runner, "rollout", "start", "checkout", "--image", "x", "--steps", "10,ten",
+                 "--api", "http://127.0.0.1:9")
+    assert result.exit_code == 2
+    assert "--steps" in result.stderr
+    assert "cannot reach" not in result.stderr
+
+
+class _Borrowed:
+    """Stands in for the CLI's httpx.Client: sends through one long-lived TestClient."""
+
+    def __init__(self, client: TestClient, headers: dict[str, str]):
+        self.client, self.headers = client, headers
+
+    def __enter__(self) -> _Borrowed:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        return None
+
+    def request(self, method: str, path: str, **kw):
+        return self.client.request(method, path, headers=self.headers, **kw)
+
+
+@pytest.fixture
+def guardian(tmp_path, monkeypatch) -> Iterator[Components]:
+    settings = Settings(db_path=str(tmp_path / "g.db"), rules=[str(REPO / "rules")], recordings_dir="",
+                        token="tok")
+    components = build(settings, source=RecordingSource(recording(canary_errors=0)), clock=FakeClock())
+    with TestClient(create_app(components, run_scheduler=False)) as client:
+        monkeypatch.setattr(cli, "_client", lambda api, token: _Borrowed(
+            client, {"Authorization": f"Bearer {token}"} if token else {}))
+        yield components
+
+
+def test_rollout_start_and_overrides_through_the_api(runner, guardian):
+    result = run(runner, "rollout", "start", "checkout", "--image", "checkout:2", "--steps", "20,100",
+                 "--token", "tok")
+    assert result.exit_code == 0, result.output
+    rid = text(result.stdout).splitlines()[-1]
+    state = guardian.store.get(rid)
+    assert (state.service, state.image, state.steps, state.weight) == ("checkout", "checkout:2", (20, 100), 20)
+
+    result = run(runner, "rollout", "status", rid, "--json", "--token", "tok")
+    assert result.exit_code == 0
+    assert json.loads(result.stdout)["phase"] == "progressing"
+
+    assert run(runner, "rollout", "pause", rid, "--token", "tok").exit_code == 0
+    assert guardian.store.get(rid).phase.value == "paused"
+    assert run(runner, "rollout", "watch", rid, "--token", "tok").exit_code == 3  # paused by a user
+
+    assert run(runner, "rollout", "resume", rid, "--token", "tok").exit_code == 0
+    assert run(runner, "rollout", "promote", rid, "--token", "tok").exit_code == 0
+    assert run(runner, "rollout", "watch", rid, "--token", "tok").exit_code == 0  # promoted
+
+
+def test_rollout_rollback_then_watch_exits_1(runner, guardian):
+    rid = text(run(runner, "rollout", "start", "checkout", "--image", "c:2", "--token", "tok").stdout).split()[-1]
+    assert run(runner, "rollout", "rollback", rid, "--token", "tok").exit_code == 0
+    assert run(runner, "rollout", "watch", rid, "--token", "tok").exit_code == 1
+
+
+def test_rollout_api_errors_exit_2_with_the_detail(runner, guardian):
+    result = run(runner, "rollout", "start", "check out", "--image", "x", "--token", "tok")
+    assert result.exit_code == 2
+    assert "HTTP 422" in result.stderr and "service:" in result.stderr
+
+    result = run(runner, "rollout", "start", "checkout", "--image", "x")  # no token
+    assert result.exit_code == 2
+    assert "HTTP 401" in result.stderr
+    assert guardian.store.list() == []
+
+    result = run(runner, "rollout", "status", "nope", "--token", "tok")
+    assert result.exit_code == 2
+    assert "HTTP 404" in result.stderr
+
+
+# -- help -------------------------------------------------------------------------------------------------
+def test_top_level_help_lists_the_commands(runner):
+    result = run(runner, "--help")
+    assert result.exit_code == 0
+    out = flat(result.stdout)
+    for command in ("serve", "rules", "rollout", "replay"):
+        assert command in out
+
+
+def test_rollout_start_help_names_options_and_exit_codes(runner):
+    result = run(runner, "rollout", "start", "--help")
+    assert result.exit_code == 0
+    out = flat(result.stdout)
+    for option in ("--image", "--strategy", "--steps", "--target", "--wait", "--api", "--token"):
+        assert option in out
+    assert "canary | rolling | blue-green | observe" in out
+    assert "exit 0 promoted, 1 rolled back, 3 paused" in out
+
+
+def test_rules_check_help_names_the_line_format_and_exit_code(runner):
+    out = flat(run(runner, "rules", "check", "--help").stdout)
+    assert "FILE:LINE: field.path: message" in out
+    assert "exits 2" in out
+
+
+def test_rollout_watch_help_names_the_exit_codes(runner):
+    out = flat(run(runner, "rollout", "watch", "--help").stdout)
+    assert "exit 0 promoted, 1 rolled back, 3 paused" in out
