@@ -18,6 +18,7 @@ import argparse
 import json
 import random
 import signal
+import sys
 import threading
 import time
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -140,6 +141,11 @@ class DemoServer(ThreadingHTTPServer):
     def __init__(self, address: tuple[str, int], state: DemoState) -> None:
         self.state = state
         super().__init__(address, Handler)
+
+    def handle_error(self, request: Any, client_address: Any) -> None:
+        """A client that hangs up mid-request (load generator stopping) is normal, not a traceback."""
+        if not isinstance(sys.exc_info()[1], ConnectionError):
+            super().handle_error(request, client_address)
 
 
 def serve(port: int, host: str = "127.0.0.1", **settings: Any) -> None:
