@@ -11,8 +11,8 @@ from dataclasses import dataclass
 import pytest
 
 from guardian.demo.loadgen import LoadGenerator
-from tests.integration.conftest import REPO, DemoApp, PrometheusServer, prometheus_binary, wait_until
-from tests.integration.guardian_server import GuardianServer
+from guardian.demo.stack import DemoApp, GuardianServer, PrometheusServer, wait_until
+from tests.integration.conftest import REPO, prometheus_binary
 
 pytestmark = pytest.mark.integration
 
