@@ -118,7 +118,8 @@ def _verdict_line(v: dict[str, Any]) -> str:
     value = "—" if v.get("value") is None else f"{v['value']:.4g}"
     n = v.get("sample_size")
     n_text = "" if n is None or n != n else f" n={n:g}"
-    return f"[{colour}]{v['check']}: {v['result']}[/{colour}] {value} vs {v.get('threshold')}{n_text}"
+    note = " (breaching)" if v.get("breaching") else " (warming up)" if v.get("warming_up") else ""
+    return f"[{colour}]{v['check']}: {v['result']}{note}[/{colour}] {value} vs {v.get('threshold')}{n_text}"
 
 
 def _status_line(r: dict[str, Any]) -> str:

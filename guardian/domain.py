@@ -68,6 +68,7 @@ class Verdict:
     statistic: str | None = None  # e.g. "wilson_lower(0.95)", "e_value", "last"
     action: Action = Action.ROLLBACK  # what a FAIL asks for
     breaching: bool = False  # INCONCLUSIVE only: the limit is crossed but `for:` has not elapsed
+    warming_up: bool = False  # INCONCLUSIVE only: the rollout is younger than the check's window
     replicas: int = 0  # for action SCALE: the replica delta
 
     def to_dict(self) -> dict[str, Any]:

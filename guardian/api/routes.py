@@ -12,7 +12,7 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from guardian.actuators import registry
 from guardian.api.app import Components
-from guardian.domain import Action, Strategy
+from guardian.domain import Action, Phase, Strategy
 from guardian.engine.guard import StartSpec
 
 router = APIRouter()
@@ -78,8 +78,8 @@ def rollout_view(c: Components, rollout_id: str) -> dict[str, Any]:
     latest = c.store.latest_tick(rollout_id)
     now = c.clock.now()
     view = state.to_dict()
-    view["time_left_in_step"] = (
-        max(0.0, state.analysis_seconds - (now - state.step_started_at)) if not state.phase.terminal else None
+    view["time_left_in_step"] = (  # the step's analysis restarts on resume, so a paused rollout has none
+        max(0.0, state.analysis_seconds - (now - state.step_started_at)) if state.phase is Phase.PROGRESSING else None
     )
     view["next_tick_at"] = (state.tick_bounds(state.last_tick + 1)[1] + c.settings.evaluation_delay
                             if not state.phase.terminal else None)

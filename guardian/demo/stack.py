@@ -90,8 +90,9 @@ def terminate(proc: subprocess.Popen[Any] | None, timeout: float = 10.0) -> None
 class DemoApp:
     """One `python -m guardian.demo.app` subprocess on a free loopback port."""
 
-    def __init__(self, name: str, *, error_ratio: float = 0.0, latency: float = 0.01, version: str = "v1"):
-        self.name, self.port = name, free_port()
+    def __init__(self, name: str, *, error_ratio: float = 0.0, latency: float = 0.01, version: str = "v1",
+                 port: int | None = None):
+        self.name, self.port = name, port or free_port()
         self.args = ["--error-ratio", str(error_ratio), "--latency", str(latency), "--version", version]
         self.proc: subprocess.Popen[bytes] | None = None
         # A file, not a pipe: nobody drains a pipe while tests run, and a full one would block the app.

@@ -3,7 +3,8 @@
 Order of precedence:
 1. any FAIL -> the most severe action the failing checks ask for (rollback > pause > scale > notify);
 2. any ERROR, or INCONCLUSIVE without a breach -> PAUSE (missing data is never a pass);
-3. any INCONCLUSIVE breach whose `for:` is still running -> CONTINUE (hold the step);
+3. any INCONCLUSIVE breach whose `for:` is still running, or a check still filling its first
+   window (warming up) -> CONTINUE (hold the step);
 4. all PASS -> ADVANCE, or PROMOTE on the last step, once the step has been analysed long enough.
 A rollout the guardian paused is RESUMEd when the evidence is conclusive again.
 """
@@ -55,7 +56,8 @@ def decide(
         notify = None
     if not vs:
         return make(policy.on_inconclusive, "no checks judge this rollout: nothing is known, so nothing passes")
-    unknown = [v for v in vs if v.result is Result.ERROR or (v.result is Result.INCONCLUSIVE and not v.breaching)]
+    unknown = [v for v in vs if v.result is Result.ERROR
+               or (v.result is Result.INCONCLUSIVE and not (v.breaching or v.warming_up))]
     if unknown:
         return make(policy.on_inconclusive, _names(unknown))
     if notify is not None:

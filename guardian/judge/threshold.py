@@ -57,7 +57,7 @@ def wilson_bounds(successes: float, n: float, confidence: float = 0.95) -> tuple
     denom = 1 + z * z / n
     centre = (p + z * z / (2 * n)) / denom
     half = z * math.sqrt(p * (1 - p) / n + z * z / (4 * n * n)) / denom
-    return max(0.0, centre - half), min(1.0, centre + half)
+    return max(0.0, round(centre - half, 12)), min(1.0, round(centre + half, 12))
 
 
 def window_ticks(check: ThresholdCheck, step_seconds: float) -> int:
@@ -121,6 +121,9 @@ def evaluate(check: ThresholdCheck, ev: Evidence, t: int) -> Verdict:
     common = {**base, "value": now.value, "sample_size": now.samples, "statistic": now.statistic}
     what = f"{check.ratio or check.signal} ({check.arm})"
     if now.state is TickState.NODATA:
+        if t + 1 < window_ticks(check, ev.step_seconds):  # the first window is not full yet: hold, not pause
+            return Verdict(result=Result.INCONCLUSIVE, warming_up=True, reason=f"{what}: warming up: {now.why}",
+                           **common)
         return Verdict(result=Result.INCONCLUSIVE, reason=f"{what}: {now.why}", **common)
     run_start = _breach_run_start(check, ev, t, now)
     limit = f"{check.direction} {check.limit:g}"

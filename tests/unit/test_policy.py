@@ -69,3 +69,8 @@ def test_scale_has_a_cooldown_and_carries_the_replica_delta():
 def test_notify_does_not_block_the_rollout_but_is_reported():
     d = decide([_v(Result.FAIL, Action.NOTIFY)], _state(), now=100)
     assert d.action is Action.NOTIFY
+
+
+def test_warming_up_holds_instead_of_pausing():
+    v = Verdict(check="c", result=Result.INCONCLUSIVE, reason="warming up", warming_up=True)
+    assert decide([v], _state(), now=1000).action is Action.CONTINUE

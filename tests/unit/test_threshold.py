@@ -109,3 +109,12 @@ def test_below_direction_uses_the_upper_bound():
                                            "window": "10s"})
     assert evaluate(check, _evidence([200], [20]), 0).result is Result.FAIL  # 10% < 50% confidently
     assert evaluate(check, _evidence([200], [150]), 0).result is Result.PASS
+
+
+def test_a_young_rollout_is_warming_up_not_missing_data():
+    check = _ratio(window="30s")  # 3 ticks
+    ev = _evidence([10, 10, 10, 10], [0, 0, 0, 0])
+    first = evaluate(check, ev, 0)
+    assert first.result is Result.INCONCLUSIVE and first.warming_up
+    full = evaluate(check, ev, 3)  # the window is full and still has only 30 < 50 requests
+    assert full.result is Result.INCONCLUSIVE and not full.warming_up
