@@ -10,7 +10,7 @@ from contextvars import ContextVar
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import Field, SecretStr, ValidationError, model_validator
+from pydantic import Field, SecretStr, ValidationError, field_validator, model_validator
 from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
 from ruamel.yaml import YAML
 from ruamel.yaml.error import MarkedYAMLError
@@ -38,6 +38,15 @@ class Settings(BaseSettings):
     max_scale: int = Field(3, ge=0)
     on_inconclusive: Literal["pause", "continue"] = "pause"
     log_level: str = "INFO"
+
+    @field_validator("default_target")
+    @classmethod
+    def _known_actuator(cls, v: str) -> str:
+        from guardian.actuators import registry
+
+        if problem := registry.validate_target(v):
+            raise ValueError(problem)
+        return v
 
     @model_validator(mode="after")
     def _safe(self) -> Settings:

@@ -380,3 +380,35 @@ def test_rules_check_help_names_the_line_format_and_exit_code(runner):
 def test_rollout_watch_help_names_the_exit_codes(runner):
     out = flat(run(runner, "rollout", "watch", "--help").stdout)
     assert "exit 0 promoted, 1 rolled back, 3 paused" in out
+
+
+def _serve(tmp_path, *args):
+    import subprocess
+    import sys
+
+    env = {k: v for k, v in os.environ.items() if not k.startswith("GUARDIAN_")}
+    env["GUARDIAN_DB_PATH"] = str(tmp_path / "state.db")
+    return subprocess.run([sys.executable, "-m", "guardian", "serve", "--port", "0", *args], env=env,
+                          capture_output=True, text=True, timeout=60)
+
+
+def test_serve_refuses_to_start_on_invalid_rules(tmp_path):
+    bad = tmp_path / "rules"
+    bad.mkdir()
+    (bad / "checkout.yaml").write_text("service: checkout\nchecks:\n  - name: x\n    kind: threshold\n"
+                                       "    signal: p99_seconds\n    above: 1s\n    for: soon\n")
+    run = _serve(tmp_path, "--rules", str(bad))
+    assert run.returncode == 2
+    assert f"{bad / 'checkout.yaml'}:7: checks[0].for: bad duration 'soon'" in run.stderr
+    assert "not started" in run.stderr
+    assert not (tmp_path / "state.db").exists(), "nothing may be created when the rules are invalid"
+
+
+def test_serve_refuses_an_unknown_actuator_in_its_config(tmp_path):
+    config = tmp_path / "guardian.yaml"
+    config.write_text("tick_seconds: 5\ndefault_target: kubernetez://cluster\n")
+    run = _serve(tmp_path, "--config", str(config))
+    assert run.returncode == 2
+    assert f"{config}:2: default_target: unknown actuator 'kubernetez'" in run.stderr
+    assert "known: noop, webhook" in run.stderr
+    assert not (tmp_path / "state.db").exists()
