@@ -123,29 +123,26 @@ def get_recording(rollout_id: str, c: Deps) -> dict[str, Any]:
     return c.store.recording(rollout_id)
 
 
-def _override(c: Components, rollout_id: str, action: Action) -> dict[str, Any]:
-    c.guard.override(rollout_id, action)
-    return rollout_view(c, rollout_id)
+def _override_route(action: Action):
+    def override(rollout_id: str, c: Deps) -> dict[str, Any]:
+        c.guard.override(rollout_id, action)
+        return rollout_view(c, rollout_id)
+
+    return override
 
 
-@router.post("/v1/rollouts/{rollout_id}/pause", dependencies=Mutating)
-def pause(rollout_id: str, c: Deps) -> dict[str, Any]:
-    return _override(c, rollout_id, Action.PAUSE)
-
-
-@router.post("/v1/rollouts/{rollout_id}/resume", dependencies=Mutating)
-def resume(rollout_id: str, c: Deps) -> dict[str, Any]:
-    return _override(c, rollout_id, Action.RESUME)
-
-
-@router.post("/v1/rollouts/{rollout_id}/promote", dependencies=Mutating)
-def promote(rollout_id: str, c: Deps) -> dict[str, Any]:
-    return _override(c, rollout_id, Action.PROMOTE)
-
-
-@router.post("/v1/rollouts/{rollout_id}/rollback", dependencies=Mutating)
-def rollback(rollout_id: str, c: Deps) -> dict[str, Any]:
-    return _override(c, rollout_id, Action.ROLLBACK)
+_OVERRIDES = {
+    Action.PAUSE: "Hold the rollout where it is: the guardian keeps watching but does not act until resumed.",
+    Action.RESUME: "Resume a paused rollout; the current step's analysis starts again.",
+    Action.PROMOTE: "Make the new version stable now, skipping the remaining steps.",
+    Action.ROLLBACK: "Send all traffic back to the stable version now.",
+}
+for _action, _doc in _OVERRIDES.items():
+    router.add_api_route(
+        f"/v1/rollouts/{{rollout_id}}/{_action.value}", _override_route(_action), methods=["POST"],
+        dependencies=Mutating, summary=f"{_action.value.capitalize()} a rollout", description=_doc
+        + " 409 when the rollout's phase does not allow it; 502 when the actuator failed (nothing changed).",
+    )
 
 
 @router.post("/v1/rules/reload", dependencies=Mutating)
