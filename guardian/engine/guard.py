@@ -174,7 +174,13 @@ class Guard:
             decision = self._tick(state, t)
             self.metrics.tick_seconds.observe(time.perf_counter() - began)
             self.metrics.ticks.inc()
-            return decision
+        if self.store.get(rollout_id).phase.terminal:
+            self.forget(rollout_id)
+        return decision
+
+    def forget(self, rollout_id: str) -> None:
+        """Drop what is cached for an ended rollout (its history stays in the store)."""
+        self._evidence.pop(rollout_id, None)
 
     def _tick(self, state: RolloutState, t: int) -> Decision:
         ruleset = self.rulebook.for_service(state.service)

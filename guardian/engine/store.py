@@ -147,11 +147,11 @@ class SQLiteStore:
             )
             self._save(db, state)
 
-    def ticks(self, rollout_id: str) -> list[dict[str, Any]]:
+    def ticks(self, rollout_id: str, *, latest_only: bool = False) -> list[dict[str, Any]]:
+        sql = 'SELECT tick, at, "values", unavailable, verdicts, decision FROM ticks WHERE rollout_id = ? '
+        sql += "ORDER BY tick DESC LIMIT 1" if latest_only else "ORDER BY tick"
         with self._lock:
-            rows = self._db.execute(
-                'SELECT tick, at, "values", unavailable, verdicts, decision FROM ticks WHERE rollout_id = ? '
-                "ORDER BY tick", (rollout_id,)).fetchall()
+            rows = self._db.execute(sql, (rollout_id,)).fetchall()
         return [
             {"tick": r["tick"], "at": r["at"], "values": json.loads(r["values"]), "unavailable": r["unavailable"],
              "verdicts": json.loads(r["verdicts"]), "decision": json.loads(r["decision"]) if r["decision"] else None}
@@ -167,11 +167,8 @@ class SQLiteStore:
         return ev
 
     def latest_tick(self, rollout_id: str) -> dict[str, Any] | None:
-        with self._lock:
-            row = self._db.execute("SELECT MAX(tick) AS t FROM ticks WHERE rollout_id = ?", (rollout_id,)).fetchone()
-        if row["t"] is None:
-            return None
-        return next(t for t in self.ticks(rollout_id) if t["tick"] == row["t"])
+        rows = self.ticks(rollout_id, latest_only=True)
+        return rows[0] if rows else None
 
     # -- operation log ----------------------------------------------------------------------------
     def begin_op(self, rollout_id, key, request, decision, at) -> int:
