@@ -34,6 +34,7 @@ from guardian.domain import (
     Verdict,
 )
 from guardian.engine.store import SQLiteStore
+from guardian.engine.transitions import transition, weight_after
 from guardian.errors import ActuatorError, NoData, RolloutConflict, SourceUnavailable
 from guardian.judge.policy import Policy, decide
 from guardian.judge.threshold import evaluate
@@ -65,39 +66,6 @@ class StartSpec:
     step_seconds: float = 10.0
     analysis_seconds: float = 60.0
     id: str | None = None
-
-
-def _weight_after(state: RolloutState, action: Action) -> int:
-    if action is Action.ADVANCE:
-        return state.steps[min(state.step_index + 1, len(state.steps) - 1)]
-    if action is Action.PROMOTE:
-        return 100
-    if action is Action.ROLLBACK:
-        return 0
-    if action is Action.START:
-        return state.steps[0]
-    return state.weight
-
-
-def transition(state: RolloutState, decision: Decision, now: float, max_scale: int) -> RolloutState:
-    """The state after `decision` took effect."""
-    a = decision.action
-    s = state.evolve(updated_at=now, reason=decision.reason)
-    if a is Action.START:
-        return s.evolve(step_index=0, step_started_at=now)
-    if a is Action.ADVANCE:
-        return s.evolve(step_index=state.step_index + 1, step_started_at=now)
-    if a is Action.PROMOTE:
-        return s.evolve(phase=Phase.PROMOTED, paused_by=None)
-    if a is Action.ROLLBACK:
-        return s.evolve(phase=Phase.ROLLED_BACK, paused_by=None)
-    if a is Action.PAUSE:
-        return s.evolve(phase=Phase.PAUSED, paused_by=decision.source)
-    if a is Action.RESUME:
-        return s.evolve(phase=Phase.PROGRESSING, paused_by=None, step_started_at=now)
-    if a is Action.SCALE:
-        return s.evolve(scaled_replicas=min(max_scale, state.scaled_replicas + decision.replicas), last_scale_at=now)
-    return s
 
 
 class Guard:
@@ -258,7 +226,7 @@ class Guard:
         seq = self.store.next_op_seq(state.id)
         request = ActionRequest(
             rollout_id=state.id, service=state.service, image=state.image, action=decision.action,
-            weight=_weight_after(state, decision.action), key=f"{state.id}:{seq}:{decision.action.value}",
+            weight=weight_after(state, decision.action), key=f"{state.id}:{seq}:{decision.action.value}",
             strategy=state.strategy.value, replicas=decision.replicas, reason=decision.reason,
         )
         self.store.begin_op(state.id, request.key, request.to_dict(), decision, now)

@@ -1,0 +1,38 @@
+"""The rollout state machine: pure functions from a state and a decision that took effect."""
+from __future__ import annotations
+
+from guardian.domain import Action, Decision, Phase, RolloutState
+
+
+def weight_after(state: RolloutState, action: Action) -> int:
+    """The canary traffic percent once `action` is done."""
+    if action is Action.ADVANCE:
+        return state.steps[min(state.step_index + 1, len(state.steps) - 1)]
+    if action is Action.PROMOTE:
+        return 100
+    if action is Action.ROLLBACK:
+        return 0
+    if action is Action.START:
+        return state.steps[0]
+    return state.weight
+
+
+def transition(state: RolloutState, decision: Decision, now: float, max_scale: int) -> RolloutState:
+    """The state after `decision` took effect."""
+    a = decision.action
+    s = state.evolve(updated_at=now, reason=decision.reason)
+    if a is Action.START:
+        return s.evolve(step_index=0, step_started_at=now)
+    if a is Action.ADVANCE:
+        return s.evolve(step_index=state.step_index + 1, step_started_at=now)
+    if a is Action.PROMOTE:
+        return s.evolve(phase=Phase.PROMOTED, paused_by=None)
+    if a is Action.ROLLBACK:
+        return s.evolve(phase=Phase.ROLLED_BACK, paused_by=None)
+    if a is Action.PAUSE:
+        return s.evolve(phase=Phase.PAUSED, paused_by=decision.source)
+    if a is Action.RESUME:
+        return s.evolve(phase=Phase.PROGRESSING, paused_by=None, step_started_at=now)
+    if a is Action.SCALE:
+        return s.evolve(scaled_replicas=min(max_scale, state.scaled_replicas + decision.replicas), last_scale_at=now)
+    return s
