@@ -31,7 +31,6 @@ from guardian.domain import (
     RolloutState,
     SignalType,
     Strategy,
-    Verdict,
 )
 from guardian.engine.store import SQLiteStore
 from guardian.engine.transitions import transition, weight_after
@@ -318,7 +317,3 @@ class Guard:
             counts[s.phase] += 1
         for phase, n in counts.items():
             self.metrics.rollouts.labels(phase.value).set(n)
-
-
-def verdicts_of(decision: dict) -> list[Verdict]:
-    return [Verdict.from_dict(v) for v in decision.get("verdicts", [])]
