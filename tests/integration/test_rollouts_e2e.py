@@ -7,6 +7,7 @@ import subprocess
 import sys
 import time
 from dataclasses import dataclass
+from pathlib import Path
 
 import pytest
 
@@ -45,6 +46,7 @@ class Stack:
     load: LoadGenerator
     control_port: int
     guardian: GuardianServer
+    rules_file: Path
 
 
 @pytest.fixture(scope="module")
@@ -74,7 +76,7 @@ def stack(tmp_path_factory):
         guardian = GuardianServer(work / "guardian", prometheus_url=prom.url, rules=[str(rules)], tick_seconds=2,
                                   evaluation_delay=1, min_window=4, analysis_seconds=6).start()
         started.append(guardian)
-        yield Stack(baseline, canary, prom, load, control_port, guardian)
+        yield Stack(baseline, canary, prom, load, control_port, guardian, rules / "checkout.yaml")
     finally:
         for thing in reversed(started):
             thing.stop()
@@ -160,3 +162,18 @@ def test_prometheus_outage_pauses_and_the_rollout_resumes_when_it_returns(fresh)
     done = _cli(fresh, "rollout", "rollback", rollout_id)
     assert done.returncode == 0, done.stderr
     assert fresh.guardian.rollout(rollout_id)["phase"] == "rolled_back"
+
+
+def test_a_broken_rule_file_is_refused_live_and_the_last_good_rules_stay(fresh):
+    before = fresh.guardian.api("GET", "/v1/rules").json()
+    assert [c["name"] for c in before["checkout"]["checks"]] == ["error-rate", "p99-latency"]
+    try:
+        fresh.rules_file.write_text(RULES.replace("for: 4s", "for: four seconds"))
+        after = wait_until(lambda: (x := fresh.guardian.api("GET", "/v1/rules").json())["last_reload_problems"]
+                           and x, 20, 0.2, "the refused reload")
+        assert "checkout.yaml:8: checks[0].for: bad duration 'four seconds'" in after["last_reload_problems"][0]
+        assert after["checkout"] == before["checkout"]
+    finally:
+        fresh.rules_file.write_text(RULES)
+    wait_until(lambda: not fresh.guardian.api("GET", "/v1/rules").json()["last_reload_problems"], 20, 0.2,
+               "the good rules to be read again")
