@@ -13,6 +13,8 @@ import pytest
 
 from guardian.demo.loadgen import LoadGenerator
 from guardian.demo.stack import DemoApp, GuardianServer, PrometheusServer, wait_until
+from guardian.engine.replay import replay_recording
+from guardian.rules.loader import RuleSet, parse_text
 from tests.integration.conftest import REPO, prometheus_binary
 
 pytestmark = pytest.mark.integration
@@ -138,6 +140,10 @@ def test_errors_injected_into_the_canary_are_rolled_back(fresh):
     latency = rollback["at"] - injected
     print(f"\nerror injection -> rollback decision: {latency:.1f} s")
     assert latency < 30
+    # the live rollout was recorded; replaying the recording through the engine decides the same, at the same tick
+    recording = fresh.guardian.api("GET", f"/v1/rollouts/{rollout_id}/recording").json()
+    replayed = replay_recording(recording, "live.json", RuleSet.of(parse_text(RULES, "checkout.yaml"), "test"))
+    assert (replayed.decision, replayed.tick) == ("rollback", rollback["tick"])
 
 
 def test_prometheus_outage_pauses_and_the_rollout_resumes_when_it_returns(fresh):
