@@ -15,6 +15,7 @@ from guardian.clock import FakeClock
 from guardian.domain import Action, Outcome
 from guardian.settings import Settings
 from guardian.sources.recording import RecordingSource
+from tests.unit.recordings import steady_recording
 
 REPO = Path(__file__).resolve().parents[2]
 TICKS = 30
@@ -23,18 +24,7 @@ TOKEN = "s3cret-token"
 
 def recording(ticks: int = TICKS) -> dict:
     """A healthy rollout of checkout: no errors, fast, plenty of requests on both arms."""
-    return {
-        "format": "guardian-recording/v1",
-        "service": "checkout",
-        "step_seconds": 10,
-        "start": "2026-01-05T12:00:00Z",
-        "series": {
-            "requests": {"canary": [100] * ticks, "baseline": [900] * ticks},
-            "errors": {"canary": [0] * ticks, "baseline": [1] * ticks},
-            "p99_seconds": {"canary": [0.12] * ticks, "baseline": [0.1] * ticks},
-        },
-        "labels": {"truth": "good"},
-    }
+    return steady_recording(ticks)
 
 
 class Harness:

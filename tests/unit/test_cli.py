@@ -24,6 +24,7 @@ from guardian.errors import RuleError
 from guardian.rules.loader import load_paths
 from guardian.settings import Settings
 from guardian.sources.recording import RecordingSource
+from tests.unit.recordings import steady_recording
 
 REPO = Path(__file__).resolve().parents[2]
 ANSI = re.compile(r"\x1b\[[0-9;]*[A-Za-z]")
@@ -56,18 +57,7 @@ def flat(s: str) -> str:
 
 
 def recording(canary_errors: int = 30, ticks: int = TICKS) -> dict:
-    return {
-        "format": "guardian-recording/v1",
-        "service": "checkout",
-        "step_seconds": 10,
-        "start": "2026-01-05T12:00:00Z",
-        "series": {
-            "requests": {"canary": [100] * ticks, "baseline": [900] * ticks},
-            "errors": {"canary": [canary_errors] * ticks, "baseline": [1] * ticks},
-            "p99_seconds": {"canary": [0.1] * ticks, "baseline": [0.1] * ticks},
-        },
-        "labels": {"truth": "bad"},
-    }
+    return steady_recording(ticks, canary_errors=canary_errors, canary_p99=0.1, truth="bad")
 
 
 # -- rules check ----------------------------------------------------------------------------------------

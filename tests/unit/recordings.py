@@ -1,0 +1,18 @@
+"""Builders of small guardian-recording/v1 documents for unit tests."""
+from __future__ import annotations
+
+
+def steady_recording(ticks: int, *, canary_errors: int = 0, canary_p99: float = 0.12, truth: str = "good") -> dict:
+    """checkout at steady traffic: 100 canary and 900 baseline requests per 10 s tick."""
+    return {
+        "format": "guardian-recording/v1",
+        "service": "checkout",
+        "step_seconds": 10,
+        "start": "2026-01-05T12:00:00Z",
+        "series": {
+            "requests": {"canary": [100] * ticks, "baseline": [900] * ticks},
+            "errors": {"canary": [canary_errors] * ticks, "baseline": [1] * ticks},
+            "p99_seconds": {"canary": [canary_p99] * ticks, "baseline": [0.1] * ticks},
+        },
+        "labels": {"truth": truth},
+    }
