@@ -244,9 +244,10 @@ def replay(
     paths: Annotated[list[Path], typer.Argument(help="recordings (guardian-recording/v1) or folders of them")],
     rules: Annotated[Path | None, typer.Option(help="a rule file to judge with (default: built-in policy)")] = None,
     as_json: Annotated[bool, typer.Option("--json", help="one JSON object per recording per line")] = False,
+    workers: Annotated[int, typer.Option(help="parallel processes (default: one per core)")] = 0,
 ) -> None:
-    """Replay recorded rollouts through the real decision engine."""
-    from guardian.engine.replay import replay_file
+    """Replay recorded rollouts through the real decision engine (causal: tick by tick, never reading labels)."""
+    from guardian.engine.replay import replay_many
     from guardian.rules.loader import DEFAULT_RULESET, RuleSet, load_paths
 
     ruleset = DEFAULT_RULESET
@@ -265,11 +266,9 @@ def replay(
     for p in paths:
         files.extend(sorted(p.glob("*.json")) if p.is_dir() else [p])
     failed = 0
-    for f in files:
-        try:
-            result = replay_file(f, ruleset)
-        except RecordingError as e:
-            err.print(f"error: {e}", markup=False)
+    for result in replay_many(files, ruleset, workers=workers):
+        if isinstance(result, RecordingError):
+            err.print(f"error: {result}", markup=False)
             failed += 1
             continue
         if as_json:

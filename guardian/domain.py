@@ -5,9 +5,11 @@ Nothing here does I/O. Judges read `Evidence` (arrays, never a client) and retur
 """
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, field, replace
+from dataclasses import dataclass, field, replace
 from enum import Enum
 from typing import Any, Literal
+
+import numpy as np
 
 Arm = Literal["canary", "baseline"]
 ARMS: tuple[Arm, ...] = ("canary", "baseline")
@@ -69,10 +71,11 @@ class Verdict:
     action: Action = Action.ROLLBACK  # what a FAIL asks for
     breaching: bool = False  # INCONCLUSIVE only: the limit is crossed but `for:` has not elapsed
     warming_up: bool = False  # INCONCLUSIVE only: the rollout is younger than the check's window
+    abstained: bool = False  # INCONCLUSIVE only: an optional check whose signal neither arm reports
     replicas: int = 0  # for action SCALE: the replica delta
 
     def to_dict(self) -> dict[str, Any]:
-        d = asdict(self)
+        d = dict(self.__dict__)  # shallow: every field is a plain value (asdict deep-copies, slowly)
         d["result"] = self.result.value
         d["action"] = self.action.value
         return d
@@ -128,6 +131,8 @@ class Evidence:
     series: dict[str, dict[str, list[float | None]]] = field(default_factory=dict)
     unavailable: list[str | None] = field(default_factory=list)
     counters: frozenset[str] = frozenset()  # signals recorded as increments (summed over a window)
+    # memo of arrays derived from the (append-only) ticks, extended as ticks arrive; never an input
+    cache: dict[Any, Any] = field(default_factory=dict, repr=False, compare=False)
 
     @property
     def ticks(self) -> int:
@@ -146,6 +151,17 @@ class Evidence:
             for column in per_arm.values():
                 column.extend([None] * (t + 1 - len(column)))
 
+    def array(self, signal: str, arm: str) -> np.ndarray:
+        """The column as floats (NaN for missing), memoised and extended incrementally."""
+        key = ("array", signal, arm)
+        have = self.cache.get(key)
+        n = 0 if have is None else len(have)
+        if n < self.ticks:
+            fresh = np.array([np.nan if v is None else v for v in self.column(signal, arm)[n:]], dtype=float)
+            have = fresh if have is None else np.concatenate([have, fresh])
+            self.cache[key] = have
+        return have
+
     def column(self, signal: str, arm: str) -> list[float | None]:
         """Tick-aligned values (every column is kept padded to `ticks`). Do not mutate."""
         col = self.series.get(signal, {}).get(arm)
@@ -163,7 +179,7 @@ class Outcome:
     data: dict[str, Any] = field(default_factory=dict)
 
     def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
+        return {**self.__dict__, "data": dict(self.data)}
 
 
 @dataclass(frozen=True)
@@ -212,7 +228,7 @@ class RolloutState:
         return replace(self, **changes)
 
     def to_dict(self) -> dict[str, Any]:
-        d = asdict(self)
+        d = dict(self.__dict__)  # shallow: every field is a plain value (asdict deep-copies, slowly)
         d["strategy"] = self.strategy.value
         d["phase"] = self.phase.value
         d["steps"] = list(self.steps)

@@ -35,8 +35,8 @@ from guardian.domain import (
 from guardian.engine.store import SQLiteStore
 from guardian.engine.transitions import transition, weight_after
 from guardian.errors import ActuatorError, NoData, RolloutConflict, SourceUnavailable
+from guardian.judge.checks import evaluate
 from guardian.judge.policy import Policy, decide
-from guardian.judge.threshold import evaluate
 from guardian.metrics import GuardianMetrics
 from guardian.notifiers import LogNotifier, Notifier
 from guardian.rules.book import RuleBook
@@ -138,10 +138,10 @@ class Guard:
             if t <= state.last_tick:
                 return None
             began = time.perf_counter()
-            decision = self._tick(state, t)
+            decision, state = self._tick(state, t)
             self.metrics.tick_seconds.observe(time.perf_counter() - began)
             self.metrics.ticks.inc()
-        if self.store.get(rollout_id).phase.terminal:
+        if state.phase.terminal:
             self.forget(rollout_id)
         return decision
 
@@ -149,7 +149,7 @@ class Guard:
         """Drop what is cached for an ended rollout (its history stays in the store)."""
         self._evidence.pop(rollout_id, None)
 
-    def _tick(self, state: RolloutState, t: int) -> Decision:
+    def _tick(self, state: RolloutState, t: int) -> tuple[Decision, RolloutState]:
         ruleset = self.rulebook.for_service(state.service)
         ev = self._evidence_of(state, ruleset)
         first = max(state.last_tick + 1, t - self.config.catch_up_ticks + 1)
@@ -182,12 +182,12 @@ class Guard:
         self.store.record_tick(state, t, now, values, unavailable, verdicts, decision)
         self._write_recording(state)
         if decision.action in ACTUATED:
-            self._act(state, decision)
+            state, _ = self._act(state, decision)
         elif decision.action is Action.NOTIFY:
             self.store.log_decision(state.id, decision, None, now)
             self._notify(state, decision, None)
         self.metrics.decisions.labels(decision.action.value).inc()
-        return decision
+        return decision, state
 
     def _evidence_of(self, state: RolloutState, ruleset: RuleSet) -> Evidence:
         counters = frozenset(n for n, q in ruleset.queries.items() if q.type is SignalType.COUNTER)

@@ -5,6 +5,8 @@ Causal by construction: at tick t the guard can only have fetched ticks <= t. `l
 """
 from __future__ import annotations
 
+import os
+from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -14,8 +16,9 @@ from guardian.clock import FakeClock
 from guardian.domain import Action, Phase, Strategy
 from guardian.engine.guard import Guard, GuardConfig, StartSpec
 from guardian.engine.store import SQLiteStore
+from guardian.errors import RecordingError
 from guardian.rules.loader import DEFAULT_RULESET, RuleSet
-from guardian.sources.recording import RecordingSource
+from guardian.sources.recording import RecordingSource, load_recording
 
 
 class _Silent:
@@ -74,6 +77,23 @@ def replay_recording(recording: dict[str, Any], name: str, ruleset: RuleSet = DE
 
 
 def replay_file(path: Path, ruleset: RuleSet = DEFAULT_RULESET) -> ReplayResult:
-    from guardian.sources.recording import load_recording
-
     return replay_recording(load_recording(path), path.name, ruleset)
+
+
+def _replay_or_error(path: Path, ruleset: RuleSet) -> ReplayResult | RecordingError:
+    try:
+        return replay_file(path, ruleset)
+    except RecordingError as e:
+        return e
+
+
+def replay_many(paths: list[Path], ruleset: RuleSet = DEFAULT_RULESET, *, workers: int | None = None):
+    """Replay files in parallel processes (each recording is independent), yielding, in input order,
+    a ReplayResult or the RecordingError that file raised."""
+    workers = workers or os.cpu_count() or 1
+    if workers <= 1 or len(paths) < 4:
+        for p in paths:
+            yield _replay_or_error(p, ruleset)
+        return
+    with ProcessPoolExecutor(max_workers=workers) as pool:
+        yield from pool.map(_replay_or_error, paths, [ruleset] * len(paths), chunksize=4)

@@ -6,6 +6,8 @@ Order of precedence:
 3. any INCONCLUSIVE breach whose `for:` is still running, or a check still filling its first
    window (warming up) -> CONTINUE (hold the step);
 4. all PASS -> ADVANCE, or PROMOTE on the last step, once the step has been analysed long enough.
+An optional check whose signal neither arm reports abstains (visibly, in the evidence) and is left
+out; with no check left, nothing is known and the rollout pauses.
 A rollout the guardian paused is RESUMEd when the evidence is conclusive again.
 """
 from __future__ import annotations
@@ -54,15 +56,16 @@ def decide(
         notify = make(Action.NOTIFY, _names(failed))
     else:
         notify = None
-    if not vs:
+    judged = [v for v in vs if not v.abstained]  # optional checks whose signal does not exist
+    if not judged:
         return make(policy.on_inconclusive, "no checks judge this rollout: nothing is known, so nothing passes")
-    unknown = [v for v in vs if v.result is Result.ERROR
+    unknown = [v for v in judged if v.result is Result.ERROR
                or (v.result is Result.INCONCLUSIVE and not (v.breaching or v.warming_up))]
     if unknown:
         return make(policy.on_inconclusive, _names(unknown))
     if notify is not None:
         return notify
-    holding = [v for v in vs if v.result is Result.INCONCLUSIVE]
+    holding = [v for v in judged if v.result is Result.INCONCLUSIVE]
     if holding:
         return make(Action.CONTINUE, _names(holding))
     if state.phase is Phase.PAUSED and state.paused_by == "guardian":

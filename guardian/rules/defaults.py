@@ -33,8 +33,26 @@ STANDARD_QUERIES: dict[str, Query] = {
     "memory_bytes": Query(type=SignalType.GAUGE, promql=f"sum(process_resident_memory_bytes{{{_SEL}}})"),
 }
 
-# The seed's policy: error rate above 5% for 2 minutes, or P99 above 1 s for 3 minutes -> rollback.
+# The default policy: every standard signal of the canary judged against the baseline, sequentially
+# and anytime-valid, with the overall false-rollback budget (alpha) split across the five checks.
 DEFAULT_RULES = RuleFile.model_validate(
+    {
+        "service": "*",
+        "checks": [
+            {"name": "errors-vs-baseline", "kind": "compare", "ratio": "errors / requests", "alpha": 0.01},
+            {"name": "slow-vs-baseline", "kind": "compare", "ratio": "slow / requests", "alpha": 0.01},
+            {"name": "p99-vs-baseline", "kind": "compare", "signal": "p99_seconds", "test": "sign", "alpha": 0.01,
+             "optional": True},
+            {"name": "canary-traffic", "kind": "compare", "signal": "requests", "test": "collapse", "alpha": 0.01},
+            {"name": "memory-leak", "kind": "compare", "signal": "memory_bytes", "test": "trend", "alpha": 0.01,
+             "optional": True},
+        ],
+    }
+)
+
+# The seed's threshold policy (also shipped as rules/checkout.yaml): error rate above 5% for 2 minutes,
+# or P99 above 1 s for 3 minutes -> rollback.
+SEED_THRESHOLD_RULES = RuleFile.model_validate(
     {
         "service": "*",
         "checks": [

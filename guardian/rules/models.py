@@ -167,7 +167,80 @@ class ThresholdCheck(_Strict):
         return Action(self.action)
 
 
-Check = Annotated[ThresholdCheck, Field(discriminator="kind")]
+class CompareCheck(_Strict):
+    """Canary against baseline, judged sequentially every tick (judge/compare.py).
+
+    test: rate     — a ratio of counters (errors / requests): is the canary's rate worse than
+                     `tolerance` × the baseline's? Anytime-valid at `alpha`.
+          sign     — a gauge (p99_seconds): is the canary above (1 + tolerance) × baseline
+                     more often than chance? Anytime-valid at `alpha`.
+          collapse — a counter (requests): has the canary stopped getting the traffic it used to
+                     get while the baseline still gets it (a crash loop)? p-value at `alpha`.
+          trend    — a gauge (memory_bytes): has canary/baseline grown by more than `tolerance`
+                     (a fraction) with a significant upward trend (a leak)?
+    """
+
+    name: str = Field(min_length=1)
+    kind: Literal["compare"] = "compare"
+    signal: str | None = None
+    ratio: str | None = None
+    test: Literal["rate", "sign", "collapse", "trend"] | None = None
+    tolerance: float | None = None  # rate: ratio λ0 (1.0); sign: margin (0.2); trend: growth (0.1)
+    alpha: float = Field(0.01, gt=0, lt=0.5)
+    min_samples: float = Field(50.0, ge=0)  # canary requests needed before a rate test can pass
+    warmup: Duration = 30.0  # not counted after the rollout starts
+    every: Duration = 60.0  # a new sequential test starts this often
+    burst_cap: float = Field(3.0, gt=1)  # the most one tick can multiply the evidence by
+    optional: bool = False  # abstain (rather than hold the rollout) when neither arm reports the signal
+    action: Literal["rollback", "pause", "scale", "notify"] = "rollback"
+    replicas: int = 1
+
+    @field_validator("tolerance", mode="before")
+    @classmethod
+    def _number(cls, v: object) -> float | None:
+        return None if v is None else parse_number(v)
+
+    @field_validator("warmup", "every", mode="before")
+    @classmethod
+    def _duration(cls, v: object) -> float:
+        return parse_duration(v)
+
+    _ratio = field_validator("ratio")(ThresholdCheck._ratio.__func__)
+
+    @model_validator(mode="after")
+    def _consistent(self) -> CompareCheck:
+        if (self.signal is None) == (self.ratio is None):
+            raise ValueError("give exactly one of 'signal' or 'ratio'")
+        test = self.kind_of_test
+        if test == "rate" and self.ratio is None:
+            raise ValueError("test 'rate' compares a ratio of counters: give 'ratio: errors / requests'")
+        if test != "rate" and self.ratio is not None:
+            raise ValueError(f"test {test!r} reads one signal: give 'signal', not 'ratio'")
+        return self
+
+    @property
+    def kind_of_test(self) -> str:
+        return self.test or ("rate" if self.ratio else "sign")
+
+    @property
+    def effective_tolerance(self) -> float:
+        if self.tolerance is not None:
+            return self.tolerance
+        return {"rate": 1.0, "sign": 0.2, "trend": 0.1, "collapse": 0.0}[self.kind_of_test]
+
+    @property
+    def signals(self) -> tuple[str, ...]:
+        if self.ratio:
+            num, den = self.ratio.split(" / ")
+            return (num, den)
+        return (self.signal,)  # type: ignore[return-value]
+
+    @property
+    def action_enum(self) -> Action:
+        return Action(self.action)
+
+
+Check = Annotated[ThresholdCheck | CompareCheck, Field(discriminator="kind")]
 
 
 class AlertRoute(_Strict):

@@ -10,7 +10,7 @@ import pytest
 
 from guardian.errors import Problem, RuleError
 from guardian.rules.book import RuleBook
-from guardian.rules.defaults import DEFAULT_RULES, STANDARD_QUERIES
+from guardian.rules.defaults import DEFAULT_RULES, SEED_THRESHOLD_RULES, STANDARD_QUERIES
 from guardian.rules.loader import DEFAULT_RULESET, load_paths, parse_text
 from guardian.rules.models import parse_duration, parse_number
 from guardian.rules.promql import escape_label_value, format_duration, render
@@ -80,12 +80,21 @@ def test_shipped_alert_routes():
     ]
 
 
-def test_built_in_default_policy_is_the_seed_policy():
-    checks = {c.name: c for c in DEFAULT_RULES.checks}
+def test_built_in_seed_threshold_policy():
+    checks = {c.name: c for c in SEED_THRESHOLD_RULES.checks}
     assert (checks["error-rate"].signals, checks["error-rate"].limit, checks["error-rate"].for_,
             checks["error-rate"].action) == (("errors", "requests"), 0.05, 120.0, "rollback")
     assert (checks["p99-latency"].signals, checks["p99-latency"].limit, checks["p99-latency"].for_,
             checks["p99-latency"].action) == (("p99_seconds",), 1.0, 180.0, "rollback")
+
+
+def test_built_in_default_policy_compares_every_standard_signal_with_alpha_split():
+    checks = {c.name: c for c in DEFAULT_RULES.checks}
+    assert {c.kind for c in checks.values()} == {"compare"}
+    assert checks["errors-vs-baseline"].signals == ("errors", "requests")
+    assert checks["slow-vs-baseline"].signals == ("slow", "requests")
+    assert {c.kind_of_test for c in checks.values()} == {"rate", "sign", "collapse", "trend"}
+    assert sum(c.alpha for c in checks.values()) <= 0.05
     assert DEFAULT_RULESET.source == "built-in default"
 
 

@@ -1,0 +1,171 @@
+"""Canary-versus-baseline checks (kind: compare): pure, arrays in, a Verdict out.
+
+Every verdict says what it found in numbers: the e-value against the 1/α it must reach, the
+observed ratio of the arms, and the samples behind it; while evidence is short it says how much
+more is needed. A canary that gets no traffic is inconclusive (so the rollout pauses), never a pass.
+"""
+from __future__ import annotations
+
+import math
+
+import numpy as np
+
+from guardian.domain import Evidence, Result, Verdict
+from guardian.judge.sequential import (
+    collapse_p_value,
+    cumulative,
+    rate_log_lr,
+    sign_log_lr,
+    staggered_from_cumulative,
+)
+from guardian.rules.models import CompareCheck
+
+TREND_TICKS = 12  # the window a leak's trend is judged on
+TREND_P = 0.01
+COLLAPSE_MIN_TICKS = 3  # a crash loop is a run of ticks without traffic, not one empty scrape
+
+
+def _ticks(seconds: float, step: float) -> int:
+    return max(0, math.ceil(seconds / step))
+
+
+def _cumulative_llr(ev: Evidence, key: tuple, t: int, rows) -> np.ndarray:
+    """The cumulative log-LR matrix up to tick t, memoised on the evidence and extended with
+    `rows(lo, hi)` for new ticks only: a tick's log-LR depends on that tick alone."""
+    cum = ev.cache.get(key)
+    have = 0 if cum is None else len(cum) - 1
+    if have < t + 1:
+        cum = cumulative(rows(have, t + 1), cum)
+        ev.cache[key] = cum
+    return cum
+
+
+def evaluate(check: CompareCheck, ev: Evidence, t: int) -> Verdict:
+    base = {"check": check.name, "action": check.action_enum, "replicas": check.replicas}
+    if ev.unavailable[t]:
+        return Verdict(result=Result.ERROR, reason=f"metrics unavailable: {ev.unavailable[t]}", **base)
+    if check.optional and not any(np.any(~np.isnan(ev.array(sig, arm)[: t + 1]))
+                                  for sig in check.signals for arm in ("canary", "baseline")):
+        return Verdict(result=Result.INCONCLUSIVE, abstained=True, **base,
+                       reason=f"abstains: neither arm reports {' or '.join(check.signals)} (an optional check)")
+    test = check.kind_of_test
+    judge = {"rate": _rate, "sign": _sign, "collapse": _collapse, "trend": _trend}[test]
+    return judge(check, ev, t, base)
+
+
+def _rate(check: CompareCheck, ev: Evidence, t: int, base: dict) -> Verdict:
+    num, den = check.signals
+    k_c, n_c = ev.array(num, "canary")[: t + 1], ev.array(den, "canary")[: t + 1]
+    k_b, n_b = ev.array(num, "baseline")[: t + 1], ev.array(den, "baseline")[: t + 1]
+    lam0 = check.effective_tolerance
+    warmup, every = _ticks(check.warmup, ev.step_seconds), max(1, _ticks(check.every, ev.step_seconds))
+    cum = _cumulative_llr(ev, ("rate", num, den, lam0, check.burst_cap), t, lambda lo, hi: rate_log_lr(
+        k_c[lo:hi], n_c[lo:hi], k_b[lo:hi], n_b[lo:hi], tolerance=lam0, burst_cap=check.burst_cap))
+    result = staggered_from_cumulative(cum, t, check.alpha, warmup=warmup, every=every)
+    since = result.start if result.start is not None else warmup
+    seg = slice(min(since, t + 1), t + 1)
+    ec, rc, eb, rb = (float(np.nansum(a[seg])) for a in (k_c, n_c, k_b, n_b))
+    rate_c = ec / rc if rc > 0 else None
+    rate_b = eb / rb if rb > 0 else None
+    ratio = (rate_c / rate_b) if rate_c is not None and rate_b else None
+    stat = f"e_value={result.e_value:.3g} (reject at {result.threshold:.3g} = 1/alpha_j, alpha={check.alpha:g})"
+    facts = (f"canary {ec:g}/{rc:g} {num} per {den} vs baseline {eb:g}/{rb:g} since tick {since}"
+             + (f", ratio {ratio:.2f}" if ratio is not None else ""))
+    common = {**base, "value": ratio if ratio is not None else rate_c, "threshold": lam0, "sample_size": rc,
+              "statistic": stat}
+    if result.rejected:
+        return Verdict(result=Result.FAIL, reason=f"{num} rate worse than {lam0:g}x baseline: {facts}; {stat}",
+                       **common)
+    total_canary = float(np.nansum(n_c[warmup:]))
+    if t < warmup:
+        return Verdict(result=Result.INCONCLUSIVE, warming_up=True, reason=f"warming up ({facts})", **common)
+    if total_canary < check.min_samples:
+        return Verdict(result=Result.INCONCLUSIVE, reason=(
+            f"too little canary traffic: {total_canary:g} {den} (need {check.min_samples:g}); {facts}"), **common)
+    return Verdict(result=Result.PASS, reason=f"no evidence the canary is worse: {facts}; {stat}", **common)
+
+
+def _sign(check: CompareCheck, ev: Evidence, t: int, base: dict) -> Verdict:
+    signal = check.signal or ""
+    g_c, g_b = ev.array(signal, "canary")[: t + 1], ev.array(signal, "baseline")[: t + 1]
+    margin = check.effective_tolerance
+    warmup, every = _ticks(check.warmup, ev.step_seconds), max(1, _ticks(check.every, ev.step_seconds))
+    cum = _cumulative_llr(ev, ("sign", signal, margin), t,
+                          lambda lo, hi: sign_log_lr(g_c[lo:hi], g_b[lo:hi], margin=margin))
+    result = staggered_from_cumulative(cum, t, check.alpha, warmup=warmup, every=every)
+    since = result.start if result.start is not None else warmup
+    seg = slice(min(since, t + 1), t + 1)
+    pairs = ~(np.isnan(g_c[seg]) | np.isnan(g_b[seg]))
+    worse = int(np.sum(g_c[seg][pairs] > (1 + margin) * g_b[seg][pairs]))
+    med_c = float(np.median(g_c[seg][pairs])) if pairs.any() else None
+    med_b = float(np.median(g_b[seg][pairs])) if pairs.any() else None
+    ratio = med_c / med_b if med_c is not None and med_b else None
+    stat = f"e_value={result.e_value:.3g} (reject at {result.threshold:.3g}, alpha={check.alpha:g})"
+    facts = (f"canary {signal} above {1 + margin:g}x baseline in {worse} of {int(pairs.sum())} ticks since tick "
+             f"{since}" + (f"; medians {med_c:.4g} vs {med_b:.4g}" if ratio is not None else ""))
+    common = {**base, "value": ratio, "threshold": 1 + margin, "sample_size": float(pairs.sum()), "statistic": stat}
+    if result.rejected:
+        return Verdict(result=Result.FAIL, reason=f"{signal} worse than baseline: {facts}; {stat}", **common)
+    paired = int(np.sum(~(np.isnan(g_c[warmup:]) | np.isnan(g_b[warmup:]))))
+    if t < warmup or paired < 3:
+        return Verdict(result=Result.INCONCLUSIVE, warming_up=t < warmup + 3,
+                       reason=f"not enough paired values yet ({paired}): {facts}", **common)
+    return Verdict(result=Result.PASS, reason=f"no evidence the canary is worse: {facts}; {stat}", **common)
+
+
+def _collapse(check: CompareCheck, ev: Evidence, t: int, base: dict) -> Verdict:
+    signal = check.signal or ""
+    n_c, n_b = ev.array(signal, "canary")[: t + 1], ev.array(signal, "baseline")[: t + 1]
+    warmup = _ticks(check.warmup, ev.step_seconds)
+    p, run, baseline, share = collapse_p_value(n_c, n_b, t, warmup=warmup)
+    # checked at every tick: Bonferroni over the looks so far keeps the whole rollout at alpha
+    alpha_t = check.alpha / max(1, t + 1 - warmup)
+    common = {**base, "value": p, "threshold": alpha_t, "sample_size": baseline,
+              "statistic": f"p=(1-share)^baseline_{signal}"}
+    if p <= alpha_t and run >= COLLAPSE_MIN_TICKS:
+        return Verdict(result=Result.FAIL, **common, reason=(
+            f"the canary stopped getting {signal}: none for {run} ticks while the baseline got {baseline:g} "
+            f"(canary share was >= {share:.3g}); p = {p:.3g} <= alpha/looks {alpha_t:.3g}"))
+    return Verdict(result=Result.PASS, **common, reason=(
+        f"canary traffic has not collapsed (zero-{signal} run of {run} ticks, p = {p:.3g})"))
+
+
+def _trend(check: CompareCheck, ev: Evidence, t: int, base: dict) -> Verdict:
+    signal = check.signal or ""
+    g_c, g_b = ev.array(signal, "canary")[: t + 1], ev.array(signal, "baseline")[: t + 1]
+    warmup = _ticks(check.warmup, ev.step_seconds)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        r = g_c / g_b
+    r[~np.isfinite(r)] = np.nan
+    early = r[warmup : warmup + 6]
+    recent = r[max(warmup, t - TREND_TICKS + 1) : t + 1]
+    growth_limit = check.effective_tolerance
+    if np.count_nonzero(~np.isnan(early)) < 3 or np.count_nonzero(~np.isnan(recent)) < 6:
+        return Verdict(result=Result.INCONCLUSIVE, warming_up=t < warmup + TREND_TICKS, **base,
+                       reason=f"not enough {signal} values yet for a trend", threshold=growth_limit)
+    ok = ~np.isnan(recent)
+    last3 = recent[ok][-3:]
+    level0 = float(np.nanmedian(early))
+    level = float(np.median(last3)) if len(last3) else level0
+    growth = level / level0 - 1 if level0 > 0 else 0.0
+    tau, p = mann_kendall(recent[ok])
+    stat = f"kendall_tau={tau:.2f} p={p:.2g} over {int(ok.sum())} ticks"
+    common = {**base, "value": growth, "threshold": growth_limit, "sample_size": float(ok.sum()), "statistic": stat}
+    if growth > growth_limit and tau > 0 and p < TREND_P:
+        return Verdict(result=Result.FAIL, **common, reason=(
+            f"canary/baseline {signal} grew {growth:.1%} (limit {growth_limit:.0%}) and keeps rising ({stat})"))
+    return Verdict(result=Result.PASS, **common, reason=f"canary/baseline {signal} changed {growth:+.1%} ({stat})")
+
+
+def mann_kendall(y: np.ndarray) -> tuple[float, float]:
+    """Kendall's tau of y against time and the one-sided p-value of an upward trend (normal
+    approximation of the Mann-Kendall S statistic; ties ignored)."""
+    n = len(y)
+    if n < 3:
+        return 0.0, 1.0
+    upper = np.triu(np.sign(y[None, :] - y[:, None]), k=1)
+    s = float(upper.sum())
+    pairs = n * (n - 1) / 2
+    sd = math.sqrt(n * (n - 1) * (2 * n + 5) / 18)
+    z = (s - 1) / sd if s > 0 else (s + 1) / sd if s < 0 else 0.0
+    return s / pairs, 0.5 * math.erfc(z / math.sqrt(2))
