@@ -40,6 +40,24 @@ def _cumulative_llr(ev: Evidence, key: tuple, t: int, rows) -> np.ndarray:
     return cum
 
 
+def _zero_nan(a: np.ndarray) -> np.ndarray:
+    return np.where(np.isnan(a), 0.0, a)
+
+
+def _csum(ev: Evidence, signal: str, arm: str, t: int) -> np.ndarray:
+    """Running sums of a column (missing = 0), memoised; sum over ticks [lo, hi) = cs[hi] - cs[lo]."""
+    key = ("csum", signal, arm)
+    cs = ev.cache.get(key)
+    have = 0 if cs is None else len(cs) - 1
+    if have < t + 1:
+        fresh = _zero_nan(ev.array(signal, arm)[have : t + 1])
+        start = 0.0 if cs is None else cs[-1]
+        ext = start + np.cumsum(fresh)
+        cs = np.concatenate([[0.0], ext]) if cs is None else np.concatenate([cs, ext])
+        ev.cache[key] = cs
+    return cs
+
+
 def evaluate(check: CompareCheck, ev: Evidence, t: int) -> Verdict:
     base = {"check": check.name, "action": check.action_enum, "replicas": check.replicas}
     if ev.unavailable[t]:
@@ -62,9 +80,10 @@ def _rate(check: CompareCheck, ev: Evidence, t: int, base: dict) -> Verdict:
     cum = _cumulative_llr(ev, ("rate", num, den, lam0, check.burst_cap), t, lambda lo, hi: rate_log_lr(
         k_c[lo:hi], n_c[lo:hi], k_b[lo:hi], n_b[lo:hi], tolerance=lam0, burst_cap=check.burst_cap))
     result = staggered_from_cumulative(cum, t, check.alpha, warmup=warmup, every=every)
-    since = result.start if result.start is not None else warmup
-    seg = slice(min(since, t + 1), t + 1)
-    ec, rc, eb, rb = (float(np.nansum(a[seg])) for a in (k_c, n_c, k_b, n_b))
+    since = min(result.start if result.start is not None else warmup, t + 1)
+    ec, rc, eb, rb = (float(cs[t + 1] - cs[since]) for cs in (
+        _csum(ev, num, "canary", t), _csum(ev, den, "canary", t), _csum(ev, num, "baseline", t),
+        _csum(ev, den, "baseline", t)))
     rate_c = ec / rc if rc > 0 else None
     rate_b = eb / rb if rb > 0 else None
     ratio = (rate_c / rate_b) if rate_c is not None and rate_b else None
@@ -76,7 +95,8 @@ def _rate(check: CompareCheck, ev: Evidence, t: int, base: dict) -> Verdict:
     if result.rejected:
         return Verdict(result=Result.FAIL, reason=f"{num} rate worse than {lam0:g}x baseline: {facts}; {stat}",
                        **common)
-    total_canary = float(np.nansum(n_c[warmup:]))
+    cs_canary = _csum(ev, den, "canary", t)
+    total_canary = float(cs_canary[t + 1] - cs_canary[min(warmup, t + 1)])
     if t < warmup:
         return Verdict(result=Result.INCONCLUSIVE, warming_up=True, reason=f"warming up ({facts})", **common)
     if total_canary < check.min_samples:
@@ -148,6 +168,11 @@ def _trend(check: CompareCheck, ev: Evidence, t: int, base: dict) -> Verdict:
     level0 = float(np.nanmedian(early))
     level = float(np.median(last3)) if len(last3) else level0
     growth = level / level0 - 1 if level0 > 0 else 0.0
+    if growth <= growth_limit:  # the trend only matters once the growth is beyond the limit
+        stat = f"growth {growth:+.1%} within {growth_limit:.0%}; trend not tested"
+        return Verdict(result=Result.PASS, **base, value=growth, threshold=growth_limit,
+                       sample_size=float(ok.sum()), statistic=stat,
+                       reason=f"canary/baseline {signal} changed {growth:+.1%} (limit {growth_limit:.0%})")
     tau, p = mann_kendall(recent[ok])
     stat = f"kendall_tau={tau:.2f} p={p:.2g} over {int(ok.sum())} ticks"
     common = {**base, "value": growth, "threshold": growth_limit, "sample_size": float(ok.sum()), "statistic": stat}

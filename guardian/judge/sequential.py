@@ -54,7 +54,7 @@ def staggered_mixture(log_lr: np.ndarray, t: int, alpha: float, *, warmup: int, 
 
 def cumulative(log_lr: np.ndarray, previous: np.ndarray | None = None) -> np.ndarray:
     """Row i+1 = sum of rows ≤ i (row 0 = zeros); extends `previous` (the cumulative of a prefix)."""
-    lr = np.nan_to_num(log_lr, nan=0.0)
+    lr = np.where(np.isnan(log_lr), 0.0, log_lr)
     if previous is None:
         return np.vstack([np.zeros(lr.shape[1]), np.cumsum(lr, axis=0)])
     return np.vstack([previous, previous[-1] + np.cumsum(lr, axis=0)])
@@ -87,7 +87,7 @@ def rate_log_lr(k_c, n_c, k_b, n_b, *, tolerance: float = 1.0, burst_cap: float 
         return ratio * rho / (ratio * rho + 1 - rho)
 
     th1, th0 = theta(lam), theta(tolerance)
-    kc, kb = np.nan_to_num(k_c)[:, None], np.nan_to_num(k_b)[:, None]
+    kc, kb = np.where(valid, k_c, 0.0)[:, None], np.where(valid, k_b, 0.0)[:, None]
     ll = kc * np.log(th1 / th0) + kb * np.log((1 - th1) / (1 - th0))
     ll = np.minimum(ll, math.log(burst_cap))
     return np.where(valid[:, None], ll, np.nan)
