@@ -132,3 +132,25 @@ def collapse_p_value(n_c, n_b, t: int, *, warmup: int, min_before: float = 5.0) 
     if share <= 0:
         return 1.0, run, baseline, share
     return float(math.exp(baseline * math.log1p(-share))), run, baseline, float(share)
+
+
+def first_rejection(log_lr: np.ndarray, alpha: float, *, warmup: int, every: int) -> int | None:
+    """The first tick at which `staggered_mixture` rejects on this path, or None: the same test
+    checked at every tick, computed for a whole path at once (for simulations and benchmarks)."""
+    n = log_lr.shape[0]
+    if n <= warmup:
+        return None
+    cum = cumulative(log_lr)
+    starts = np.arange(warmup, n, max(1, every))
+    log_thr = np.log(np.arange(1, len(starts) + 1) ** 2 * _BASEL / alpha)
+    earliest = None
+    for j, s in enumerate(starts):
+        if earliest is not None and s >= earliest:
+            break  # a test starting later cannot reject earlier
+        llr = cum[s + 1 :] - cum[s]  # ticks s..n-1 × alternatives
+        peak = llr.max(axis=1, keepdims=True)
+        log_e = (peak + np.log(np.exp(llr - peak).mean(axis=1, keepdims=True)))[:, 0]
+        hits = np.flatnonzero(log_e >= log_thr[j])
+        if hits.size and (earliest is None or s + int(hits[0]) < earliest):
+            earliest = s + int(hits[0])
+    return earliest

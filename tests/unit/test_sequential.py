@@ -1,0 +1,117 @@
+"""The sequential canary test: type-I error under continuous monitoring (Monte Carlo A/A), power,
+and why peeking at a fixed-horizon test is not an option."""
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+
+from guardian.judge.sequential import (
+    collapse_p_value,
+    first_rejection,
+    rate_log_lr,
+    sign_log_lr,
+    staggered_mixture,
+)
+
+ALPHA = 0.05
+TICKS = 120  # 20 minutes of 10 s ticks, every one of them looked at
+
+
+def simulate(rng, *, ratio=1.0, base_rate=0.01, onset=0, overdispersion=0.0):
+    """One rollout's per-tick counts: traffic 1-100 requests/s, canary share 5-50%, errors binomial
+    (or beta-binomial bursts with `overdispersion`), the canary `ratio` times worse from `onset`."""
+    rps, share = rng.uniform(1, 100), rng.uniform(0.05, 0.5)
+    total = rng.poisson(rps * 10, TICKS).astype(float)
+    n_c = rng.binomial(total.astype(int), share).astype(float)
+    n_b = total - n_c
+    p_c = np.where(np.arange(TICKS) >= onset, base_rate * ratio, base_rate)
+    p_b = np.full(TICKS, base_rate)
+    if overdispersion:
+        p_c = rng.beta(p_c / overdispersion, (1 - p_c) / overdispersion)
+        p_b = rng.beta(p_b / overdispersion, (1 - p_b) / overdispersion)
+    k_c = rng.binomial(n_c.astype(int), np.clip(p_c, 0, 1)).astype(float)
+    k_b = rng.binomial(n_b.astype(int), p_b).astype(float)
+    return k_c, n_c, k_b, n_b
+
+
+def rejects(k_c, n_c, k_b, n_b, alpha=ALPHA):
+    return first_rejection(rate_log_lr(k_c, n_c, k_b, n_b), alpha, warmup=3, every=6)
+
+
+def test_first_rejection_is_the_per_tick_test_run_over_a_whole_path():
+    rng = np.random.default_rng(7)
+    for ratio in (1.0, 3.0):
+        k_c, n_c, k_b, n_b = simulate(rng, ratio=ratio, base_rate=0.02)
+        lr = rate_log_lr(k_c, n_c, k_b, n_b)
+        per_tick = next((t for t in range(TICKS)
+                         if staggered_mixture(lr, t, ALPHA, warmup=3, every=6).rejected), None)
+        assert per_tick == first_rejection(lr, ALPHA, warmup=3, every=6)
+
+
+@pytest.mark.parametrize("overdispersion", [0.0, 0.002])
+def test_aa_false_rollback_rate_stays_below_alpha_when_checked_every_tick(overdispersion):
+    rng = np.random.default_rng(2026)
+    runs = 1000
+    false = sum(rejects(*simulate(rng, overdispersion=overdispersion)) is not None for _ in range(runs))
+    rate = false / runs
+    # one-sided binomial margin: even a test sitting exactly at alpha would exceed this only rarely
+    assert rate <= ALPHA, f"A/A false-rollback rate {rate:.3f} > alpha {ALPHA}"
+
+
+def test_peeking_at_a_fixed_horizon_z_test_inflates_false_rollbacks():
+    """The reason for all of the above: the same A/A rollouts, a two-proportion z-test at 95% re-run
+    on the cumulative counts every tick, rejects far more often than its nominal 5%."""
+    rng = np.random.default_rng(11)
+    runs, false = 400, 0
+    for _ in range(runs):
+        k_c, n_c, k_b, n_b = (np.cumsum(a) for a in simulate(rng, base_rate=0.02))
+        p = (k_c + k_b) / np.maximum(n_c + n_b, 1)
+        se = np.sqrt(np.maximum(p * (1 - p) * (1 / np.maximum(n_c, 1) + 1 / np.maximum(n_b, 1)), 1e-12))
+        z = (k_c / np.maximum(n_c, 1) - k_b / np.maximum(n_b, 1)) / se
+        false += bool(np.any(z[3:] > 1.645))
+    assert false / runs > 2 * ALPHA
+
+
+def test_power_a_5x_error_rate_is_caught_within_minutes():
+    rng = np.random.default_rng(5)
+    times = []
+    for _ in range(200):
+        t = rejects(*simulate(rng, ratio=5.0, base_rate=0.01, onset=12))
+        times.append(math.inf if t is None else (t - 12) * 10)
+    times = np.array(times)
+    assert np.mean(np.isfinite(times)) > 0.9
+    assert np.median(times) <= 180
+
+
+def test_one_burst_cannot_roll_back_on_its_own():
+    k_c, n_c = np.full(20, 0.0), np.full(20, 500.0)
+    k_b, n_b = np.full(20, 0.0), np.full(20, 500.0)
+    k_c[10] = 400  # one tick where most canary requests failed
+    assert first_rejection(rate_log_lr(k_c, n_c, k_b, n_b), ALPHA, warmup=3, every=6) is None
+    k_c[10:15] = 400  # but five in a row is a regression
+    assert first_rejection(rate_log_lr(k_c, n_c, k_b, n_b), ALPHA, warmup=3, every=6) is not None
+
+
+def test_sign_test_on_p99():
+    rng = np.random.default_rng(3)
+    base = rng.lognormal(np.log(0.3), 0.1, 60)
+    same = rng.lognormal(np.log(0.3), 0.1, 60)
+    assert first_rejection(sign_log_lr(same, base), 0.01, warmup=3, every=6) is None
+    slow = same.copy()
+    slow[20:] *= 3
+    t = first_rejection(sign_log_lr(slow, base), 0.01, warmup=3, every=6)
+    assert t is not None and 20 <= t <= 36  # about 2 minutes of 10 s ticks
+
+
+def test_traffic_collapse_needs_traffic_before_and_enough_baseline_requests():
+    n_b = np.full(30, 40.0)
+    n_c = np.full(30, 40.0)
+    n_c[20:] = 0
+    p, run, baseline, share = collapse_p_value(n_c, n_b, 29, warmup=3)
+    assert run == 10 and baseline == 400 and p < 1e-50
+    silent = np.zeros(30)
+    assert collapse_p_value(silent, n_b, 29, warmup=3)[0] == 1.0  # never had traffic: silent, not crashed
+    # a missing scrape is not a zero
+    assert collapse_p_value(np.where(np.arange(30) == 29, np.nan, 40.0), n_b, 29, warmup=3)[0] == 1.0
