@@ -85,12 +85,12 @@ def _rate(check: CompareCheck, ev: Evidence, t: int, base: dict) -> Verdict:
         _csum(ev, num, "canary", t), _csum(ev, den, "canary", t), _csum(ev, num, "baseline", t),
         _csum(ev, den, "baseline", t)))
     rate_c = ec / rc if rc > 0 else None
-    rate_b = eb / rb if rb > 0 else None
+    rate_b = max(eb, 0.5) / rb if rb > 0 else None  # half an event at least: finite when the baseline had none
     ratio = (rate_c / rate_b) if rate_c is not None and rate_b else None
     stat = f"e_value={result.e_value:.3g} (reject at {result.threshold:.3g} = 1/alpha_j, alpha={check.alpha:g})"
     facts = (f"canary {ec:g}/{rc:g} {num} per {den} vs baseline {eb:g}/{rb:g} since tick {since}"
              + (f", ratio {ratio:.2f}" if ratio is not None else ""))
-    common = {**base, "value": ratio if ratio is not None else rate_c, "threshold": lam0, "sample_size": rc,
+    common = {**base, "value": ratio, "threshold": lam0, "sample_size": rc,
               "statistic": stat}
     if result.rejected:
         return Verdict(result=Result.FAIL, reason=f"{num} rate worse than {lam0:g}x baseline: {facts}; {stat}",

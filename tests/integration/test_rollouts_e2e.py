@@ -64,7 +64,10 @@ def stack(tmp_path_factory):
         (work / "prometheus").mkdir()
         prom = PrometheusServer(
             [(baseline.target, {"service": "checkout", "track": "baseline"}),
-             (canary.target, {"service": "checkout", "track": "canary"})],
+             (canary.target, {"service": "checkout", "track": "canary"}),
+             # "payments" has no rule file: the built-in default policy judges it
+             (baseline.target, {"service": "payments", "track": "baseline"}),
+             (canary.target, {"service": "payments", "track": "canary"})],
             "1s", workdir=work / "prometheus").start()
         started.append(prom)
         load = LoadGenerator({baseline.url: 1, canary.url: 1}, rps=40, max_seconds=900).start()
@@ -183,3 +186,25 @@ def test_a_broken_rule_file_is_refused_live_and_the_last_good_rules_stay(fresh):
         fresh.rules_file.write_text(RULES)
     wait_until(lambda: not fresh.guardian.api("GET", "/v1/rules").json()["last_reload_problems"], 20, 0.2,
                "the good rules to be read again")
+
+
+def test_a_service_without_rules_is_judged_by_the_sequential_default_policy(fresh):
+    created = fresh.guardian.api("POST", "/v1/rollouts", json={
+        "service": "payments", "image": "demo:v2", "steps": [50, 100], "target": "noop",
+        "analysis_seconds": 600}).raise_for_status().json()
+    rollout_id = created["id"]
+    assert created["rules"] == "built-in default"
+    wait_until(lambda: any(v["check"] == "errors-vs-baseline" and v["result"] == "pass"
+                           for v in fresh.guardian.rollout(rollout_id)["verdicts"]), 60, 0.2,
+               "the errors-vs-baseline check to pass once warmed up")
+    fresh.canary.control(error_ratio=0.2)
+    injected = time.time()
+    r = wait_until(lambda: (x := fresh.guardian.rollout(rollout_id))["phase"] == "rolled_back" and x, 60, 0.2,
+                   "the rollback")
+    rollback = r["decisions"][-1]
+    failed = {v["check"]: v for v in rollback["verdicts"] if v["result"] == "fail"}
+    assert "errors-vs-baseline" in failed
+    v = failed["errors-vs-baseline"]
+    assert v["value"] > 5 and "e_value" in v["statistic"] and v["sample_size"] > 0
+    print(f"\ndefault policy: error injection -> rollback decision: {rollback['at'] - injected:.1f} s")
+    assert rollback["at"] - injected < 30

@@ -1,0 +1,148 @@
+"""`guardian detect IN.csv [--output OUT.csv] [--model FILE]`: the anomaly baseline over one series.
+
+IN.csv has a header with (at least) the columns `timestamp` and `value`; other columns are ignored.
+Timestamps are ISO-8601 as NAB writes them (`2014-02-14 14:30:00`, naive = UTC) or epoch seconds;
+rows are processed in file order (real exports repeat an hour now and then; that is accepted). OUT.csv has one row per input row: `timestamp,value,score,anomaly`
+(`score` in [0, 1], `anomaly` the detector's own production alarm, 0 or 1), computed by streaming
+the rows through `guardian.judge.anomaly.AnomalyDetector` — row i depends only on rows <= i.
+
+`--model FILE` is an optional JSON object of detector parameters overriding the defaults, e.g.
+`{"threshold": 1.2, "suppress": 400}`; the keys are the fields of `guardian.judge.anomaly.Params`
+(unknown keys are refused).
+"""
+from __future__ import annotations
+
+import csv
+import io
+import json
+import math
+import sys
+from collections.abc import Mapping
+from dataclasses import dataclass, fields
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any, TextIO
+
+import numpy as np
+
+from guardian.judge.anomaly import AnomalyDetector, Params
+
+
+class DetectInputError(ValueError):
+    """IN.csv (or the model file) cannot be used: the message names the file, and the row if one is bad."""
+
+
+@dataclass(frozen=True)
+class Series:
+    stamps: list[str]        # as written in the file, echoed to the output
+    times: np.ndarray        # epoch seconds
+    values: np.ndarray
+
+
+def _parse_time(text: str) -> float:
+    try:
+        return float(text)
+    except ValueError:
+        pass
+    dt = datetime.fromisoformat(text.strip())
+    return (dt if dt.tzinfo else dt.replace(tzinfo=timezone.utc)).timestamp()
+
+
+def read_series(path: Path | str) -> Series:
+    """Read `timestamp,value` rows; raises DetectInputError naming the file (and line) on bad input."""
+    path = Path(path)
+    try:
+        text = path.read_text(encoding="utf-8-sig")
+    except (OSError, UnicodeDecodeError) as e:
+        raise DetectInputError(f"{path}: cannot read: {e}") from None
+    reader = csv.reader(io.StringIO(text))
+    header = next(reader, None)
+    if header is None:
+        raise DetectInputError(f"{path}: empty file (expected a header with timestamp,value)")
+    names = [h.strip().lower() for h in header]
+    if "timestamp" not in names or "value" not in names:
+        raise DetectInputError(f"{path}: the header must have columns timestamp and value, found {header}")
+    it, iv = names.index("timestamp"), names.index("value")
+    stamps: list[str] = []
+    times: list[float] = []
+    values: list[float] = []
+    for row in reader:
+        line = reader.line_num
+        if not row or all(not c.strip() for c in row):
+            continue
+        if len(row) <= max(it, iv):
+            raise DetectInputError(f"{path}:{line}: expected a timestamp and a value, got {row}")
+        try:
+            t = _parse_time(row[it])
+        except ValueError:
+            raise DetectInputError(f"{path}:{line}: timestamp {row[it]!r} is neither ISO-8601 nor epoch seconds") \
+                from None
+        try:
+            v = float(row[iv])
+        except ValueError:
+            v = math.nan
+        if not math.isfinite(v):
+            raise DetectInputError(f"{path}:{line}: value {row[iv]!r} is not a finite number")
+        stamps.append(row[it])
+        times.append(t)
+        values.append(v)
+    if not values:
+        raise DetectInputError(f"{path}: no data rows")
+    return Series(stamps, np.array(times), np.array(values))
+
+
+def load_params(model: Path | str | None = None, overrides: Mapping[str, Any] | None = None) -> Params:
+    """Default detector parameters, overridden by a JSON model file and then by `overrides`."""
+    values: dict[str, Any] = {}
+    if model is not None:
+        try:
+            loaded = json.loads(Path(model).read_text())
+        except (OSError, ValueError) as e:
+            raise DetectInputError(f"{model}: cannot read the model as JSON: {e}") from None
+        if not isinstance(loaded, dict):
+            raise DetectInputError(f"{model}: the model must be a JSON object of detector parameters")
+        values.update(loaded)
+    values.update(overrides or {})
+    known = {f.name for f in fields(Params)}
+    unknown = sorted(set(values) - known)
+    if unknown:
+        raise DetectInputError(f"{model or 'parameters'}: unknown detector parameters {unknown}; known: {sorted(known)}")
+    try:
+        return Params(**values)
+    except (TypeError, ValueError) as e:
+        raise DetectInputError(f"{model or 'parameters'}: {e}") from None
+
+
+def detect_series(times: np.ndarray, values: np.ndarray,
+                  params: Params | Mapping[str, Any] | None = None) -> tuple[np.ndarray, np.ndarray]:
+    """Stream (times, values) through a fresh detector: (scores, alarms) arrays, one per row."""
+    p = params if isinstance(params, Params) else load_params(overrides=params)
+    det = AnomalyDetector(p)
+    scores = np.empty(len(values))
+    alarms = np.zeros(len(values), dtype=bool)
+    for i, (t, v) in enumerate(zip(times.tolist(), values.tolist(), strict=True)):
+        scores[i], alarms[i] = det.update(t, v)
+    return scores, alarms
+
+
+def write_result(series: Series, scores: np.ndarray, alarms: np.ndarray, out: TextIO) -> None:
+    w = csv.writer(out, lineterminator="\n")
+    w.writerow(["timestamp", "value", "score", "anomaly"])
+    for stamp, v, s, a in zip(series.stamps, series.values.tolist(), scores.tolist(), alarms.tolist(), strict=True):
+        w.writerow([stamp, f"{v:.15g}", f"{s:.6f}", int(a)])
+
+
+def detect_file(path: Path | str, output: Path | str | None = None, model: Path | str | None = None) -> int:
+    """Run the detector over IN.csv and write OUT.csv (stdout when `output` is None); returns the alarm count."""
+    params = load_params(model)
+    series = read_series(path)
+    scores, alarms = detect_series(series.times, series.values, params)
+    if output is None:
+        write_result(series, scores, alarms, sys.stdout)
+    else:
+        try:
+            with open(output, "w", newline="") as f:
+                write_result(series, scores, alarms, f)
+        except OSError as e:
+            raise DetectInputError(f"{output}: cannot write: {e}") from None
+    return int(alarms.sum())
