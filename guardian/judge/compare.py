@@ -117,12 +117,12 @@ def _sign(check: CompareCheck, ev: Evidence, t: int, base: dict) -> Verdict:
     seg = slice(min(since, t + 1), t + 1)
     pairs = ~(np.isnan(g_c[seg]) | np.isnan(g_b[seg]))
     worse = int(np.sum(g_c[seg][pairs] > (1 + margin) * g_b[seg][pairs]))
-    med_c = float(np.median(g_c[seg][pairs])) if pairs.any() else None
-    med_b = float(np.median(g_b[seg][pairs])) if pairs.any() else None
-    ratio = med_c / med_b if med_c is not None and med_b else None
+    mean_c = float(g_c[seg][pairs].mean()) if pairs.any() else None
+    mean_b = float(g_b[seg][pairs].mean()) if pairs.any() else None
+    ratio = mean_c / mean_b if mean_c is not None and mean_b else None
     stat = f"e_value={result.e_value:.3g} (reject at {result.threshold:.3g}, alpha={check.alpha:g})"
     facts = (f"canary {signal} above {1 + margin:g}x baseline in {worse} of {int(pairs.sum())} ticks since tick "
-             f"{since}" + (f"; medians {med_c:.4g} vs {med_b:.4g}" if ratio is not None else ""))
+             f"{since}" + (f"; means {mean_c:.4g} vs {mean_b:.4g}" if ratio is not None else ""))
     common = {**base, "value": ratio, "threshold": 1 + margin, "sample_size": float(pairs.sum()), "statistic": stat}
     if result.rejected:
         return Verdict(result=Result.FAIL, reason=f"{signal} worse than baseline: {facts}; {stat}", **common)
