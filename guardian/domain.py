@@ -119,6 +119,30 @@ class Decision:
         )
 
 
+class Growing:
+    """An append-only float array (1-D, or rows of `width`) with amortised O(1) appends."""
+
+    def __init__(self, width: int | None = None):
+        self._buf = np.empty((16,) if width is None else (16, width))
+        self._n = 0
+
+    def __len__(self) -> int:
+        return self._n
+
+    def extend(self, rows: np.ndarray) -> None:
+        need = self._n + len(rows)
+        if need > len(self._buf):
+            bigger = np.empty((max(need, 2 * len(self._buf)), *self._buf.shape[1:]))
+            bigger[: self._n] = self._buf[: self._n]
+            self._buf = bigger
+        self._buf[self._n : need] = rows
+        self._n = need
+
+    @property
+    def view(self) -> np.ndarray:
+        return self._buf[: self._n]
+
+
 @dataclass
 class Evidence:
     """Everything fetched so far for one rollout, tick by tick (the body of a recording).
@@ -153,14 +177,13 @@ class Evidence:
 
     def array(self, signal: str, arm: str) -> np.ndarray:
         """The column as floats (NaN for missing), memoised and extended incrementally."""
-        key = ("array", signal, arm)
-        have = self.cache.get(key)
-        n = 0 if have is None else len(have)
-        if n < self.ticks:
-            fresh = np.array([np.nan if v is None else v for v in self.column(signal, arm)[n:]], dtype=float)
-            have = fresh if have is None else np.concatenate([have, fresh])
-            self.cache[key] = have
-        return have
+        grown = self.cache.get(("array", signal, arm))
+        if grown is None:
+            grown = self.cache[("array", signal, arm)] = Growing()
+        if len(grown) < self.ticks:
+            grown.extend(np.array([np.nan if v is None else v for v in self.column(signal, arm)[len(grown):]],
+                                  dtype=float))
+        return grown.view
 
     def column(self, signal: str, arm: str) -> list[float | None]:
         """Tick-aligned values (every column is kept padded to `ticks`). Do not mutate."""

@@ -10,7 +10,7 @@ import math
 
 import numpy as np
 
-from guardian.domain import Evidence, Result, Verdict
+from guardian.domain import Evidence, Growing, Result, Verdict
 from guardian.judge.sequential import (
     collapse_p_value,
     cumulative,
@@ -30,32 +30,31 @@ def _ticks(seconds: float, step: float) -> int:
 
 
 def _cumulative_llr(ev: Evidence, key: tuple, t: int, rows) -> np.ndarray:
-    """The cumulative log-LR matrix up to tick t, memoised on the evidence and extended with
-    `rows(lo, hi)` for new ticks only: a tick's log-LR depends on that tick alone."""
+    """The cumulative log-LR matrix up to tick t (row i = sum of ticks < i), memoised on the evidence
+    and extended with `rows(lo, hi)` for new ticks only: a tick's log-LR depends on that tick alone."""
     cum = ev.cache.get(key)
-    have = 0 if cum is None else len(cum) - 1
+    have = -1 if cum is None else len(cum) - 1
     if have < t + 1:
-        cum = cumulative(rows(have, t + 1), cum)
-        ev.cache[key] = cum
-    return cum
-
-
-def _zero_nan(a: np.ndarray) -> np.ndarray:
-    return np.where(np.isnan(a), 0.0, a)
+        new = cumulative(rows(max(have, 0), t + 1))
+        if cum is None:
+            cum = ev.cache[key] = Growing(new.shape[1])
+            cum.extend(new)
+        else:
+            cum.extend(cum.view[-1] + new[1:])
+    return cum.view
 
 
 def _csum(ev: Evidence, signal: str, arm: str, t: int) -> np.ndarray:
     """Running sums of a column (missing = 0), memoised; sum over ticks [lo, hi) = cs[hi] - cs[lo]."""
-    key = ("csum", signal, arm)
-    cs = ev.cache.get(key)
-    have = 0 if cs is None else len(cs) - 1
+    cs = ev.cache.get(("csum", signal, arm))
+    if cs is None:
+        cs = ev.cache[("csum", signal, arm)] = Growing()
+        cs.extend(np.zeros(1))
+    have = len(cs) - 1
     if have < t + 1:
-        fresh = _zero_nan(ev.array(signal, arm)[have : t + 1])
-        start = 0.0 if cs is None else cs[-1]
-        ext = start + np.cumsum(fresh)
-        cs = np.concatenate([[0.0], ext]) if cs is None else np.concatenate([cs, ext])
-        ev.cache[key] = cs
-    return cs
+        fresh = ev.array(signal, arm)[have : t + 1]
+        cs.extend(cs.view[-1] + np.cumsum(np.where(np.isnan(fresh), 0.0, fresh)))
+    return cs.view
 
 
 def evaluate(check: CompareCheck, ev: Evidence, t: int) -> Verdict:
