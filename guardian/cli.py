@@ -280,5 +280,24 @@ def replay(
         raise typer.Exit(EXIT_ERROR)
 
 
+# -- detect -----------------------------------------------------------------------------------------
+@app.command()
+def detect(
+    input_csv: Annotated[Path, typer.Argument(metavar="IN.csv", help="a series: header with timestamp,value")],
+    output: Annotated[Path | None, typer.Option("--output", "-o", help="OUT.csv (default: standard output)")] = None,
+    model: Annotated[Path | None, typer.Option("--model", help="detector parameters as a JSON object")] = None,
+) -> None:
+    """Run the streaming anomaly baseline over one series: timestamp,value,score,anomaly per row."""
+    from guardian.detect import DetectInputError, detect_file
+
+    try:
+        alarms = detect_file(input_csv, output, model)
+    except DetectInputError as e:
+        err.print(f"error: {e}", markup=False)
+        raise typer.Exit(EXIT_ERROR) from None
+    if output is not None:
+        err.print(f"{output}: {alarms} anomal{'y' if alarms == 1 else 'ies'} flagged", markup=False)
+
+
 def main() -> None:  # pragma: no cover
     app(prog_name=os.path.basename(sys.argv[0]) or "guardian")

@@ -1,14 +1,16 @@
 """`guardian detect IN.csv [--output OUT.csv] [--model FILE]`: the anomaly baseline over one series.
 
 IN.csv has a header with (at least) the columns `timestamp` and `value`; other columns are ignored.
-Timestamps are ISO-8601 as NAB writes them (`2014-02-14 14:30:00`, naive = UTC) or epoch seconds;
-rows are processed in file order (real exports repeat an hour now and then; that is accepted). OUT.csv has one row per input row: `timestamp,value,score,anomaly`
-(`score` in [0, 1], `anomaly` the detector's own production alarm, 0 or 1), computed by streaming
-the rows through `guardian.judge.anomaly.AnomalyDetector` — row i depends only on rows <= i.
+Timestamps are ISO-8601 as NAB writes them (`2014-02-14 14:30:00`, naive = UTC) or epoch seconds.
+Rows are streamed in file order (real exports repeat an hour now and then; that is accepted).
+OUT.csv has one row per input row, `timestamp,value,score,anomaly`: `score` in [0, 1], `anomaly`
+the detector's own production alarm (0 or 1), from `guardian.judge.anomaly.AnomalyDetector` --
+row i depends only on rows <= i.
 
 `--model FILE` is an optional JSON object of detector parameters overriding the defaults, e.g.
-`{"threshold": 1.2, "suppress": 400}`; the keys are the fields of `guardian.judge.anomaly.Params`
-(unknown keys are refused).
+`{"threshold": 0.7, "suppress": 300}`; the keys are the fields of `guardian.judge.anomaly.Params`
+(unknown keys are refused). Bad input raises `DetectInputError` (a ValueError) naming the file,
+and the line for a bad row; the CLI prints it and exits 2.
 """
 from __future__ import annotations
 
@@ -19,7 +21,7 @@ import math
 import sys
 from collections.abc import Mapping
 from dataclasses import dataclass, fields
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, TextIO
 
@@ -45,7 +47,7 @@ def _parse_time(text: str) -> float:
     except ValueError:
         pass
     dt = datetime.fromisoformat(text.strip())
-    return (dt if dt.tzinfo else dt.replace(tzinfo=timezone.utc)).timestamp()
+    return (dt if dt.tzinfo else dt.replace(tzinfo=UTC)).timestamp()
 
 
 def read_series(path: Path | str) -> Series:
@@ -106,7 +108,8 @@ def load_params(model: Path | str | None = None, overrides: Mapping[str, Any] | 
     known = {f.name for f in fields(Params)}
     unknown = sorted(set(values) - known)
     if unknown:
-        raise DetectInputError(f"{model or 'parameters'}: unknown detector parameters {unknown}; known: {sorted(known)}")
+        raise DetectInputError(f"{model or 'parameters'}: unknown detector parameters {unknown}; "
+                               f"known: {sorted(known)}")
     try:
         return Params(**values)
     except (TypeError, ValueError) as e:
