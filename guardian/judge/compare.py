@@ -35,12 +35,14 @@ def _cumulative_llr(ev: Evidence, key: tuple, t: int, rows) -> np.ndarray:
     cum = ev.cache.get(key)
     have = -1 if cum is None else len(cum) - 1
     if have < t + 1:
-        new = cumulative(rows(max(have, 0), t + 1))
+        lr = rows(max(have, 0), t + 1)
         if cum is None:
-            cum = ev.cache[key] = Growing(new.shape[1])
-            cum.extend(new)
+            cum = ev.cache[key] = Growing(lr.shape[1])
+            cum.extend(cumulative(lr))
+        elif len(lr) == 1:
+            cum.extend(cum.view[-1:] + np.where(np.isnan(lr), 0.0, lr))
         else:
-            cum.extend(cum.view[-1] + new[1:])
+            cum.extend(cum.view[-1] + cumulative(lr)[1:])
     return cum.view
 
 

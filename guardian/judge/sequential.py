@@ -78,6 +78,8 @@ def rate_log_lr(k_c, n_c, k_b, n_b, *, tolerance: float = 1.0, burst_cap: float 
     """Per-tick log-likelihood ratios (tick × alternative) of the rate test; NaN where a tick has
     no usable counts (missing, no traffic in an arm, or no events)."""
     k_c, n_c, k_b, n_b = (np.asarray(a, dtype=float) for a in (k_c, n_c, k_b, n_b))
+    if len(k_c) == 1:  # the live case, one new tick at a time: scalar arithmetic beats numpy's overhead
+        return _rate_log_lr_row(float(k_c[0]), float(n_c[0]), float(k_b[0]), float(n_b[0]), tolerance, burst_cap)
     valid = ~(np.isnan(k_c) | np.isnan(n_c) | np.isnan(k_b) | np.isnan(n_b)) & (n_c > 0) & (n_b > 0)
     valid &= (k_c + k_b) > 0
     rho = np.where(valid, n_c / np.where(valid, n_c + n_b, 1.0), 0.5)[:, None]
@@ -91,6 +93,21 @@ def rate_log_lr(k_c, n_c, k_b, n_b, *, tolerance: float = 1.0, burst_cap: float 
     ll = kc * np.log(th1 / th0) + kb * np.log((1 - th1) / (1 - th0))
     ll = np.minimum(ll, math.log(burst_cap))
     return np.where(valid[:, None], ll, np.nan)
+
+
+def _rate_log_lr_row(kc: float, nc: float, kb: float, nb: float, tolerance: float, burst_cap: float) -> np.ndarray:
+    """`rate_log_lr` for a single tick (the same formula, in scalars)."""
+    if math.isnan(kc + nc + kb + nb) or nc <= 0 or nb <= 0 or kc + kb <= 0:
+        return np.full((1, len(RATE_ALTERNATIVES)), np.nan)
+    rho = nc / (nc + nb)
+    th0 = tolerance * rho / (tolerance * rho + 1 - rho)
+    cap = math.log(burst_cap)
+    row = []
+    for mult in RATE_ALTERNATIVES:
+        lam = tolerance * float(mult)
+        th1 = lam * rho / (lam * rho + 1 - rho)
+        row.append(min(kc * math.log(th1 / th0) + kb * math.log((1 - th1) / (1 - th0)), cap))
+    return np.array([row])
 
 
 def sign_log_lr(g_c, g_b, *, margin: float = 0.2) -> np.ndarray:

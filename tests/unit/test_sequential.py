@@ -115,3 +115,14 @@ def test_traffic_collapse_needs_traffic_before_and_enough_baseline_requests():
     assert collapse_p_value(silent, n_b, 29, warmup=3)[0] == 1.0  # never had traffic: silent, not crashed
     # a missing scrape is not a zero
     assert collapse_p_value(np.where(np.arange(30) == 29, np.nan, 40.0), n_b, 29, warmup=3)[0] == 1.0
+
+
+def test_the_single_tick_path_computes_the_same_log_lr_as_the_vector_path():
+    rng = np.random.default_rng(1)
+    rows = np.column_stack([rng.poisson(3, 200), rng.poisson(100, 200), rng.poisson(3, 200),
+                            rng.poisson(300, 200)]).astype(float)
+    rows[::17, 0] = np.nan
+    rows[::13, 1] = 0
+    whole = rate_log_lr(*rows.T, tolerance=1.2, burst_cap=3.0)
+    one_by_one = np.vstack([rate_log_lr(*r[:, None], tolerance=1.2, burst_cap=3.0) for r in rows])
+    np.testing.assert_allclose(one_by_one, whole, rtol=1e-12, equal_nan=True)
