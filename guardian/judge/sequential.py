@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
+from functools import lru_cache
 
 import numpy as np
 
@@ -60,18 +61,24 @@ def cumulative(log_lr: np.ndarray, previous: np.ndarray | None = None) -> np.nda
     return np.vstack([previous, previous[-1] + np.cumsum(lr, axis=0)])
 
 
+@lru_cache(maxsize=256)
+def _log_thresholds(alpha: float, n_starts: int) -> np.ndarray:
+    return np.log(np.arange(1, n_starts + 1) ** 2 * _BASEL / alpha)
+
+
 def staggered_from_cumulative(cum: np.ndarray, t: int, alpha: float, *, warmup: int, every: int) -> Evidence:
     if t < warmup:
         return Evidence(False, 1.0, _BASEL / alpha, None, 0)
-    starts = np.arange(warmup, t + 1, max(1, every))
-    llr = cum[t + 1][None, :] - cum[starts]  # starts × alternatives
-    peak = llr.max(axis=1, keepdims=True)
-    log_e = (peak + np.log(np.exp(llr - peak).mean(axis=1, keepdims=True)))[:, 0]
-    j = np.arange(1, len(starts) + 1)
-    log_thr = np.log(j**2 * _BASEL / alpha)
-    best = int(np.argmax(log_e - log_thr))
-    return Evidence(bool(log_e[best] >= log_thr[best]), float(np.exp(min(log_e[best], 700))),
-                    float(np.exp(log_thr[best])), int(starts[best]), t + 1 - int(starts[best]))
+    every = max(1, every)
+    llr = cum[t + 1] - cum[warmup : t + 1 : every]  # starts × alternatives
+    peak = llr.max(axis=1)
+    log_e = peak + np.log(np.exp(llr - peak[:, None]).mean(axis=1))
+    log_thr = _log_thresholds(alpha, len(llr))
+    margin = log_e - log_thr
+    best = int(margin.argmax())
+    start = warmup + best * every
+    return Evidence(bool(margin[best] >= 0), float(np.exp(min(log_e[best], 700))), float(np.exp(log_thr[best])),
+                    start, t + 1 - start)
 
 
 def rate_log_lr(k_c, n_c, k_b, n_b, *, tolerance: float = 1.0, burst_cap: float = 3.0) -> np.ndarray:
