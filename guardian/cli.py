@@ -13,6 +13,7 @@ import httpx
 import typer
 from rich.console import Console
 
+from guardian.baseline_cli import baseline_app
 from guardian.errors import RecordingError, RuleError
 
 app = typer.Typer(help="Release Guardian: guards rollouts by watching their metrics, and rolls back bad ones.",
@@ -23,6 +24,7 @@ rules_app = typer.Typer(help="Validate rule files.", no_args_is_help=True)
 rollout_app = typer.Typer(help="Start, follow and steer rollouts through a running guardian.", no_args_is_help=True)
 app.add_typer(rules_app, name="rules")
 app.add_typer(rollout_app, name="rollout")
+app.add_typer(baseline_app, name="baseline")
 out = Console(highlight=False, soft_wrap=True)
 err = Console(stderr=True, highlight=False, soft_wrap=True)
 

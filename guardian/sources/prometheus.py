@@ -112,6 +112,13 @@ def _http_reason(exc: PrometheusApiClientException) -> str:
     return f"HTTP {m.group(1)}" + (f": {detail}" if detail else "")
 
 
+def differing_labels(result: list[dict[str, Any]]) -> str:
+    """The label names whose values differ between the series of one answer ("?" if none do)."""
+    metrics = [r.get("metric", {}) for r in result]
+    keys = sorted({k for m in metrics for k in m})
+    return ", ".join(k for k in keys if len({m.get(k) for m in metrics}) > 1) or "?"
+
+
 class PrometheusSource:
     """A `MetricSource` backed by the Prometheus HTTP API (through `prometheus-api-client`)."""
 
@@ -187,11 +194,8 @@ class PrometheusSource:
         if not result:
             raise NoData(f"no series for {where}: {promql}")
         if len(result) > 1:
-            metrics = [s.get("metric", {}) for s in result]
-            keys = sorted({k for m in metrics for k in m})
-            split = [k for k in keys if len({m.get(k) for m in metrics}) > 1]
             raise NoData(
-                f"gauge {where} returned {len(result)} series (differing in {', '.join(split) or '?'}); "
+                f"gauge {where} returned {len(result)} series (differing in {differing_labels(result)}); "
                 f"the query must aggregate to one series, e.g. with sum() or max(): {promql}"
             )
         value = float(result[0]["value"][1])
