@@ -155,6 +155,8 @@ class Evidence:
     series: dict[str, dict[str, list[float | None]]] = field(default_factory=dict)
     unavailable: list[str | None] = field(default_factory=list)
     counters: frozenset[str] = frozenset()  # signals recorded as increments (summed over a window)
+    started_at: float = 0.0  # Unix time of tick 0's start (the rollout's start: forecasts are frozen there)
+    models: dict[str, Any] = field(default_factory=dict)  # check name -> its frozen forecast model, or why none
     # memo of arrays derived from the (append-only) ticks, extended as ticks arrive; never an input
     cache: dict[Any, Any] = field(default_factory=dict, repr=False, compare=False)
 

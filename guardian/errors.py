@@ -8,6 +8,7 @@ GuardianError
 ├── ActuatorError          an action could not be carried out (after its retries)
 │   └── UnknownActuator    a target names an actuator the registry does not know
 ├── RecordingError         a recording file is not guardian-recording/v1
+├── ModelMissing           a rollout's rules need a forecast model that is missing or unusable
 └── StoreError             the state store refused an operation
     ├── RolloutNotFound    no rollout with that id
     └── RolloutConflict    the operation clashes with the rollout's state (e.g. one already in flight)
@@ -64,6 +65,10 @@ class UnknownActuator(ActuatorError):
 
 class RecordingError(GuardianError):
     pass
+
+
+class ModelMissing(GuardianError):
+    """A `kind: baseline` check needs a model (models/<service>/<signal>.json) that cannot be used."""
 
 
 class StoreError(GuardianError):

@@ -30,6 +30,7 @@ class Settings(BaseSettings):
     rules: list[str] = ["rules"]
     db_path: str = "var/guardian.db"
     recordings_dir: str = "var/recordings"
+    models_dir: str = "models"  # forecast models: <models_dir>/<service>/<signal>.json (guardian baseline fit)
     tick_seconds: float = Field(10.0, ge=0.5, description="length of one tick (evaluation interval)")
     evaluation_delay: float = Field(1.0, ge=0, description="wait after a tick's end for the last scrape")
     analysis_seconds: float = Field(60.0, ge=0, description="how long a step must pass before advancing")

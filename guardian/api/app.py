@@ -22,7 +22,8 @@ from guardian.domain import Action
 from guardian.engine.guard import Guard, GuardConfig
 from guardian.engine.scheduler import Scheduler
 from guardian.engine.store import SQLiteStore
-from guardian.errors import ActuatorError, RolloutConflict, RolloutNotFound, UnknownActuator
+from guardian.errors import ActuatorError, ModelMissing, RolloutConflict, RolloutNotFound, UnknownActuator
+from guardian.forecast_models import ModelDirectory
 from guardian.judge.policy import Policy
 from guardian.metrics import GuardianMetrics
 from guardian.rules.book import RuleBook
@@ -60,7 +61,8 @@ def build(settings: Settings, *, source: MetricSource | None = None, clock: Cloc
         recordings_dir=Path(settings.recordings_dir) if settings.recordings_dir else None,
         policy=Policy(on_inconclusive=Action(settings.on_inconclusive)),
     )
-    guard = Guard(store, source, rulebook, actuators, clock, config, metrics=metrics)
+    guard = Guard(store, source, rulebook, actuators, clock, config, metrics=metrics,
+                  models=ModelDirectory(settings.models_dir))
     return Components(settings, store, rulebook, source, guard, metrics, actuators, clock)
 
 
@@ -116,6 +118,10 @@ def create_app(components: Components, *, run_scheduler: bool = True) -> FastAPI
     @app.exception_handler(UnknownActuator)
     async def _unknown_actuator(request: Request, exc: UnknownActuator) -> JSONResponse:
         return _error(422, "invalid_request", [{"field": "target", "message": str(exc)}])
+
+    @app.exception_handler(ModelMissing)
+    async def _model_missing(request: Request, exc: ModelMissing) -> JSONResponse:
+        return _error(422, "invalid_request", [{"field": "service", "message": str(exc)}])
 
     @app.exception_handler(ActuatorError)
     async def _actuator(request: Request, exc: ActuatorError) -> JSONResponse:

@@ -35,6 +35,7 @@ from guardian.domain import (
 from guardian.engine.store import SQLiteStore
 from guardian.engine.transitions import transition, weight_after
 from guardian.errors import ActuatorError, NoData, RolloutConflict, SourceUnavailable
+from guardian.forecast_models import ModelDirectory, ModelLoader, thaw
 from guardian.judge.checks import evaluate
 from guardian.judge.policy import Policy, decide
 from guardian.metrics import GuardianMetrics
@@ -78,8 +79,10 @@ class Guard:
         config: GuardConfig = GuardConfig(),
         notifier: Notifier | None = None,
         metrics: GuardianMetrics | None = None,
+        models: ModelLoader | None = None,
     ):
         self.store, self.source, self.rulebook = store, source, rulebook
+        self.models = models or ModelDirectory()
         self.actuator_for, self.clock, self.config = actuator_for, clock, config
         self.notifier = notifier or LogNotifier()
         self.metrics = metrics or GuardianMetrics()
@@ -95,17 +98,22 @@ class Guard:
     def start(self, spec: StartSpec) -> RolloutState:
         """Create the rollout and deploy the new version at the first step.
 
-        Raises RolloutConflict (one in flight already) or ActuatorError (the start failed; the
-        actuator was then told to roll back, and the rollout is recorded as rolled back)."""
+        Raises RolloutConflict (one in flight already), ModelMissing (a forecast check has no usable
+        model; nothing is stored) or ActuatorError (the start failed; the actuator was then told to
+        roll back, and the rollout is recorded as rolled back)."""
         now = self.clock.now()
+        ruleset = self.rulebook.for_service(spec.service)
+        models = self.models.freeze(spec.service, ruleset, now)  # frozen here: refits never reach this rollout
         state = RolloutState(
             id=spec.id or uuid.uuid4().hex[:12], service=spec.service, image=spec.image, strategy=spec.strategy,
             steps=spec.steps, target=spec.target, step_seconds=spec.step_seconds,
             analysis_seconds=spec.analysis_seconds, created_at=now, step_started_at=now, updated_at=now,
-            rules=self.rulebook.for_service(spec.service).source,
+            rules=ruleset.source,
         )
         self.actuator_for(spec.target)  # an unknown actuator fails here, before anything is stored
         self.store.create(state)
+        if models:
+            self.store.save_models(state.id, models)
         with self._lock(state.id):
             decision = Decision(Action.START, f"start {spec.strategy.value} rollout of {spec.image}", at=now,
                                 source="user")
@@ -194,6 +202,8 @@ class Guard:
         ev = self._evidence.get(state.id)
         if ev is None or ev.ticks != state.last_tick + 1:
             ev = self.store.evidence(state.id, state.step_seconds, counters)
+            ev.started_at = state.created_at
+            ev.models = thaw(self.store.models(state.id))
             self._evidence[state.id] = ev
         ev.counters = counters
         return ev

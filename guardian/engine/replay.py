@@ -16,7 +16,8 @@ from guardian.clock import FakeClock
 from guardian.domain import Action, Phase, Strategy
 from guardian.engine.guard import Guard, GuardConfig, StartSpec
 from guardian.engine.store import SQLiteStore
-from guardian.errors import RecordingError
+from guardian.errors import ModelMissing, RecordingError
+from guardian.forecast_models import RecordedModels
 from guardian.rules.loader import DEFAULT_RULESET, RuleSet
 from guardian.sources.recording import RecordingSource, load_recording
 
@@ -52,7 +53,8 @@ def replay_recording(recording: dict[str, Any], name: str, ruleset: RuleSet = DE
     store = SQLiteStore(":memory:")
     noop = NoopActuator()
     guard = Guard(store, source, _FixedRules(ruleset), lambda target: noop, clock,
-                  GuardConfig(evaluation_delay=0.0, catch_up_ticks=1), notifier=_Silent())
+                  GuardConfig(evaluation_delay=0.0, catch_up_ticks=1), notifier=_Silent(),
+                  models=RecordedModels(recording.get("models")))
     horizon = source.ticks * source.step
     state = guard.start(StartSpec(service=recording.get("service", name), image="recorded", strategy=Strategy.OBSERVE,
                                   steps=(100,), step_seconds=source.step, analysis_seconds=horizon + source.step,
@@ -85,6 +87,8 @@ def _replay_or_error(path: Path, ruleset: RuleSet) -> ReplayResult | RecordingEr
         return replay_file(path, ruleset)
     except RecordingError as e:
         return e
+    except ModelMissing as e:
+        return RecordingError(f"{path.name}: models: {e}")
 
 
 def replay_many(paths: list[Path], ruleset: RuleSet = DEFAULT_RULESET, *, workers: int | None = None):

@@ -1,10 +1,11 @@
 """State and history of rollouts in SQLite (WAL), the embedded default `StateStore`.
 
-Tables: `rollouts` (the current RolloutState), `ticks` (what each tick fetched, the verdicts and the
-decision: the body of the rollout's recording), `ops` (the operation log: an action's intent is
-written before the actuator is called and its outcome after, so a crash in between is resumed with
-the same idempotency key) and `decisions` (the decision log: every decision that acted, with its
-evidence and outcome). Every multi-row change is one transaction.
+Tables: `rollouts` (the current RolloutState), `models` (the forecast models frozen at its start),
+`ticks` (what each tick fetched, the verdicts and the decision: the body of the rollout's
+recording), `ops` (the operation log: an action's intent is written before the actuator is called
+and its outcome after, so a crash in between is resumed with the same idempotency key) and
+`decisions` (the decision log: every decision that acted, with its evidence and outcome). Every
+multi-row change is one transaction.
 
 At most one rollout of a service is in flight: a partial unique index makes the database itself
 refuse a second one, even from two guardian processes.
@@ -39,6 +40,8 @@ CREATE TABLE IF NOT EXISTS ops (
     rollout_id TEXT NOT NULL, seq INTEGER NOT NULL, key TEXT NOT NULL UNIQUE, request TEXT NOT NULL,
     decision TEXT NOT NULL, status TEXT NOT NULL, outcome TEXT, created_at REAL NOT NULL, finished_at REAL,
     PRIMARY KEY (rollout_id, seq));
+CREATE TABLE IF NOT EXISTS models (
+    rollout_id TEXT PRIMARY KEY, snapshot TEXT NOT NULL);
 CREATE TABLE IF NOT EXISTS decisions (
     rollout_id TEXT NOT NULL, seq INTEGER NOT NULL, at REAL NOT NULL, decision TEXT NOT NULL,
     outcome TEXT, PRIMARY KEY (rollout_id, seq));
@@ -59,6 +62,8 @@ class StateStore(Protocol):
     def pending_ops(self, rollout_id: str) -> list[dict[str, Any]]: ...
     def decisions(self, rollout_id: str) -> list[dict[str, Any]]: ...
     def recording(self, rollout_id: str) -> dict[str, Any]: ...
+    def save_models(self, rollout_id: str, snapshot: dict[str, Any]) -> None: ...
+    def models(self, rollout_id: str) -> dict[str, Any]: ...
 
 
 class SQLiteStore:
@@ -166,6 +171,17 @@ class SQLiteStore:
             ev.append(row["values"], unavailable=row["unavailable"])
         return ev
 
+    def save_models(self, rollout_id: str, snapshot: dict[str, Any]) -> None:
+        """The forecast models frozen at the rollout's start (written once, before its first tick)."""
+        with self._tx() as db:
+            db.execute("INSERT OR REPLACE INTO models (rollout_id, snapshot) VALUES (?, ?)",
+                       (rollout_id, json.dumps(snapshot)))
+
+    def models(self, rollout_id: str) -> dict[str, Any]:
+        with self._lock:
+            row = self._db.execute("SELECT snapshot FROM models WHERE rollout_id = ?", (rollout_id,)).fetchone()
+        return json.loads(row["snapshot"]) if row else {}
+
     def latest_tick(self, rollout_id: str) -> dict[str, Any] | None:
         rows = self.ticks(rollout_id, latest_only=True)
         return rows[0] if rows else None
@@ -244,7 +260,7 @@ class SQLiteStore:
             signal: {arm: list(ev.column(signal, arm)) for arm in ARMS}
             for signal in ev.series
         }
-        return {
+        doc = {
             "format": RECORDING_FORMAT,
             "service": state.service,
             "step_seconds": state.step_seconds,
@@ -253,3 +269,6 @@ class SQLiteStore:
             "labels": {"rollout_id": state.id, "image": state.image, "phase": state.phase.value,
                        "unavailable_ticks": [i for i, u in enumerate(ev.unavailable) if u]},
         }
+        if models := self.models(rollout_id):
+            doc["models"] = models  # the frozen forecast models, so a replay judges against the same ones
+        return doc

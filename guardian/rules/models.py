@@ -240,7 +240,65 @@ class CompareCheck(_Strict):
         return Action(self.action)
 
 
-Check = Annotated[ThresholdCheck | CompareCheck, Field(discriminator="kind")]
+class ForecastCheck(_Strict):
+    """One signal against its seasonal 3σ forecast (judge/forecast.py), for services without a
+    concurrent baseline arm and as an early warning. The model is `models/<service>/<signal>.json`
+    (written by `guardian baseline fit`), frozen when the rollout starts.
+
+    The signal is averaged over `period` (default: the model's bucket) — counters as per-second
+    rates, `arm: total` summed over the arms. The check FAILS once `consecutive` periods in a row
+    are beyond `sigma` σ on the watched side, or (with `cusum`) once a one-sided CUSUM of the
+    standardized residuals crosses `cusum_h` (small sustained shifts). Example — "3 anomalous
+    periods in a row → scale out by one"::
+
+        - name: traffic-forecast
+          kind: baseline
+          signal: requests
+          direction: above
+          consecutive: 3
+          action: scale
+          replicas: 1
+    """
+
+    name: str = Field(min_length=1)
+    kind: Literal["baseline"] = "baseline"
+    signal: str = Field(min_length=1)
+    arm: Literal["canary", "baseline", "total"] = "total"
+    model: str | None = None  # path of the model file; default <models dir>/<service>/<signal>.json
+    sigma: float = Field(3.0, gt=0)
+    consecutive: int = Field(3, ge=1)
+    direction: Literal["above", "below", "both"] = "both"
+    period: Duration | None = None
+    cusum: bool = True
+    cusum_k: float = Field(0.5, ge=0)
+    cusum_h: float = Field(5.0, gt=0)
+    optional: bool = False  # abstain (rather than refuse the rollout's start) when there is no model
+    action: Literal["rollback", "pause", "scale", "notify"] = "rollback"
+    replicas: int = 1
+
+    @field_validator("period", mode="before")
+    @classmethod
+    def _duration(cls, v: object) -> float | None:
+        return None if v is None else parse_duration(v)
+
+    @model_validator(mode="after")
+    def _consistent(self) -> ForecastCheck:
+        if self.period is not None and self.period <= 0:
+            raise ValueError("period must be longer than 0s")
+        if self.action == "scale" and self.replicas == 0:
+            raise ValueError("action 'scale' needs a non-zero 'replicas' delta")
+        return self
+
+    @property
+    def signals(self) -> tuple[str, ...]:
+        return (self.signal,)
+
+    @property
+    def action_enum(self) -> Action:
+        return Action(self.action)
+
+
+Check = Annotated[ThresholdCheck | CompareCheck | ForecastCheck, Field(discriminator="kind")]
 
 
 class AlertRoute(_Strict):
