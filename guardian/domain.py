@@ -180,6 +180,8 @@ class Evidence:
     def array(self, signal: str, arm: str) -> np.ndarray:
         """The column as floats (NaN for missing), memoised and extended incrementally."""
         grown = self.cache.get(("array", signal, arm))
+        if grown is not None and grown._n == len(self.unavailable):  # up to date: the common case
+            return grown._buf[: grown._n]
         if grown is None:
             grown = self.cache[("array", signal, arm)] = Growing()
         if len(grown) < self.ticks:

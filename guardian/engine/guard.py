@@ -16,6 +16,7 @@ import uuid
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from loguru import logger
 
@@ -89,6 +90,7 @@ class Guard:
         self._locks: dict[str, threading.Lock] = {}
         self._locks_guard = threading.Lock()
         self._evidence: dict[str, Evidence] = {}
+        self._verdict_counters: dict[tuple, Any] = {}
 
     def _lock(self, rollout_id: str) -> threading.Lock:
         with self._locks_guard:
@@ -173,7 +175,11 @@ class Guard:
             self.metrics.source_errors.inc()
         verdicts = [evaluate(check, ev, t) for check in ruleset.rules.checks]
         for v in verdicts:
-            self.metrics.verdicts.labels(v.check, v.result.value).inc()
+            counter = self._verdict_counters.get((v.check, v.result))
+            if counter is None:  # prometheus-client's labels() is slow enough to matter in replays
+                counter = self._verdict_counters[(v.check, v.result)] = self.metrics.verdicts.labels(
+                    v.check, v.result.value)
+            counter.inc()
         now = self.clock.now()
         if state.phase is Phase.PAUSED and state.paused_by == "user":
             decision = Decision(Action.CONTINUE, "paused by a user: watching, not acting", tick=t, at=now,

@@ -12,7 +12,6 @@ refuse a second one, even from two guardian processes.
 """
 from __future__ import annotations
 
-import json
 import sqlite3
 import threading
 from collections.abc import Iterator
@@ -21,10 +20,17 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, Protocol
 
+import orjson
+
 from guardian.domain import ARMS, Decision, Evidence, Outcome, RolloutState, Verdict
 from guardian.errors import RolloutConflict, RolloutNotFound
 
 RECORDING_FORMAT = "guardian-recording/v1"
+
+
+def _dumps(obj: Any) -> str:
+    """JSON text for a column (orjson: the tick rows are written on every tick of every rollout)."""
+    return orjson.dumps(obj, option=orjson.OPT_SERIALIZE_NUMPY).decode()
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS rollouts (
@@ -105,7 +111,7 @@ class SQLiteStore:
             with self._tx() as db:
                 db.execute(
                     "INSERT INTO rollouts (id, service, phase, state, created_at, updated_at) VALUES (?,?,?,?,?,?)",
-                    (state.id, state.service, state.phase.value, json.dumps(state.to_dict()),
+                    (state.id, state.service, state.phase.value, _dumps(state.to_dict()),
                      state.created_at, state.updated_at),
                 )
         except sqlite3.IntegrityError:
@@ -119,7 +125,7 @@ class SQLiteStore:
             row = self._db.execute("SELECT state FROM rollouts WHERE id = ?", (rollout_id,)).fetchone()
         if row is None:
             raise RolloutNotFound(f"no rollout with id {rollout_id!r}")
-        return RolloutState.from_dict(json.loads(row["state"]))
+        return RolloutState.from_dict(orjson.loads(row["state"]))
 
     def list(self, *, active_only: bool = False) -> list[RolloutState]:
         sql = "SELECT state FROM rollouts"
@@ -127,12 +133,12 @@ class SQLiteStore:
             sql += " WHERE phase IN ('progressing', 'paused')"
         with self._lock:
             rows = self._db.execute(sql + " ORDER BY created_at").fetchall()
-        return [RolloutState.from_dict(json.loads(r["state"])) for r in rows]
+        return [RolloutState.from_dict(orjson.loads(r["state"])) for r in rows]
 
     def _save(self, db: sqlite3.Connection, state: RolloutState) -> None:
         cur = db.execute(
             "UPDATE rollouts SET phase = ?, state = ?, updated_at = ? WHERE id = ?",
-            (state.phase.value, json.dumps(state.to_dict()), state.updated_at, state.id),
+            (state.phase.value, _dumps(state.to_dict()), state.updated_at, state.id),
         )
         if cur.rowcount != 1:
             raise RolloutNotFound(f"no rollout with id {state.id!r}")
@@ -147,8 +153,8 @@ class SQLiteStore:
             db.execute(
                 'INSERT OR REPLACE INTO ticks (rollout_id, tick, at, "values", unavailable, verdicts, decision) '
                 "VALUES (?,?,?,?,?,?,?)",
-                (state.id, tick, at, json.dumps(values), unavailable, json.dumps([v.to_dict() for v in verdicts]),
-                 json.dumps(decision.to_dict()) if decision else None),
+                (state.id, tick, at, _dumps(values), unavailable, _dumps([v.to_dict() for v in verdicts]),
+                 _dumps(decision.to_dict()) if decision else None),
             )
             self._save(db, state)
 
@@ -158,8 +164,9 @@ class SQLiteStore:
         with self._lock:
             rows = self._db.execute(sql, (rollout_id,)).fetchall()
         return [
-            {"tick": r["tick"], "at": r["at"], "values": json.loads(r["values"]), "unavailable": r["unavailable"],
-             "verdicts": json.loads(r["verdicts"]), "decision": json.loads(r["decision"]) if r["decision"] else None}
+            {"tick": r["tick"], "at": r["at"], "values": orjson.loads(r["values"]), "unavailable": r["unavailable"],
+             "verdicts": orjson.loads(r["verdicts"]),
+             "decision": orjson.loads(r["decision"]) if r["decision"] else None}
             for r in rows
         ]
 
@@ -175,12 +182,12 @@ class SQLiteStore:
         """The forecast models frozen at the rollout's start (written once, before its first tick)."""
         with self._tx() as db:
             db.execute("INSERT OR REPLACE INTO models (rollout_id, snapshot) VALUES (?, ?)",
-                       (rollout_id, json.dumps(snapshot)))
+                       (rollout_id, _dumps(snapshot)))
 
     def models(self, rollout_id: str) -> dict[str, Any]:
         with self._lock:
             row = self._db.execute("SELECT snapshot FROM models WHERE rollout_id = ?", (rollout_id,)).fetchone()
-        return json.loads(row["snapshot"]) if row else {}
+        return orjson.loads(row["snapshot"]) if row else {}
 
     def latest_tick(self, rollout_id: str) -> dict[str, Any] | None:
         rows = self.ticks(rollout_id, latest_only=True)
@@ -194,7 +201,7 @@ class SQLiteStore:
             db.execute(
                 "INSERT INTO ops (rollout_id, seq, key, request, decision, status, created_at) "
                 "VALUES (?,?,?,?,?,'pending',?)",
-                (rollout_id, seq, key, json.dumps(request), json.dumps(decision.to_dict()), at),
+                (rollout_id, seq, key, _dumps(request), _dumps(decision.to_dict()), at),
             )
         return seq
 
@@ -208,7 +215,7 @@ class SQLiteStore:
         with self._tx() as db:
             db.execute(
                 "UPDATE ops SET status = ?, outcome = ?, finished_at = ? WHERE rollout_id = ? AND seq = ?",
-                ("done" if outcome.ok else "failed", json.dumps(outcome.to_dict()), at, rollout_id, seq),
+                ("done" if outcome.ok else "failed", _dumps(outcome.to_dict()), at, rollout_id, seq),
             )
             self._log_decision(db, rollout_id, decision, outcome, at)
             if state is not None:
@@ -226,8 +233,8 @@ class SQLiteStore:
                          (rollout_id,)).fetchone()[0]
         db.execute(
             "INSERT INTO decisions (rollout_id, seq, at, decision, outcome) VALUES (?,?,?,?,?)",
-            (rollout_id, seq, at, json.dumps(decision.to_dict()),
-             json.dumps(outcome.to_dict()) if outcome else None),
+            (rollout_id, seq, at, _dumps(decision.to_dict()),
+             _dumps(outcome.to_dict()) if outcome else None),
         )
 
     def pending_ops(self, rollout_id: str) -> list[dict[str, Any]]:
@@ -235,21 +242,21 @@ class SQLiteStore:
             rows = self._db.execute(
                 "SELECT seq, key, request, decision FROM ops WHERE rollout_id = ? AND status = 'pending' "
                 "ORDER BY seq", (rollout_id,)).fetchall()
-        return [{"seq": r["seq"], "key": r["key"], "request": json.loads(r["request"]),
-                 "decision": json.loads(r["decision"])} for r in rows]
+        return [{"seq": r["seq"], "key": r["key"], "request": orjson.loads(r["request"]),
+                 "decision": orjson.loads(r["decision"])} for r in rows]
 
     def ops(self, rollout_id: str) -> list[dict[str, Any]]:
         with self._lock:
             rows = self._db.execute("SELECT * FROM ops WHERE rollout_id = ? ORDER BY seq", (rollout_id,)).fetchall()
-        return [{**dict(r), "request": json.loads(r["request"]), "decision": json.loads(r["decision"]),
-                 "outcome": json.loads(r["outcome"]) if r["outcome"] else None} for r in rows]
+        return [{**dict(r), "request": orjson.loads(r["request"]), "decision": orjson.loads(r["decision"]),
+                 "outcome": orjson.loads(r["outcome"]) if r["outcome"] else None} for r in rows]
 
     def decisions(self, rollout_id: str) -> list[dict[str, Any]]:
         with self._lock:
             rows = self._db.execute("SELECT seq, at, decision, outcome FROM decisions WHERE rollout_id = ? "
                                     "ORDER BY seq", (rollout_id,)).fetchall()
-        return [{"seq": r["seq"], "at": r["at"], **json.loads(r["decision"]),
-                 "outcome": json.loads(r["outcome"]) if r["outcome"] else None} for r in rows]
+        return [{"seq": r["seq"], "at": r["at"], **orjson.loads(r["decision"]),
+                 "outcome": orjson.loads(r["outcome"]) if r["outcome"] else None} for r in rows]
 
     # -- recordings ---------------------------------------------------------------------------------
     def recording(self, rollout_id: str) -> dict[str, Any]:

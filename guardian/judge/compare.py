@@ -7,6 +7,7 @@ more is needed. A canary that gets no traffic is inconclusive (so the rollout pa
 from __future__ import annotations
 
 import math
+import statistics
 
 import numpy as np
 
@@ -46,25 +47,38 @@ def _cumulative_llr(ev: Evidence, key: tuple, t: int, rows) -> np.ndarray:
     return cum.view
 
 
-def _csum(ev: Evidence, signal: str, arm: str, t: int) -> np.ndarray:
-    """Running sums of a column (missing = 0), memoised; sum over ticks [lo, hi) = cs[hi] - cs[lo]."""
-    cs = ev.cache.get(("csum", signal, arm))
+def _csums(ev: Evidence, columns: tuple[tuple[str, str], ...], t: int) -> np.ndarray:
+    """Running sums of (signal, arm) columns side by side (missing = 0), memoised; the sum over
+    ticks [lo, hi) of column j is cs[hi, j] - cs[lo, j]."""
+    key = ("csums", columns)
+    cs = ev.cache.get(key)
     if cs is None:
-        cs = ev.cache[("csum", signal, arm)] = Growing()
-        cs.extend(np.zeros(1))
+        cs = ev.cache[key] = Growing(len(columns))
+        cs.extend(np.zeros((1, len(columns))))
     have = len(cs) - 1
     if have < t + 1:
-        fresh = ev.array(signal, arm)[have : t + 1]
-        cs.extend(cs.view[-1] + np.cumsum(np.where(np.isnan(fresh), 0.0, fresh)))
+        fresh = np.column_stack([ev.array(signal, arm)[have : t + 1] for signal, arm in columns])
+        cs.extend(cs.view[-1] + np.cumsum(np.where(np.isnan(fresh), 0.0, fresh), axis=0))
     return cs.view
+
+
+def _reported(ev: Evidence, signal: str, arm: str, t: int) -> bool:
+    """Has the arm reported the signal at any tick <= t? (memoised: the first tick it did)"""
+    key = ("first_reported", signal, arm)
+    first = ev.cache.get(key)
+    if first is None:
+        present = np.flatnonzero(~np.isnan(ev.array(signal, arm)))
+        if present.size:
+            first = ev.cache[key] = int(present[0])
+    return first is not None and first <= t
 
 
 def evaluate(check: CompareCheck, ev: Evidence, t: int) -> Verdict:
     base = {"check": check.name, "action": check.action_enum, "replicas": check.replicas}
     if ev.unavailable[t]:
         return Verdict(result=Result.ERROR, reason=f"metrics unavailable: {ev.unavailable[t]}", **base)
-    if check.optional and not any(np.any(~np.isnan(ev.array(sig, arm)[: t + 1]))
-                                  for sig in check.signals for arm in ("canary", "baseline")):
+    arms = ("canary", "baseline")
+    if check.optional and not any(_reported(ev, sig, arm, t) for sig in check.signals for arm in arms):
         return Verdict(result=Result.INCONCLUSIVE, abstained=True, **base,
                        reason=f"abstains: neither arm reports {' or '.join(check.signals)} (an optional check)")
     test = check.kind_of_test
@@ -82,9 +96,8 @@ def _rate(check: CompareCheck, ev: Evidence, t: int, base: dict) -> Verdict:
         k_c[lo:hi], n_c[lo:hi], k_b[lo:hi], n_b[lo:hi], tolerance=lam0, burst_cap=check.burst_cap))
     result = staggered_from_cumulative(cum, t, check.alpha, warmup=warmup, every=every)
     since = min(result.start if result.start is not None else warmup, t + 1)
-    ec, rc, eb, rb = (float(cs[t + 1] - cs[since]) for cs in (
-        _csum(ev, num, "canary", t), _csum(ev, den, "canary", t), _csum(ev, num, "baseline", t),
-        _csum(ev, den, "baseline", t)))
+    cs = _csums(ev, ((num, "canary"), (den, "canary"), (num, "baseline"), (den, "baseline")), t)
+    ec, rc, eb, rb = (float(x) for x in cs[t + 1] - cs[since])
     rate_c = ec / rc if rc > 0 else None
     rate_b = max(eb, 0.5) / rb if rb > 0 else None  # half an event at least: finite when the baseline had none
     ratio = (rate_c / rate_b) if rate_c is not None and rate_b else None
@@ -96,8 +109,7 @@ def _rate(check: CompareCheck, ev: Evidence, t: int, base: dict) -> Verdict:
     if result.rejected:
         return Verdict(result=Result.FAIL, reason=f"{num} rate worse than {lam0:g}x baseline: {facts}; {stat}",
                        **common)
-    cs_canary = _csum(ev, den, "canary", t)
-    total_canary = float(cs_canary[t + 1] - cs_canary[min(warmup, t + 1)])
+    total_canary = float(cs[t + 1, 1] - cs[min(warmup, t + 1), 1])
     if t < warmup:
         return Verdict(result=Result.INCONCLUSIVE, warming_up=True, reason=f"warming up ({facts})", **common)
     if total_canary < check.min_samples:
@@ -118,8 +130,9 @@ def _sign(check: CompareCheck, ev: Evidence, t: int, base: dict) -> Verdict:
     seg = slice(min(since, t + 1), t + 1)
     pairs = ~(np.isnan(g_c[seg]) | np.isnan(g_b[seg]))
     worse = int(np.sum(g_c[seg][pairs] > (1 + margin) * g_b[seg][pairs]))
-    mean_c = float(g_c[seg][pairs].mean()) if pairs.any() else None
-    mean_b = float(g_b[seg][pairs].mean()) if pairs.any() else None
+    n_pairs = int(np.count_nonzero(pairs))
+    mean_c = float(g_c[seg][pairs].sum()) / n_pairs if n_pairs else None
+    mean_b = float(g_b[seg][pairs].sum()) / n_pairs if n_pairs else None
     ratio = mean_c / mean_b if mean_c is not None and mean_b else None
     stat = f"e_value={result.e_value:.3g} (reject at {result.threshold:.3g}, alpha={check.alpha:g})"
     facts = (f"canary {signal} above {1 + margin:g}x baseline in {worse} of {int(pairs.sum())} ticks since tick "
@@ -155,19 +168,29 @@ def _trend(check: CompareCheck, ev: Evidence, t: int, base: dict) -> Verdict:
     signal = check.signal or ""
     g_c, g_b = ev.array(signal, "canary")[: t + 1], ev.array(signal, "baseline")[: t + 1]
     warmup = _ticks(check.warmup, ev.step_seconds)
-    with np.errstate(invalid="ignore", divide="ignore"):
-        r = g_c / g_b
-    r[~np.isfinite(r)] = np.nan
-    early = r[warmup : warmup + 6]
-    recent = r[max(warmup, t - TREND_TICKS + 1) : t + 1]
+
+    def ratio(lo: int, hi: int) -> np.ndarray:
+        with np.errstate(invalid="ignore", divide="ignore"):
+            r = g_c[lo:hi] / g_b[lo:hi]
+        r[~np.isfinite(r)] = np.nan
+        return r
+
+    key = ("trend_level0", signal, warmup)
+    level0 = ev.cache.get(key)  # the early level is fixed once its six ticks have passed
+    if level0 is None:
+        early = ratio(warmup, warmup + 6)
+        if np.count_nonzero(~np.isnan(early)) >= 3:
+            level0 = float(np.nanmedian(early))
+            if t >= warmup + 6:
+                ev.cache[key] = level0
+    recent = ratio(max(warmup, t - TREND_TICKS + 1), t + 1)
     growth_limit = check.effective_tolerance
-    if np.count_nonzero(~np.isnan(early)) < 3 or np.count_nonzero(~np.isnan(recent)) < 6:
+    if level0 is None or np.count_nonzero(~np.isnan(recent)) < 6:
         return Verdict(result=Result.INCONCLUSIVE, warming_up=t < warmup + TREND_TICKS, **base,
                        reason=f"not enough {signal} values yet for a trend", threshold=growth_limit)
     ok = ~np.isnan(recent)
-    last3 = recent[ok][-3:]
-    level0 = float(np.nanmedian(early))
-    level = float(np.median(last3)) if len(last3) else level0
+    last3 = recent[ok][-3:].tolist()
+    level = statistics.median(last3) if last3 else level0
     growth = level / level0 - 1 if level0 > 0 else 0.0
     if growth <= growth_limit:  # the trend only matters once the growth is beyond the limit
         stat = f"growth {growth:+.1%} within {growth_limit:.0%}; trend not tested"

@@ -146,9 +146,11 @@ def collapse_p_value(n_c, n_b, t: int, *, warmup: int, min_before: float = 5.0) 
         run += 1
         baseline += 0.0 if np.isnan(n_b[i]) else n_b[i]
         i -= 1
+    if run == 0:  # the canary got traffic at its latest answered tick: nothing has collapsed
+        return 1.0, 0, 0.0, float("nan")
     before = slice(warmup if i >= warmup else 0, i + 1)
     seen_c, seen_b = np.nansum(n_c[before]), np.nansum(n_b[before])
-    if run == 0 or seen_c < min_before or seen_c + seen_b <= 0:
+    if seen_c < min_before or seen_c + seen_b <= 0:
         return 1.0, run, baseline, float("nan")
     from guardian.judge.threshold import wilson_bounds
 

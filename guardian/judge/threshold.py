@@ -18,8 +18,7 @@ import math
 from dataclasses import dataclass
 from enum import Enum
 from functools import lru_cache
-
-from scipy.stats import norm
+from statistics import NormalDist
 
 from guardian.domain import Evidence, Result, Verdict
 from guardian.rules.models import ThresholdCheck
@@ -45,7 +44,7 @@ class Reading:
 
 @lru_cache(maxsize=64)
 def _z(confidence: float) -> float:
-    return float(norm.ppf(confidence))
+    return NormalDist().inv_cdf(confidence)  # stdlib: scipy.stats costs 0.7 s to import
 
 
 def wilson_bounds(successes: float, n: float, confidence: float = 0.95) -> tuple[float, float]:
