@@ -109,3 +109,18 @@ def _webhook(rest: str, **deps: Any) -> WebhookActuator:
 
 register("noop", _noop)
 register("webhook", _webhook, validate=validate_url)
+
+
+def _docker(rest: str, **deps: Any) -> Actuator:
+    from guardian.actuators import docker as docker_actuator  # the Docker SDK is imported only when used
+
+    return docker_actuator.create(rest, **deps)
+
+
+def _docker_validate(rest: str) -> str | None:
+    from guardian.actuators import docker as docker_actuator
+
+    return docker_actuator.validate(rest)
+
+
+register("docker", _docker, validate=_docker_validate)

@@ -1,0 +1,332 @@
+"""The `docker` actuator: rolls a service's containers out on one Docker engine (plain or Compose),
+with traffic through nginx and the arms published to Prometheus.
+
+Target: `docker:` plus options, e.g.
+
+    docker:?nginx_conf=/etc/nginx/nginx.conf&upstream_file=/etc/nginx/conf.d/app.conf&upstream=app
+           &status_port=8099&targets_dir=/etc/prometheus/targets&project=shop&port=8000
+
+Every action *converges* the containers towards what it asks, reading what runs from Docker's own
+labels (guardian/actuators/containers.py): applying it again — after a crash, or a failure half way —
+continues where it stopped and never does a step twice. Who is who during rollout R of image I:
+the canary is every replica labelled `guardian.rollout=R` running I, the stable version all others.
+The desired capacity N (the stable replicas when R started) is stored on the canary containers.
+
+Strategies (request.strategy):
+- canary:     START starts one canary and gives it the first step's share of traffic through nginx;
+              ADVANCE moves the weights.
+- rolling:    START / ADVANCE replace stable replicas by new ones one at a time, start-first (the new
+              one healthy and in nginx before an old one leaves), until the new version has the
+              step's share of the N replicas; nginx weighs every replica alike.
+- blue-green: START starts N new replicas (green) next to the N old ones (blue), then switches the
+              step's share (normally 100%) to green; blue stays up, idle, for an instant switch back.
+- observe:    someone else deploys; START only checks the service exists; ROLLBACK replaces the
+              replicas running I by the previous version.
+PROMOTE (all strategies): new replicas until the new version has N, all traffic to them, the old
+drained (out of nginx, `drain_seconds` for in-flight requests) and removed one at a time.
+ROLLBACK: old replicas back to N if any were replaced, all traffic to them, canaries drained and
+removed. SCALE: ±`replicas` of the stable version (never below one). PAUSE / RESUME change nothing:
+traffic stays where it is. Capacity never drops below N healthy replicas in nginx.
+
+Failures (image missing, container exits, healthcheck never passes, port clash, daemon unreachable,
+`nginx -t` failing) come back as Outcome(ok=False) with the reason; whatever was started for the
+failed step is removed and nginx keeps (or gets back) its previous configuration.
+"""
+from __future__ import annotations
+
+import json
+import math
+import os
+import threading
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Protocol
+from urllib.parse import parse_qs
+
+import docker
+import requests
+
+from guardian.actuators import ActionRequest
+from guardian.actuators.containers import ContainerError, Containers, Replica
+from guardian.domain import Action, Outcome
+from guardian.errors import ActuatorError
+
+CANARY, BASELINE = "canary", "baseline"
+API_VERSION = "1.41"
+ENGINE_ERRORS = (docker.errors.DockerException, requests.exceptions.RequestException)  # the SDK speaks requests
+
+
+class TrafficRouter(Protocol):
+    def route(self, members: list[tuple[str, str]], weights: dict[str, int]) -> Outcome: ...
+
+
+class TargetsFile:
+    """Prometheus file_sd: `<dir>/<service>.json` lists each replica's address with its arm, so the
+    guardian's queries (`track="canary"` / `"baseline"`) see the arms as the actuator assigns them."""
+
+    def __init__(self, directory: str | Path, track_label: str = "track"):
+        self.dir, self.track_label = Path(directory), track_label
+
+    def write(self, service: str, members: list[tuple[str, str]]) -> None:
+        self.dir.mkdir(parents=True, exist_ok=True)
+        doc = [{"targets": [addr], "labels": {"service": service, self.track_label: track}}
+               for addr, track in members]
+        path = self.dir / f"{service}.json"
+        tmp = path.with_suffix(".json.tmp")
+        tmp.write_text(json.dumps(doc, indent=1))
+        os.replace(tmp, path)
+
+
+@dataclass
+class _View:
+    canary: list[Replica]
+    stable: list[Replica]
+    capacity: int
+
+
+class DockerActuator:
+    name = "docker"
+    supports: frozenset[Action] = frozenset(Action)
+
+    def __init__(self, containers: Containers, router: TrafficRouter | None = None,
+                 targets: TargetsFile | None = None):
+        self.containers, self.router, self.targets = containers, router, targets
+        self._done: dict[str, Outcome] = {}
+        self._lock = threading.Lock()
+
+    # -- protocol -------------------------------------------------------------------------------------
+    def apply(self, request: ActionRequest) -> Outcome:
+        with self._lock:
+            if (known := self._done.get(request.key)) is not None:
+                return known
+            try:
+                detail, data = self._do(request)
+                outcome = Outcome(True, request.action.value, detail, data=data)
+            except (ContainerError, ActuatorError) as e:
+                outcome = Outcome(False, request.action.value, str(e))
+            except ENGINE_ERRORS as e:
+                outcome = Outcome(False, request.action.value, f"Docker engine: {e}")
+            if outcome.ok:
+                self._done[request.key] = outcome
+            return outcome
+
+    def verify(self, request: ActionRequest) -> Outcome:
+        try:
+            v = self._view(request)
+        except ENGINE_ERRORS as e:
+            return Outcome(False, request.action.value, f"Docker engine: {e}")
+        a = request.action
+        problems = []
+        if a is Action.PROMOTE and (v.stable or len(v.canary) < v.capacity):
+            problems.append(f"expected {v.capacity} replicas of {request.image} only, found {len(v.canary)} "
+                            f"and {len(v.stable)} of the old version")
+        if a is Action.ROLLBACK and (v.canary or len(v.stable) < max(1, v.capacity)):
+            problems.append(f"expected {v.capacity} old replicas and no canary, found {len(v.stable)} "
+                            f"and {len(v.canary)}")
+        if a in (Action.START, Action.ADVANCE) and request.strategy != "observe" and not v.canary:
+            problems.append(f"no replica of {request.image} is running")
+        if problems:
+            return Outcome(False, a.value, "; ".join(problems))
+        return Outcome(True, a.value, f"{len(v.canary)} new and {len(v.stable)} old replicas running")
+
+    # -- what runs ------------------------------------------------------------------------------------
+    def _view(self, request: ActionRequest) -> _View:
+        reps = self.containers.replicas(request.service)
+        canary = [r for r in reps if r.image == request.image and (
+            r.rollout == request.rollout_id or request.strategy == "observe")]
+        stable = [r for r in reps if r not in canary]
+        labels = [self.containers.client.containers.get(r.id).labels.get("guardian.capacity") for r in canary]
+        stored = next((int(x) for x in labels if x and x.isdigit()), None)
+        return _View(canary, stable, stored if stored is not None else len(stable))
+
+    def _do(self, request: ActionRequest) -> tuple[str, dict[str, Any]]:
+        a, strategy = request.action, request.strategy
+        v = self._view(request)
+        if not v.canary and not v.stable:
+            raise ActuatorError(f"no running containers of service {request.service!r} (labels "
+                                f"guardian.service or com.docker.compose.service={request.service})")
+        if a in (Action.PAUSE, Action.RESUME):
+            return f"{a.value}: traffic left as it is", self._data(v)
+        if a is Action.SCALE:
+            return self._scale(request, v)
+        if a is Action.ROLLBACK:
+            return self._rollback(request, v)
+        if a is Action.PROMOTE:
+            return self._promote(request, v)
+        if strategy == "observe":  # START / ADVANCE: someone else deploys; publish the arms as they are
+            self._publish(request, v, request.weight)
+            return f"observing {len(v.canary)} new and {len(v.stable)} old replicas", self._data(v)
+        if strategy == "rolling":
+            want = max(1, math.ceil(v.capacity * request.weight / 100)) if request.weight > 0 else 0
+            v = self._replace_until(request, v, want)
+            return f"rolling: {len(v.canary)} of {v.capacity} replicas on {request.image}", self._data(v)
+        want = v.capacity if strategy == "blue-green" else 1
+        v = self._start_until(request, v, want)
+        self._publish(request, v, request.weight)
+        return (f"{strategy}: {len(v.canary)} replica(s) of {request.image} get {request.weight}% of the traffic",
+                self._data(v))
+
+    # -- steps ----------------------------------------------------------------------------------------
+    def _start_until(self, request: ActionRequest, v: _View, want: int) -> _View:
+        """Start new replicas (health-gated, not yet in nginx unless published) until `want` run."""
+        while len(v.canary) < want:
+            template = (v.stable or v.canary)[0]
+            new = self._clone(template, request.image, request, v.capacity)
+            v = _View(v.canary + [new], v.stable, v.capacity)
+        return v
+
+    def _replace_until(self, request: ActionRequest, v: _View, want: int) -> _View:
+        """Rolling: one new replica up and in nginx, then one old one out and removed, until `want` are new."""
+        while len(v.canary) < want:
+            v = self._start_until(request, v, len(v.canary) + 1)
+            self._publish(request, v, None)
+            if len(v.canary) + len(v.stable) > v.capacity and v.stable:
+                old, v = v.stable[0], _View(v.canary, v.stable[1:], v.capacity)
+                self._publish(request, v, None)
+                self.containers.drain_pause()
+                self.containers.remove(old.id)
+        self._publish(request, v, None)
+        return v
+
+    def _promote(self, request: ActionRequest, v: _View) -> tuple[str, dict[str, Any]]:
+        v = self._start_until(request, v, v.capacity)
+        self._publish(request, _View([], v.canary, v.capacity), 0)  # the new version is now the stable one
+        self.containers.drain_pause()
+        for old in v.stable:
+            self.containers.remove(old.id)
+        return f"promoted: {len(v.canary)} replica(s) of {request.image}, old ones drained and removed", \
+            self._data(_View([], v.canary, v.capacity))
+
+    def _rollback(self, request: ActionRequest, v: _View) -> tuple[str, dict[str, Any]]:
+        while len(v.stable) < v.capacity:  # rolling / observe replaced some: bring the old version back
+            previous = v.stable[0].image if v.stable else self._previous_image(v)
+            template = (v.stable or v.canary)[0]
+            old = self._clone(template, previous, request, None, rollout=f"restore-{request.rollout_id}")
+            v = _View(v.canary, v.stable + [old], v.capacity)
+        self._publish(request, _View([], v.stable, v.capacity), 0)
+        if v.canary:
+            self.containers.drain_pause()
+        for c in v.canary:
+            self.containers.remove(c.id)
+        return (f"rolled back: all traffic on {len(v.stable)} replica(s) of the previous version; "
+                f"{len(v.canary)} canary replica(s) removed", self._data(_View([], v.stable, v.capacity)))
+
+    def _scale(self, request: ActionRequest, v: _View) -> tuple[str, dict[str, Any]]:
+        delta = request.replicas
+        if delta > 0:
+            for _ in range(delta):
+                template = (v.stable or v.canary)[0]
+                new = self._clone(template, template.image, request, None, rollout=f"scale-{request.rollout_id}")
+                v = _View(v.canary, v.stable + [new], v.capacity)
+        elif delta < 0:
+            extra = v.stable[max(1, len(v.stable) + delta):]
+            v = _View(v.canary, v.stable[: len(v.stable) - len(extra)], v.capacity)
+            self._publish(request, v, request.weight)
+            self.containers.drain_pause()
+            for r in extra:
+                self.containers.remove(r.id)
+        self._publish(request, v, request.weight)
+        return f"scaled the stable version to {len(v.stable)} replica(s) ({delta:+d})", self._data(v)
+
+    def _clone(self, template: Replica, image: str, request: ActionRequest, capacity: int | None, *,
+               rollout: str | None = None) -> Replica:
+        """Start one replica of `image` like `template`. A new-version replica (capacity given) records
+        the capacity and the image it replaces, so a restarted guardian can finish or undo the rollout."""
+        labels = None
+        if capacity is not None:
+            labels = {"guardian.capacity": str(capacity)}
+            if template.image != image:
+                labels["guardian.previous-image"] = template.image
+        return self.containers.clone(template.id, image, service=request.service,
+                                     rollout=rollout or request.rollout_id, extra_labels=labels)
+
+    def _previous_image(self, v: _View) -> str:
+        for r in v.canary:
+            prev = self.containers.client.containers.get(r.id).labels.get("guardian.previous-image")
+            if prev:
+                return prev
+        raise ActuatorError("no replica of the previous version is left and none records its image: "
+                            "cannot roll back")
+
+    # -- traffic --------------------------------------------------------------------------------------
+    def _publish(self, request: ActionRequest, v: _View, weight: int | None) -> None:
+        """Tell nginx and Prometheus who is who. `weight` None: every replica weighs the same."""
+        members = [(r.address, CANARY) for r in v.canary if r.address] + [
+            (r.address, BASELINE) for r in v.stable if r.address]
+        if weight is None:
+            n = len(members) or 1
+            weight = round(100 * sum(1 for _, t in members if t == CANARY) / n)
+        if not v.canary:
+            weight = 0
+        elif not v.stable:
+            weight = 100
+        if self.router is not None and members:
+            outcome = self.router.route(members, {CANARY: weight, BASELINE: 100 - weight})
+            if not outcome.ok:
+                raise ActuatorError(f"nginx refused the new weights (it keeps the previous ones): {outcome.detail}")
+        if self.targets is not None:
+            self.targets.write(request.service, members)
+
+    @staticmethod
+    def _data(v: _View) -> dict[str, Any]:
+        return {"canary": [r.name for r in v.canary], "stable": [r.name for r in v.stable], "capacity": v.capacity}
+
+
+# -- the target URI ----------------------------------------------------------------------------------------
+_OPTIONS = {"project", "port", "nginx_conf", "upstream_file", "upstream", "status_port", "targets_dir",
+            "health_timeout", "drain_seconds", "track_label"}
+
+
+def parse_options(rest: str) -> dict[str, str]:
+    """`?a=1&b=2` (or `//?a=1`) -> {"a": "1", "b": "2"}; unknown or repeated options are errors."""
+    query = rest.split("?", 1)[1] if "?" in rest else ""
+    if rest.split("?", 1)[0].strip("/"):
+        raise ActuatorError(f"docker: unexpected {rest.split('?', 1)[0]!r}; options go after '?': "
+                            "docker:?nginx_conf=...&upstream_file=...")
+    parsed = parse_qs(query, keep_blank_values=True, strict_parsing=False)
+    out = {}
+    for key, values in parsed.items():
+        if key not in _OPTIONS:
+            raise ActuatorError(f"docker: unknown option {key!r}; known: {', '.join(sorted(_OPTIONS))}")
+        if len(values) != 1:
+            raise ActuatorError(f"docker: option {key!r} is given {len(values)} times")
+        out[key] = values[0]
+    nginx = [k for k in ("nginx_conf", "upstream_file", "upstream") if k in out]
+    if nginx and len(nginx) != 3:
+        raise ActuatorError("docker: nginx needs all of nginx_conf, upstream_file and upstream")
+    for key in ("port", "status_port"):
+        if key in out and not out[key].isdigit():
+            raise ActuatorError(f"docker: {key} must be a port number, got {out[key]!r}")
+    for key in ("health_timeout", "drain_seconds"):
+        if key in out:
+            try:
+                float(out[key])
+            except ValueError:
+                raise ActuatorError(f"docker: {key} must be a number of seconds, got {out[key]!r}") from None
+    return out
+
+
+def validate(rest: str) -> str | None:
+    try:
+        parse_options(rest)
+    except ActuatorError as e:
+        return str(e)
+    return None
+
+
+def create(rest: str, **deps: Any) -> DockerActuator:
+    opts = parse_options(rest)
+    # API 1.41 (Docker 20.10) is pinned so that building the actuator never needs the daemon: an engine
+    # that is down is reported by the action that needed it, not by a crash at start-up
+    client = deps.get("docker_client") or docker.from_env(version=API_VERSION)
+    containers = Containers(client, project=opts.get("project"), port=int(opts["port"]) if "port" in opts else None,
+                            health_timeout=float(opts.get("health_timeout", 60)),
+                            drain_seconds=float(opts.get("drain_seconds", 1)))
+    router = None
+    if "nginx_conf" in opts:
+        from guardian.actuators.nginx import NginxTrafficRouter
+
+        router = NginxTrafficRouter(opts["upstream_file"], opts["nginx_conf"], upstream_name=opts["upstream"],
+                                    status_port=int(opts["status_port"]) if "status_port" in opts else None)
+    targets = TargetsFile(opts["targets_dir"], opts.get("track_label", "track")) if "targets_dir" in opts else None
+    return DockerActuator(containers, router, targets)
