@@ -170,6 +170,10 @@ class Containers:
         nets = (c.attrs.get("NetworkSettings") or {}).get("Networks") or {}
         return {name: [a for a in (n.get("Aliases") or []) if not c.id.startswith(a)] for name, n in nets.items()}
 
+    def wait_healthy(self, container_id: str) -> None:
+        """Wait until a running container is healthy (ContainerError if it exits or gets unhealthy)."""
+        self._wait_healthy(self.client.containers.get(container_id))
+
     def _wait_healthy(self, c: Container) -> None:
         deadline = self._clock() + self.health_timeout
         has_check = bool(c.attrs.get("Config", {}).get("Healthcheck")) or bool(

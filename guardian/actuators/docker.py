@@ -60,6 +60,27 @@ class TrafficRouter(Protocol):
     def route(self, members: list[tuple[str, str]], weights: dict[str, int]) -> Outcome: ...
 
 
+class NginxTrafficRouter:
+    """`TrafficRouter` over nginx (guardian/actuators/nginx.py): weights per track, `nginx -t`, reload,
+    and confirmation that the new upstream is live; a refused config is put back as it was."""
+
+    def __init__(self, upstream_file: str | Path, conf_file: str | Path, *, upstream_name: str,
+                 status_port: int | None = None):
+        from guardian.actuators.nginx import NginxRouter
+
+        self.nginx = NginxRouter(upstream_file, conf_file, upstream_name=upstream_name, status_port=status_port)
+
+    def route(self, members: list[tuple[str, str]], weights: dict[str, int]) -> Outcome:
+        from guardian.actuators.nginx import Backend
+
+        tracks = {t for _, t in members}
+        asked = {t: w for t, w in weights.items() if t in tracks}
+        if sum(asked.values()) != 100:  # a track without servers: the others share all of the traffic
+            only = next(iter(tracks))
+            asked = {t: (100 if t == only else 0) for t in tracks} if len(tracks) == 1 else asked
+        return self.nginx.apply([Backend(addr, track) for addr, track in members], asked)
+
+
 class TargetsFile:
     """Prometheus file_sd: `<dir>/<service>.json` lists each replica's address with its arm, so the
     guardian's queries (`track="canary"` / `"baseline"`) see the arms as the actuator assigns them."""
@@ -324,8 +345,6 @@ def create(rest: str, **deps: Any) -> DockerActuator:
                             drain_seconds=float(opts.get("drain_seconds", 1)))
     router = None
     if "nginx_conf" in opts:
-        from guardian.actuators.nginx import NginxTrafficRouter
-
         router = NginxTrafficRouter(opts["upstream_file"], opts["nginx_conf"], upstream_name=opts["upstream"],
                                     status_port=int(opts["status_port"]) if "status_port" in opts else None)
     targets = TargetsFile(opts["targets_dir"], opts.get("track_label", "track")) if "targets_dir" in opts else None

@@ -124,3 +124,33 @@ def _docker_validate(rest: str) -> str | None:
 
 
 register("docker", _docker, validate=_docker_validate)
+
+
+def _nginx(rest: str, **deps: Any) -> Actuator:
+    from guardian.actuators.nginx import NginxActuator
+
+    return NginxActuator.from_target(rest, **deps)  # takes timeout, nginx_binary, run, http; ignores the rest
+
+
+def _nginx_validate(rest: str) -> str | None:
+    from guardian.actuators.nginx import validate_target as nginx_validate
+
+    return nginx_validate(rest)
+
+
+register("nginx", _nginx, validate=_nginx_validate)
+
+
+def _swarm(rest: str, **deps: Any) -> Actuator:
+    from guardian.actuators.swarm import from_target
+
+    return from_target(rest, **deps)  # takes docker_client, docker_url, swarm_settings; ignores the rest
+
+
+def _swarm_validate(rest: str) -> str | None:
+    from guardian.actuators.swarm import validate_target as swarm_validate
+
+    return swarm_validate(rest)
+
+
+register("swarm", _swarm, validate=_swarm_validate)

@@ -94,7 +94,7 @@ def start_rollout(body: StartRollout, c: Deps) -> dict[str, Any]:
     s = c.settings
     spec = StartSpec(
         service=body.service, image=body.image, strategy=body.strategy,
-        steps=tuple(body.steps or (s.steps if body.strategy is Strategy.CANARY else [100])),
+        steps=tuple(body.steps or (s.steps if body.strategy in (Strategy.CANARY, Strategy.ROLLING) else [100])),
         target=body.target or s.default_target, step_seconds=body.step_seconds or s.tick_seconds,
         analysis_seconds=s.analysis_seconds if body.analysis_seconds is None else body.analysis_seconds,
     )

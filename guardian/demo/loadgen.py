@@ -37,6 +37,7 @@ class LoadGenerator:
         max_seconds: float = 600.0,
         timeout: float = 2.0,
         workers: int = 8,
+        keepalive: bool = True,
     ) -> None:
         if rps <= 0:
             raise ValueError("rps must be positive")
@@ -51,7 +52,12 @@ class LoadGenerator:
         self._halt = threading.Event()  # stop now
         self._paced = threading.Event()  # the pacing thread is done; drain the queue and end
         self._threads: list[threading.Thread] = []
-        self._client = httpx.Client(timeout=timeout, limits=httpx.Limits(max_connections=workers * 2))
+        # keepalive=False: a new connection per request, as a fleet of independent clients would open
+        # (a kept-alive connection that nginx retires on reload can lose the request sent on it)
+        limits = httpx.Limits(max_connections=workers * 2, max_keepalive_connections=None if keepalive else 0)
+        self._client = httpx.Client(timeout=timeout, limits=limits)
+        self.dropped = 0  # requests that got no HTTP answer at all (refused, reset, timed out)
+        self.versions: dict[str, dict[str, float]] = {}  # "v1" -> first / last answer time, count
         self._control: ThreadingHTTPServer | None = None
 
     # -- weights ---------------------------------------------------------------------------------
@@ -102,6 +108,7 @@ class LoadGenerator:
             "ok": sum(c["ok"] for c in per_url.values()),
             "failed": sum(c["failed"] for c in per_url.values()),
             "skipped": self.skipped,
+            "dropped": self.dropped,
             "per_url": per_url,
         }
 
@@ -139,10 +146,21 @@ class LoadGenerator:
                     return
                 continue
             try:
-                ok = self._client.get(url).status_code < 400
+                response = self._client.get(url)
+                ok = response.status_code < 400
+                self._seen(response.text.split()[-1] if response.text.strip() else "?")
             except httpx.HTTPError:
                 ok = False
+                with self._lock:
+                    self.dropped += 1
             self._count(url, ok)
+
+    def _seen(self, version: str) -> None:
+        """The demo app ends every answer with its version: remember when each version answered."""
+        now = time.monotonic()
+        with self._lock:
+            v = self.versions.setdefault(version, {"first": now, "last": now, "count": 0})
+            v["last"], v["count"] = now, v["count"] + 1
 
     def join(self, timeout: float | None = None) -> bool:
         """Wait until `max_seconds` of load have been sent and answered; True when finished."""

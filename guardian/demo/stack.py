@@ -163,9 +163,11 @@ class PrometheusServer:
         *,
         workdir: Path | None = None,
         binary: str | None = None,
+        file_sd: Path | None = None,
     ) -> None:
         self.binary = binary or prometheus_binary()
         self.targets, self.scrape_interval = list(targets), scrape_interval
+        self.file_sd = file_sd  # a folder of file_sd JSON files (the docker actuator writes them)
         self.workdir = Path(workdir or tempfile.mkdtemp(prefix="prometheus-"))
         self.config_path = self.workdir / "prometheus.yml"
         self.data_dir = self.workdir / "data"
@@ -197,6 +199,9 @@ class PrometheusServer:
                 lines += [f"          {k}: {q(v)}" for k, v in labels.items()]
         if not self.targets:
             lines.append("      - targets: []")
+        if self.file_sd is not None:
+            lines += ["  - job_name: file_sd", "    file_sd_configs:",
+                      f"      - files: [{q(str(Path(self.file_sd) / '*.json'))}]", "        refresh_interval: 1s"]
         self.config_path.write_text("\n".join(lines) + "\n")
 
     def start(self, timeout: float = 30.0) -> PrometheusServer:
