@@ -20,7 +20,7 @@ import contextlib
 import time
 import uuid
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import docker
@@ -48,6 +48,7 @@ class Replica:
     rollout: str | None
     status: str  # running, exited, ...
     health: str | None  # healthy, unhealthy, starting, or None without a healthcheck
+    labels: dict[str, str] = field(default_factory=dict)
 
 
 class Containers:
@@ -77,7 +78,8 @@ class Containers:
         labels = c.labels or {}
         health = (c.attrs.get("State", {}).get("Health") or {}).get("Status")
         return Replica(id=c.id, name=c.name, image=labels.get(IMAGE_LABEL) or c.attrs["Config"]["Image"],
-                       address=self.address_of(c), rollout=labels.get(ROLLOUT_LABEL), status=c.status, health=health)
+                       address=self.address_of(c), rollout=labels.get(ROLLOUT_LABEL), status=c.status, health=health,
+                       labels=dict(labels))
 
     def app_port(self, c: Container) -> str | None:
         """The container port the app listens on: `port` if given, else the first exposed one."""

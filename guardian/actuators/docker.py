@@ -156,7 +156,7 @@ class DockerActuator:
         canary = [r for r in reps if r.image == request.image and (
             r.rollout == request.rollout_id or request.strategy == "observe")]
         stable = [r for r in reps if r not in canary]
-        labels = [self.containers.client.containers.get(r.id).labels.get("guardian.capacity") for r in canary]
+        labels = [r.labels.get("guardian.capacity") for r in canary]
         stored = next((int(x) for x in labels if x and x.isdigit()), None)
         return _View(canary, stable, stored if stored is not None else len(stable))
 
@@ -263,7 +263,7 @@ class DockerActuator:
 
     def _previous_image(self, v: _View) -> str:
         for r in v.canary:
-            prev = self.containers.client.containers.get(r.id).labels.get("guardian.previous-image")
+            prev = r.labels.get("guardian.previous-image")
             if prev:
                 return prev
         raise ActuatorError("no replica of the previous version is left and none records its image: "
