@@ -1,17 +1,24 @@
-"""Failed client requests during Docker rollouts through a real nginx, under steady load.
+"""Docker rollouts through a real nginx under steady load: failed requests, time to roll back, demo time.
 
     bash scripts/docker-up.sh && .venv/bin/python benchmarks/docker_rollouts.py [--rps 50] [--keepalive]
+        [--guarded-runs 5] [--no-demo]
 
-For each of a canary promote (10 → 50 → 100%), a rolling promote, a blue-green switch and a canary
-rollback, two v1 replicas behind nginx get `--rps` requests/s (a new connection per request unless
-`--keepalive`) while the docker actuator acts; prints a table and one JSON line with the failed and
-dropped requests per scenario, the seconds each took, and for the rollback the seconds from the bad
-canary's first answer to its last.
+1. For each of a canary promote (10 → 50 → 100%), a rolling promote, a blue-green switch and a canary
+   rollback, two v1 replicas behind nginx get `--rps` requests/s (a new connection per request
+   unless `--keepalive`) while the docker actuator acts: failed and dropped requests per scenario.
+2. `--guarded-runs` times, the guardian itself (built-in policy, 2 s ticks, Prometheus scraping every
+   second) rolls out the bad v2 (5xx on 20% of requests) under the same load and decides alone:
+   the seconds from the bad canary's first answer to a client to its last (all traffic back on
+   stable), from the load generator's own clock.
+3. The README's demo (`python -m guardian.demo.run --json`), timed whole.
+Prints a table and one JSON line with every figure.
 """
 from __future__ import annotations
 
 import argparse
 import json
+import statistics
+import subprocess
 import sys
 import tempfile
 import time
@@ -19,7 +26,7 @@ import uuid
 from pathlib import Path
 
 from guardian.actuators import ActionRequest
-from guardian.demo.dockerstack import DockerStack
+from guardian.demo.dockerstack import DockerStack, GuardedStack
 from guardian.demo.loadgen import LoadGenerator
 from guardian.domain import Action
 
@@ -62,20 +69,73 @@ def run(name: str, rps: float, keepalive: bool, hold: float) -> dict:
             stack.stop()
 
 
+def guarded_rollback(rps: float) -> dict:
+    """The guardian decides alone: seconds the bad canary answered clients, first answer to last."""
+    with tempfile.TemporaryDirectory(prefix="guardian-bench-") as tmp, \
+            GuardedStack(tmp, f"gbench-{uuid.uuid4().hex[:6]}", rps=rps) as g:
+        began = time.monotonic()
+        state = g.wait(g.start_rollout("guardian-demo:v2"), timeout=180)
+        time.sleep(2)  # load on the stable version after the rollback: the last v2 answer is behind us
+        g.load.stop()
+        stats, v2 = g.load.stats(), g.load.versions.get("v2")
+        decision = next((d for d in state["decisions"] if d["action"] == "rollback"), {})
+        return {"phase": state["phase"], "seconds": round(time.monotonic() - began, 1),
+                "bad_canary_answered_for_s": g.exposure("v2"), "bad_answers": int(v2["count"]) if v2 else 0,
+                "failed": stats["failed"], "dropped": stats["dropped"], "reason": decision.get("reason", "")[:200]}
+
+
+def demo() -> dict:
+    """The README's demo, as a user runs it; its own JSON line, timed whole from outside too."""
+    with tempfile.TemporaryDirectory(prefix="guardian-demo-") as tmp:
+        began = time.monotonic()
+        proc = subprocess.run([sys.executable, "-m", "guardian.demo.run", "--json", "--workdir", tmp],
+                              stdout=subprocess.PIPE, text=True)
+        took = time.monotonic() - began
+    last = proc.stdout.strip().splitlines()[-1] if proc.stdout.strip() else "{}"
+    try:
+        figures = json.loads(last)
+    except ValueError:
+        figures = {"demo": "failed", "output": proc.stdout[-2000:]}
+    return {**figures, "exit": proc.returncode, "process_seconds": round(took, 1)}
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--rps", type=float, default=50.0)
     parser.add_argument("--keepalive", action="store_true", help="reuse client connections")
     parser.add_argument("--hold", type=float, default=2.0, help="seconds of load before, between and after actions")
+    parser.add_argument("--guarded-runs", type=int, default=5, help="bad canaries the guardian rolls back alone")
+    parser.add_argument("--no-demo", action="store_true", help="skip timing the README's demo")
     args = parser.parse_args(argv)
     results = [run(name, args.rps, args.keepalive, args.hold) for name in SCENARIOS]
-    print(f"{'scenario':<20}{'requests':>10}{'failed':>8}{'dropped':>9}{'seconds':>9}  note")
+    print(f"{'scenario':<20}{'requests':>10}{'failed':>8}{'dropped':>9}{'seconds':>9}  note", flush=True)
     for r in results:
         note = "failed = v2's own 5xx answers" if r["scenario"] == "rollback" else ""
-        print(f"{r['scenario']:<20}{r['requests']:>10}{r['failed']:>8}{r['dropped']:>9}{r['seconds']:>9}  {note}")
+        print(f"{r['scenario']:<20}{r['requests']:>10}{r['failed']:>8}{r['dropped']:>9}{r['seconds']:>9}  {note}",
+              flush=True)
+    guarded = []
+    for i in range(args.guarded_runs):
+        g = guarded_rollback(args.rps)
+        guarded.append(g)
+        print(f"guarded rollback {i + 1}: {g['phase']}, bad canary answered for {g['bad_canary_answered_for_s']} s "
+              f"({g['bad_answers']} answers, {g['dropped']} dropped)", flush=True)
+    exposure = [g["bad_canary_answered_for_s"] for g in guarded if g["bad_canary_answered_for_s"] is not None]
+    summary = {"runs": len(guarded), "rolled_back": sum(g["phase"] == "rolled_back" for g in guarded),
+               "median_s": statistics.median(exposure) if exposure else None,
+               "max_s": max(exposure) if exposure else None}
+    if guarded:
+        print(f"bad canary first answer -> all traffic on stable: median {summary['median_s']} s, "
+              f"max {summary['max_s']} s over {len(guarded)} runs (goal <= 20 s)", flush=True)
+    demo_figures = None if args.no_demo else demo()
+    if demo_figures is not None:
+        print(f"demo: {demo_figures.get('demo')} in {demo_figures.get('wall_seconds')} s "
+              f"({demo_figures['process_seconds']} s as a process)", flush=True)
     print(json.dumps({"benchmark": "docker_rollouts", "rps": args.rps, "keepalive": args.keepalive,
-                      "results": results}))
-    return 0 if all(r["dropped"] == 0 for r in results) else 1
+                      "results": results, "guarded_rollback": {**summary, "runs_detail": guarded},
+                      "demo": demo_figures}))
+    ok = (all(r["dropped"] == 0 for r in results) and summary["rolled_back"] == len(guarded)
+          and (demo_figures is None or demo_figures.get("demo") == "passed"))
+    return 0 if ok else 1
 
 
 if __name__ == "__main__":

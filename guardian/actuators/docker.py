@@ -114,22 +114,38 @@ class DockerActuator:
         self.containers, self.router, self.targets = containers, router, targets
         self._done: dict[str, Outcome] = {}
         self._lock = threading.Lock()
+        self._dark: list[Replica] = []  # started by this action and not yet given traffic (published)
 
     # -- protocol -------------------------------------------------------------------------------------
     def apply(self, request: ActionRequest) -> Outcome:
         with self._lock:
             if (known := self._done.get(request.key)) is not None:
                 return known
+            self._dark = []
             try:
                 detail, data = self._do(request)
                 outcome = Outcome(True, request.action.value, detail, data=data)
             except (ContainerError, ActuatorError) as e:
-                outcome = Outcome(False, request.action.value, str(e))
+                outcome = Outcome(False, request.action.value, str(e) + self._undo_dark())
             except ENGINE_ERRORS as e:
-                outcome = Outcome(False, request.action.value, f"Docker engine: {e}")
+                outcome = Outcome(False, request.action.value, f"Docker engine: {e}" + self._undo_dark())
             if outcome.ok:
                 self._done[request.key] = outcome
             return outcome
+
+    def _undo_dark(self) -> str:
+        """A failed action removes the replicas it started that never got traffic (nginx or file_sd
+        never listed them), so a failure leaves what ran before: nothing half-applied."""
+        removed, left = [], []
+        for r in self._dark:
+            try:
+                self.containers.remove(r.id)
+                removed.append(r.name)
+            except (ContainerError, *ENGINE_ERRORS):
+                left.append(r.name)
+        self._dark = []
+        return (f"; removed {len(removed)} new replica(s) that never got traffic ({', '.join(removed)})"
+                if removed else "") + (f"; could NOT remove {', '.join(left)}" if left else "")
 
     def verify(self, request: ActionRequest) -> Outcome:
         try:
@@ -258,8 +274,10 @@ class DockerActuator:
             labels = {"guardian.capacity": str(capacity)}
             if template.image != image:
                 labels["guardian.previous-image"] = template.image
-        return self.containers.clone(template.id, image, service=request.service,
-                                     rollout=rollout or request.rollout_id, extra_labels=labels)
+        new = self.containers.clone(template.id, image, service=request.service,
+                                    rollout=rollout or request.rollout_id, extra_labels=labels)
+        self._dark.append(new)
+        return new
 
     def _previous_image(self, v: _View) -> str:
         for r in v.canary:
@@ -287,6 +305,8 @@ class DockerActuator:
                 raise ActuatorError(f"nginx refused the new weights (it keeps the previous ones): {outcome.detail}")
         if self.targets is not None:
             self.targets.write(request.service, members)
+        listed = {r.id for r in v.canary + v.stable}
+        self._dark = [r for r in self._dark if r.id not in listed]  # they have traffic now
 
     @staticmethod
     def _data(v: _View) -> dict[str, Any]:

@@ -20,8 +20,9 @@ import docker
 
 from guardian.actuators.containers import SERVICE_LABEL, Containers
 from guardian.actuators.docker import API_VERSION, BASELINE, DockerActuator, NginxTrafficRouter, TargetsFile
+from guardian.demo.loadgen import LoadGenerator
 from guardian.demo.nginx import NginxServer
-from guardian.demo.stack import free_port
+from guardian.demo.stack import GuardianServer, PrometheusServer, free_port, wait_until
 
 IMAGE = "guardian-demo"
 
@@ -90,3 +91,79 @@ class DockerStack:
     def stop(self) -> None:
         self.nginx.stop()
         self.remove_containers()
+
+
+class GuardedStack:
+    """A DockerStack with everything that guards it: a Prometheus scraping every replica each second
+    (arms from the actuator's file_sd), a load generator through nginx, and `guardian serve` with its
+    built-in policy (2 s ticks) whose default target is the stack. The demo, the benchmark and the
+    end-to-end test run this.
+
+        with GuardedStack(workdir, "checkout", rps=50) as g:
+            state = g.wait(g.start_rollout("guardian-demo:v2"))      # rolled back by the guardian
+            g.load.versions["v2"]                                      # when v2 answered clients
+    """
+
+    def __init__(self, workdir: str | Path, service: str, *, replicas: int = 2, rps: float = 50.0,
+                 tick_seconds: float = 2.0, analysis_seconds: float = 10.0, say=lambda text: None):
+        self.workdir = Path(workdir).resolve()
+        self.service, self.replicas, self.rps = service, replicas, rps
+        self.tick_seconds, self.analysis_seconds, self.say = tick_seconds, analysis_seconds, say
+        self.stack: DockerStack | None = None
+        self.prometheus = self.load = self.guardian = None
+        self._started: list = []
+
+    def start(self) -> GuardedStack:
+
+        try:
+            self.say(f"starting {self.service} v1: {self.replicas} containers of {IMAGE}:v1 behind nginx")
+            self.stack = DockerStack(self.workdir / "stack", self.service, replicas=self.replicas).start()
+            self._started.append(self.stack)
+            self.say("starting Prometheus: scrapes every container each second, arms from the actuator's file_sd")
+            self.prometheus = PrometheusServer([], "1s", workdir=self.workdir / "prometheus",
+                                               file_sd=self.stack.targets_dir).start()
+            self._started.append(self.prometheus)
+            self.say(f"starting the load generator: {self.rps:g} requests/s through nginx, a new connection each")
+            self.load = LoadGenerator([self.stack.url], rps=self.rps, keepalive=False, max_seconds=3600).start()
+            self._started.append(self.load)
+            self.prometheus.wait_for_series(
+                f'http_requests_total{{service="{self.service}",track="baseline"}}', timeout=30)
+            self.say(f"starting the guardian: built-in policy (no rule file), {self.tick_seconds:g} s ticks, "
+                     f"{self.analysis_seconds:g} s of analysis per step")
+            (self.workdir / "rules").mkdir(parents=True, exist_ok=True)
+            (self.workdir / "guardian").mkdir(parents=True, exist_ok=True)
+            self.guardian = GuardianServer(
+                self.workdir / "guardian", prometheus_url=self.prometheus.url, rules=[str(self.workdir / "rules")],
+                tick_seconds=self.tick_seconds, evaluation_delay=1, min_window=4,
+                analysis_seconds=self.analysis_seconds, default_target=self.stack.target).start()
+            self._started.append(self.guardian)
+        except BaseException:
+            self.stop()
+            raise
+        return self
+
+    def start_rollout(self, image: str, **body) -> str:
+        return self.guardian.api("POST", "/v1/rollouts", json={"service": self.service, "image": image, **body}
+                                 ).raise_for_status().json()["id"]
+
+    def wait(self, rollout_id: str, timeout: float = 300.0) -> dict:
+        """The rollout's state once it is promoted or rolled back."""
+        return wait_until(lambda: (s := self.guardian.rollout(rollout_id))["phase"] in ("promoted", "rolled_back")
+                          and s, timeout, 0.5, f"rollout {rollout_id} to end")
+
+    def exposure(self, version: str) -> float | None:
+        """Seconds between the first and the last answer `version` gave the load generator."""
+        v = self.load.versions.get(version)
+        return None if v is None else round(v["last"] - v["first"], 1)
+
+    def stop(self) -> None:
+        for thing in reversed(self._started):
+            with contextlib.suppress(Exception):
+                thing.stop()
+        self._started = []
+
+    def __enter__(self) -> GuardedStack:
+        return self.start()
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()

@@ -148,12 +148,17 @@ class LoadGenerator:
             try:
                 response = self._client.get(url)
                 ok = response.status_code < 400
-                self._seen(response.text.split()[-1] if response.text.strip() else "?")
+                self._seen(_version(response.text))
             except httpx.HTTPError:
                 ok = False
                 with self._lock:
                     self.dropped += 1
             self._count(url, ok)
+
+    @staticmethod
+    def version_of(url: str, timeout: float = 2.0) -> str:
+        """One request on a new connection: the version that answered (the demo app's last word)."""
+        return _version(httpx.get(url, timeout=timeout, headers={"Connection": "close"}).text)
 
     def _seen(self, version: str) -> None:
         """The demo app ends every answer with its version: remember when each version answered."""
@@ -226,6 +231,10 @@ class LoadGenerator:
         threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.2}, daemon=True).start()
         self._control = server
         return server.server_port
+
+
+def _version(text: str) -> str:
+    return text.split()[-1] if text.strip() else "?"
 
 
 def canary_percent(body: Any) -> float:

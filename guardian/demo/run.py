@@ -1,46 +1,35 @@
-"""The demo: a guarded rollout, end to end, on embedded defaults.
+"""The demo: a guarded rollout of real containers, end to end, on embedded defaults.
 
-It starts a stable `checkout` service (v1), a Prometheus scraping it (1 s), a traffic router that
-sends 40 requests/s and that the guardian steers through its webhook actuator, and the guardian
-itself (2 s ticks). Then it rolls out v2, which answers 5xx to one request in five — the guardian
-rolls it back — and v3, which is healthy — the guardian promotes it step by step. It prints what
-happened and why, and leaves the recordings in var/demo/.
+It runs the `checkout` service as two containers of guardian-demo:v1 behind a real nginx, a real
+Prometheus scraping every container each second (the arms come from file_sd files the docker
+actuator writes), a load generator sending 50 requests/s through nginx, and the guardian (2 s
+ticks) with its built-in policy — no rule file. Then it rolls out v2, which answers 5xx to one
+request in five: the guardian sees the canary worse than the baseline and rolls it back. Then v3,
+which is healthy: the guardian promotes it step by step (10, 25, 50, 100%), replacing the v1
+containers start-first. It prints what happened and why, and leaves the state, the recordings and
+every log in var/demo/.
 
-    bash scripts/demo.sh            (or: .venv/bin/python -m guardian.demo.run)
+    bash scripts/demo.sh            (or, with dockerd up: .venv/bin/python -m guardian.demo.run)
 """
 from __future__ import annotations
 
 import argparse
+import json
 import shutil
 import subprocess
 import sys
 import time
 from pathlib import Path
+from typing import Any
 
-from guardian.demo.loadgen import LoadGenerator
-from guardian.demo.stack import DemoApp, GuardianServer, PrometheusServer
+import docker
 
-# The seed policy (error rate > 5% for 2 min, P99 > 1 s for 3 min), with durations shortened so the
-# demo takes a minute or two instead of ten.
-DEMO_RULES = """\
-service: checkout
-checks:
-  - name: error-rate
-    kind: threshold
-    ratio: errors / requests
-    above: 5%
-    window: 10s
-    for: 6s
-    min_samples: 30
-    action: rollback
-  - name: p99-latency
-    kind: threshold
-    signal: p99_seconds
-    above: 1s
-    for: 10s
-    min_samples: 20
-    action: rollback
-"""
+from guardian.actuators.docker import API_VERSION
+from guardian.demo.dockerstack import GuardedStack
+from guardian.demo.images import ensure_images
+from guardian.demo.stack import GuardianServer
+
+SERVICE = "checkout"
 STEPS = "10,25,50,100"
 
 
@@ -48,92 +37,101 @@ def say(text: str) -> None:
     print(f"\033[1m==> {text}\033[0m", flush=True)
 
 
-def rollout(guardian: GuardianServer, control_port: int, image: str) -> tuple[int, dict]:
-    """Run `guardian rollout start --wait` (its live progress goes to the console)."""
-    cmd = [sys.executable, "-m", "guardian", "rollout", "start", "checkout", "--image", image, "--steps", STEPS,
-           "--target", f"webhook+http://127.0.0.1:{control_port}/weights", "--wait", "--timeout", "240",
-           "--api", guardian.url]
-    print("$ guardian rollout start checkout --image", image, "--steps", STEPS,
-          f"--target webhook+http://127.0.0.1:{control_port}/weights --wait", flush=True)
-    proc = subprocess.run(cmd, stdout=subprocess.PIPE, text=True)
+def rollout(guardian: GuardianServer, image: str) -> tuple[int, dict[str, Any]]:
+    """Run `guardian rollout start --wait` as a user would (its live progress goes to the console)."""
+    args = ["rollout", "start", SERVICE, "--image", image, "--steps", STEPS, "--wait", "--timeout", "300"]
+    print("$ guardian " + " ".join(args), flush=True)
+    proc = subprocess.run([sys.executable, "-m", "guardian", *args, "--api", guardian.url],
+                          stdout=subprocess.PIPE, text=True)
     print(proc.stdout, end="", flush=True)
     rollout_id = proc.stdout.split("started rollout ")[1].split()[0] if "started rollout " in proc.stdout else None
     state = guardian.rollout(rollout_id) if rollout_id else {}
     return proc.returncode, state
 
 
-def explain(state: dict) -> None:
+def explain(state: dict[str, Any]) -> None:
+    if not state:
+        print("    (no rollout state: see the guardian log)")
+        return
     print(f"    rollout {state['id']}: {state['image']} ended {state['phase']} at weight {state['weight']}%")
     for d in state["decisions"]:
         outcome = d.get("outcome") or {}
         print(f"    - {d['action']:<8} ({d['source']}) {d['reason'][:160]}"
               + ("" if outcome.get("ok", True) else f"  [FAILED: {outcome.get('detail')}]"))
-    final = state["decisions"][-1]
+    final = state["decisions"][-1] if state["decisions"] else {}
     for v in final.get("verdicts", []):
         n = v.get("sample_size")
         value = "—" if v.get("value") is None else f"{v['value']:.4g}"
         print(f"      {v['check']}: {v['result']}, value {value} vs threshold {v['threshold']}, "
-              f"samples {n:g}, statistic {v.get('statistic')}")
+              f"samples {n if n is None else format(n, 'g')}, statistic {v.get('statistic')}")
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m guardian.demo.run", description=__doc__.splitlines()[0])
     parser.add_argument("--workdir", default="var/demo", help="where logs, state and recordings go")
+    parser.add_argument("--rps", type=float, default=50.0, help="load through nginx, requests per second")
+    parser.add_argument("--json", action="store_true", help="end with one JSON line of the figures")
     args = parser.parse_args(argv)
     work = Path(args.workdir).resolve()
     shutil.rmtree(work, ignore_errors=True)
-    (work / "prometheus").mkdir(parents=True)
-    (work / "guardian").mkdir()
-    (work / "rules").mkdir()
-    (work / "rules" / "checkout.yaml").write_text(DEMO_RULES)
     began = time.monotonic()
-    started: list = []
+    started: list[Any] = []
     try:
-        say("starting checkout v1 (stable) and the canary slot with v2 (answers 5xx to 20% of requests)")
-        stable = DemoApp("stable", version="v1", latency=0.02).start()
-        started.append(stable)
-        canary = DemoApp("canary", version="v2", latency=0.02, error_ratio=0.2).start()
-        started.append(canary)
-        say("starting Prometheus (scrapes every second; track=baseline / track=canary)")
-        prom = PrometheusServer([(stable.target, {"service": "checkout", "track": "baseline"}),
-                                 (canary.target, {"service": "checkout", "track": "canary"})],
-                                "1s", workdir=work / "prometheus").start()
-        started.append(prom)
-        say("starting the traffic router: 40 requests/s, all to v1 until the guardian says otherwise")
-        load = LoadGenerator({stable.url: 100, canary.url: 0}, rps=40, max_seconds=900).start()
-        started.append(load)
-        control_port = load.serve_control(0, canary=canary.url, baseline=stable.url)
-        prom.wait_for_series('http_requests_total{service="checkout",track="baseline"}', timeout=30)
-        say("starting the guardian (2 s ticks, 10 s of analysis per step)")
-        guardian = GuardianServer(work / "guardian", prometheus_url=prom.url, rules=[str(work / "rules")],
-                                  tick_seconds=2, evaluation_delay=1, min_window=4, analysis_seconds=10).start()
-        started.append(guardian)
-        print(f"    API: {guardian.url}/docs   Prometheus: {prom.url}   logs: {work}", flush=True)
+        try:
+            client = docker.from_env(version=API_VERSION)
+            client.ping()
+        except docker.errors.DockerException as e:
+            print(f"demo: no Docker engine answers ({e}); start one with: bash scripts/docker-up.sh",
+                  file=sys.stderr)
+            return 2
+        ensure_images(client, log=lambda m: print(f"    {m}", flush=True))
+        guarded = GuardedStack(work, SERVICE, replicas=2, rps=args.rps, say=say).start()
+        started.append(guarded)
+        stack, load, guardian = guarded.stack, guarded.load, guarded.guardian
+        print(f"    nginx: {stack.url}   API: {guardian.url}/docs   Prometheus: {guarded.prometheus.url}   "
+              f"logs: {work}", flush=True)
 
-        say("rolling out v2 (bad): canary steps " + STEPS)
-        code_v2, v2 = rollout(guardian, control_port, "checkout:v2")
+        say("rolling out v2 (answers 5xx to 20% of requests): canary steps " + STEPS)
+        t = time.monotonic()
+        code_v2, v2 = rollout(guardian, "guardian-demo:v2")
+        v2_seconds = time.monotonic() - t
         explain(v2)
+        print(f"    containers now: {', '.join(stack.images())}", flush=True)
 
-        say("deploying v3 (healthy) into the canary slot")
-        canary.stop()
-        canary = DemoApp("canary", version="v3", latency=0.02, port=canary.port).start()
-        started.append(canary)
-        say("rolling out v3 (good): canary steps " + STEPS)
-        code_v3, v3 = rollout(guardian, control_port, "checkout:v3")
+        say("rolling out v3 (healthy): canary steps " + STEPS)
+        t = time.monotonic()
+        code_v3, v3 = rollout(guardian, "guardian-demo:v3")
+        v3_seconds = time.monotonic() - t
         explain(v3)
+        images = stack.images()
+        print(f"    containers now: {', '.join(images)}", flush=True)
+        time.sleep(2)  # a moment of load on v3 alone, so the traffic figures show it serving
+        load.stop()
 
         stats = load.stats()
+        wall = time.monotonic() - began
+        v2_exposed = guarded.exposure("v2")
         say("summary")
-        print(f"    v2: {v2.get('phase')} (exit {code_v2}, expected rolled_back / 1)")
-        print(f"    v3: {v3.get('phase')} (exit {code_v3}, expected promoted / 0)")
-        print(f"    traffic: {stats['ok']} ok, {stats['failed']} failed (the failures are v2's injected 5xx "
-              "while it had canary traffic)")
+        print(f"    v2: {v2.get('phase')} (exit {code_v2}; expected rolled_back / 1), {v2_seconds:.0f} s; "
+              f"it answered clients for {v2_exposed} s from its first answer to its last")
+        print(f"    v3: {v3.get('phase')} (exit {code_v3}; expected promoted / 0), {v3_seconds:.0f} s; "
+              f"now running: {', '.join(images)}")
+        answered = {k: int(v["count"]) for k, v in load.versions.items()}
+        print(f"    traffic: {stats['ok']} ok, {stats['failed']} failed, {stats['dropped']} dropped "
+              f"(no answer); answers by version {answered}. The failures are v2's own 5xx while it was a canary.")
         print(f"    recordings (guardian-recording/v1): {work / 'guardian' / 'recordings'}")
-        print(f"    replay them: .venv/bin/guardian replay {work / 'guardian' / 'recordings'} "
-              f"--rules {work / 'rules' / 'checkout.yaml'}")
-        print(f"    demo took {time.monotonic() - began:.0f} s")
-        ok = v2.get("phase") == "rolled_back" and v3.get("phase") == "promoted"
+        print(f"    replay them: .venv/bin/guardian replay {work / 'guardian' / 'recordings'}")
+        print(f"    demo took {wall:.0f} s")
+        ok = (v2.get("phase") == "rolled_back" and v3.get("phase") == "promoted"
+              and all(i.endswith(":v3") for i in images) and stats["dropped"] == 0)
         say("demo " + ("passed" if ok else "did NOT end as expected"))
+        if args.json:
+            print(json.dumps({"demo": "passed" if ok else "failed", "wall_seconds": round(wall, 1),
+                              "v2_phase": v2.get("phase"), "v2_seconds": round(v2_seconds, 1),
+                              "v2_answered_for_s": v2_exposed, "v3_phase": v3.get("phase"),
+                              "v3_seconds": round(v3_seconds, 1), "requests": stats["ok"] + stats["failed"],
+                              "failed": stats["failed"], "dropped": stats["dropped"],
+                              "answers_by_version": answered, "final_images": images}))
         return 0 if ok else 1
     finally:
         for thing in reversed(started):

@@ -169,6 +169,7 @@ class PrometheusServer:
         self.targets, self.scrape_interval = list(targets), scrape_interval
         self.file_sd = file_sd  # a folder of file_sd JSON files (the docker actuator writes them)
         self.workdir = Path(workdir or tempfile.mkdtemp(prefix="prometheus-"))
+        self.workdir.mkdir(parents=True, exist_ok=True)
         self.config_path = self.workdir / "prometheus.yml"
         self.data_dir = self.workdir / "data"
         self.log_path = self.workdir / "prometheus.log"

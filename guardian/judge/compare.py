@@ -26,8 +26,19 @@ TREND_P = 0.01
 COLLAPSE_MIN_TICKS = 3  # a crash loop is a run of ticks without traffic, not one empty scrape
 
 
+WARMUP_TICKS, EVERY_TICKS = 3, 6  # the defaults when a check gives no `warmup` / `every`
+
+
 def _ticks(seconds: float, step: float) -> int:
     return max(0, math.ceil(seconds / step))
+
+
+def _warmup(check: CompareCheck, step: float) -> int:
+    return WARMUP_TICKS if check.warmup is None else _ticks(check.warmup, step)
+
+
+def _every(check: CompareCheck, step: float) -> int:
+    return EVERY_TICKS if check.every is None else max(1, _ticks(check.every, step))
 
 
 def _cumulative_llr(ev: Evidence, key: tuple, t: int, rows) -> np.ndarray:
@@ -91,7 +102,7 @@ def _rate(check: CompareCheck, ev: Evidence, t: int, base: dict) -> Verdict:
     k_c, n_c = ev.array(num, "canary")[: t + 1], ev.array(den, "canary")[: t + 1]
     k_b, n_b = ev.array(num, "baseline")[: t + 1], ev.array(den, "baseline")[: t + 1]
     lam0 = check.effective_tolerance
-    warmup, every = _ticks(check.warmup, ev.step_seconds), max(1, _ticks(check.every, ev.step_seconds))
+    warmup, every = _warmup(check, ev.step_seconds), _every(check, ev.step_seconds)
     cum = _cumulative_llr(ev, ("rate", num, den, lam0, check.burst_cap), t, lambda lo, hi: rate_log_lr(
         k_c[lo:hi], n_c[lo:hi], k_b[lo:hi], n_b[lo:hi], tolerance=lam0, burst_cap=check.burst_cap))
     result = staggered_from_cumulative(cum, t, check.alpha, warmup=warmup, every=every)
@@ -122,7 +133,7 @@ def _sign(check: CompareCheck, ev: Evidence, t: int, base: dict) -> Verdict:
     signal = check.signal or ""
     g_c, g_b = ev.array(signal, "canary")[: t + 1], ev.array(signal, "baseline")[: t + 1]
     margin = check.effective_tolerance
-    warmup, every = _ticks(check.warmup, ev.step_seconds), max(1, _ticks(check.every, ev.step_seconds))
+    warmup, every = _warmup(check, ev.step_seconds), _every(check, ev.step_seconds)
     cum = _cumulative_llr(ev, ("sign", signal, margin), t,
                           lambda lo, hi: sign_log_lr(g_c[lo:hi], g_b[lo:hi], margin=margin))
     result = staggered_from_cumulative(cum, t, check.alpha, warmup=warmup, every=every)
@@ -150,7 +161,7 @@ def _sign(check: CompareCheck, ev: Evidence, t: int, base: dict) -> Verdict:
 def _collapse(check: CompareCheck, ev: Evidence, t: int, base: dict) -> Verdict:
     signal = check.signal or ""
     n_c, n_b = ev.array(signal, "canary")[: t + 1], ev.array(signal, "baseline")[: t + 1]
-    warmup = _ticks(check.warmup, ev.step_seconds)
+    warmup = _warmup(check, ev.step_seconds)
     p, run, baseline, share = collapse_p_value(n_c, n_b, t, warmup=warmup)
     # checked at every tick: Bonferroni over the looks so far keeps the whole rollout at alpha
     alpha_t = check.alpha / max(1, t + 1 - warmup)
@@ -167,7 +178,7 @@ def _collapse(check: CompareCheck, ev: Evidence, t: int, base: dict) -> Verdict:
 def _trend(check: CompareCheck, ev: Evidence, t: int, base: dict) -> Verdict:
     signal = check.signal or ""
     g_c, g_b = ev.array(signal, "canary")[: t + 1], ev.array(signal, "baseline")[: t + 1]
-    warmup = _ticks(check.warmup, ev.step_seconds)
+    warmup = _warmup(check, ev.step_seconds)
 
     def ratio(lo: int, hi: int) -> np.ndarray:
         with np.errstate(invalid="ignore", divide="ignore"):
