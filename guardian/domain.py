@@ -230,6 +230,7 @@ class RolloutState:
     reason: str = ""
     updated_at: float = 0.0
     rules: str = "default"  # name of the rule set judging this rollout
+    previous_image: str | None = None  # the image the new one replaces, if known (arms' {previous_version})
 
     @property
     def weight(self) -> int:

@@ -38,6 +38,10 @@ class Settings(BaseSettings):
     default_target: str = "noop"
     max_scale: int = Field(3, ge=0)
     on_inconclusive: Literal["pause", "continue"] = "pause"
+    watch_swarm: bool = False  # start an `observe` rollout for each `docker service update` of a watched service
+    watch_label: str = Field("guardian.watch", min_length=1,
+                             description="the service label (or label=value) that marks a Swarm service as watched")
+    watch_seconds: float = Field(2.0, gt=0, description="how often the Swarm watcher looks for updates")
     log_level: str = "INFO"
 
     @field_validator("default_target")

@@ -10,7 +10,9 @@ bash scripts/setup.sh prometheus docker.io nginx busybox-static
 bash scripts/docker-up.sh
 start=$(date +%s)
 set +e
-.venv/bin/python -m pytest -p no:cacheprovider "$@"
+# Two workers, a test file per worker at a time (--dist loadfile): most tests wait on real servers,
+# and the tests of one file share their fixtures. GUARDIAN_TEST_WORKERS=0 runs in one process.
+.venv/bin/python -m pytest -p no:cacheprovider -n "${GUARDIAN_TEST_WORKERS:-2}" --dist loadfile "$@"
 rc=$?
 set -e
 echo "test suite took $(( $(date +%s) - start )) s"

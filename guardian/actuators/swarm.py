@@ -66,10 +66,31 @@ and new ones the new. Prometheus' `dockerswarm_sd_configs` (role: tasks) exposes
         - {source_labels: [__meta_dockerswarm_service_name], target_label: service}
         - {source_labels: [__meta_dockerswarm_container_label_guardian_version], target_label: version}
 
-with the rule file's `arms: {label: version, canary: v3, baseline: v1}`. Create services with the
-container label already set (`docker service create --container-label guardian.version=v1 ...`):
+with the rule file's `arms: {label: version, canary: "{version}", baseline: "{previous_version}"}`: the
+guard fills `{version}` with the tag of the rollout's image and `{previous_version}` with the tag of the
+image it replaces (`image_version`, the value START writes), per rollout, so one rule file serves every
+release; fixed values (`canary: v3, baseline: v1`) work too. A rollout that does not know the image it
+replaces (no `previous_image` in its start request) leaves `{previous_version}` unresolved, and the
+checks reading that arm inconclusive (the rollout pauses; it is never promoted for it). Create services
+with the container label already set (`docker service create --container-label guardian.version=v1 ...`):
 tasks started before the guardian first touched a service have no such label. (Tasks are discovered
 through their network attachments or published ports: the service needs one or the other.)
+
+Guarding someone else's `docker service update` by itself (guardian/engine/swarm_watch.py). With
+`GUARDIAN_WATCH_SWARM=true` the guardian polls (every `GUARDIAN_WATCH_SECONDS`, 2 s) the services labelled
+`guardian.watch` (`GUARDIAN_WATCH_LABEL`), and for an update in progress that it did not start itself
+(`detect_update`'s `rollout`: the `guardian.rollout` label START writes) and that no active rollout guards,
+starts an `observe` rollout (target `swarm:SERVICE`, one step of 100%, image and previous image from
+`detect_update`), exactly as `POST /v1/rollouts` would. Rollbacks, updates Swarm paused and updates the
+guardian holds start nothing. What a user does:
+
+    docker service create --name checkout --label guardian.watch=true --container-label guardian.version=v1 \\
+        --update-order start-first --replicas 2 app:v1
+    docker service update --image app:v2 --container-label-add guardian.version=v2 checkout
+
+with the relabelling above (the container label becomes Prometheus' `version`) and the rule file's
+`arms: {label: version, canary: "{version}", baseline: "{previous_version}"}`. A failing check then rolls
+the update back with Swarm's own `rollback=previous`.
 
 Limits: the local-image check asks the manager this actuator talks to; on a multi-node swarm each node
 needs the image, and a node without it fails its task ("No such image"), which START then reports.
@@ -194,6 +215,7 @@ class UpdateInfo:
     started_at: str | None = None
     completed_at: str | None = None
     held: bool = False  # held by the guardian's PAUSE (Swarm itself still says "updating")
+    rollout: str | None = None  # the service's `guardian.rollout` label: the rollout that last started an update
 
     @property
     def in_progress(self) -> bool:
@@ -515,6 +537,7 @@ class SwarmActuator:
             service=snap.name, service_id=snap.service["ID"], state=state, message=status.get("Message", ""),
             old_image=old_image, new_image=snap.image, running=running, replicas=snap.replicas,
             started_at=status.get("StartedAt"), completed_at=status.get("CompletedAt"), held=snap.held,
+            rollout=snap.labels.get(ROLLOUT_LABEL),
         )
 
     # -- protocol ----------------------------------------------------------------------------------

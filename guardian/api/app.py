@@ -1,5 +1,6 @@
 """The FastAPI app factory. `build` wires the components (and fails fast on invalid rules);
-`create_app` adds routes, error handlers and a lifespan that runs the scheduler and closes clients."""
+`create_app` adds routes, error handlers and a lifespan that runs the scheduler (and, with `watch_swarm`,
+the Swarm watcher: engine/swarm_watch.py) and closes clients."""
 from __future__ import annotations
 
 import asyncio
@@ -75,14 +76,26 @@ def create_app(components: Components, *, run_scheduler: bool = True) -> FastAPI
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         scheduler = Scheduler(components.guard, components.rulebook)
         task = asyncio.create_task(scheduler.run()) if run_scheduler else None
+        watcher, watching = None, None
+        if run_scheduler and components.settings.watch_swarm:
+            from guardian.engine.swarm_watch import SwarmWatcher  # the Docker SDK is imported only when watching
+
+            s = components.settings
+            watcher = SwarmWatcher(components.guard, s, clock=components.clock, label=s.watch_label)
+            watching = asyncio.create_task(watcher.run(s.watch_seconds))
         logger.info("guardian {} ready: rules for {}", __version__,
                     ", ".join(components.rulebook.services()) or "no service (built-in default policy)")
         try:
             yield
         finally:
             scheduler.stop()
+            if watcher:
+                watcher.stop()
             if task:
                 await task
+            if watcher and watching:
+                await watching
+                watcher.close()
             close = getattr(components.actuators, "close", None)
             if callable(close):
                 close()

@@ -13,7 +13,7 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator
 from guardian.actuators import registry
 from guardian.api.app import Components
 from guardian.domain import Action, Phase, Strategy
-from guardian.engine.guard import StartSpec
+from guardian.engine.guard import start_spec
 
 router = APIRouter()
 _SERVICE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.\-]{0,252}$")
@@ -48,6 +48,8 @@ class StartRollout(BaseModel):
     target: str | None = Field(None, description="actuator URI: noop, webhook+http://host:port/path")
     step_seconds: float | None = Field(None, ge=0.5, le=3600, description="tick length (default from settings)")
     analysis_seconds: float | None = Field(None, ge=0, le=86400, description="how long each step must pass")
+    previous_image: str | None = Field(None, min_length=1, max_length=512, description=(
+        "the image the new one replaces, if known: fills {previous_version} in a rule file's arms"))
 
     @field_validator("service")
     @classmethod
@@ -91,14 +93,7 @@ def rollout_view(c: Components, rollout_id: str) -> dict[str, Any]:
 
 @router.post("/v1/rollouts", status_code=201, dependencies=Mutating)
 def start_rollout(body: StartRollout, c: Deps) -> dict[str, Any]:
-    s = c.settings
-    spec = StartSpec(
-        service=body.service, image=body.image, strategy=body.strategy,
-        steps=tuple(body.steps or (s.steps if body.strategy in (Strategy.CANARY, Strategy.ROLLING) else [100])),
-        target=body.target or s.default_target, step_seconds=body.step_seconds or s.tick_seconds,
-        analysis_seconds=s.analysis_seconds if body.analysis_seconds is None else body.analysis_seconds,
-    )
-    state = c.guard.start(spec)
+    state = c.guard.start(start_spec(c.settings, **body.model_dump()))
     return rollout_view(c, state.id)
 
 

@@ -13,10 +13,10 @@ import os
 import threading
 import time
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 from loguru import logger
 
@@ -29,9 +29,11 @@ from guardian.domain import (
     Evidence,
     Outcome,
     Phase,
+    Result,
     RolloutState,
     SignalType,
     Strategy,
+    Verdict,
 )
 from guardian.engine.store import SQLiteStore
 from guardian.engine.transitions import transition, weight_after
@@ -43,6 +45,7 @@ from guardian.metrics import GuardianMetrics
 from guardian.notifiers import LogNotifier, Notifier
 from guardian.rules.book import RuleBook
 from guardian.rules.loader import RuleSet
+from guardian.rules.models import Arms
 from guardian.sources import ArmSelector, MetricSource, SignalQuery
 
 ACTUATED = {Action.START, Action.ADVANCE, Action.PROMOTE, Action.ROLLBACK, Action.PAUSE, Action.RESUME, Action.SCALE}
@@ -67,6 +70,71 @@ class StartSpec:
     step_seconds: float = 10.0
     analysis_seconds: float = 60.0
     id: str | None = None
+    previous_image: str | None = None  # the image the new one replaces, if known (arms' {previous_version})
+    reason: str | None = None  # why the rollout starts (default: "start STRATEGY rollout of IMAGE")
+    source: str = "user"  # who started it: "user", or "guardian" (the Swarm watcher)
+
+
+class StartDefaults(Protocol):
+    """What a start request may leave out: the Settings carry these."""
+
+    steps: list[int]
+    default_target: str
+    tick_seconds: float
+    analysis_seconds: float
+
+
+def start_spec(defaults: StartDefaults, *, service: str, image: str, strategy: Strategy = Strategy.CANARY,
+               steps: Sequence[int] | None = None, target: str | None = None, step_seconds: float | None = None,
+               analysis_seconds: float | None = None, previous_image: str | None = None, reason: str | None = None,
+               source: str = "user") -> StartSpec:
+    """A start request as a StartSpec, what it leaves out taken from `defaults`. The one way a rollout is
+    started: `POST /v1/rollouts` and the Swarm watcher both call this, then `Guard.start`."""
+    if not steps:
+        steps = defaults.steps if strategy in (Strategy.CANARY, Strategy.ROLLING) else [100]
+    return StartSpec(
+        service=service, image=image, strategy=strategy, steps=tuple(steps), target=target or defaults.default_target,
+        step_seconds=step_seconds or defaults.tick_seconds,
+        analysis_seconds=defaults.analysis_seconds if analysis_seconds is None else analysis_seconds,
+        previous_image=previous_image, reason=reason, source=source,
+    )
+
+
+def arm_selectors(arms: Arms, state: RolloutState) -> tuple[dict[str, ArmSelector], dict[str, str]]:
+    """Each arm's selector for this rollout, its `{version}` / `{previous_version}` filled from the
+    rollout's images; and for each arm that cannot be filled (no previous image known), why not."""
+    if not arms.templated:
+        return {arm: ArmSelector(arm, arms.label, getattr(arms, arm)) for arm in ARMS}, {}
+    from guardian.actuators.swarm import image_version  # the tag, as the swarm actuator labels tasks with it
+
+    versions = {"version": image_version(state.image),
+                "previous_version": image_version(state.previous_image) if state.previous_image else None}
+    selectors: dict[str, ArmSelector] = {}
+    unresolved: dict[str, str] = {}
+    for arm in ARMS:
+        value = arms.resolve(arm, versions)
+        if value is not None:
+            selectors[arm] = ArmSelector(arm, arms.label, value)
+            continue
+        missing = ", ".join(f"{{{p}}}" for p in arms.placeholders(arm) if versions.get(p) is None)
+        unresolved[arm] = (f"the {arm} arm ({arms.label}={getattr(arms, arm)!r}) cannot be selected: {missing} "
+                           f"has no value, because rollout {state.id} does not know the image it replaces (start it "
+                           "with previous_image; the Swarm watcher takes it from the update it detected)")
+    return selectors, unresolved
+
+
+def _arms_read(check: Any) -> tuple[str, ...]:
+    """The arms a check reads: its `arm`, or both (compare checks, and `arm: total`)."""
+    arm = getattr(check, "arm", "total")
+    return ARMS if arm == "total" else (arm,)
+
+
+def _judge(check: Any, ev: Evidence, t: int, unresolved: dict[str, str]) -> Verdict:
+    """The check's verdict; inconclusive (never a pass) when it reads an arm that cannot be selected."""
+    missing = [unresolved[arm] for arm in _arms_read(check) if arm in unresolved]
+    if missing:
+        return Verdict(check.name, Result.INCONCLUSIVE, "; ".join(missing), action=check.action_enum)
+    return evaluate(check, ev, t)
 
 
 class Guard:
@@ -110,15 +178,17 @@ class Guard:
             id=spec.id or uuid.uuid4().hex[:12], service=spec.service, image=spec.image, strategy=spec.strategy,
             steps=spec.steps, target=spec.target, step_seconds=spec.step_seconds,
             analysis_seconds=spec.analysis_seconds, created_at=now, step_started_at=now, updated_at=now,
-            rules=ruleset.source,
+            rules=ruleset.source, previous_image=spec.previous_image,
         )
         self.actuator_for(spec.target)  # an unknown actuator fails here, before anything is stored
+        if (unresolved := arm_selectors(ruleset.rules.arms, state)[1]):
+            logger.warning("rollout {} of {}: {}", state.id, spec.service, "; ".join(unresolved.values()))
         self.store.create(state)
         if models:
             self.store.save_models(state.id, models)
         with self._lock(state.id):
-            decision = Decision(Action.START, f"start {spec.strategy.value} rollout of {spec.image}", at=now,
-                                source="user")
+            decision = Decision(Action.START, spec.reason or f"start {spec.strategy.value} rollout of {spec.image}",
+                                at=now, source=spec.source)
             state, outcome = self._act(state, decision)
             if not outcome.ok:
                 undo = Decision(Action.ROLLBACK, f"start failed: {outcome.detail}", at=self.clock.now(),
@@ -173,7 +243,8 @@ class Guard:
         ev.append(values, unavailable)
         if unavailable:
             self.metrics.source_errors.inc()
-        verdicts = [evaluate(check, ev, t) for check in ruleset.rules.checks]
+        _, unresolved = arm_selectors(ruleset.rules.arms, state)
+        verdicts = [_judge(check, ev, t, unresolved) for check in ruleset.rules.checks]
         for v in verdicts:
             counter = self._verdict_counters.get((v.check, v.result))
             if counter is None:  # prometheus-client's labels() is slow enough to matter in replays
@@ -216,7 +287,7 @@ class Guard:
 
     def _fetch(self, ruleset: RuleSet, state: RolloutState, t: int) -> tuple[dict, str | None]:
         start, end = state.tick_bounds(t)
-        arms = ruleset.rules.arms
+        selectors, _ = arm_selectors(ruleset.rules.arms, state)
         values: dict[str, dict[str, float | None]] = {}
         unavailable: str | None = None
         for name, q in ruleset.queries.items():
@@ -224,11 +295,10 @@ class Guard:
             values[name] = {}
             for arm in ARMS:
                 values[name][arm] = None
-                if unavailable:
-                    continue  # the source is down: do not wait for a timeout per query
+                if unavailable or arm not in selectors:
+                    continue  # the source is down (do not wait for a timeout per query), or the arm is unknown
                 try:
-                    values[name][arm] = self.source.fetch(
-                        query, state.service, ArmSelector(arm, arms.label, getattr(arms, arm)), start, end)
+                    values[name][arm] = self.source.fetch(query, state.service, selectors[arm], start, end)
                 except NoData:
                     pass
                 except SourceUnavailable as e:

@@ -276,6 +276,8 @@ class SQLiteStore:
             "labels": {"rollout_id": state.id, "image": state.image, "phase": state.phase.value,
                        "unavailable_ticks": [i for i, u in enumerate(ev.unavailable) if u]},
         }
+        if state.previous_image:  # labels are free-form: a recording without it reads as before
+            doc["labels"]["previous_image"] = state.previous_image
         if models := self.models(rollout_id):
             doc["models"] = models  # the frozen forecast models, so a replay judges against the same ones
         return doc

@@ -21,6 +21,7 @@ checks. Example (the seed's policy)::
 from __future__ import annotations
 
 import re
+from collections.abc import Mapping
 from typing import Annotated, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
@@ -308,7 +309,19 @@ class AlertRoute(_Strict):
     action: Literal["rollback", "pause", "notify"] = "rollback"
 
 
+ARM_PLACEHOLDERS = ("version", "previous_version")
+_ARM_PLACEHOLDER = re.compile(r"\{([^{}]*)\}")
+
+
 class Arms(_Strict):
+    """The label that tells the arms apart and each arm's value of it.
+
+    A value may follow the release: `{version}` is the tag of the rollout's image, `{previous_version}`
+    the tag of the image it replaces (`arms: {label: version, canary: "{version}", baseline:
+    "{previous_version}"}` for a Swarm update whose tasks carry `guardian.version`). They are filled in
+    per rollout by the guard; one that has no value there (no previous image known) leaves that arm
+    unresolved, and the checks reading it inconclusive."""
+
     label: str = "track"
     canary: str = "canary"
     baseline: str = "baseline"
@@ -319,6 +332,30 @@ class Arms(_Strict):
         if not _NAME.match(v):
             raise ValueError(f"{v!r} is not a valid Prometheus label name")
         return v
+
+    @field_validator("canary", "baseline")
+    @classmethod
+    def _known_placeholders(cls, v: str) -> str:
+        if bad := [name for name in _ARM_PLACEHOLDER.findall(v) if name not in ARM_PLACEHOLDERS]:
+            raise ValueError(f"unknown placeholder {{{bad[0]}}}; known: "
+                             + ", ".join(f"{{{p}}}" for p in ARM_PLACEHOLDERS))
+        return v
+
+    @property
+    def templated(self) -> bool:
+        """True if an arm's value has a placeholder (it must be resolved per rollout)."""
+        return bool(_ARM_PLACEHOLDER.search(self.canary) or _ARM_PLACEHOLDER.search(self.baseline))
+
+    def placeholders(self, arm: str) -> list[str]:
+        """The placeholders in `arm`'s value, e.g. ['previous_version']."""
+        return _ARM_PLACEHOLDER.findall(getattr(self, arm))
+
+    def resolve(self, arm: str, values: Mapping[str, str | None]) -> str | None:
+        """`arm`'s label value with its placeholders filled from `values`; None when one of them has no
+        value (None or absent)."""
+        if any(values.get(name) is None for name in self.placeholders(arm)):
+            return None
+        return _ARM_PLACEHOLDER.sub(lambda m: str(values[m.group(1)]), getattr(self, arm))
 
 
 class RuleFile(_Strict):
