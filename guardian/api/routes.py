@@ -45,7 +45,9 @@ class StartRollout(BaseModel):
     image: str = Field(min_length=1, max_length=512, description="the new version's image")
     strategy: Strategy = Strategy.CANARY
     steps: list[int] | None = Field(None, description="canary traffic percentages, rising, e.g. [10, 25, 50, 100]")
-    target: str | None = Field(None, description="actuator URI: noop, webhook+http://host:port/path")
+    target: str | None = Field(None, description=(
+        "actuator URI: noop, webhook+http://host:port/path, docker:?options, nginx:/path/upstream.conf?options, "
+        "swarm:SERVICE"))
     step_seconds: float | None = Field(None, ge=0.5, le=3600, description="tick length (default from settings)")
     analysis_seconds: float | None = Field(None, ge=0, le=86400, description="how long each step must pass")
     previous_image: str | None = Field(None, min_length=1, max_length=512, description=(

@@ -189,8 +189,9 @@ class CompareCheck(_Strict):
     tolerance: float | None = None  # rate: ratio λ0 (1.0); sign: margin (0.2); trend: growth (0.1)
     alpha: float = Field(0.01, gt=0, lt=0.5)
     min_samples: float = Field(50.0, ge=0)  # canary requests needed before a rate test can pass
-    warmup: Duration = 30.0  # not counted after the rollout starts
-    every: Duration = 60.0  # a new sequential test starts this often
+    # Both default to a number of ticks, so a fast-ticking guardian is not made slow by them:
+    warmup: Duration | None = None  # not counted after the rollout starts (default: 3 ticks)
+    every: Duration | None = None  # a new sequential test starts this often (default: 6 ticks)
     burst_cap: float = Field(3.0, gt=1)  # the most one tick can multiply the evidence by
     optional: bool = False  # abstain (rather than hold the rollout) when neither arm reports the signal
     action: Literal["rollback", "pause", "scale", "notify"] = "rollback"
@@ -203,8 +204,8 @@ class CompareCheck(_Strict):
 
     @field_validator("warmup", "every", mode="before")
     @classmethod
-    def _duration(cls, v: object) -> float:
-        return parse_duration(v)
+    def _duration(cls, v: object) -> float | None:
+        return None if v is None else parse_duration(v)
 
     _ratio = field_validator("ratio")(ThresholdCheck._ratio.__func__)
 
