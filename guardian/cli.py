@@ -12,6 +12,7 @@ from typing import Annotated, Any
 import httpx
 import typer
 from rich.console import Console
+from rich.table import Table
 
 from guardian.baseline_cli import baseline_app
 from guardian.errors import RecordingError, RuleError
@@ -181,12 +182,15 @@ def rollout_start(
     step_seconds: Annotated[float | None, typer.Option(help="tick length in seconds")] = None,
     analysis_seconds: Annotated[float | None, typer.Option(help="seconds each step must pass")] = None,
     wait: Annotated[bool, typer.Option("--wait", help="follow it; exit 0 promoted, 1 rolled back, 3 paused")] = False,
+    force: Annotated[bool, typer.Option("--force", help="start even while a critical alert freezes releases")] = False,
     timeout: Annotated[float, typer.Option(help="with --wait: exit 3 after this many seconds; 0 = never")] = 0,
     api: ApiOpt = "http://127.0.0.1:8080",
     token: TokenOpt = None,
 ) -> None:
     """Start a guarded rollout."""
     body: dict[str, Any] = {"service": service, "image": image, "strategy": strategy}
+    if force:
+        body["force"] = True
     if steps:
         try:
             body["steps"] = [int(s) for s in steps.split(",")]
@@ -201,6 +205,28 @@ def rollout_start(
     if wait:
         raise typer.Exit(_watch(api, token, r["id"], timeout))
     out.print(r["id"])
+
+
+@app.command("alerts")
+def alerts(api: ApiOpt = "http://127.0.0.1:8080", token: TokenOpt = None,
+           every: Annotated[bool, typer.Option("--all", help="resolved alerts too")] = False,
+           as_json: Annotated[bool, typer.Option("--json", help="as JSON")] = False) -> None:
+    """List the Alertmanager alerts the guardian received: what each asks for (rollback, pause, notify),
+    the rollouts in flight it is about, and whether it freezes the service's releases."""
+    rows = _call(api, token, "GET", "/v1/alerts", params={"all": every})
+    if as_json:
+        print(json.dumps(rows, indent=2))
+        return
+    if not rows:
+        out.print("no firing alerts" if not every else "no alerts received")
+        return
+    table = Table("alert", "status", "labels", "since", "asks for", "rollouts", "freeze")
+    for a in rows:
+        labels = ", ".join(f"{k}={v}" for k, v in sorted(a["labels"].items()) if k != "alertname")
+        since = datetime.fromtimestamp(a["starts_at"]).strftime("%Y-%m-%d %H:%M:%S")
+        table.add_row(a["name"], a["status"], labels, since, a["action"],
+                      ", ".join(a["rollouts"]) or "none in flight", "yes" if a["freezes"] else "")
+    out.print(table)
 
 
 @rollout_app.command("status")

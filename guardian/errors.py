@@ -81,3 +81,7 @@ class RolloutNotFound(StoreError):
 
 class RolloutConflict(StoreError):
     pass
+
+
+class ReleaseFrozen(RolloutConflict):
+    """A critical alert firing for the service forbids starting a rollout of it (unless forced)."""

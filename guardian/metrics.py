@@ -18,4 +18,6 @@ class GuardianMetrics:
                                      registry=r)
         self.actuator_failures = Counter("guardian_actuator_failures_total", "Actions that failed",
                                          ["action"], registry=r)
+        self.alerts = Counter("guardian_alerts_received_total", "Alertmanager alerts received, by status",
+                              ["status"], registry=r)
         self.rollouts = Gauge("guardian_rollouts", "Rollouts by phase", ["phase"], registry=r)

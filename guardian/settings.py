@@ -24,6 +24,14 @@ class Settings(BaseSettings):
     host: str = "127.0.0.1"
     port: int = Field(8080, ge=0, le=65535)
     token: SecretStr | None = None  # bearer token for mutating endpoints
+    # Alertmanager's webhook (POST /v1/alerts) authenticates with its own bearer token or basic auth
+    # (`http_config` in alertmanager.yml); with neither set it needs the operator token (if any).
+    alerts_token: SecretStr | None = None
+    alerts_basic_auth: SecretStr | None = Field(None, description="'user:password' Alertmanager sends as basic auth")
+    alert_labels: dict[str, str] = Field(
+        {"service": "service", "version": "version", "image": "image", "namespace": "namespace"},
+        description="which alert label carries each rollout attribute (service, version, image, namespace)")
+    alerts_max_bytes: int = Field(1_048_576, ge=1024, description="the largest webhook body accepted")
     prometheus_url: str = "http://127.0.0.1:9090"
     prometheus_timeout: float = Field(5.0, gt=0)
     min_window: float = Field(15.0, gt=0, description="shortest {{window}} put into PromQL rate() windows")
@@ -43,6 +51,15 @@ class Settings(BaseSettings):
                              description="the service label (or label=value) that marks a Swarm service as watched")
     watch_seconds: float = Field(2.0, gt=0, description="how often the Swarm watcher looks for updates")
     log_level: str = "INFO"
+
+    @field_validator("alert_labels")
+    @classmethod
+    def _alert_labels(cls, v: dict[str, str]) -> dict[str, str]:
+        unknown = set(v) - {"service", "version", "image", "namespace"}
+        if unknown or "service" not in v:
+            raise ValueError("alert_labels maps the rollout attributes service (required), version, image and "
+                             f"namespace to alert label names; got {sorted(v)}")
+        return v
 
     @field_validator("default_target")
     @classmethod

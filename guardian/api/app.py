@@ -61,6 +61,7 @@ def build(settings: Settings, *, source: MetricSource | None = None, clock: Cloc
         evaluation_delay=settings.evaluation_delay, max_scale=settings.max_scale,
         recordings_dir=Path(settings.recordings_dir) if settings.recordings_dir else None,
         policy=Policy(on_inconclusive=Action(settings.on_inconclusive)),
+        alert_labels=tuple(settings.alert_labels.items()),
     )
     guard = Guard(store, source, rulebook, actuators, clock, config, metrics=metrics,
                   models=ModelDirectory(settings.models_dir))

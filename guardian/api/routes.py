@@ -2,15 +2,21 @@
 store and the actuators block."""
 from __future__ import annotations
 
+import base64
 import hmac
 import re
+import time
 from typing import Annotated, Any
 
-from fastapi import APIRouter, Depends, Header, HTTPException, Request, Response
+from fastapi import APIRouter, Depends, Header, HTTPException, Query, Request, Response
+from fastapi.concurrency import run_in_threadpool
+from fastapi.exceptions import RequestValidationError
+from loguru import logger
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 from guardian.actuators import registry
+from guardian.alerts import StoredAlert, WebhookPayload, freezes, matches, route
 from guardian.api.app import Components
 from guardian.domain import Action, Phase, Strategy
 from guardian.engine.guard import start_spec
@@ -38,6 +44,24 @@ def require_token(c: Deps, authorization: Annotated[str | None, Header()] = None
 Mutating = [Depends(require_token)]
 
 
+def require_alertmanager(c: Deps, authorization: Annotated[str | None, Header()] = None) -> None:
+    """Alertmanager's own credentials (bearer or basic, as its http_config sends them), else the
+    operator token. The header is compared in constant time and never logged."""
+    s = c.settings
+    accepted = []
+    if s.alerts_token is not None:
+        accepted.append(f"Bearer {s.alerts_token.get_secret_value()}")
+    if s.alerts_basic_auth is not None:
+        accepted.append("Basic " + base64.b64encode(s.alerts_basic_auth.get_secret_value().encode()).decode())
+    if not accepted:
+        return require_token(c, authorization)
+    given = (authorization or "").encode()
+    if not any(hmac.compare_digest(given, a.encode()) for a in accepted):  # every one compared: no early exit
+        logger.warning("alert webhook refused: missing or wrong credentials ({} given)",
+                       authorization.split(" ", 1)[0] if authorization else "no Authorization header")
+        raise HTTPException(401, "Alertmanager's credentials are required (bearer token or basic auth)")
+
+
 class StartRollout(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
@@ -50,6 +74,7 @@ class StartRollout(BaseModel):
         "swarm:SERVICE"))
     step_seconds: float | None = Field(None, ge=0.5, le=3600, description="tick length (default from settings)")
     analysis_seconds: float | None = Field(None, ge=0, le=86400, description="how long each step must pass")
+    force: bool = Field(False, description="start even while a critical alert freezes the service's releases")
     previous_image: str | None = Field(None, min_length=1, max_length=512, description=(
         "the image the new one replaces, if known: fills {previous_version} in a rule file's arms"))
 
@@ -158,6 +183,54 @@ def get_rules(c: Deps) -> dict[str, Any]:
         name: {"source": rs.source, "checks": [ch.model_dump(by_alias=True) for ch in rs.rules.checks]}
         for name, rs in c.rulebook.services().items()
     } | {"last_reload_problems": [str(p) for p in c.rulebook.last_problems]}
+
+
+@router.post("/v1/alerts", dependencies=[Depends(require_alertmanager)])
+async def receive_alerts(request: Request, c: Deps) -> dict[str, Any]:
+    """Alertmanager's webhook receiver (payload version 4). Firing alerts about a rollout in flight
+    fail it with the action its rule file's `alerts:` section (or the severity) asks for; resolved
+    ones stop counting; a repeated alert changes nothing; every alert is stored."""
+    limit = c.settings.alerts_max_bytes
+    declared = request.headers.get("content-length")
+    if declared is not None and declared.isdigit() and int(declared) > limit:
+        raise HTTPException(413, f"the body is {declared} bytes; at most {limit} are accepted")
+    body = b""
+    async for chunk in request.stream():
+        body += chunk
+        if len(body) > limit:
+            raise HTTPException(413, f"the body is larger than {limit} bytes")
+    try:
+        payload = WebhookPayload.model_validate_json(body)
+    except ValidationError as e:
+        raise RequestValidationError(e.errors(include_url=False, include_input=False)) from None
+    now = time.time()
+    alerts = [StoredAlert(fingerprint=a.fingerprint, name=a.name, status=a.status, labels=a.labels,
+                          annotations=a.annotations, starts_at=a.starts_at.timestamp(),
+                          ends_at=a.ends_at.timestamp() if a.ends_at and a.ends_at.year > 1 else None,
+                          received_at=now, group_key=payload.group_key) for a in payload.alerts]
+    result = await run_in_threadpool(c.guard.receive_alerts, alerts)
+    for a in alerts:
+        c.metrics.alerts.labels(a.status).inc()
+    return result | {"truncated_alerts": payload.truncated_alerts}
+
+
+@router.get("/v1/alerts")
+def list_alerts(c: Deps, every: bool = Query(False, alias="all")) -> list[dict[str, Any]]:
+    """The alerts the guardian knows (firing ones, or every one with ?all=true), each with the rollouts
+    in flight it is about and what it asks of them."""
+    labels = c.settings.alert_labels
+    active = [(s, c.rulebook.for_service(s.service).rules.arms) for s in c.store.list(active_only=True)]
+    out = []
+    for a in c.store.alerts(firing_only=not every):
+        service = a.labels.get(labels["service"])
+        routes = c.rulebook.for_service(service).rules.alerts if service else ()
+        out.append({"fingerprint": a.fingerprint, "name": a.name, "status": a.status, "labels": dict(a.labels),
+                    "annotations": dict(a.annotations), "starts_at": a.starts_at, "ends_at": a.ends_at,
+                    "received_at": a.received_at, "action": route(a.labels, routes).value,
+                    "rollouts": [s.id for s, arms in active
+                                 if matches(a.labels, s, labels, arm_label=arms.label, baseline=arms.baseline)],
+                    "freezes": freezes(a, service or "", labels)})
+    return out
 
 
 @router.get("/healthz")

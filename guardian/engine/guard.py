@@ -21,6 +21,7 @@ from typing import Any, Protocol
 from loguru import logger
 
 from guardian.actuators import ActionRequest, Actuator
+from guardian.alerts import DEFAULT_LABELS, StoredAlert, freezes, verdicts_for
 from guardian.clock import Clock
 from guardian.domain import (
     ARMS,
@@ -37,7 +38,7 @@ from guardian.domain import (
 )
 from guardian.engine.store import SQLiteStore
 from guardian.engine.transitions import transition, weight_after
-from guardian.errors import ActuatorError, NoData, RolloutConflict, SourceUnavailable
+from guardian.errors import ActuatorError, NoData, ReleaseFrozen, RolloutConflict, SourceUnavailable
 from guardian.forecast_models import ModelDirectory, ModelLoader, thaw
 from guardian.judge.checks import evaluate
 from guardian.judge.policy import Policy, decide
@@ -58,6 +59,7 @@ class GuardConfig:
     max_scale: int = 3  # at most this many replicas added by scale-out decisions
     policy: Policy = Policy()
     recordings_dir: Path | None = None
+    alert_labels: tuple[tuple[str, str], ...] = tuple(DEFAULT_LABELS.items())  # rollout attribute -> alert label
 
 
 @dataclass(frozen=True)
@@ -73,6 +75,7 @@ class StartSpec:
     previous_image: str | None = None  # the image the new one replaces, if known (arms' {previous_version})
     reason: str | None = None  # why the rollout starts (default: "start STRATEGY rollout of IMAGE")
     source: str = "user"  # who started it: "user", or "guardian" (the Swarm watcher)
+    force: bool = False  # start even while a critical alert freezes the service's releases
 
 
 class StartDefaults(Protocol):
@@ -87,7 +90,7 @@ class StartDefaults(Protocol):
 def start_spec(defaults: StartDefaults, *, service: str, image: str, strategy: Strategy = Strategy.CANARY,
                steps: Sequence[int] | None = None, target: str | None = None, step_seconds: float | None = None,
                analysis_seconds: float | None = None, previous_image: str | None = None, reason: str | None = None,
-               source: str = "user") -> StartSpec:
+               source: str = "user", force: bool = False) -> StartSpec:
     """A start request as a StartSpec, what it leaves out taken from `defaults`. The one way a rollout is
     started: `POST /v1/rollouts` and the Swarm watcher both call this, then `Guard.start`."""
     if not steps:
@@ -96,7 +99,7 @@ def start_spec(defaults: StartDefaults, *, service: str, image: str, strategy: S
         service=service, image=image, strategy=strategy, steps=tuple(steps), target=target or defaults.default_target,
         step_seconds=step_seconds or defaults.tick_seconds,
         analysis_seconds=defaults.analysis_seconds if analysis_seconds is None else analysis_seconds,
-        previous_image=previous_image, reason=reason, source=source,
+        previous_image=previous_image, reason=reason, source=source, force=force,
     )
 
 
@@ -159,6 +162,7 @@ class Guard:
         self._locks_guard = threading.Lock()
         self._evidence: dict[str, Evidence] = {}
         self._verdict_counters: dict[tuple, Any] = {}
+        self._firing: list[StoredAlert] | None = None  # the firing alerts, read from the store once
 
     def _lock(self, rollout_id: str) -> threading.Lock:
         with self._locks_guard:
@@ -172,6 +176,12 @@ class Guard:
         model; nothing is stored) or ActuatorError (the start failed; the actuator was then told to
         roll back, and the rollout is recorded as rolled back)."""
         now = self.clock.now()
+        frozen = [a for a in self.firing_alerts() if freezes(a, spec.service, dict(self.config.alert_labels))]
+        if frozen and not spec.force:
+            names = ", ".join(f"{a.name} (firing since {time.strftime('%H:%M:%S', time.localtime(a.starts_at))})"
+                              for a in frozen)
+            raise ReleaseFrozen(f"release freeze: critical alert(s) firing for {spec.service}: {names}; "
+                                "start with force to override")
         ruleset = self.rulebook.for_service(spec.service)
         models = self.models.freeze(spec.service, ruleset, now)  # frozen here: refits never reach this rollout
         state = RolloutState(
@@ -245,6 +255,7 @@ class Guard:
             self.metrics.source_errors.inc()
         _, unresolved = arm_selectors(ruleset.rules.arms, state)
         verdicts = [_judge(check, ev, t, unresolved) for check in ruleset.rules.checks]
+        verdicts += self._alert_verdicts(state, ruleset)
         for v in verdicts:
             counter = self._verdict_counters.get((v.check, v.result))
             if counter is None:  # prometheus-client's labels() is slow enough to matter in replays
@@ -273,6 +284,55 @@ class Guard:
             self._notify(state, decision, None)
         self.metrics.decisions.labels(decision.action.value).inc()
         return decision, state
+
+    # -- alerts -------------------------------------------------------------------------------------------
+    def firing_alerts(self) -> list[StoredAlert]:
+        if self._firing is None:
+            self._firing = self.store.alerts(firing_only=True)
+        return self._firing
+
+    def _alert_verdicts(self, state: RolloutState, ruleset: RuleSet,
+                        alerts: list[StoredAlert] | None = None) -> list[Verdict]:
+        firing = self.firing_alerts() if alerts is None else alerts
+        if not firing:
+            return []
+        arms = ruleset.rules.arms
+        return verdicts_for(state, firing, ruleset.rules.alerts, dict(self.config.alert_labels),
+                            arm_label=arms.label, baseline=arms.baseline)
+
+    def receive_alerts(self, alerts: list[StoredAlert]) -> dict[str, Any]:
+        """Store Alertmanager's alerts (a repeat changes nothing) and act at once on the rollouts that a
+        newly firing alert asks to roll back or pause; the next ticks keep judging with them (a resolved
+        alert stops counting, and a rollout it paused resumes when everything passes again)."""
+        changed = self.store.save_alerts(alerts)
+        self._firing = self.store.alerts(firing_only=True)
+        acted: list[dict[str, Any]] = []
+        fresh = [a for a in changed if a.firing]
+        if fresh:
+            for state in self.store.list(active_only=True):
+                verdicts = self._alert_verdicts(state, self.rulebook.for_service(state.service), fresh)
+                if verdicts and (result := self._react(state.id, verdicts)) is not None:
+                    acted.append(result)
+        return {"received": len(alerts), "changed": len(changed), "acted": acted}
+
+    def _react(self, rollout_id: str, verdicts: list[Verdict]) -> dict[str, Any] | None:
+        with self._lock(rollout_id):
+            self._resume_pending_ops(rollout_id)
+            state = self.store.get(rollout_id)
+            if state.phase.terminal:
+                return None
+            decision = decide(verdicts, state, self.clock.now(), self.config.policy)
+            if decision.action not in (Action.ROLLBACK, Action.PAUSE) or (
+                    decision.action is Action.PAUSE and state.phase is Phase.PAUSED):
+                return None
+            decision = Decision(decision.action, decision.reason, at=decision.at, verdicts=decision.verdicts,
+                                source="alertmanager")
+            new_state, outcome = self._act(state, decision)
+            self.metrics.decisions.labels(decision.action.value).inc()
+        if new_state.phase.terminal:
+            self.forget(rollout_id)
+        return {"rollout": rollout_id, "action": decision.action.value, "ok": outcome.ok,
+                "detail": outcome.detail, "reason": decision.reason}
 
     def _evidence_of(self, state: RolloutState, ruleset: RuleSet) -> Evidence:
         counters = frozenset(n for n, q in ruleset.queries.items() if q.type is SignalType.COUNTER)

@@ -1,6 +1,7 @@
 """State and history of rollouts in SQLite (WAL), the embedded default `StateStore`.
 
-Tables: `rollouts` (the current RolloutState), `models` (the forecast models frozen at its start),
+Tables: `alerts` (every Alertmanager alert, the latest word per fingerprint), `rollouts` (the
+current RolloutState), `models` (the forecast models frozen at its start),
 `ticks` (what each tick fetched, the verdicts and the decision: the body of the rollout's
 recording), `ops` (the operation log: an action's intent is written before the actuator is called
 and its outcome after, so a crash in between is resumed with the same idempotency key) and
@@ -22,6 +23,7 @@ from typing import Any, Protocol
 
 import orjson
 
+from guardian.alerts import StoredAlert
 from guardian.domain import ARMS, Decision, Evidence, Outcome, RolloutState, Verdict
 from guardian.errors import RolloutConflict, RolloutNotFound
 
@@ -51,6 +53,10 @@ CREATE TABLE IF NOT EXISTS models (
 CREATE TABLE IF NOT EXISTS decisions (
     rollout_id TEXT NOT NULL, seq INTEGER NOT NULL, at REAL NOT NULL, decision TEXT NOT NULL,
     outcome TEXT, PRIMARY KEY (rollout_id, seq));
+CREATE TABLE IF NOT EXISTS alerts (
+    fingerprint TEXT PRIMARY KEY, name TEXT NOT NULL, status TEXT NOT NULL, labels TEXT NOT NULL,
+    annotations TEXT NOT NULL, starts_at REAL NOT NULL, ends_at REAL, received_at REAL NOT NULL,
+    group_key TEXT NOT NULL DEFAULT '', posts INTEGER NOT NULL DEFAULT 1);
 """
 
 
@@ -70,6 +76,8 @@ class StateStore(Protocol):
     def recording(self, rollout_id: str) -> dict[str, Any]: ...
     def save_models(self, rollout_id: str, snapshot: dict[str, Any]) -> None: ...
     def models(self, rollout_id: str) -> dict[str, Any]: ...
+    def save_alerts(self, alerts: list[StoredAlert]) -> list[StoredAlert]: ...
+    def alerts(self, *, firing_only: bool = False) -> list[StoredAlert]: ...
 
 
 class SQLiteStore:
@@ -104,6 +112,39 @@ class SQLiteStore:
     def close(self) -> None:
         with self._lock:
             self._db.close()
+
+    # -- alerts -----------------------------------------------------------------------------------
+    def save_alerts(self, alerts: list[StoredAlert]) -> list[StoredAlert]:
+        """Keep each alert's latest word (by fingerprint) in one transaction; returns the alerts that
+        changed something (new, or a new status, start or end): a repeated post changes nothing."""
+        changed = []
+        with self._tx() as db:
+            for a in alerts:
+                row = db.execute("SELECT status, starts_at, ends_at FROM alerts WHERE fingerprint = ?",
+                                 (a.fingerprint,)).fetchone()
+                if row is not None and (row["status"], row["starts_at"], row["ends_at"]) == (
+                        a.status, a.starts_at, a.ends_at):
+                    db.execute("UPDATE alerts SET posts = posts + 1 WHERE fingerprint = ?", (a.fingerprint,))
+                    continue
+                db.execute(
+                    "INSERT INTO alerts (fingerprint, name, status, labels, annotations, starts_at, ends_at, "
+                    "received_at, group_key) VALUES (?,?,?,?,?,?,?,?,?) ON CONFLICT(fingerprint) DO UPDATE SET "
+                    "name=excluded.name, status=excluded.status, labels=excluded.labels, "
+                    "annotations=excluded.annotations, starts_at=excluded.starts_at, ends_at=excluded.ends_at, "
+                    "received_at=excluded.received_at, group_key=excluded.group_key, posts=posts+1",
+                    (a.fingerprint, a.name, a.status, _dumps(dict(a.labels)), _dumps(dict(a.annotations)),
+                     a.starts_at, a.ends_at, a.received_at, a.group_key))
+                changed.append(a)
+        return changed
+
+    def alerts(self, *, firing_only: bool = False) -> list[StoredAlert]:
+        where = " WHERE status = 'firing'" if firing_only else ""
+        with self._lock:
+            rows = self._db.execute(f"SELECT * FROM alerts{where} ORDER BY received_at, fingerprint").fetchall()
+        return [StoredAlert(fingerprint=r["fingerprint"], name=r["name"], status=r["status"],
+                            labels=orjson.loads(r["labels"]), annotations=orjson.loads(r["annotations"]),
+                            starts_at=r["starts_at"], ends_at=r["ends_at"], received_at=r["received_at"],
+                            group_key=r["group_key"]) for r in rows]
 
     # -- rollouts ---------------------------------------------------------------------------------
     def create(self, state: RolloutState) -> None:

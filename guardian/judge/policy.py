@@ -8,7 +8,8 @@ Order of precedence:
 4. all PASS -> ADVANCE, or PROMOTE on the last step, once the step has been analysed long enough.
 An optional check whose signal neither arm reports abstains (visibly, in the evidence) and is left
 out; with no check left, nothing is known and the rollout pauses.
-A rollout the guardian paused is RESUMEd when the evidence is conclusive again.
+A rollout the guardian (or an Alertmanager alert) paused is RESUMEd when the evidence is conclusive
+again and no alert fails it.
 """
 from __future__ import annotations
 
@@ -68,7 +69,7 @@ def decide(
     holding = [v for v in judged if v.result is Result.INCONCLUSIVE]
     if holding:
         return make(Action.CONTINUE, _names(holding))
-    if state.phase is Phase.PAUSED and state.paused_by == "guardian":
+    if state.phase is Phase.PAUSED and state.paused_by in ("guardian", "alertmanager"):
         return make(Action.RESUME, "all checks pass again: " + _names(vs))
     analysed = now - state.step_started_at
     if analysed < state.analysis_seconds:
