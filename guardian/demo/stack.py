@@ -164,10 +164,13 @@ class PrometheusServer:
         workdir: Path | None = None,
         binary: str | None = None,
         file_sd: Path | None = None,
+        rules: str | None = None,
+        alertmanager: str | None = None,
     ) -> None:
         self.binary = binary or prometheus_binary()
         self.targets, self.scrape_interval = list(targets), scrape_interval
         self.file_sd = file_sd  # a folder of file_sd JSON files (the docker actuator writes them)
+        self.rules, self.alertmanager = rules, alertmanager  # alerting rules (YAML text), host:port to send to
         self.workdir = Path(workdir or tempfile.mkdtemp(prefix="prometheus-"))
         self.workdir.mkdir(parents=True, exist_ok=True)
         self.config_path = self.workdir / "prometheus.yml"
@@ -203,6 +206,11 @@ class PrometheusServer:
         if self.file_sd is not None:
             lines += ["  - job_name: file_sd", "    file_sd_configs:",
                       f"      - files: [{q(str(Path(self.file_sd) / '*.json'))}]", "        refresh_interval: 1s"]
+        if self.rules is not None:
+            (self.workdir / "rules.yml").write_text(self.rules)
+            lines += ["rule_files:", f"  - {q(str(self.workdir / 'rules.yml'))}"]
+        if self.alertmanager is not None:
+            lines += ["alerting:", "  alertmanagers:", f"    - static_configs: [{{targets: [{q(self.alertmanager)}]}}]"]
         self.config_path.write_text("\n".join(lines) + "\n")
 
     def start(self, timeout: float = 30.0) -> PrometheusServer:

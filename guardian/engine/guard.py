@@ -162,7 +162,8 @@ class Guard:
         self._locks_guard = threading.Lock()
         self._evidence: dict[str, Evidence] = {}
         self._verdict_counters: dict[tuple, Any] = {}
-        self._firing: list[StoredAlert] | None = None  # the firing alerts, read from the store once
+        self._firing: dict[str, StoredAlert] | None = None  # firing alerts by fingerprint, read from the store once
+        self._alerts_lock = threading.Lock()
 
     def _lock(self, rollout_id: str) -> threading.Lock:
         with self._locks_guard:
@@ -287,9 +288,10 @@ class Guard:
 
     # -- alerts -------------------------------------------------------------------------------------------
     def firing_alerts(self) -> list[StoredAlert]:
-        if self._firing is None:
-            self._firing = self.store.alerts(firing_only=True)
-        return self._firing
+        with self._alerts_lock:
+            if self._firing is None:
+                self._firing = {a.fingerprint: a for a in self.store.alerts(firing_only=True)}
+            return list(self._firing.values())
 
     def _alert_verdicts(self, state: RolloutState, ruleset: RuleSet,
                         alerts: list[StoredAlert] | None = None) -> list[Verdict]:
@@ -304,8 +306,14 @@ class Guard:
         """Store Alertmanager's alerts (a repeat changes nothing) and act at once on the rollouts that a
         newly firing alert asks to roll back or pause; the next ticks keep judging with them (a resolved
         alert stops counting, and a rollout it paused resumes when everything passes again)."""
-        changed = self.store.save_alerts(alerts)
-        self._firing = self.store.alerts(firing_only=True)
+        self.firing_alerts()  # loaded before the store changes, then kept in step with it
+        with self._alerts_lock:
+            changed = self.store.save_alerts(alerts)
+            for a in changed:
+                if a.firing:
+                    self._firing[a.fingerprint] = a
+                else:
+                    self._firing.pop(a.fingerprint, None)
         acted: list[dict[str, Any]] = []
         fresh = [a for a in changed if a.firing]
         if fresh:
