@@ -241,6 +241,36 @@ def rollout_status(rollout_id: str, api: ApiOpt = "http://127.0.0.1:8080", token
     out.print(f"  reason: {r['reason']}", markup=False)
 
 
+@rollout_app.command("explain")
+def rollout_explain(rollout_id: str, api: ApiOpt = "http://127.0.0.1:8080", token: TokenOpt = None,
+                    as_json: Annotated[bool, typer.Option("--json", help="the explanation as JSON")] = False) -> None:
+    """Why a rollout was promoted, rolled back or paused: each decision in plain words, with the
+    checks behind it (value, threshold, sample size, statistic) and what the actuator did. Exit 2 for
+    an unknown id."""
+    from guardian.explain import render_text
+
+    e = _call(api, token, "GET", f"/v1/rollouts/{rollout_id}/explain")
+    if as_json:
+        print(json.dumps(e, indent=2))
+    else:
+        out.print(render_text(e), markup=False, highlight=False)
+
+
+@app.command("report")
+def report(rollout_id: str,
+           output: Annotated[Path, typer.Option("--output", "-o", help="FILE.png or FILE.html")],
+           api: ApiOpt = "http://127.0.0.1:8080", token: TokenOpt = None) -> None:
+    """Draw a rollout: per-arm error ratio, slow ratio and P99, the canary's traffic share, every
+    decision marked; .html adds the plain-words explanation. Exit 2 for an unknown id."""
+    from guardian.report import render
+
+    if output.suffix.lower() not in (".png", ".html", ".htm"):
+        raise _fail(f"--output {output}: write the report as FILE.png or FILE.html")
+    recording = _call(api, token, "GET", f"/v1/rollouts/{rollout_id}/recording")
+    explanation = _call(api, token, "GET", f"/v1/rollouts/{rollout_id}/explain")
+    out.print(f"wrote {render(recording, explanation, output)}")
+
+
 @rollout_app.command("watch")
 def rollout_watch(rollout_id: str, api: ApiOpt = "http://127.0.0.1:8080", token: TokenOpt = None,
                   timeout: Annotated[float, typer.Option(help="give up (exit 3) after this many seconds")] = 0) -> None:
@@ -273,6 +303,8 @@ def replay(
     rules: Annotated[Path | None, typer.Option(help="a rule file to judge with (default: built-in policy)")] = None,
     as_json: Annotated[bool, typer.Option("--json", help="one JSON object per recording per line")] = False,
     workers: Annotated[int, typer.Option(help="parallel processes (default: one per core)")] = 0,
+    explain: Annotated[bool, typer.Option("--explain", help="explain every decision, as `rollout explain` does")]
+    = False,
 ) -> None:
     """Replay recorded rollouts through the real decision engine (causal: tick by tick, never reading labels)."""
     from guardian.engine.replay import replay_many
@@ -299,7 +331,16 @@ def replay(
             err.print(f"error: {result}", markup=False)
             failed += 1
             continue
-        if as_json:
+        if explain and result.rollout is not None:
+            from guardian.explain import explain as explain_rollout
+            from guardian.explain import render_text
+
+            e = explain_rollout({**result.rollout, "id": result.file}, result.decisions)
+            if as_json:
+                sys.stdout.write(json.dumps({**result.to_json(), "explanation": e}) + "\n")
+            else:
+                out.print(render_text(e) + "\n", markup=False, highlight=False)
+        elif as_json:
             sys.stdout.write(json.dumps(result.to_json()) + "\n")
         else:
             tick = "" if result.tick is None else f" at tick {result.tick}"

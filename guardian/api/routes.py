@@ -134,6 +134,15 @@ def get_rollout(rollout_id: str, c: Deps) -> dict[str, Any]:
     return rollout_view(c, rollout_id)
 
 
+@router.get("/v1/rollouts/{rollout_id}/explain")
+def explain_rollout(rollout_id: str, c: Deps) -> dict[str, Any]:
+    """Why the rollout is where it is: every decision in plain words, with the checks that drove it
+    (value, threshold, sample size, statistic), what the actuator did, and the canary's log templates."""
+    from guardian.explain import explain
+
+    return explain(c.store.get(rollout_id).to_dict(), c.store.decisions(rollout_id))
+
+
 @router.get("/v1/rollouts/{rollout_id}/ticks")
 def get_ticks(rollout_id: str, c: Deps) -> list[dict[str, Any]]:
     c.store.get(rollout_id)

@@ -49,21 +49,21 @@ def rollout(guardian: GuardianServer, image: str) -> tuple[int, dict[str, Any]]:
     return proc.returncode, state
 
 
-def explain(state: dict[str, Any]) -> None:
+def explain(guardian: GuardianServer, state: dict[str, Any], work: Path, name: str) -> Path | None:
+    """Print why the rollout ended as it did (`guardian rollout explain`) and draw it (`guardian report`)."""
     if not state:
         print("    (no rollout state: see the guardian log)")
-        return
-    print(f"    rollout {state['id']}: {state['image']} ended {state['phase']} at weight {state['weight']}%")
-    for d in state["decisions"]:
-        outcome = d.get("outcome") or {}
-        print(f"    - {d['action']:<8} ({d['source']}) {d['reason'][:160]}"
-              + ("" if outcome.get("ok", True) else f"  [FAILED: {outcome.get('detail')}]"))
-    final = state["decisions"][-1] if state["decisions"] else {}
-    for v in final.get("verdicts", []):
-        n = v.get("sample_size")
-        value = "—" if v.get("value") is None else f"{v['value']:.4g}"
-        print(f"      {v['check']}: {v['result']}, value {value} vs threshold {v['threshold']}, "
-              f"samples {n if n is None else format(n, 'g')}, statistic {v.get('statistic')}")
+        return None
+    from guardian.explain import render_text
+    from guardian.report import render
+
+    explanation = guardian.api("GET", f"/v1/rollouts/{state['id']}/explain").raise_for_status().json()
+    print("$ guardian rollout explain " + state["id"], flush=True)
+    print("\n".join("    " + line for line in render_text(explanation).splitlines()), flush=True)
+    recording = guardian.api("GET", f"/v1/rollouts/{state['id']}/recording").raise_for_status().json()
+    path = render(recording, explanation, work / f"report-{name}.html")
+    print(f"    report: {path}", flush=True)
+    return path
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -95,14 +95,14 @@ def main(argv: list[str] | None = None) -> int:
         t = time.monotonic()
         code_v2, v2 = rollout(guardian, "guardian-demo:v2")
         v2_seconds = time.monotonic() - t
-        explain(v2)
+        report_v2 = explain(guardian, v2, work, "v2")
         print(f"    containers now: {', '.join(stack.images())}", flush=True)
 
         say("rolling out v3 (healthy): canary steps " + STEPS)
         t = time.monotonic()
         code_v3, v3 = rollout(guardian, "guardian-demo:v3")
         v3_seconds = time.monotonic() - t
-        explain(v3)
+        report_v3 = explain(guardian, v3, work, "v3")
         images = stack.images()
         print(f"    containers now: {', '.join(images)}", flush=True)
         time.sleep(2)  # a moment of load on v3 alone, so the traffic figures show it serving
@@ -119,6 +119,7 @@ def main(argv: list[str] | None = None) -> int:
         answered = {k: int(v["count"]) for k, v in load.versions.items()}
         print(f"    traffic: {stats['ok']} ok, {stats['failed']} failed, {stats['dropped']} dropped "
               f"(no answer); answers by version {answered}. The failures are v2's own 5xx while it was a canary.")
+        print(f"    reports: {report_v2}, {report_v3}")
         print(f"    recordings (guardian-recording/v1): {work / 'guardian' / 'recordings'}")
         print(f"    replay them: .venv/bin/guardian replay {work / 'guardian' / 'recordings'}")
         print(f"    demo took {wall:.0f} s")

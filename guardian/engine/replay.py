@@ -42,6 +42,7 @@ class ReplayResult:
     tick: int | None
     reason: str
     decisions: tuple[dict[str, Any], ...] = ()
+    rollout: dict[str, Any] | None = None  # the replayed rollout's final state
 
     def to_json(self) -> dict[str, Any]:
         return {"file": self.file, "decision": self.decision, "tick": self.tick, "reason": self.reason}
@@ -70,14 +71,16 @@ def replay_recording(recording: dict[str, Any], name: str, ruleset: RuleSet = DE
             continue
         last_reason = decision.reason
         if decision.action is Action.ROLLBACK:
-            return ReplayResult(name, "rollback", t, decision.reason, tuple(store.decisions(state.id)))
+            return ReplayResult(name, "rollback", t, decision.reason, tuple(store.decisions(state.id)),
+                                store.get(state.id).to_dict())
         if decision.action is Action.PAUSE:
             paused_at = t
     final = store.get(state.id)
+    decisions = tuple(store.decisions(state.id))
     store.close()
     if final.phase is Phase.PAUSED:
-        return ReplayResult(name, "pause", paused_at, final.reason or last_reason)
-    return ReplayResult(name, "promote", None, last_reason or "no check failed")
+        return ReplayResult(name, "pause", paused_at, final.reason or last_reason, decisions, final.to_dict())
+    return ReplayResult(name, "promote", None, last_reason or "no check failed", decisions, final.to_dict())
 
 
 def replay_file(path: Path, ruleset: RuleSet = DEFAULT_RULESET) -> ReplayResult:
