@@ -1,6 +1,6 @@
 """docker-compose.yml started for real: `docker-compose build` makes the guardian image from the
 Dockerfile (offline: FROM the local guardian-stack-base:py311, dependencies from deploy/wheels/), then
-`docker-compose up` starts guardian, checkout, checkout-canary, prometheus, alertmanager and nginx with
+`docker-compose up` starts guardian, checkout-baseline, checkout-canary, prometheus, alertmanager and nginx with
 the compose file's own commands, mounts, healthchecks and depends_on conditions.
 
 Nothing can be pulled here, so a compose override swaps the official prometheus, alertmanager and
@@ -28,7 +28,7 @@ import pytest
 from guardian.demo import stack_images
 from tests.integration.conftest import REPO, free_port, wait_until
 
-STARTED = ["prometheus", "alertmanager", "guardian", "checkout", "checkout-canary", "nginx"]
+STARTED = ["prometheus", "alertmanager", "guardian", "checkout-baseline", "checkout-canary", "nginx"]
 IMAGE = "release-guardian:stack-test"
 PORTS = ["GUARDIAN_HOST_PORT", "PROMETHEUS_HOST_PORT", "ALERTMANAGER_HOST_PORT", "GRAFANA_HOST_PORT",
          "CHECKOUT_HOST_PORT"]
@@ -37,11 +37,11 @@ pytestmark = pytest.mark.integration
 
 def override(standins: dict[str, str]) -> str:
     """The compose override: local stand-ins for the official images, 1 s healthcheck intervals, and
-    checkout's port published on an ephemeral loopback port (to read its /metrics directly)."""
+    checkout-baseline's port published on an ephemeral loopback port (to read its /metrics directly)."""
     services: dict[str, Any] = {name: {"healthcheck": {"interval": "1s"}} for name in STARTED}
     for name in ("prometheus", "alertmanager", "nginx"):
         services[name]["image"] = standins[name]
-    services["checkout"]["ports"] = ["127.0.0.1::8000"]
+    services["checkout-baseline"]["ports"] = ["127.0.0.1::8000"]
     return json.dumps({"services": services}, indent=1)  # JSON is YAML
 
 
@@ -111,7 +111,7 @@ def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
     stack = Stack(f"guardian-stack-test-{os.getpid()}", [str(REPO / "docker-compose.yml"), str(tmp / "override.yml")],
                   env, ports)
     try:
-        # one build: checkout and checkout-canary run the same image (the same `image:` name)
+        # one build: checkout-baseline and checkout-canary run the same image (the same `image:` name)
         stack.compose("build", "guardian", timeout=600)
         stack.compose("up", "-d", "--no-build", *STARTED, timeout=180)
         yield stack
@@ -141,13 +141,13 @@ def test_every_service_becomes_healthy_in_dependency_order_on_loopback_only(stac
     # depends_on: condition: service_healthy — a dependent starts after what it needs
     assert started["guardian"] > started["prometheus"]
     assert started["alertmanager"] > started["guardian"]
-    assert started["nginx"] > max(started["checkout"], started["checkout-canary"])
+    assert started["nginx"] > max(started["checkout-baseline"], started["checkout-canary"])
     for name, c in healthy.items():
         for bindings in (c["NetworkSettings"]["Ports"] or {}).values():
             for binding in bindings or []:
                 assert binding["HostIp"] == "127.0.0.1", f"{name} is published on {binding['HostIp']}"
     guardian = healthy["guardian"]
-    assert guardian["Config"]["Image"] == IMAGE and healthy["checkout"]["Config"]["Image"] == IMAGE
+    assert guardian["Config"]["Image"] == IMAGE and healthy["checkout-baseline"]["Config"]["Image"] == IMAGE
     assert guardian["Config"]["User"] == "10001:10001"  # not root
 
 
@@ -168,7 +168,7 @@ def test_checkout_serves_its_metrics_and_nginx_sends_requests_to_it(stack, healt
     through_nginx = stack.url("CHECKOUT_HOST_PORT")
     answers = [httpx.get(f"{through_nginx}/", timeout=5) for _ in range(20)]
     assert all(r.status_code == 200 and r.text.startswith("ok v") for r in answers)
-    metrics = httpx.get(f"{stack.published('checkout', 8000)}/metrics", timeout=5).text
+    metrics = httpx.get(f"{stack.published('checkout-baseline', 8000)}/metrics", timeout=5).text
     assert "# TYPE http_requests_total counter" in metrics
     assert 'http_requests_total{code="200",method="GET"}' in metrics
     assert "http_request_duration_seconds_bucket" in metrics

@@ -23,10 +23,10 @@ from ruamel.yaml import YAML
 from tests.integration.conftest import REPO, free_port
 
 DEPLOY = REPO / "deploy"
-SERVICES = {"guardian", "prometheus", "alertmanager", "grafana", "nginx", "checkout", "checkout-canary"}
+SERVICES = {"guardian", "prometheus", "alertmanager", "grafana", "nginx", "checkout-baseline", "checkout-canary"}
 # service -> the services it must wait for, healthy
 NEEDS = {"guardian": {"prometheus"}, "alertmanager": {"guardian"}, "grafana": {"prometheus"},
-         "nginx": {"checkout", "checkout-canary"}}
+         "nginx": {"checkout-baseline", "checkout-canary"}}
 OFFICIAL = {"prometheus": "prom/prometheus:", "alertmanager": "prom/alertmanager:", "grafana": "grafana/grafana:",
             "nginx": "nginx:"}
 TOKENS = {"GUARDIAN_TOKEN": "test-operator-token", "GUARDIAN_ALERTS_TOKEN": "test-alertmanager-token"}
@@ -92,7 +92,7 @@ def test_prometheus_scrapes_the_compose_services_and_alerts_to_alertmanager(comp
     assert hosts <= services, f"scraped but not in compose: {hosts - services}"
     arms = {(sc["labels"]["track"], t) for job in prom["scrape_configs"] for sc in job["static_configs"]
             if "labels" in sc for t in sc["targets"]}
-    assert arms == {("baseline", "checkout:8000"), ("canary", "checkout-canary:8000")}
+    assert arms == {("baseline", "checkout-baseline:8000"), ("canary", "checkout-canary:8000")}
     assert all(sc["labels"]["service"] == "checkout" for job in prom["scrape_configs"]
                for sc in job["static_configs"] if "labels" in sc)
     assert {"guardian:8080"} <= {t for job in prom["scrape_configs"] for sc in job["static_configs"]
@@ -166,7 +166,7 @@ def test_compose_services_healthchecks_and_dependencies(compose):
         assert set(depends) == NEEDS.get(name, set()), name
         assert all(d == {"condition": "service_healthy"} for d in depends.values()), name
     for name, check in ((n, s["healthcheck"]["test"]) for n, s in services.items()):
-        if name in {"guardian", "checkout", "checkout-canary"}:
+        if name in {"guardian", "checkout-baseline", "checkout-canary"}:
             assert check[1:3] == ["python", "/app/healthcheck.py"] and check[3].endswith("/healthz"), name
 
 
@@ -176,11 +176,11 @@ def test_compose_images_ports_and_build(compose):
         image = services[name]["image"]
         assert image.startswith(prefix) and not image.endswith(":latest"), image
         assert re.search(r":v?\d+\.\d+\.\d+", image), f"{name}: pin the tag: {image}"
-    for name in ("guardian", "checkout", "checkout-canary"):
+    for name in ("guardian", "checkout-baseline", "checkout-canary"):
         service = services[name]
         assert service["build"]["context"] == "." and "BASE_IMAGE" in service["build"]["args"], name
         assert service["image"] == services["guardian"]["image"], "one image for the guardian and the demo app"
-    assert services["checkout"]["entrypoint"][:3] == ["python", "-m", "guardian.demo.app"]
+    assert services["checkout-baseline"]["entrypoint"][:3] == ["python", "-m", "guardian.demo.app"]
     for name, service in services.items():
         for port in service.get("ports", []):
             assert port.startswith("127.0.0.1:"), f"{name} publishes beyond loopback: {port}"
@@ -207,13 +207,13 @@ def test_every_mounted_file_exists(compose):
 
 def test_nginx_config_sends_checkout_to_both_arms():
     conf = (DEPLOY / "nginx.conf").read_text()
-    assert re.search(r"server checkout:8000 weight=\d+;", conf)
+    assert re.search(r"server checkout-baseline:8000 weight=\d+;", conf)
     assert re.search(r"server checkout-canary:8000 weight=\d+;", conf)
     assert "location = /healthz" in conf
     nginx = tool("nginx", package="nginx")
     # Debian's nginx checks the syntax (`nginx -t`), the compose hosts mapped to loopback addresses
     with tempfile.TemporaryDirectory() as tmp:
-        server = conf.replace("checkout-canary:8000", "127.0.0.1:1").replace("checkout:8000", "127.0.0.1:2")
+        server = conf.replace("checkout-canary:8000", "127.0.0.1:1").replace("checkout-baseline:8000", "127.0.0.1:2")
         server = server.replace("listen 80;", f"listen 127.0.0.1:{free_port()};")
         Path(tmp, "default.conf").write_text(server)
         Path(tmp, "nginx.conf").write_text(
