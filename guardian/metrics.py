@@ -21,3 +21,8 @@ class GuardianMetrics:
         self.alerts = Counter("guardian_alerts_received_total", "Alertmanager alerts received, by status",
                               ["status"], registry=r)
         self.rollouts = Gauge("guardian_rollouts", "Rollouts by phase", ["phase"], registry=r)
+        self.canary_weight = Gauge("guardian_rollout_canary_weight",
+                                   "Traffic percent on the new version, per rollout in flight",
+                                   ["service", "rollout"], registry=r)
+        self.annotations = Counter("guardian_annotations_total", "Grafana annotations by result (sent, failed, "
+                                   "dropped)", ["result"], registry=r)

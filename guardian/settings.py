@@ -51,6 +51,11 @@ class Settings(BaseSettings):
                              description="the service label (or label=value) that marks a Swarm service as watched")
     watch_seconds: float = Field(2.0, gt=0, description="how often the Swarm watcher looks for updates")
     log_level: str = "INFO"
+    # Grafana annotations (notifiers/grafana.py): a region per rollout and a point per decision
+    grafana_url: str | None = None  # e.g. http://grafana:3000; unset: no annotations
+    grafana_token: SecretStr | None = None  # a service-account token, sent as Authorization: Bearer
+    grafana_dashboard_uid: str | None = None  # annotate this dashboard only (default: organisation-wide)
+    grafana_panel_id: int | None = None  # and this panel of it
 
     @field_validator("alert_labels")
     @classmethod

@@ -27,6 +27,7 @@ from guardian.errors import ActuatorError, ModelMissing, RolloutConflict, Rollou
 from guardian.forecast_models import ModelDirectory
 from guardian.judge.policy import Policy
 from guardian.metrics import GuardianMetrics
+from guardian.notifiers import FanOut, LogNotifier, Notifier
 from guardian.rules.book import RuleBook
 from guardian.settings import Settings
 from guardian.sources import MetricSource
@@ -42,6 +43,7 @@ class Components:
     metrics: GuardianMetrics
     actuators: Callable[[str], Actuator]
     clock: Clock
+    notifier: Notifier | None = None
 
 
 def build(settings: Settings, *, source: MetricSource | None = None, clock: Clock | None = None,
@@ -63,9 +65,17 @@ def build(settings: Settings, *, source: MetricSource | None = None, clock: Cloc
         policy=Policy(on_inconclusive=Action(settings.on_inconclusive)),
         alert_labels=tuple(settings.alert_labels.items()),
     )
-    guard = Guard(store, source, rulebook, actuators, clock, config, metrics=metrics,
+    notifier: Notifier = LogNotifier()
+    if settings.grafana_url:
+        from guardian.notifiers.grafana import GrafanaNotifier
+
+        token = settings.grafana_token.get_secret_value() if settings.grafana_token else None
+        notifier = FanOut(notifier, GrafanaNotifier(
+            settings.grafana_url, token, dashboard_uid=settings.grafana_dashboard_uid,
+            panel_id=settings.grafana_panel_id, metrics=metrics))
+    guard = Guard(store, source, rulebook, actuators, clock, config, notifier=notifier, metrics=metrics,
                   models=ModelDirectory(settings.models_dir))
-    return Components(settings, store, rulebook, source, guard, metrics, actuators, clock)
+    return Components(settings, store, rulebook, source, guard, metrics, actuators, clock, notifier)
 
 
 def _error(status: int, code: str, detail: object) -> JSONResponse:
@@ -100,6 +110,9 @@ def create_app(components: Components, *, run_scheduler: bool = True) -> FastAPI
             close = getattr(components.actuators, "close", None)
             if callable(close):
                 close()
+            close_notifier = getattr(components.notifier, "close", None)
+            if callable(close_notifier):
+                close_notifier(5.0)  # sends what Grafana takes within 5 s, then stops its thread
             components.store.close()
 
     app = FastAPI(title="Release Guardian", version=__version__, lifespan=lifespan,

@@ -164,6 +164,7 @@ class Guard:
         self._verdict_counters: dict[tuple, Any] = {}
         self._firing: dict[str, StoredAlert] | None = None  # firing alerts by fingerprint, read from the store once
         self._alerts_lock = threading.Lock()
+        self._weighted: set[tuple[str, str]] = set()  # (service, rollout) with a canary-weight series
 
     def _lock(self, rollout_id: str) -> threading.Lock:
         with self._locks_guard:
@@ -201,14 +202,17 @@ class Guard:
             decision = Decision(Action.START, spec.reason or f"start {spec.strategy.value} rollout of {spec.image}",
                                 at=now, source=spec.source)
             state, outcome = self._act(state, decision)
+            self.metrics.decisions.labels(decision.action.value).inc()
             if not outcome.ok:
                 undo = Decision(Action.ROLLBACK, f"start failed: {outcome.detail}", at=self.clock.now(),
                                 source="guardian")
                 state, undo_outcome = self._act(state, undo)
+                self.metrics.decisions.labels(undo.action.value).inc()
                 if not undo_outcome.ok:  # still record it as ended: nothing is progressing
                     state = state.evolve(phase=Phase.ROLLED_BACK, reason=f"start failed: {outcome.detail}; "
                                          f"rollback failed too: {undo_outcome.detail}")
                     self.store.save(state)
+                    self._refresh_gauges()
                 raise ActuatorError(f"rollout {state.id}: start failed: {outcome.detail}")
         self._refresh_gauges()
         return state
@@ -439,6 +443,7 @@ class Guard:
                 raise RolloutConflict(f"rollout {rollout_id} is not paused")
             decision = Decision(action, reason or f"{action.value} by a user", at=self.clock.now(), source="user")
             new_state, outcome = self._act(state, decision)
+            self.metrics.decisions.labels(decision.action.value).inc()
             if not outcome.ok:
                 raise ActuatorError(f"{action.value} failed: {outcome.detail}")
             return new_state
@@ -447,6 +452,7 @@ class Guard:
     def _notify(self, state: RolloutState, decision: Decision, outcome: Outcome | None) -> None:
         self.notifier.notify({
             "rollout_id": state.id, "service": state.service, "image": state.image, "phase": state.phase.value,
+            "started_at": state.created_at,
             "weight": state.weight, "action": decision.action.value, "reason": decision.reason,
             "source": decision.source, "tick": decision.tick, "at": decision.at,
             "verdicts": [v.to_dict() for v in decision.verdicts],
@@ -467,7 +473,15 @@ class Guard:
 
     def _refresh_gauges(self) -> None:
         counts = {p: 0 for p in Phase}
-        for s in self.store.list():
+        states = self.store.list()
+        for s in states:
             counts[s.phase] += 1
         for phase, n in counts.items():
             self.metrics.rollouts.labels(phase.value).set(n)
+        for s in states:  # the canary's weight while a rollout is in flight; its series is removed when it ends
+            if not s.phase.terminal:
+                self.metrics.canary_weight.labels(s.service, s.id).set(s.weight)
+                self._weighted.add((s.service, s.id))
+            elif (s.service, s.id) in self._weighted:
+                self._weighted.discard((s.service, s.id))
+                self.metrics.canary_weight.remove(s.service, s.id)

@@ -33,3 +33,13 @@ class FanOut:
                 n.notify(event)
             except Exception as e:  # noqa: BLE001
                 logger.warning("notifier {} failed: {}", type(n).__name__, e)
+
+    def close(self, timeout: float = 5.0) -> None:
+        """Close the notifiers that hold resources (threads, clients)."""
+        for n in self.notifiers:
+            close = getattr(n, "close", None)
+            if callable(close):
+                try:
+                    close(timeout)
+                except Exception as e:  # noqa: BLE001
+                    logger.warning("notifier {} did not close: {}", type(n).__name__, e)

@@ -1,0 +1,1 @@
+"""Stubs of services that cannot run on the test machine, following their documented APIs."""
