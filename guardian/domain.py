@@ -92,11 +92,12 @@ class Decision:
     tick: int | None = None
     at: float | None = None
     verdicts: tuple[Verdict, ...] = ()
-    source: str = "guardian"  # "guardian" or "user"
+    source: str = "guardian"  # "guardian", "user" or "alertmanager"
     replicas: int = 0
+    logs: tuple[dict[str, Any], ...] = ()  # log templates new in / far more frequent in the canary
 
     def to_dict(self) -> dict[str, Any]:
-        return {
+        d = {
             "action": self.action.value,
             "reason": self.reason,
             "tick": self.tick,
@@ -105,6 +106,9 @@ class Decision:
             "replicas": self.replicas,
             "verdicts": [v.to_dict() for v in self.verdicts],
         }
+        if self.logs:
+            d["logs"] = list(self.logs)
+        return d
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> Decision:
@@ -116,6 +120,7 @@ class Decision:
             source=d.get("source", "guardian"),
             replicas=d.get("replicas", 0),
             verdicts=tuple(Verdict.from_dict(v) for v in d.get("verdicts", [])),
+            logs=tuple(d.get("logs") or ()),
         )
 
 

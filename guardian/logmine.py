@@ -100,22 +100,24 @@ _FIRSTS = (("1-9", ""), ("a-fA-F", "(?=[a-fA-F]*+[0-9:-])"), ("0", ""), (":", ""
 
 def _masker(quoted: bool) -> tuple[Callable[..., str], Callable[[re.Match[str]], str]]:
     alternatives = [a for a in _ALTERNATIVES if quoted or a[0] != "<STR>"]
-    masks: list[str] = [""]  # by group number
-    branches = []
-    for first, guard in _FIRSTS:
-        here = [a for a in alternatives if first in a[1]]
-        if not here:
-            continue
-        # what may not stand before any of them is checked once, the rest for each
+    masks: list[str] = [""]  # by group number, in the order the groups stand in the pattern
+    guarded, branches = [], []  # the characters masks start with: no letter or digit before / the others
+    firsts = [(f, g, [a for a in alternatives if f in a[1]]) for f, g in _FIRSTS]
+    firsts = [(f, g, here) for f, g, here in firsts if here]
+    # those whose alternatives all want no letter or digit before come first, and share one check of it:
+    # a letter or digit inside a word (most of the candidates) then costs one look behind
+    firsts.sort(key=lambda x: not all(_ALNUM in a[2] for a in x[2]))
+    for first, guard, here in firsts:
         common = _ALNUM if all(_ALNUM in before for _, _, before, _ in here) else ""
         alts = []
-        for m, _, before, rest in here:
+        for m, _, before, rest in here:  # what else may not stand before it is checked for each
             masks.append(m)
             extra = before.replace(common, "", 1) if common else before
             alts.append(f"(?<![{extra}][\\s\\S])({rest})" if extra else f"({rest})")
-        check = f"(?<![{common}][\\s\\S])" if common else ""
-        branches.append(f"(?<=[{first}]){check}{guard}(?:{'|'.join(alts)})")
-    starts = "".join(f for f, _ in _FIRSTS if any(f in a[1] for a in alternatives))
+        (guarded if common else branches).append(f"(?<=[{first}]){guard}(?:{'|'.join(alts)})")
+    if guarded:
+        branches.insert(0, f"(?<![{_ALNUM}][\\s\\S])(?:{'|'.join(guarded)})")
+    starts = "".join(f for f, _, _ in firsts)
     sub = re.compile(f"[{starts}](?:{'|'.join(branches)})").sub
 
     def replace(m: re.Match[str], _masks: list[str] = masks) -> str:
@@ -162,7 +164,8 @@ class Cluster:
 
 
 class Miner:
-    """A Drain-style online log template miner. `add` a line (str or bytes) at a time, or `add_lines`."""
+    """A Drain-style online log template miner. `add` a line (str or bytes) at a time, or `add_lines`
+    (also called `add_many`)."""
 
     def __init__(self, *, similarity: float = 0.5, prefix_tokens: int = 2, max_children: int = 100,
                  max_clusters: int = 10_000, max_line: int = 2_000, max_tokens: int = 128, max_leaf: int = 128,
@@ -213,6 +216,13 @@ class Miner:
                 learn(text, masked)
         self.lines += n
         return self
+
+    add_many = add_lines
+
+    @property
+    def total(self) -> int:
+        """Every line added (`lines`), including those of clusters since forgotten."""
+        return self.lines
 
     def add(self, line: Line) -> Cluster:
         """Learn one line; the cluster it went to."""

@@ -73,11 +73,22 @@ def figure_png(recording: dict[str, Any], explanation: dict[str, Any]) -> bytes:
         axes[0].annotate(t["action"], (x, 1.0), xycoords=("data", "axes fraction"), rotation=90, fontsize=7,
                          color=colour, va="top", ha="right")
     fig.suptitle(f"{explanation.get('service')} → {explanation.get('image')}: {explanation.get('phase')}", fontsize=11)
-    fig.tight_layout()
+    logs = explanation.get("logs") or []
+    if logs:  # the log evidence of the decisive decision, under the panels
+        text = "\n".join(_log_line(t) for t in logs[:3])
+        fig.text(0.01, 0.005, "canary log templates:\n" + text, fontsize=7, family="monospace", va="bottom")
+        fig.tight_layout(rect=(0, 0.02 + 0.018 * (min(len(logs), 3) + 1), 1, 1))
+    else:
+        fig.tight_layout()
     buf = io.BytesIO()
     fig.savefig(buf, format="png", dpi=100)
     plt.close(fig)
     return buf.getvalue()
+
+
+def _log_line(t: dict[str, Any], width: int = 150) -> str:
+    line = f"{t.get('canary_count')}x vs {t.get('baseline_count')}x in baseline: {t.get('template')}"
+    return line if len(line) <= width else line[: width - 1] + "…"
 
 
 def render(recording: dict[str, Any], explanation: dict[str, Any], output: Path) -> Path:

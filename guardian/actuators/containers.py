@@ -74,6 +74,12 @@ class Containers:
         ordered = sorted(found.values(), key=lambda c: c.attrs.get("Created", ""))
         return [self._replica(c) for c in ordered]
 
+    def logs(self, container_id: str, *, since: float, tail: int = 5000, max_bytes: int = 2_000_000) -> bytes:
+        """The container's recent output (stdout and stderr), at most `tail` lines and `max_bytes`
+        (the newest kept). Bytes as the program wrote them: decoding is the reader's business."""
+        data = self.client.containers.get(container_id).logs(stdout=True, stderr=True, since=int(since), tail=tail)
+        return data[-max_bytes:]
+
     def _replica(self, c: Container) -> Replica:
         labels = c.labels or {}
         health = (c.attrs.get("State", {}).get("Health") or {}).get("Status")

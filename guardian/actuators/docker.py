@@ -49,6 +49,7 @@ import requests
 from guardian.actuators import ActionRequest
 from guardian.actuators.containers import ContainerError, Containers, Replica
 from guardian.domain import Action, Outcome
+from guardian.engine.crashpoints import crash_point
 from guardian.errors import ActuatorError
 
 CANARY, BASELINE = "canary", "baseline"
@@ -166,6 +167,19 @@ class DockerActuator:
             return Outcome(False, a.value, "; ".join(problems))
         return Outcome(True, a.value, f"{len(v.canary)} new and {len(v.stable)} old replicas running")
 
+    def arm_logs(self, request: ActionRequest, *, since: float, max_bytes: int = 2_000_000) -> dict[str, list[bytes]]:
+        """Recent log lines of the canary replicas and of the stable ones (LogSource for log evidence),
+        each arm bounded to `max_bytes`."""
+        v = self._view(request)
+        out: dict[str, list[bytes]] = {}
+        for arm, replicas in ((CANARY, v.canary), (BASELINE, v.stable)):
+            budget = max_bytes // max(1, len(replicas))
+            lines: list[bytes] = []
+            for r in replicas:
+                lines += self.containers.logs(r.id, since=since, max_bytes=budget).splitlines()
+            out[arm] = lines
+        return out
+
     # -- what runs ------------------------------------------------------------------------------------
     def _view(self, request: ActionRequest) -> _View:
         reps = self.containers.replicas(request.service)
@@ -277,6 +291,7 @@ class DockerActuator:
         new = self.containers.clone(template.id, image, service=request.service,
                                     rollout=rollout or request.rollout_id, extra_labels=labels)
         self._dark.append(new)
+        crash_point("mid_apply")  # test hook (GUARDIAN_CRASH_AT): a replica is up, without traffic yet
         return new
 
     def _previous_image(self, v: _View) -> str:

@@ -9,8 +9,12 @@ changes `{"error_ratio": x, "latency": y}` live (so a test or demo can make a ca
 `GET /healthz` is liveness. There is no service or track label here on purpose: Prometheus adds
 them from its scrape config, exactly as it would for a real deployment.
 
+Each request served writes one log line to stdout, as a real service's would (the guardian mines
+them into templates when a canary fails): an access line, and for an injected 5xx an ERROR line
+saying what "broke" — the fault the log evidence should find.
+
 Stdlib `ThreadingHTTPServer` keeps it dependency-light and lets slow requests overlap; it has its
-own `CollectorRegistry` so tests can build several apps in one process. Requests are not logged.
+own `CollectorRegistry` so tests can build several apps in one process.
 """
 from __future__ import annotations
 
@@ -75,6 +79,15 @@ class DemoState:
         return self.settings()
 
 
+_log_lock = threading.Lock()
+
+
+def log_line(text: str) -> None:
+    with _log_lock:
+        sys.stdout.write(text + "\n")
+        sys.stdout.flush()
+
+
 class Handler(BaseHTTPRequestHandler):
     protocol_version = "HTTP/1.1"  # keep-alive: the load generator reuses connections
     server: DemoServer
@@ -115,9 +128,17 @@ class Handler(BaseHTTPRequestHandler):
             time.sleep(latency * random.uniform(0.9, 1.1))
         code = 500 if random.random() < ratio else 200
         body = f"{'error' if code == 500 else 'ok'} {state.version}\n".encode()
-        state.duration.observe(time.perf_counter() - started)
+        took = time.perf_counter() - started
+        state.duration.observe(took)
         state.requests.labels(code=str(code), method=self.command).inc()
         self._send(code, body, "text/plain")
+        stamp = time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime()) + f".{int(time.time() * 1000) % 1000:03d}Z"
+        rid = f"{random.getrandbits(64):016x}"
+        if code == 500:
+            log_line(f"{stamp} ERROR checkout: inventory reservation failed: upstream timeout after "
+                     f"{random.randint(900, 1500)}ms order={random.randint(10000, 99999)} request_id={rid}")
+        log_line(f'{stamp} INFO {self.client_address[0]} "{self.command} {self.path}" {code} '
+                 f"{took * 1000:.1f}ms request_id={rid}")
 
     def _read_body(self) -> bytes:
         length = int(self.headers.get("Content-Length") or 0)

@@ -17,6 +17,7 @@ Each image has a HEALTHCHECK on /healthz every second, listens on 8000, and stop
 from __future__ import annotations
 
 import argparse
+import hashlib
 import io
 import os
 import re
@@ -113,15 +114,26 @@ def build_demo(client: docker.DockerClient, version: str) -> None:
         tar.add(pkg, arcname="prometheus_client", filter=lambda ti: None if "__pycache__" in ti.name else ti)
     buf.seek(0)
     client.images.build(fileobj=buf, custom_context=True, tag=f"{DEMO}:{version}", rm=True, forcerm=True,
-                        labels={"org.opencontainers.image.version": version})
+                        labels={"org.opencontainers.image.version": version, HASH_LABEL: _source_hash(version)})
 
 
-def _exists(client: docker.DockerClient, name: str) -> bool:
+HASH_LABEL = "guardian.demo.source"
+
+
+def _source_hash(version: str) -> str:
+    """What a demo image is built from (the app's code, its Dockerfile): a change means a rebuild."""
+    h = hashlib.sha256(Path(__file__).with_name("app.py").read_bytes())
+    h.update(DOCKERFILE.format(base=BASE, version=version, error_ratio=VERSIONS[version]).encode())
+    return h.hexdigest()[:16]
+
+
+def _exists(client: docker.DockerClient, name: str, source: str | None = None) -> bool:
+    """The image exists (and, given `source`, was built from that source)."""
     try:
-        client.images.get(name)
-        return True
+        image = client.images.get(name)
     except docker.errors.ImageNotFound:
         return False
+    return source is None or (image.labels or {}).get(HASH_LABEL) == source
 
 
 def ensure_images(client: docker.DockerClient | None = None, *, force: bool = False, log=print) -> list[str]:
@@ -132,7 +144,7 @@ def ensure_images(client: docker.DockerClient | None = None, *, force: bool = Fa
         build_base(client)
     for version in VERSIONS:
         name = f"{DEMO}:{version}"
-        if force or not _exists(client, name):
+        if force or not _exists(client, name, _source_hash(version)):
             log(f"building {name}")
             build_demo(client, version)
     return [BASE, *(f"{DEMO}:{v}" for v in VERSIONS)]

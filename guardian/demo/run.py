@@ -66,6 +66,14 @@ def explain(guardian: GuardianServer, state: dict[str, Any], work: Path, name: s
     return path
 
 
+def top_template(state: dict[str, Any]) -> str | None:
+    """The log template the guardian put first on the rollback of `state`, if any."""
+    for d in state.get("decisions", []):
+        if d.get("action") == "rollback" and d.get("logs"):
+            return d["logs"][0].get("template")
+    return None
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m guardian.demo.run", description=__doc__.splitlines()[0])
     parser.add_argument("--workdir", default="var/demo", help="where logs, state and recordings go")
@@ -119,6 +127,7 @@ def main(argv: list[str] | None = None) -> int:
         answered = {k: int(v["count"]) for k, v in load.versions.items()}
         print(f"    traffic: {stats['ok']} ok, {stats['failed']} failed, {stats['dropped']} dropped "
               f"(no answer); answers by version {answered}. The failures are v2's own 5xx while it was a canary.")
+        print(f"    log evidence on v2's rollback, top template: {top_template(v2)}")
         print(f"    reports: {report_v2}, {report_v3}")
         print(f"    recordings (guardian-recording/v1): {work / 'guardian' / 'recordings'}")
         print(f"    replay them: .venv/bin/guardian replay {work / 'guardian' / 'recordings'}")
@@ -129,7 +138,8 @@ def main(argv: list[str] | None = None) -> int:
         if args.json:
             print(json.dumps({"demo": "passed" if ok else "failed", "wall_seconds": round(wall, 1),
                               "v2_phase": v2.get("phase"), "v2_seconds": round(v2_seconds, 1),
-                              "v2_answered_for_s": v2_exposed, "v3_phase": v3.get("phase"),
+                              "v2_answered_for_s": v2_exposed,
+                              "v2_top_log_template": top_template(v2), "v3_phase": v3.get("phase"),
                               "v3_seconds": round(v3_seconds, 1), "requests": stats["ok"] + stats["failed"],
                               "failed": stats["failed"], "dropped": stats["dropped"],
                               "answers_by_version": answered, "final_images": images}))

@@ -8,12 +8,14 @@ changes nothing more.
 """
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import threading
 import time
 import uuid
 from collections.abc import Callable, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Protocol
@@ -36,6 +38,7 @@ from guardian.domain import (
     Strategy,
     Verdict,
 )
+from guardian.engine.crashpoints import crash_point
 from guardian.engine.store import SQLiteStore
 from guardian.engine.transitions import transition, weight_after
 from guardian.errors import ActuatorError, NoData, ReleaseFrozen, RolloutConflict, SourceUnavailable
@@ -49,6 +52,7 @@ from guardian.rules.loader import RuleSet
 from guardian.rules.models import Arms
 from guardian.sources import ArmSelector, MetricSource, SignalQuery
 
+_LOG_POOL = ThreadPoolExecutor(max_workers=2, thread_name_prefix="log-evidence")
 ACTUATED = {Action.START, Action.ADVANCE, Action.PROMOTE, Action.ROLLBACK, Action.PAUSE, Action.RESUME, Action.SCALE}
 
 
@@ -60,6 +64,8 @@ class GuardConfig:
     policy: Policy = Policy()
     recordings_dir: Path | None = None
     alert_labels: tuple[tuple[str, str], ...] = tuple(DEFAULT_LABELS.items())  # rollout attribute -> alert label
+    log_window: float = 300.0  # seconds of the arms' logs read for log evidence
+    log_seconds: float = 2.0  # the longest an action waits for its log evidence
 
 
 @dataclass(frozen=True)
@@ -273,6 +279,10 @@ class Guard:
                                 verdicts=tuple(verdicts))
         else:
             decision = decide(verdicts, state, now, self.config.policy, tick=t, last_scale_at=state.last_scale_at)
+        failing = [v for v in decision.verdicts if v.result is Result.FAIL]
+        if decision.action in (Action.ROLLBACK, Action.PAUSE) and failing and all(
+                v.check.startswith("alert:") for v in failing):  # the tick came before the webhook's own reaction
+            decision = dataclasses.replace(decision, source="alertmanager")
         if decision.action is Action.PAUSE and state.phase is Phase.PAUSED:
             decision = Decision(Action.CONTINUE, f"still paused: {decision.reason}", tick=t, at=now,
                                 verdicts=decision.verdicts)
@@ -281,6 +291,7 @@ class Guard:
                                 tick=t, at=now, verdicts=decision.verdicts)
         state = state.evolve(last_tick=t, updated_at=now)
         self.store.record_tick(state, t, now, values, unavailable, verdicts, decision)
+        crash_point("after_record_tick")
         self._write_recording(state)
         if decision.action in ACTUATED:
             state, _ = self._act(state, decision)
@@ -386,12 +397,44 @@ class Guard:
             weight=weight_after(state, decision.action), key=f"{state.id}:{seq}:{decision.action.value}",
             strategy=state.strategy.value, replicas=decision.replicas, reason=decision.reason,
         )
+        if decision.action in (Action.ROLLBACK, Action.PAUSE) and any(
+                v.result is Result.FAIL for v in decision.verdicts):
+            decision = self._with_log_evidence(state, decision, request)
         self.store.begin_op(state.id, request.key, request.to_dict(), decision, now)
+        crash_point("after_begin_op")
         return self._complete(state, seq, request, decision)
+
+    def _with_log_evidence(self, state: RolloutState, decision: Decision, request: ActionRequest) -> Decision:
+        """Attach the log templates new in, or far more frequent in, the canary than in the baseline,
+        when the actuator can read the arms' logs (LogSource: `arm_logs`). Bounded: the last
+        `log_window` seconds, 2 MB per arm, `log_seconds` of waiting; a failure only loses the evidence."""
+        try:
+            fetch = getattr(self.actuator_for(state.target), "arm_logs", None)
+        except Exception:  # noqa: BLE001 - an unknown target fails in _apply, with its reason
+            return decision
+        if fetch is None:
+            return decision
+        since = max(state.created_at, self.clock.now() - self.config.log_window)
+
+        def mine() -> tuple[dict[str, Any], ...]:
+            from guardian.logmine import diff_logs
+
+            arms = fetch(request, since=since)
+            return tuple(d.to_dict() for d in diff_logs(arms.get("canary", []), arms.get("baseline", [])))
+
+        future = _LOG_POOL.submit(mine)
+        try:
+            logs = future.result(timeout=self.config.log_seconds)
+        except Exception as e:  # noqa: BLE001 - evidence is a bonus: never block or fail the action for it
+            logger.warning("rollout {}: no log evidence: {}", state.id, type(e).__name__ if isinstance(
+                e, TimeoutError) else e)
+            return decision
+        return dataclasses.replace(decision, logs=logs) if logs else decision
 
     def _complete(self, state: RolloutState, seq: int, request: ActionRequest,
                   decision: Decision) -> tuple[RolloutState, Outcome]:
         outcome = self._apply(state.target, request)
+        crash_point("after_apply")
         now = self.clock.now()
         if outcome.ok:
             new_state = transition(state, decision, now, self.config.max_scale)
@@ -400,6 +443,7 @@ class Guard:
             new_state = state.evolve(updated_at=now, reason=f"{request.action.value} failed: {outcome.detail}")
             logger.error("rollout {}: {} failed: {}", state.id, request.action.value, outcome.detail)
         self.store.finish_op(state.id, seq, outcome, decision, new_state, now)
+        crash_point("after_finish_op")
         self._notify(new_state, decision, outcome)
         self._refresh_gauges()
         return new_state, outcome
@@ -457,6 +501,7 @@ class Guard:
             "source": decision.source, "tick": decision.tick, "at": decision.at,
             "verdicts": [v.to_dict() for v in decision.verdicts],
             "outcome": outcome.to_dict() if outcome else None,
+            "logs": list(decision.logs),
         })
 
     def _write_recording(self, state: RolloutState) -> None:

@@ -25,6 +25,7 @@ from loguru import logger
 from guardian.alerts import image_tag
 from guardian.explain import DONE, evidence_line, explain_decision
 from guardian.metrics import GuardianMetrics
+from guardian.redact import redact
 
 ENDED = {"promoted": "promoted", "rolled_back": "rolled back"}
 
@@ -50,6 +51,9 @@ def point_text(event: dict[str, Any]) -> str:
              + (f" at {weight}%" if weight is not None else "") + f" ({e['headline']})",
              f"reason: {event.get('reason') or '—'}"]
     lines += [f"- {evidence_line(c)}" for c in drove]
+    for t in (event.get("logs") or [])[:3]:  # log evidence: what the canary logs that the baseline does not
+        lines.append(f"- log: {t.get('canary_count')}x in canary vs {t.get('baseline_count')}x in baseline: "
+                     f"{t.get('template')}")
     return "\n".join(lines)
 
 
@@ -212,7 +216,7 @@ class GrafanaNotifier:
             self._regions.pop(job.rollout, None)
 
     def _request(self, method: str, path: str, body: dict[str, Any]) -> dict[str, Any]:
-        r = self.client.request(method, path, json=body)
+        r = self.client.request(method, path, json=redact(body))  # no secrets in annotation text or tags
         if r.status_code == 429 or r.status_code >= 500:
             raise _Retry(f"HTTP {r.status_code} from {method} {path}: {r.text[:200]}")
         if r.status_code >= 400:

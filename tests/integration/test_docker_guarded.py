@@ -36,6 +36,10 @@ def test_a_bad_release_is_rolled_back_by_the_guardian_alone(guarded):
     v = failing[0]
     assert v["value"] > v["threshold"] and v["sample_size"] > 0 and "e_value" in v["statistic"]
     assert guarded.stack.images() == ["guardian-demo:v1", "guardian-demo:v1"]
+    # the log evidence: the canary's containers' logs mined against the stable ones'; the injected fault on top
+    top = rollback["logs"][0]
+    assert "inventory reservation failed" in top["template"] and top["baseline_count"] == 0
+    assert top["canary_count"] >= 3 and "ERROR" in top["example"]
     # all traffic back on v1 within the 20 s goal (30 s here: CI machines are noisy)
     assert guarded.exposure("v2") is not None and guarded.exposure("v2") <= 30
     recording = json.loads((Path(guarded.guardian.workdir) / "recordings" / f"{state['id']}.json").read_text())

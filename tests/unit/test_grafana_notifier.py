@@ -90,3 +90,11 @@ def test_notify_never_raises():
     g = GrafanaNotifier("http://grafana.invalid", None, transport=httpx.MockTransport(Recorder()))
     g.notify({"at": "not a time"})  # garbage in: logged, not raised
     g.close(1)
+
+
+def test_a_rollback_point_carries_the_log_evidence():
+    logs = [{"template": "ERROR checkout: inventory reservation failed: upstream timeout after <NUM>ms",
+             "canary_count": 20, "baseline_count": 0, "example": "…"}]
+    lines = point_text(event(logs=logs)).splitlines()
+    assert lines[-1] == ("- log: 20x in canary vs 0x in baseline: ERROR checkout: inventory reservation failed: "
+                         "upstream timeout after <NUM>ms")

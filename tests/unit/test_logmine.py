@@ -66,6 +66,12 @@ def test_match_finds_the_cluster_without_learning():
     assert m.lines == 2 and len(m) == 1
 
 
+def test_add_many_and_total_count_every_line():
+    m = Miner()
+    m.add_many(["INFO user alice logged in", b"INFO user bob logged in", "WARN disk nearly full"])
+    assert m.total == m.lines == 3 and len(m.clusters()) == 2
+
+
 ACCESS = [f'2026-11-28T10:00:{i % 60:02d}.000Z INFO 10.0.{i % 7}.{i % 250}:{40000 + i} "GET /cart/{i} HTTP/1.1" '
           f"200 {i % 97}.{i % 10}ms request_id={i * 2654435761 % 2**64:016x}" for i in range(2000)]
 DEBUG = [f"2026-11-28T10:01:{i % 60:02d}.000Z DEBUG cache hit for key user:{i}:profile" for i in range(300)]
