@@ -55,18 +55,21 @@ def serve(
     import uvicorn
 
     from guardian.api.app import build, create_app
+    from guardian.redact import configure_logging
     from guardian.settings import load_settings
 
     try:
         settings = load_settings(config, host=host, port=port, prometheus_url=prometheus_url, rules=rules,
                                  db_path=db_path)
+        configure_logging(settings)  # at log_level, secrets redacted (guardian/redact.py)
         components = build(settings)
     except RuleError as e:
         for p in e.problems:
             err.print(str(p), markup=False)
         err.print("[red]not started:[/red] fix the problems above")
         raise typer.Exit(EXIT_ERROR) from None
-    uvicorn.run(create_app(components), host=settings.host, port=settings.port, log_level="warning")
+    uvicorn.run(create_app(components), host=settings.host, port=settings.port, log_level="warning",
+                ssl_certfile=settings.tls_certfile, ssl_keyfile=settings.tls_keyfile)  # HTTPS when both are set
 
 
 # -- rules check ------------------------------------------------------------------------------------

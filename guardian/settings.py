@@ -32,6 +32,10 @@ class Settings(BaseSettings):
         {"service": "service", "version": "version", "image": "image", "namespace": "namespace"},
         description="which alert label carries each rollout attribute (service, version, image, namespace)")
     alerts_max_bytes: int = Field(1_048_576, ge=1024, description="the largest webhook body accepted")
+    max_body_bytes: int = Field(1_048_576, ge=1024, description="the largest request body accepted on any endpoint "
+                                "(413 before the handler runs, by Content-Length or as streamed)")
+    tls_certfile: str | None = Field(None, description="serve HTTPS with this PEM certificate chain; needs tls_keyfile")
+    tls_keyfile: str | None = Field(None, description="the PEM private key of tls_certfile")
     prometheus_url: str = "http://127.0.0.1:9090"
     prometheus_timeout: float = Field(5.0, gt=0)
     min_window: float = Field(15.0, gt=0, description="shortest {{window}} put into PromQL rate() windows")
@@ -75,8 +79,33 @@ class Settings(BaseSettings):
             raise ValueError(problem)
         return v
 
+    @field_validator("tls_certfile", "tls_keyfile")
+    @classmethod
+    def _readable(cls, v: str | None, info: Any) -> str | None:
+        if v is not None:
+            try:
+                with open(v, "rb") as f:
+                    f.read(1)
+            except OSError as e:
+                raise ValueError(f"{info.field_name} {v!r} cannot be read: {e.strerror or e}") from None
+        return v
+
     @model_validator(mode="after")
     def _safe(self) -> Settings:
+        if (self.tls_certfile is None) != (self.tls_keyfile is None):
+            given, missing = ("tls_certfile", "tls_keyfile") if self.tls_keyfile is None else ("tls_keyfile",
+                                                                                                 "tls_certfile")
+            raise ValueError(f"{given} is set but {missing} is not: TLS needs both (GUARDIAN_TLS_CERTFILE and "
+                             "GUARDIAN_TLS_KEYFILE), or neither for plain HTTP")
+        if self.tls_certfile and self.tls_keyfile:
+            import ssl
+
+            context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+            try:  # an encrypted key is refused, not prompted for
+                context.load_cert_chain(self.tls_certfile, self.tls_keyfile, password=lambda: b"")
+            except (ssl.SSLError, OSError) as e:
+                raise ValueError(f"tls_certfile {self.tls_certfile!r} and tls_keyfile {self.tls_keyfile!r} do not "
+                                 f"load as a PEM certificate and its key: {e}") from None
         if self.token is None and not _is_loopback(self.host):
             raise ValueError(f"refusing to listen on {self.host} without a token: set GUARDIAN_TOKEN or "
                              "listen on 127.0.0.1")

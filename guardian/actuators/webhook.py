@@ -26,6 +26,7 @@ from loguru import logger
 from guardian.actuators import ActionRequest
 from guardian.domain import Action, Outcome
 from guardian.errors import ActuatorError
+from guardian.redact import redact
 
 KIND = "guardian.action/v1"
 SNIPPET_CHARS = 200  # of a failed response's body, in the detail
@@ -157,7 +158,7 @@ class WebhookActuator:
 
     def _deliver(self, request: ActionRequest) -> Outcome:
         action = request.action.value
-        body = {**request.to_dict(), "kind": KIND}
+        body = redact({**request.to_dict(), "kind": KIND})  # no secrets in the payload (guardian/redact.py)
         headers = {"Idempotency-Key": request.key, "Content-Type": "application/json"}
         data: dict[str, Any] = {"key": request.key, "url": self.display_url, "status": None}
         attempt = 0

@@ -18,6 +18,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from guardian import __version__
 from guardian.actuators import Actuator
 from guardian.actuators.pool import ActuatorPool
+from guardian.api.limits import BodyLimit
 from guardian.clock import Clock, SystemClock
 from guardian.domain import Action
 from guardian.engine.guard import Guard, GuardConfig
@@ -28,6 +29,7 @@ from guardian.forecast_models import ModelDirectory
 from guardian.judge.policy import Policy
 from guardian.metrics import GuardianMetrics
 from guardian.notifiers import FanOut, LogNotifier, Notifier
+from guardian.redact import install_log_redaction
 from guardian.rules.book import RuleBook
 from guardian.settings import Settings
 from guardian.sources import MetricSource
@@ -49,6 +51,7 @@ class Components:
 def build(settings: Settings, *, source: MetricSource | None = None, clock: Clock | None = None,
           actuators: Callable[[str], Actuator] | None = None) -> Components:
     """Wire everything. Raises RuleError when a rule file is invalid: nothing is started then."""
+    install_log_redaction(settings)  # the settings' secrets never reach a log line (guardian/redact.py)
     rulebook = RuleBook(settings.rules)
     if source is None:
         from guardian.sources.prometheus import PrometheusSource
@@ -118,6 +121,7 @@ def create_app(components: Components, *, run_scheduler: bool = True) -> FastAPI
     app = FastAPI(title="Release Guardian", version=__version__, lifespan=lifespan,
                   description="Guards rollouts: watches Prometheus, judges, advances or rolls back.")
     app.state.components = components
+    app.add_middleware(BodyLimit, max_bytes=components.settings.max_body_bytes)  # 413 before any handler
 
     @app.exception_handler(RequestValidationError)
     async def _invalid(request: Request, exc: RequestValidationError) -> JSONResponse:

@@ -26,6 +26,7 @@ import orjson
 from guardian.alerts import StoredAlert
 from guardian.domain import ARMS, Decision, Evidence, Outcome, RolloutState, Verdict
 from guardian.errors import RolloutConflict, RolloutNotFound
+from guardian.redact import redact
 
 RECORDING_FORMAT = "guardian-recording/v1"
 
@@ -321,4 +322,4 @@ class SQLiteStore:
             doc["labels"]["previous_image"] = state.previous_image
         if models := self.models(rollout_id):
             doc["models"] = models  # the frozen forecast models, so a replay judges against the same ones
-        return doc
+        return redact(doc)  # no token or URL credentials in a recording (guardian/redact.py)

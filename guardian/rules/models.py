@@ -27,7 +27,7 @@ from typing import Annotated, Literal
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from guardian.domain import Action, SignalType
-from guardian.rules.promql import PLACEHOLDERS, unknown_placeholders
+from guardian.rules.promql import PLACEHOLDERS, unknown_placeholders, unquoted_value_placeholders
 
 _NUM = r"(\d+(?:\.\d+)?)"
 _DURATION = re.compile(rf"^\s*(?:{_NUM}h)?\s*(?:{_NUM}m(?!s))?\s*(?:{_NUM}s)?\s*(?:(\d+)ms)?\s*$")
@@ -90,6 +90,9 @@ class Query(_Strict):
             raise ValueError(
                 f"unknown placeholder {{{{{bad[0]}}}}}; known: " + ", ".join(f"{{{{{p}}}}}" for p in PLACEHOLDERS)
             )
+        if bad := unquoted_value_placeholders(v):  # its escaping holds only inside "..." (injection)
+            raise ValueError(f"{{{{{bad[0]}}}}} must be inside a double-quoted string, e.g. "
+                             f'service="{{{{service}}}}"')
         return v
 
 
