@@ -12,6 +12,7 @@ GuardianError
 └── StoreError             the state store refused an operation
     ├── RolloutNotFound    no rollout with that id
     └── RolloutConflict    the operation clashes with the rollout's state (e.g. one already in flight)
+        └── LeaseLost      another guardian replica holds the rollout's lease: this one may not write
 
 Missing data is never a zero: sources raise NoData, and judges turn it into *inconclusive*.
 """
@@ -85,3 +86,7 @@ class RolloutConflict(StoreError):
 
 class ReleaseFrozen(RolloutConflict):
     """A critical alert firing for the service forbids starting a rollout of it (unless forced)."""
+
+
+class LeaseLost(RolloutConflict):
+    """Another replica holds the rollout's lease (or took it over): this replica's write was refused."""

@@ -41,6 +41,11 @@ class Settings(BaseSettings):
     min_window: float = Field(15.0, gt=0, description="shortest {{window}} put into PromQL rate() windows")
     rules: list[str] = ["rules"]
     db_path: str = "var/guardian.db"
+    # PostgreSQL instead of SQLite (engine/store_pg.py): postgresql://USER:PASSWORD@HOST:PORT/DB; replicas sharing
+    # it take a lease per rollout (engine/leases.py). A secret: never logged (only its redacted form).
+    database_url: SecretStr | None = None
+    lease_seconds: float = Field(15.0, ge=1, description="a dead replica's rollouts are taken over within this")
+    replica_id: str | None = None  # this replica's lease holder id (default: host:pid:random)
     recordings_dir: str = "var/recordings"
     models_dir: str = "models"  # forecast models: <models_dir>/<service>/<signal>.json (guardian baseline fit)
     tick_seconds: float = Field(10.0, ge=0.5, description="length of one tick (evaluation interval)")
@@ -112,6 +117,9 @@ class Settings(BaseSettings):
         if self.evaluation_delay >= self.tick_seconds:
             raise ValueError(f"evaluation_delay ({self.evaluation_delay}s) must be shorter than tick_seconds "
                              f"({self.tick_seconds}s)")
+        if self.database_url is not None and not self.database_url.get_secret_value().startswith(
+                ("postgresql://", "postgres://")):
+            raise ValueError("database_url must be a postgresql:// URL")
         if (not self.steps or any(not 0 < s <= 100 for s in self.steps)
                 or any(a >= b for a, b in zip(self.steps, self.steps[1:], strict=False))):
             raise ValueError("steps must be strictly rising percentages in 1..100")

@@ -1,13 +1,13 @@
 #!/usr/bin/env bash
 # The test command of the README: installs what the tests need (Debian's prometheus,
-# prometheus-alertmanager, docker.io, docker-compose, nginx, busybox-static; the .venv), starts a
+# prometheus-alertmanager, docker.io, docker-compose, nginx, busybox-static, postgresql; the .venv), starts a
 # Docker engine and builds the demo images, then runs the whole suite. The fixtures start every
 # other server the tests talk to (Prometheus, nginx, the demo app, a webhook receiver) on free
 # loopback ports and stop them afterwards.
 #   bash scripts/test.sh [PYTEST ARGS...]
 set -euo pipefail
 cd "$(dirname "$(readlink -f "${BASH_SOURCE[0]}")")/.."
-bash scripts/setup.sh prometheus prometheus-alertmanager docker.io docker-compose nginx busybox-static
+bash scripts/setup.sh prometheus prometheus-alertmanager docker.io docker-compose nginx busybox-static postgresql
 bash scripts/docker-up.sh
 start=$(date +%s)
 set +e

@@ -22,6 +22,8 @@ from guardian.api.limits import BodyLimit
 from guardian.clock import Clock, SystemClock
 from guardian.domain import Action
 from guardian.engine.guard import Guard, GuardConfig
+from guardian.engine.ha import ReplicaGuard, open_store
+from guardian.engine.leases import Leases, LocalLeases
 from guardian.engine.scheduler import Scheduler
 from guardian.engine.store import SQLiteStore
 from guardian.errors import ActuatorError, ModelMissing, RolloutConflict, RolloutNotFound, UnknownActuator
@@ -46,6 +48,7 @@ class Components:
     actuators: Callable[[str], Actuator]
     clock: Clock
     notifier: Notifier | None = None
+    leases: Leases | None = None  # which rollouts this replica acts on (engine/leases.py)
 
 
 def build(settings: Settings, *, source: MetricSource | None = None, clock: Clock | None = None,
@@ -59,7 +62,7 @@ def build(settings: Settings, *, source: MetricSource | None = None, clock: Cloc
         source = PrometheusSource(settings.prometheus_url, timeout=settings.prometheus_timeout,
                                   min_window=settings.min_window)
     clock = clock or SystemClock()
-    store = SQLiteStore(settings.db_path)
+    store, leases = open_store(settings)  # SQLite, or PostgreSQL shared by replicas (database_url)
     metrics = GuardianMetrics()
     actuators = actuators or ActuatorPool()
     config = GuardConfig(
@@ -76,9 +79,10 @@ def build(settings: Settings, *, source: MetricSource | None = None, clock: Cloc
         notifier = FanOut(notifier, GrafanaNotifier(
             settings.grafana_url, token, dashboard_uid=settings.grafana_dashboard_uid,
             panel_id=settings.grafana_panel_id, metrics=metrics))
-    guard = Guard(store, source, rulebook, actuators, clock, config, notifier=notifier, metrics=metrics,
-                  models=ModelDirectory(settings.models_dir))
-    return Components(settings, store, rulebook, source, guard, metrics, actuators, clock, notifier)
+    guard_class = Guard if isinstance(leases, LocalLeases) else ReplicaGuard  # replicas share a PostgreSQL store
+    guard = guard_class(store, source, rulebook, actuators, clock, config, notifier=notifier, metrics=metrics,
+                        models=ModelDirectory(settings.models_dir))
+    return Components(settings, store, rulebook, source, guard, metrics, actuators, clock, notifier, leases)
 
 
 def _error(status: int, code: str, detail: object) -> JSONResponse:
@@ -88,7 +92,7 @@ def _error(status: int, code: str, detail: object) -> JSONResponse:
 def create_app(components: Components, *, run_scheduler: bool = True) -> FastAPI:
     @contextlib.asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
-        scheduler = Scheduler(components.guard, components.rulebook)
+        scheduler = Scheduler(components.guard, components.rulebook, leases=components.leases)
         task = asyncio.create_task(scheduler.run()) if run_scheduler else None
         watcher, watching = None, None
         if run_scheduler and components.settings.watch_swarm:

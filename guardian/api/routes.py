@@ -247,6 +247,15 @@ def healthz() -> dict[str, str]:
     return {"status": "ok"}
 
 
+@router.get("/v1/status")
+def status(c: Deps) -> dict[str, Any]:
+    """This replica: its lease holder id, the lease time and the rollouts it holds (id -> fencing token)."""
+    leases = c.leases
+    return {"replica": leases.holder if leases else None, "store": type(c.store).__name__,
+            "lease_seconds": c.settings.lease_seconds if leases and leases.lease_seconds != float("inf") else None,
+            "leases": leases.held() if leases else {}}
+
+
 @router.get("/readyz")
 def readyz(c: Deps, response: Response) -> dict[str, Any]:
     try:

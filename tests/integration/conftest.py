@@ -19,6 +19,7 @@ from typing import Any
 import pytest
 
 from guardian.demo.stack import DemoApp, PrometheusServer, free_port, terminate, wait_until
+from tests.pg_fixture import pg_server, pg_url  # noqa: F401 - a real PostgreSQL (session) and a fresh database
 
 REPO = Path(__file__).resolve().parents[2]
 __all__ = ["REPO", "DemoApp", "PrometheusServer", "free_port", "terminate", "wait_until", "prometheus_binary"]

@@ -1,0 +1,196 @@
+"""Leases: which guardian replica acts on which rollout.
+
+Several replicas can share one PostgreSQL store. Each rollout has at most one *holder* at a time: the
+replica whose lease on it has not expired. The scheduler acquires (or renews) a rollout's lease
+before ticking it and skips rollouts leased to another replica; a held lease is renewed every
+`lease_seconds / 3`, so a replica that dies loses its leases within `lease_seconds` and another
+replica takes them over and carries on from the stored state (pending operations are resumed with
+their idempotency key by the tick).
+
+Expiry is computed by the database's clock (`now()`), never a replica's. Each takeover increments
+the lease's *fencing token*; the store's writes for a rollout (state, ticks, the operation log)
+check in the same transaction that this replica still holds the lease with the token it was granted,
+so a replica that lost its lease (paused, partitioned) cannot write, and above all cannot begin an
+action (`begin_op`): it gets `LeaseLost`.
+
+`LocalLeases` is the single-process implementation used with SQLite: always granted.
+"""
+from __future__ import annotations
+
+import os
+import socket
+import threading
+import time
+import uuid
+from typing import Any, Protocol
+
+from guardian.errors import LeaseLost
+
+LEASES_SCHEMA = """
+CREATE TABLE IF NOT EXISTS leases (
+    rollout_id TEXT PRIMARY KEY, holder TEXT NOT NULL, token BIGINT NOT NULL,
+    acquired_at TIMESTAMPTZ NOT NULL, expires_at TIMESTAMPTZ NOT NULL);
+"""
+
+
+def _q(conn: Any, sql: str, params: tuple = ()) -> Any:
+    """Run one statement with tuple rows (the store's connections hand out dicts)."""
+    from psycopg.rows import tuple_row
+
+    return conn.cursor(row_factory=tuple_row).execute(sql, params)
+
+
+def replica_id() -> str:
+    """A holder id unique to this process: host, pid and a random suffix (a restarted pid is a new holder)."""
+    return f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:6]}"
+
+
+class Leases(Protocol):
+    holder: str
+    lease_seconds: float
+
+    def acquire(self, rollout_id: str) -> bool:
+        """Take or renew the rollout's lease; False while another replica holds it."""
+        ...
+
+    def renew(self) -> list[str]:
+        """Renew the held leases that are due (every lease_seconds / 3); returns the rollouts lost."""
+        ...
+
+    def release(self, rollout_id: str) -> None: ...
+
+    def held(self) -> dict[str, int]:
+        """The rollouts this replica holds, with their fencing tokens."""
+        ...
+
+
+class LocalLeases:
+    """One process owns everything (SQLite): every lease is granted, nothing expires."""
+
+    lease_seconds = float("inf")
+
+    def __init__(self, holder: str | None = None):
+        self.holder = holder or replica_id()
+        self._held: dict[str, int] = {}
+
+    def acquire(self, rollout_id: str) -> bool:
+        self._held.setdefault(rollout_id, 1)
+        return True
+
+    def renew(self) -> list[str]:
+        return []
+
+    def release(self, rollout_id: str) -> None:
+        self._held.pop(rollout_id, None)
+
+    def held(self) -> dict[str, int]:
+        return dict(self._held)
+
+
+class PostgresLeases:
+    """Leases in the `leases` table of a PostgresStore (one row per rollout: holder, token, expiry)."""
+
+    def __init__(self, pool: Any, holder: str | None = None, lease_seconds: float = 15.0):
+        self.pool, self.holder, self.lease_seconds = pool, holder or replica_id(), float(lease_seconds)
+        self._held: dict[str, int] = {}  # rollout id -> fencing token granted to this replica
+        self._renewed = 0.0  # monotonic time of the last renewal of every held lease
+        self._retry_at: dict[str, float] = {}  # rollout id -> when another replica's lease may have expired
+        self._lock = threading.Lock()
+
+    # -- the scheduler's side -------------------------------------------------------------------------
+    def acquire(self, rollout_id: str) -> bool:
+        with self._lock:
+            if rollout_id in self._held and time.monotonic() - self._renewed < self.lease_seconds / 3:
+                return True  # held, and renewed recently enough
+            if time.monotonic() < self._retry_at.get(rollout_id, 0.0):
+                return False  # leased to another replica, which renewed it: no need to ask before it may expire
+        with self.pool.connection() as conn, conn.transaction():
+            row = _q(
+                conn, "INSERT INTO leases AS l (rollout_id, holder, token, acquired_at, expires_at) "
+                "VALUES (%s, %s, 1, now(), now() + make_interval(secs => %s)) "
+                "ON CONFLICT (rollout_id) DO UPDATE SET holder = EXCLUDED.holder, expires_at = EXCLUDED.expires_at, "
+                "token = CASE WHEN l.holder = EXCLUDED.holder THEN l.token ELSE l.token + 1 END, "
+                "acquired_at = CASE WHEN l.holder = EXCLUDED.holder THEN l.acquired_at ELSE now() END "
+                "WHERE l.holder = EXCLUDED.holder OR l.expires_at <= now() "
+                "RETURNING token", (rollout_id, self.holder, self.lease_seconds)).fetchone()
+            other = None if row else _q(
+                conn, "SELECT holder, GREATEST(EXTRACT(EPOCH FROM expires_at - now()), 0) FROM leases "
+                "WHERE rollout_id = %s", (rollout_id,)).fetchone()
+        with self._lock:
+            if row is None:
+                self._held.pop(rollout_id, None)
+                # ask again when it may have expired, or within 1 s (it may be released earlier)
+                self._retry_at[rollout_id] = time.monotonic() + min(float(other[1]) if other else 0.0, 1.0)
+                return False
+            self._retry_at.pop(rollout_id, None)
+            self._held[rollout_id] = row[0]
+            return True
+
+    def renew(self) -> list[str]:
+        with self._lock:
+            if not self._held or time.monotonic() - self._renewed < self.lease_seconds / 3:
+                return []
+            held = dict(self._held)
+            began = time.monotonic()
+        with self.pool.connection() as conn, conn.transaction():
+            rows = _q(
+                conn, "UPDATE leases SET expires_at = now() + make_interval(secs => %s) "
+                "WHERE holder = %s AND rollout_id = ANY(%s) RETURNING rollout_id, token",
+                (self.lease_seconds, self.holder, list(held))).fetchall()
+        kept = {r[0] for r in rows if held.get(r[0]) == r[1]}
+        lost = [rid for rid in held if rid not in kept]
+        with self._lock:
+            self._renewed = began
+            for rid in lost:
+                if self._held.get(rid) == held[rid]:
+                    self._held.pop(rid)
+        return lost
+
+    def release(self, rollout_id: str) -> None:
+        """Let the lease expire now (the row and its token stay: tokens only ever grow)."""
+        with self._lock:
+            token = self._held.pop(rollout_id, None)
+            self._retry_at.pop(rollout_id, None)
+        if token is not None:
+            with self.pool.connection() as conn:
+                conn.execute("UPDATE leases SET expires_at = now() WHERE rollout_id = %s AND holder = %s "
+                             "AND token = %s", (rollout_id, self.holder, token))
+
+    def held(self) -> dict[str, int]:
+        with self._lock:
+            return dict(self._held)
+
+    # -- the store's side: inside a write transaction ------------------------------------------------
+    def fence(self, conn: Any, rollout_id: str, *, required: bool = True) -> bool:
+        """Check, in the caller's transaction, that this replica holds the rollout's lease, locking the
+        lease row until the transaction ends (a takeover waits for it). A rollout nobody holds (new, or
+        its holder's lease expired) is taken over here. Raises LeaseLost (or returns False when not
+        `required`) when another replica holds it or took it over since this replica was granted it."""
+        with self._lock:
+            mine = self._held.get(rollout_id)
+        row = _q(conn, "SELECT holder, token, expires_at > now(), expires_at FROM leases WHERE rollout_id = %s "
+                           "FOR UPDATE", (rollout_id,)).fetchone()
+        if row is not None and row[0] == self.holder and (mine is None or row[1] == mine):
+            token = row[1]  # ours (even if it just expired: nobody took it, the token proves it)
+            if not row[2]:
+                conn.execute("UPDATE leases SET expires_at = now() + make_interval(secs => %s) WHERE rollout_id = %s",
+                             (self.lease_seconds, rollout_id))
+        elif mine is None and (row is None or not row[2]):
+            token = (row[1] + 1) if row else 1
+            conn.execute(
+                "INSERT INTO leases (rollout_id, holder, token, acquired_at, expires_at) "
+                "VALUES (%s, %s, %s, now(), now() + make_interval(secs => %s)) ON CONFLICT (rollout_id) DO UPDATE "
+                "SET holder = EXCLUDED.holder, token = EXCLUDED.token, acquired_at = EXCLUDED.acquired_at, "
+                "expires_at = EXCLUDED.expires_at", (rollout_id, self.holder, token, self.lease_seconds))
+        else:
+            with self._lock:
+                if mine is not None and self._held.get(rollout_id) == mine:
+                    self._held.pop(rollout_id)
+            if not required:
+                return False
+            who = f"replica {row[0]} (token {row[1]}, until {row[3]:%H:%M:%S})" if row else "nobody"
+            raise LeaseLost(f"rollout {rollout_id} is leased to {who}, not to this replica ({self.holder}); "
+                            "send the request to that replica, or retry once its lease expires")
+        with self._lock:
+            self._held[rollout_id] = token
+        return True

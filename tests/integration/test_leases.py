@@ -1,0 +1,98 @@
+"""Leases on a real PostgreSQL: one holder at a time, expiry by the database's clock, takeover with a new
+fencing token, and a stale holder refused in the same transaction as its writes (begin_op above all)."""
+from __future__ import annotations
+
+import time
+
+import pytest
+
+from guardian.domain import Action, Decision, Outcome, RolloutState, Strategy
+from guardian.engine.leases import LocalLeases
+from guardian.engine.store_pg import PostgresStore
+from guardian.errors import LeaseLost
+
+pytestmark = pytest.mark.integration
+
+LEASE = 1.0
+
+
+@pytest.fixture
+def replicas(pg_url):
+    a = PostgresStore(pg_url, holder="replica-a", lease_seconds=LEASE)
+    b = PostgresStore(pg_url, holder="replica-b", lease_seconds=LEASE)
+    yield a, b
+    a.close()
+    b.close()
+
+
+def rollout(rid="r1") -> RolloutState:
+    return RolloutState(id=rid, service="checkout", image="checkout:v2", strategy=Strategy.CANARY, steps=(10, 100),
+                        target="noop", step_seconds=10.0, analysis_seconds=30.0, created_at=1.0, updated_at=1.0)
+
+
+def begin(store, key, rid="r1"):
+    return store.begin_op(rid, key, {"key": key}, Decision(Action.ADVANCE, "pass", at=2.0), 2.0)
+
+
+def test_one_holder_at_a_time_and_renewal_keeps_it(replicas):
+    a, b = replicas
+    assert a.leases.acquire("r1") and not b.leases.acquire("r1")
+    assert a.leases.held() == {"r1": 1} and b.leases.held() == {}
+    for _ in range(3):  # renewed every lease/3: b never gets it while a lives
+        time.sleep(LEASE / 2)
+        a.leases._renewed = 0.0  # renew now, whatever the interval
+        assert a.leases.renew() == []
+        b.leases._retry_at.clear()
+        assert not b.leases.acquire("r1")
+    a.leases.release("r1")
+    b.leases._retry_at.clear()  # (b would ask again within 1 s)
+    assert b.leases.acquire("r1") and b.leases.held() == {"r1": 2}  # a release hands over at once, new token
+
+
+def test_an_expired_lease_is_taken_over_with_a_new_token(replicas):
+    a, b = replicas
+    assert a.leases.acquire("r1")
+    assert not b.leases.acquire("r1")
+    time.sleep(LEASE + 0.2)  # a stops renewing (dead, paused, partitioned)
+    assert b.leases.acquire("r1") and b.leases.held() == {"r1": 2}
+    a.leases._renewed = 0.0
+    assert a.leases.renew() == ["r1"] and a.leases.held() == {}  # a learns it lost it
+
+
+def test_a_stale_holder_cannot_begin_an_action_or_write(replicas):
+    a, b = replicas
+    a.create(rollout())  # the creating replica takes the lease in the same transaction
+    assert a.leases.held() == {"r1": 1}
+    assert begin(a, "r1:1:advance") == 1
+    with pytest.raises(LeaseLost, match="replica-a"):
+        begin(b, "r1:2:advance")  # b may not act on a rollout a holds
+    assert b.pending_ops("r1") == []  # nor resume a's pending op: that is the holder's
+    time.sleep(LEASE + 0.2)
+    assert b.leases.acquire("r1")  # a's lease expired: b takes over (token 2) ...
+    assert [op["key"] for op in b.pending_ops("r1")] == ["r1:1:advance"]  # ... and resumes a's pending op
+    with pytest.raises(LeaseLost, match="replica-b"):
+        begin(a, "r1:2:advance")  # a still believes it holds token 1: refused in begin_op's transaction
+    with pytest.raises(LeaseLost):
+        a.finish_op("r1", 1, Outcome(True, "advance", "late"), Decision(Action.ADVANCE, "pass", at=3.0), None, 3.0)
+    with pytest.raises(LeaseLost):
+        a.save(rollout())
+    b.finish_op("r1", 1, Outcome(True, "advance", "resumed"), Decision(Action.ADVANCE, "pass", at=3.0), None, 3.0)
+    assert begin(b, "r1:2:advance") == 2
+    ops = b.ops("r1")
+    assert [(o["key"], o["status"]) for o in ops] == [("r1:1:advance", "done"), ("r1:2:advance", "pending")]
+    assert ops[0]["outcome"]["detail"] == "resumed" and len(b.decisions("r1")) == 1
+
+
+def test_a_holder_whose_lease_lapsed_unclaimed_keeps_it(replicas):
+    a, b = replicas
+    a.create(rollout())
+    time.sleep(LEASE + 0.2)  # expired, but nobody took it: the token still proves a is the last holder
+    assert begin(a, "r1:1:advance") == 1 and a.leases.held() == {"r1": 1}
+    assert not b.leases.acquire("r1")  # and the write renewed it
+
+
+def test_sqlite_leases_are_always_granted():
+    leases = LocalLeases("solo")
+    assert leases.acquire("r1") and leases.renew() == [] and leases.held() == {"r1": 1}
+    leases.release("r1")
+    assert leases.held() == {}
