@@ -171,6 +171,7 @@ class Guard:
         self._firing: dict[str, StoredAlert] | None = None  # firing alerts by fingerprint, read from the store once
         self._alerts_lock = threading.Lock()
         self._weighted: set[tuple[str, str]] = set()  # (service, rollout) with a canary-weight series
+        self._checked: set[str] = set()  # rollouts checked for a decision lost in a crash, by this process
 
     def _lock(self, rollout_id: str) -> threading.Lock:
         with self._locks_guard:
@@ -201,10 +202,11 @@ class Guard:
         self.actuator_for(spec.target)  # an unknown actuator fails here, before anything is stored
         if (unresolved := arm_selectors(ruleset.rules.arms, state)[1]):
             logger.warning("rollout {} of {}: {}", state.id, spec.service, "; ".join(unresolved.values()))
-        self.store.create(state)
-        if models:
-            self.store.save_models(state.id, models)
-        with self._lock(state.id):
+        with self._lock(state.id):  # held from the create: a tick must not see it before its START
+            self.store.create(state)
+            if models:
+                self.store.save_models(state.id, models)
+            self._checked.add(state.id)
             decision = Decision(Action.START, spec.reason or f"start {spec.strategy.value} rollout of {spec.image}",
                                 at=now, source=spec.source)
             state, outcome = self._act(state, decision)
@@ -462,7 +464,36 @@ class Guard:
             return Outcome(False, request.action.value, f"{type(e).__name__}: {e}")
 
     def _resume_pending_ops(self, rollout_id: str) -> None:
-        """Finish actions whose intent was written but whose outcome was not (a crash in between)."""
+        """Finish actions whose intent was written but whose outcome was not (a crash in between); then,
+        the first time this process touches the rollout, carry out a decision that was stored without
+        its intent (a crash between a tick's record and the operation log, or between a start's
+        create and its START)."""
+        self._resume_ops(rollout_id)
+        if rollout_id not in self._checked:
+            self._checked.add(rollout_id)
+            self._resume_lost_decision(rollout_id)
+
+    def _resume_lost_decision(self, rollout_id: str) -> None:
+        state = self.store.get(rollout_id)
+        if state.phase.terminal:
+            return
+        logged = self.store.decisions(rollout_id)
+        if not any(d["action"] == Action.START.value for d in logged):
+            decision = Decision(Action.START, f"start {state.strategy.value} rollout of {state.image} "
+                                "(its START was lost in a crash)", at=self.clock.now(), source="guardian")
+        else:
+            latest = self.store.latest_tick(rollout_id)
+            d = latest and latest.get("decision")
+            if not d or Action(d["action"]) not in ACTUATED or any(
+                    x.get("tick") == latest["tick"] and x["action"] == d["action"] for x in logged):
+                return
+            decision = Decision.from_dict(d)
+        logger.warning("rollout {}: carrying out {} decided before a crash, never begun", rollout_id,
+                       decision.action.value)
+        self._act(state, decision)
+        self.metrics.decisions.labels(decision.action.value).inc()
+
+    def _resume_ops(self, rollout_id: str) -> None:
         for op in self.store.pending_ops(rollout_id):
             state = self.store.get(rollout_id)
             r = op["request"]
