@@ -164,6 +164,7 @@ def configure_logging(settings: Any) -> None:
 
     install_log_redaction(settings)
     logger.remove()
-    layout = "{time:YYYY-MM-DD HH:mm:ss.SSS} | {level: <8} | {name}:{function}:{line} - {message}\n{exception}"
+    # loguru's own layout, uncoloured; it appends the traceback (redacted by the sink, locals not shown)
+    layout = "{time:YYYY-MM-DD HH:mm:ss.SSS} | {level: <8} | {name}:{function}:{line} - {message}"
     logger.add(redacting_sink(), level=str(settings.log_level).upper(), diagnose=False, backtrace=False, format=layout)
 

@@ -250,6 +250,20 @@ def test_secrets_in_settings_and_labels_reach_no_log_line_recording_or_annotatio
             assert secret not in text, (where, secret)
 
 
+def test_the_serving_sink_redacts_tracebacks_too():
+    lines: list[str] = []
+    sink = logger.add(redact.redacting_sink(lines.append), format="{message}", diagnose=False)
+    try:
+        try:
+            raise ConnectionError(f"cannot reach http://prom:{PROM_PASSWORD}@127.0.0.1:9/api")
+        except ConnectionError:
+            logger.exception("query failed")
+    finally:
+        logger.remove(sink)
+    text = "".join(lines)
+    assert "Traceback" in text and "http://prom:***@127.0.0.1:9/api" in text and PROM_PASSWORD not in text
+
+
 def test_a_webhook_payload_carries_no_secret():
     bodies: list[dict] = []
 
