@@ -18,19 +18,11 @@ import pytest
 from guardian.demo.stack import GuardianServer, terminate
 from guardian.rules.promql import render
 from tests.integration.conftest import REPO, PrometheusServer, prometheus_binary, wait_until
+from tests.unit.test_api_contract import clean_env  # noqa: F401  (autouse: no GUARDIAN_* from outside)
 
 OPERATOR = "op-Tls-T0ken-93c1"
 ALERTS = "am-Tls-T0ken-07aa"
 PROM_PASSWORD = "pr0m-Tls-Pa55"
-
-
-@pytest.fixture(autouse=True)
-def clean_env(monkeypatch):
-    import os
-
-    for name in list(os.environ):
-        if name.upper().startswith("GUARDIAN_"):
-            monkeypatch.delenv(name)
 
 
 def make_cert(folder: Path, name: str = "guardian") -> tuple[Path, Path]:
