@@ -241,7 +241,8 @@ def check(g: GuardedStack, run: RolloutRun, stable_image: str, since: float) -> 
         p.append(f"{len(ops)} operations but {len(logged)} acting decisions logged (each op must finish once)")
     op_decisions = [json.loads(r["decision"]) for r in ops]
     for tick, d in ticks:
-        if d["action"] in ACTING and not any(o.get("tick") == tick and o["action"] == d["action"] for o in op_decisions):
+        carried = any(o.get("tick") == tick and o["action"] == d["action"] for o in op_decisions)
+        if d["action"] in ACTING and not carried:
             p.append(f"tick {tick} decided {d['action']} but no operation carries it out (lost)")
     starts = [r for r in ops if json.loads(r["request"])["action"] == "start"]
     if len(starts) != 1:
@@ -252,7 +253,7 @@ def check(g: GuardedStack, run: RolloutRun, stable_image: str, since: float) -> 
     # Docker
     client = docker.from_env(version=API_VERSION)
     everything = client.containers.list(all=True, filters={"label": f"{SERVICE_LABEL}={g.service}"})
-    running = [c for c in everything if c.status == "running"]
+    [c for c in everything if c.status == "running"]
     others = [f"{c.name} ({c.status})" for c in everything if c.status != "running"]
     if others:
         p.append(f"leftover containers: {others}")

@@ -291,7 +291,7 @@ class DockerActuator:
         new = self.containers.clone(template.id, image, service=request.service,
                                     rollout=rollout or request.rollout_id, extra_labels=labels)
         self._dark.append(new)
-        crash_point("mid_apply")  # test hook (GUARDIAN_CRASH_AT): a replica is up, without traffic yet
+        crash_point("mid_apply", request.action.value)  # test hook (GUARDIAN_CRASH_AT): up, no traffic yet
         return new
 
     def _previous_image(self, v: _View) -> str:

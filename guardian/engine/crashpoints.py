@@ -3,6 +3,7 @@
     GUARDIAN_CRASH_AT=after_begin_op          # SIGKILL this process the first time it gets there
     GUARDIAN_CRASH_AT=after_apply:3           # ... the third time
     GUARDIAN_CRASH_AT=after_begin_op:2,mid_apply   # several points; the first one reached fires
+    GUARDIAN_CRASH_AT=after_record_tick@rollback   # only where the action is a rollback
 
 Points (in the order an action passes them):
     after_record_tick  a tick's evidence and decision are stored, the action's intent is not yet
@@ -34,14 +35,16 @@ def _targets() -> dict[str, int]:
     return out
 
 
-def crash_point(name: str) -> None:
-    """SIGKILL this process if GUARDIAN_CRASH_AT names this point (at its Nth pass)."""
+def crash_point(name: str, action: str | None = None) -> None:
+    """SIGKILL this process if GUARDIAN_CRASH_AT names this point (`name`, or `name@action` for the
+    action being taken there) at its Nth pass."""
     if not os.environ.get(ENV):
         return
     targets = _targets()
-    if name not in targets:
-        return
-    with _lock:
-        _seen[name] = _seen.get(name, 0) + 1
-        if _seen[name] == targets[name]:
-            os.kill(os.getpid(), signal.SIGKILL)
+    for key in (name, f"{name}@{action}" if action else None):
+        if key not in targets:
+            continue
+        with _lock:
+            _seen[key] = _seen.get(key, 0) + 1
+            if _seen[key] == targets[key]:
+                os.kill(os.getpid(), signal.SIGKILL)

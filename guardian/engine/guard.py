@@ -293,7 +293,7 @@ class Guard:
                                 tick=t, at=now, verdicts=decision.verdicts)
         state = state.evolve(last_tick=t, updated_at=now)
         self.store.record_tick(state, t, now, values, unavailable, verdicts, decision)
-        crash_point("after_record_tick")
+        crash_point("after_record_tick", decision.action.value)
         self._write_recording(state)
         if decision.action in ACTUATED:
             state, _ = self._act(state, decision)
@@ -403,7 +403,7 @@ class Guard:
                 v.result is Result.FAIL for v in decision.verdicts):
             decision = self._with_log_evidence(state, decision, request)
         self.store.begin_op(state.id, request.key, request.to_dict(), decision, now)
-        crash_point("after_begin_op")
+        crash_point("after_begin_op", decision.action.value)
         return self._complete(state, seq, request, decision)
 
     def _with_log_evidence(self, state: RolloutState, decision: Decision, request: ActionRequest) -> Decision:
@@ -436,7 +436,7 @@ class Guard:
     def _complete(self, state: RolloutState, seq: int, request: ActionRequest,
                   decision: Decision) -> tuple[RolloutState, Outcome]:
         outcome = self._apply(state.target, request)
-        crash_point("after_apply")
+        crash_point("after_apply", request.action.value)
         now = self.clock.now()
         if outcome.ok:
             new_state = transition(state, decision, now, self.config.max_scale)
@@ -445,7 +445,7 @@ class Guard:
             new_state = state.evolve(updated_at=now, reason=f"{request.action.value} failed: {outcome.detail}")
             logger.error("rollout {}: {} failed: {}", state.id, request.action.value, outcome.detail)
         self.store.finish_op(state.id, seq, outcome, decision, new_state, now)
-        crash_point("after_finish_op")
+        crash_point("after_finish_op", request.action.value)
         self._notify(new_state, decision, outcome)
         self._refresh_gauges()
         return new_state, outcome

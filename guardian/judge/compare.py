@@ -186,18 +186,22 @@ def _trend(check: CompareCheck, ev: Evidence, t: int, base: dict) -> Verdict:
         r[~np.isfinite(r)] = np.nan
         return r
 
+    # The trend starts at the first tick both arms report from (not at a fixed tick: a canary whose
+    # start was delayed, by a crash of the guardian say, would otherwise never get an early level).
+    seen = np.flatnonzero(~np.isnan(ratio(warmup, t + 1)))
+    first = warmup + int(seen[0]) if seen.size else warmup
     key = ("trend_level0", signal, warmup)
     level0 = ev.cache.get(key)  # the early level is fixed once its six ticks have passed
     if level0 is None:
-        early = ratio(warmup, warmup + 6)
+        early = ratio(first, first + 6)
         if np.count_nonzero(~np.isnan(early)) >= 3:
             level0 = float(np.nanmedian(early))
-            if t >= warmup + 6:
+            if t >= first + 6:
                 ev.cache[key] = level0
-    recent = ratio(max(warmup, t - TREND_TICKS + 1), t + 1)
+    recent = ratio(max(first, t - TREND_TICKS + 1), t + 1)
     growth_limit = check.effective_tolerance
     if level0 is None or np.count_nonzero(~np.isnan(recent)) < 6:
-        return Verdict(result=Result.INCONCLUSIVE, warming_up=t < warmup + TREND_TICKS, **base,
+        return Verdict(result=Result.INCONCLUSIVE, warming_up=t < first + TREND_TICKS, **base,
                        reason=f"not enough {signal} values yet for a trend", threshold=growth_limit)
     ok = ~np.isnan(recent)
     last3 = recent[ok][-3:].tolist()
