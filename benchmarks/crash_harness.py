@@ -160,7 +160,10 @@ def run_rollout(g: GuardedStack, image: str, expected: str, rng: random.Random, 
             if "id" in answer:
                 run.id = answer["id"]
             elif alive(g):
-                run.id = find_rollout(g, wall0)
+                try:
+                    run.id = find_rollout(g, wall0)
+                except httpx.HTTPError:  # it died (an armed point) as we asked: ask again once it is back
+                    continue
                 if run.id is None:  # killed before the rollout was stored: ask again, as a user would
                     answer.clear()
                     poster = threading.Thread(target=post, daemon=True)
