@@ -218,6 +218,19 @@ class Containers:
         except docker.errors.APIError as e:
             raise ContainerError(f"could not remove {c.name}: {e.explanation or e}") from None
 
+    def remove_leftovers(self, service: str) -> list[str]:
+        """Remove the service's containers the guardian started (guardian.rollout label) that are not
+        running: created, exited or dead. A guardian killed between a container's create and start,
+        or between its stop and remove, leaves one; nothing lists them again. Returns their names."""
+        gone = []
+        for c in self.client.containers.list(all=True, filters={"label": [f"{SERVICE_LABEL}={service}",
+                                                                          ROLLOUT_LABEL]}):
+            if c.status in ("created", "exited", "dead"):
+                with contextlib.suppress(docker.errors.NotFound):
+                    c.remove(force=True)
+                    gone.append(c.name)
+        return gone
+
     def drain_pause(self) -> None:
         """After a replica left the traffic router: let its in-flight requests finish."""
         self._sleep(self.drain_seconds)

@@ -200,10 +200,11 @@ class DockerActuator:
             return f"{a.value}: traffic left as it is", self._data(v)
         if a is Action.SCALE:
             return self._scale(request, v)
-        if a is Action.ROLLBACK:
-            return self._rollback(request, v)
-        if a is Action.PROMOTE:
-            return self._promote(request, v)
+        if a in (Action.ROLLBACK, Action.PROMOTE):  # the end: also clear what an interrupted step left
+            detail, data = (self._rollback if a is Action.ROLLBACK else self._promote)(request, v)
+            if gone := self.containers.remove_leftovers(request.service):
+                detail += f"; removed {len(gone)} stopped container(s) an interrupted step left ({', '.join(gone)})"
+            return detail, data
         if strategy == "observe":  # START / ADVANCE: someone else deploys; publish the arms as they are
             self._publish(request, v, request.weight)
             return f"observing {len(v.canary)} new and {len(v.stable)} old replicas", self._data(v)
