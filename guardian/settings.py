@@ -59,6 +59,18 @@ class Settings(BaseSettings):
     watch_label: str = Field("guardian.watch", min_length=1,
                              description="the service label (or label=value) that marks a Swarm service as watched")
     watch_seconds: float = Field(2.0, gt=0, description="how often the Swarm watcher looks for updates")
+    # Kubernetes (actuators/kubernetes.py, engine/kube_watch.py): kube_host (e.g. `kubectl proxy`), else kubeconfig and
+    # kube_context (else $KUBECONFIG / ~/.kube/config), else the in-cluster service account
+    watch_kubernetes: bool = False  # start an `observe` rollout for each rollout of an annotated Deployment
+    kube_host: str | None = None
+    kubeconfig: str | None = None
+    kube_context: str | None = None
+    kube_namespace: str | None = Field(None, description="watch this namespace only (a Role suffices); "
+                                       "unset: every namespace (needs the ClusterRole)")
+    kube_annotation: str = Field("guardian.io/policy", min_length=1,
+                                 description="the Deployment annotation naming its policy (rule file service)")
+    # Flagger / Argo Rollouts gates (/v1/gates/...): their own bearer token; unset: the operator token (if any)
+    gate_token: SecretStr | None = None
     log_level: str = "INFO"
     # Grafana annotations (notifiers/grafana.py): a region per rollout and a point per decision
     grafana_url: str | None = None  # e.g. http://grafana:3000; unset: no annotations

@@ -5,7 +5,8 @@ Why a table and not plugins or import-by-name: the set of things that may move p
 should be readable in one place, and a target that names nothing known must fail loudly, listing
 what is known, instead of importing code named by a user-supplied string.
 
-Targets: `noop`, `noop:`, `noop://anything`; `webhook+http://host:port/path`, `webhook+https://...`.
+Targets: `noop`, `noop:`, `noop://anything`; `webhook+http://host:port/path`, `webhook+https://...`;
+`docker:...`, `nginx:...`, `swarm:NAME`, `kubernetes:NAMESPACE/NAME` (see each module).
 The name is the text before the first `+` or `:` (or the whole target), compared in lower case.
 """
 from __future__ import annotations
@@ -154,3 +155,18 @@ def _swarm_validate(rest: str) -> str | None:
 
 
 register("swarm", _swarm, validate=_swarm_validate)
+
+
+def _kubernetes(rest: str, **deps: Any) -> Actuator:
+    from guardian.actuators.kubernetes import from_target  # the kubernetes client is imported only when used
+
+    return from_target(rest, **deps)  # takes kube_connection, kube_client; ignores the rest
+
+
+def _kubernetes_validate(rest: str) -> str | None:
+    from guardian.actuators.kubernetes import validate_target as kube_validate
+
+    return kube_validate(rest)
+
+
+register("kubernetes", _kubernetes, validate=_kubernetes_validate)

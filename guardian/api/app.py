@@ -1,6 +1,6 @@
 """The FastAPI app factory. `build` wires the components (and fails fast on invalid rules);
 `create_app` adds routes, error handlers and a lifespan that runs the scheduler (and, with `watch_swarm`,
-the Swarm watcher: engine/swarm_watch.py) and closes clients."""
+the Swarm watcher: engine/swarm_watch.py; with `watch_kubernetes`, engine/kube_watch.py) and closes clients."""
 from __future__ import annotations
 
 import asyncio
@@ -64,7 +64,11 @@ def build(settings: Settings, *, source: MetricSource | None = None, clock: Cloc
     clock = clock or SystemClock()
     store, leases = open_store(settings)  # SQLite, or PostgreSQL shared by replicas (database_url)
     metrics = GuardianMetrics()
-    actuators = actuators or ActuatorPool()
+    if actuators is None:
+        from guardian.actuators.kubernetes import KubeConnection  # a dataclass: the client is imported when used
+
+        actuators = ActuatorPool(kube_connection=KubeConnection(
+            host=settings.kube_host, kubeconfig=settings.kubeconfig, context=settings.kube_context))
     config = GuardConfig(
         evaluation_delay=settings.evaluation_delay, max_scale=settings.max_scale,
         recordings_dir=Path(settings.recordings_dir) if settings.recordings_dir else None,
@@ -101,6 +105,16 @@ def create_app(components: Components, *, run_scheduler: bool = True) -> FastAPI
             s = components.settings
             watcher = SwarmWatcher(components.guard, s, clock=components.clock, label=s.watch_label)
             watching = asyncio.create_task(watcher.run(s.watch_seconds))
+        kube_watcher, kube_watching = None, None
+        if run_scheduler and components.settings.watch_kubernetes:
+            from guardian.actuators.kubernetes import KubeConnection
+            from guardian.engine.kube_watch import KubeWatcher  # the kubernetes client is imported only when watching
+
+            s = components.settings
+            kube_watcher = KubeWatcher(components.guard, s, clock=components.clock, namespace=s.kube_namespace,
+                                       annotation=s.kube_annotation, connection=KubeConnection(
+                                           host=s.kube_host, kubeconfig=s.kubeconfig, context=s.kube_context))
+            kube_watching = asyncio.create_task(kube_watcher.run(s.watch_seconds))
         logger.info("guardian {} ready: rules for {}", __version__,
                     ", ".join(components.rulebook.services()) or "no service (built-in default policy)")
         try:
@@ -114,6 +128,10 @@ def create_app(components: Components, *, run_scheduler: bool = True) -> FastAPI
             if watcher and watching:
                 await watching
                 watcher.close()
+            if kube_watcher and kube_watching:
+                kube_watcher.stop()
+                await kube_watching
+                kube_watcher.close()
             close = getattr(components.actuators, "close", None)
             if callable(close):
                 close()
@@ -165,4 +183,7 @@ def create_app(components: Components, *, run_scheduler: bool = True) -> FastAPI
     from guardian.api.routes import router
 
     app.include_router(router)
+    from guardian.api.gates import router as gates  # Flagger webhooks and the Argo Rollouts web metric
+
+    app.include_router(gates)
     return app

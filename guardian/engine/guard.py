@@ -109,15 +109,18 @@ def start_spec(defaults: StartDefaults, *, service: str, image: str, strategy: S
     )
 
 
-def arm_selectors(arms: Arms, state: RolloutState) -> tuple[dict[str, ArmSelector], dict[str, str]]:
+def arm_selectors(arms: Arms, state: RolloutState, extra: dict[str, str | None] | None = None,
+                  ) -> tuple[dict[str, ArmSelector], dict[str, str]]:
     """Each arm's selector for this rollout, its `{version}` / `{previous_version}` filled from the
-    rollout's images; and for each arm that cannot be filled (no previous image known), why not."""
+    rollout's images (and other placeholders from `extra`: what the actuator's `arm_values` knows, e.g. the
+    kubernetes actuator's `{pod_template_hash}`); and for each arm that cannot be filled, why not."""
     if not arms.templated:
         return {arm: ArmSelector(arm, arms.label, getattr(arms, arm)) for arm in ARMS}, {}
     from guardian.actuators.swarm import image_version  # the tag, as the swarm actuator labels tasks with it
 
     versions = {"version": image_version(state.image),
-                "previous_version": image_version(state.previous_image) if state.previous_image else None}
+                "previous_version": image_version(state.previous_image) if state.previous_image else None,
+                **(extra or {})}
     selectors: dict[str, ArmSelector] = {}
     unresolved: dict[str, str] = {}
     for arm in ARMS:
@@ -126,9 +129,12 @@ def arm_selectors(arms: Arms, state: RolloutState) -> tuple[dict[str, ArmSelecto
             selectors[arm] = ArmSelector(arm, arms.label, value)
             continue
         missing = ", ".join(f"{{{p}}}" for p in arms.placeholders(arm) if versions.get(p) is None)
+        why = (f"rollout {state.id} does not know the image it replaces (start it with previous_image; the Swarm "
+               "watcher takes it from the update it detected)") if "previous_version" in missing else (
+               f"rollout {state.id}'s actuator ({state.target}) does not know it (only the kubernetes actuator "
+               "reports pod-template-hashes)")
         unresolved[arm] = (f"the {arm} arm ({arms.label}={getattr(arms, arm)!r}) cannot be selected: {missing} "
-                           f"has no value, because rollout {state.id} does not know the image it replaces (start it "
-                           "with previous_image; the Swarm watcher takes it from the update it detected)")
+                           f"has no value, because {why}")
     return selectors, unresolved
 
 
@@ -200,7 +206,7 @@ class Guard:
             rules=ruleset.source, previous_image=spec.previous_image,
         )
         self.actuator_for(spec.target)  # an unknown actuator fails here, before anything is stored
-        if (unresolved := arm_selectors(ruleset.rules.arms, state)[1]):
+        if (unresolved := arm_selectors(ruleset.rules.arms, state, self._arm_values(state, ruleset))[1]):
             logger.warning("rollout {} of {}: {}", state.id, spec.service, "; ".join(unresolved.values()))
         with self._lock(state.id):  # held from the create: a tick must not see it before its START
             self.store.create(state)
@@ -266,7 +272,7 @@ class Guard:
         ev.append(values, unavailable)
         if unavailable:
             self.metrics.source_errors.inc()
-        _, unresolved = arm_selectors(ruleset.rules.arms, state)
+        _, unresolved = arm_selectors(ruleset.rules.arms, state, self._arm_values(state, ruleset))
         verdicts = [_judge(check, ev, t, unresolved) for check in ruleset.rules.checks]
         verdicts += self._alert_verdicts(state, ruleset)
         for v in verdicts:
@@ -359,6 +365,17 @@ class Guard:
         return {"rollout": rollout_id, "action": decision.action.value, "ok": outcome.ok,
                 "detail": outcome.detail, "reason": decision.reason}
 
+    def _arm_values(self, state: RolloutState, ruleset: RuleSet) -> dict[str, str | None] | None:
+        """Placeholder values the rollout's actuator knows (`arm_values`, optional), when the arms need them."""
+        if not ruleset.rules.arms.templated:
+            return None
+        try:
+            values = getattr(self.actuator_for(state.target), "arm_values", None)
+            return values(state) if values is not None else None
+        except Exception as e:  # noqa: BLE001 - an arm left unresolved is inconclusive, never a pass
+            logger.warning("rollout {}: arm values unavailable: {}", state.id, e)
+            return None
+
     def _evidence_of(self, state: RolloutState, ruleset: RuleSet) -> Evidence:
         counters = frozenset(n for n, q in ruleset.queries.items() if q.type is SignalType.COUNTER)
         ev = self._evidence.get(state.id)
@@ -372,7 +389,7 @@ class Guard:
 
     def _fetch(self, ruleset: RuleSet, state: RolloutState, t: int) -> tuple[dict, str | None]:
         start, end = state.tick_bounds(t)
-        selectors, _ = arm_selectors(ruleset.rules.arms, state)
+        selectors, _ = arm_selectors(ruleset.rules.arms, state, self._arm_values(state, ruleset))
         values: dict[str, dict[str, float | None]] = {}
         unavailable: str | None = None
         for name, q in ruleset.queries.items():

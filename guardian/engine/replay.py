@@ -48,11 +48,18 @@ class ReplayResult:
         return {"file": self.file, "decision": self.decision, "tick": self.tick, "reason": self.reason}
 
 
+class _RecordedArms(NoopActuator):
+    """The recording holds each arm by name: the kubernetes placeholders are stand-ins too."""
+
+    def arm_values(self, state: Any) -> dict[str, str | None]:
+        return {"pod_template_hash": "recorded", "previous_pod_template_hash": "recorded"}
+
+
 def replay_recording(recording: dict[str, Any], name: str, ruleset: RuleSet = DEFAULT_RULESET) -> ReplayResult:
     source = RecordingSource(recording)
     clock = FakeClock(source.start)
     store = SQLiteStore(":memory:")
-    noop = NoopActuator()
+    noop = _RecordedArms()
     guard = Guard(store, source, _FixedRules(ruleset), lambda target: noop, clock,
                   GuardConfig(evaluation_delay=0.0, catch_up_ticks=1), notifier=_Silent(),
                   models=RecordedModels(recording.get("models")))

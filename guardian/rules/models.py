@@ -313,7 +313,9 @@ class AlertRoute(_Strict):
     action: Literal["rollback", "pause", "notify"] = "rollback"
 
 
-ARM_PLACEHOLDERS = ("version", "previous_version")
+ARM_PLACEHOLDERS = ("version", "previous_version", "pod_template_hash", "previous_pod_template_hash")
+# {pod_template_hash} / {previous_pod_template_hash}: the new / previous ReplicaSet of a Deployment, filled by an
+# actuator that knows them (`arm_values`: the kubernetes actuator); unknown -> the arm is unresolved
 _ARM_PLACEHOLDER = re.compile(r"\{([^{}]*)\}")
 
 

@@ -35,19 +35,19 @@ def test_parse_target(uri, expected):
 
 
 def test_builtin_names():
-    assert registry.names() == ["docker", "nginx", "noop", "swarm", "webhook"]
+    assert registry.names() == ["docker", "kubernetes", "nginx", "noop", "swarm", "webhook"]
 
 
-@pytest.mark.parametrize("uri", ["foo://x", "kubernetes", "argo+http://h", "", "   "])
+@pytest.mark.parametrize("uri", ["foo://x", "k8s", "argo+http://h", "", "   "])
 def test_unknown_names_are_rejected_with_the_known_list(uri):
     with pytest.raises(UnknownActuator) as err:
         registry.create(uri)
-    assert "known: docker, nginx, noop, swarm, webhook" in str(err.value)
+    assert "known: docker, kubernetes, nginx, noop, swarm, webhook" in str(err.value)
     assert registry.validate_target(uri) == str(err.value)
 
 
 def test_unknown_message_names_actuator_and_target():
-    expected = "unknown actuator 'foo' in target 'foo://x'; known: docker, nginx, noop, swarm, webhook"
+    expected = "unknown actuator 'foo' in target 'foo://x'; known: docker, kubernetes, nginx, noop, swarm, webhook"
     assert registry.validate_target("foo://x") == expected
 
 
@@ -106,7 +106,7 @@ def test_register_adds_a_name(monkeypatch):
         return NoopActuator()
 
     registry.register("custom", factory, validate=lambda rest: None if rest else "needs a rest")
-    assert registry.names() == ["custom", "docker", "nginx", "noop", "swarm", "webhook"]
+    assert registry.names() == ["custom", "docker", "kubernetes", "nginx", "noop", "swarm", "webhook"]
     assert registry.validate_target("custom") == "invalid custom target 'custom': needs a rest"
     registry.create("custom+x", a=1)
     assert seen == {"rest": "x", "deps": {"a": 1}}

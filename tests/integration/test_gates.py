@@ -1,0 +1,157 @@
+"""The Flagger webhook and Argo Rollouts web-metric gates through the real API app (guardian/api/gates.py),
+with the request bodies the Flagger and Argo Rollouts documentation gives, judged by the real guard on
+recorded evidence (a good canary, a canary answering 30% errors, a canary with no data)."""
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Iterator
+from pathlib import Path
+
+from fastapi.testclient import TestClient
+
+from guardian.api.app import Components, build, create_app
+from guardian.api.gates import verdict_of
+from guardian.clock import FakeClock
+from guardian.domain import Phase
+from guardian.settings import Settings
+from guardian.sources.recording import RecordingSource
+from tests.unit.recordings import steady_recording
+from tests.unit.test_api_contract import clean_env  # noqa: F401  (autouse: no GUARDIAN_* from outside)
+
+REPO = Path(__file__).resolve().parents[2]
+TOKEN = "16688eb5e9f289f1991c"  # the token in Flagger's documented payload's metadata
+
+# Flagger's documented webhook payload (docs.flagger.app, usage/webhooks), with `service` added to its metadata
+# so that it is judged by rules/checkout.yaml
+FLAGGER = {"name": "podinfo", "namespace": "test", "phase": "Progressing", "checksum": "85d557f47b",
+           "metadata": {"test": "all", "token": TOKEN, "service": "checkout"}}
+
+
+class App:
+    def __init__(self, client: TestClient, c: Components, clock: FakeClock):
+        self.client, self.c, self.clock = client, c, clock
+
+    def flagger(self, hook: str, **changes) -> tuple[int, dict]:
+        r = self.client.post(f"/v1/gates/flagger/{hook}", json={**FLAGGER, **changes})
+        return r.status_code, r.json()
+
+    def tick(self, n: int = 1) -> None:
+        for _ in range(n):
+            self.clock.advance(10)
+            for s in self.c.store.list(active_only=True):
+                self.c.guard.tick(s.id)
+
+
+@contextlib.contextmanager
+def app(tmp_path: Path, recording: dict, **settings) -> Iterator[App]:
+    clock = FakeClock()
+    s = Settings(db_path=str(tmp_path / "guardian.db"), rules=[str(REPO / "rules")], recordings_dir="",
+                 analysis_seconds=600, **settings)
+    components = build(s, source=RecordingSource(recording), clock=clock)
+    with TestClient(create_app(components, run_scheduler=False)) as client:
+        yield App(client, components, clock)
+
+
+def no_canary_data(ticks: int) -> dict:
+    rec = steady_recording(ticks)
+    for series in rec["series"].values():
+        series["canary"] = [None] * ticks
+    return rec
+
+
+def test_flagger_good_canary_passes_every_gate_and_post_rollout_promotes(tmp_path):
+    with app(tmp_path, steady_recording(60), gate_token=TOKEN) as a:
+        status, body = a.flagger("confirm-rollout", phase="Initializing")
+        assert status == 200 and body["verdict"] == "inconclusive"  # starts judging; nothing to judge yet
+        rid = body["rollout"]
+        state = a.c.store.get(rid)
+        assert (state.target, state.image, state.strategy.value) == ("noop://gate", "checkout:85d557f47b", "observe")
+        status, body = a.flagger("rollout")
+        assert status == 412 and body["verdict"] == "inconclusive"  # no tick yet: halted, never passed
+        a.tick(8)
+        status, body = a.flagger("rollout")
+        assert status == 200 and body["verdict"] == "pass" and body["rollout"] == rid, body
+        assert {"value", "threshold", "samples", "statistic", "reason", "checks"} <= set(body)
+        assert a.flagger("confirm-promotion")[0] == 200
+        assert a.flagger("rollback")[0] == 412  # a 2xx would make Flagger roll back
+        status, body = a.flagger("post-rollout", phase="Succeeded")
+        assert status == 200 and body["ended"] == "promoted"
+        assert a.c.store.get(rid).phase is Phase.PROMOTED
+        assert a.flagger("event", metadata={"eventMessage": "x", "eventType": "Normal", "timestamp": "1578607635167",
+                                            "token": TOKEN})[0] == 200
+
+
+def test_flagger_bad_canary_fails_the_rollout_hook_and_asks_for_the_rollback(tmp_path):
+    with app(tmp_path, steady_recording(80, canary_errors=30), gate_token=TOKEN) as a:
+        assert a.flagger("pre-rollout")[0] == 200
+        for _ in range(40):
+            a.tick()
+            status, body = a.flagger("rollout")
+            assert body["verdict"] != "pass"
+            if body["verdict"] == "fail":
+                break
+        assert status == 412 and body["verdict"] == "fail", body
+        assert body["phase"] == "rolled_back" and body["reason"]
+        status, body = a.flagger("rollback")
+        assert status == 200 and body["verdict"] == "fail"
+        assert a.flagger("confirm-promotion")[0] == 412
+
+
+def test_missing_canary_data_is_inconclusive_never_a_pass(tmp_path):
+    with app(tmp_path, no_canary_data(40), gate_token=TOKEN) as a:
+        a.flagger("confirm-rollout")
+        a.tick(12)
+        status, body = a.flagger("confirm-promotion")
+        assert status == 412 and body["verdict"] == "inconclusive"
+        assert a.flagger("rollback")[0] == 412  # nor a failure: no rollback asked
+        r = a.client.get("/v1/gates/argo/checkout", params={"revision": "85d557f47b"},
+                         headers={"Authorization": f"Bearer {TOKEN}"})
+        assert r.status_code == 200 and r.json()["verdict"] == "inconclusive"
+
+
+def test_argo_web_metric_get_and_post_and_a_new_revision_supersedes_the_old(tmp_path):
+    auth = {"Authorization": f"Bearer {TOKEN}"}
+    with app(tmp_path, steady_recording(60), gate_token=TOKEN) as a:
+        # the AnalysisTemplate's web provider: GET url?revision={{args.canary-hash}}&previous={{args.stable-hash}}
+        r = a.client.get("/v1/gates/argo/checkout", params={"revision": "6c9bd8675b", "previous": "5f7d9c4b8"},
+                         headers=auth)
+        assert r.status_code == 200 and r.json()["verdict"] == "inconclusive"
+        rid = r.json()["rollout"]
+        assert a.c.store.get(rid).previous_image == "checkout:5f7d9c4b8"
+        a.tick(8)
+        # method: POST with jsonBody, as Argo's web provider sends it
+        r = a.client.post("/v1/gates/argo/checkout", json={"revision": "6c9bd8675b", "previous": "5f7d9c4b8"},
+                          headers=auth)
+        body = r.json()
+        assert r.status_code == 200 and body["verdict"] == "pass" and body["rollout"] == rid
+        r = a.client.get("/v1/gates/argo/checkout", params={"revision": "7d8e9f0a1b"}, headers=auth)
+        assert r.json()["rollout"] != rid and r.json()["verdict"] == "inconclusive"
+        old = a.c.store.get(rid)
+        assert old.phase is Phase.ROLLED_BACK and "superseded" in old.reason
+
+
+def test_gates_need_the_gate_token(tmp_path):
+    with app(tmp_path, steady_recording(10), gate_token=TOKEN, token="operator-secret") as a:
+        assert a.client.get("/v1/gates/argo/checkout").status_code == 401
+        assert a.client.get("/v1/gates/argo/checkout", headers={"Authorization": "Bearer wrong"}).status_code == 401
+        assert a.client.post("/v1/gates/flagger/rollout",
+                             json={**FLAGGER, "metadata": {"service": "checkout"}}).status_code == 401
+        assert a.flagger("no-such-hook")[0] == 404
+        assert a.client.get("/v1/gates/argo/bad%20name", headers={"Authorization": f"Bearer {TOKEN}"}
+                            ).status_code == 422
+
+
+def test_verdict_mapping_is_fail_pass_or_inconclusive():
+    from guardian.domain import RolloutState, Strategy
+
+    state = RolloutState(id="r", service="s", image="s:1", strategy=Strategy.OBSERVE, steps=(100,), target="noop://gate",
+                         step_seconds=10, analysis_seconds=60, created_at=0)
+    v = {"check": "errors", "value": 0.01, "threshold": 0.05, "sample_size": 100, "statistic": "e_value", "reason": "r"}
+    assert verdict_of(state, None)["verdict"] == "inconclusive"
+    assert verdict_of(state, {"verdicts": [{**v, "result": "pass"}]})["verdict"] == "pass"
+    assert verdict_of(state, {"verdicts": [{**v, "result": "pass"}, {**v, "result": "error"}]})["verdict"] == \
+        "inconclusive"
+    failed = verdict_of(state, {"verdicts": [{**v, "result": "inconclusive"}, {**v, "result": "fail"}]})
+    assert failed["verdict"] == "fail" and failed["samples"] == 100 and failed["statistic"] == "e_value"
+    assert verdict_of(state.evolve(phase=Phase.ROLLED_BACK), None)["verdict"] == "fail"
+    assert verdict_of(state.evolve(phase=Phase.PROMOTED), None)["verdict"] == "pass"
