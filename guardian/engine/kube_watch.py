@@ -218,7 +218,7 @@ class KubeWatcher:
                                    "listing again")
         return handled
 
-    async def run(self, every: float, watch_seconds: int = 60) -> None:
+    async def run(self, every: float, watch_seconds: int = 10) -> None:
         logger.info("Kubernetes watcher started: Deployments annotated {} in {}", self.annotation,
                     self.namespace or "every namespace")
         while not self._stop.is_set():
