@@ -170,7 +170,7 @@ def test_unknown_actuator_message_lists_the_known_ones(api):
     [entry] = assert_error(r, 422, "invalid_request")
     assert entry["field"] == "target"
     assert "'foo'" in entry["message"]
-    assert "known: docker, nginx, noop, swarm, webhook" in entry["message"]
+    assert "known: docker, kubernetes, nginx, noop, swarm, webhook" in entry["message"]
 
 
 def test_webhook_target_without_host_says_so(api):
