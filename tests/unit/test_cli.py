@@ -402,5 +402,5 @@ def test_serve_refuses_an_unknown_actuator_in_its_config(tmp_path):
     run = _serve(tmp_path, "--config", str(config))
     assert run.returncode == 2
     assert f"{config}:2: default_target: unknown actuator 'kubernetez'" in run.stderr
-    assert "known: docker, nginx, noop, swarm, webhook" in run.stderr
+    assert "known: docker, kubernetes, nginx, noop, swarm, webhook" in run.stderr
     assert not (tmp_path / "state.db").exists()
