@@ -19,7 +19,10 @@ Flagger (its documentation: a POST of `{"name", "namespace", "phase", "checksum"
 2xx lets the canary go on, any other status halts it and, for `rollout` hooks, counts a failed check;
 a `rollback` hook that answers 2xx makes Flagger roll back):
 - confirm-rollout, pre-rollout: start judging (the rollout above); 200.
-- rollout, confirm-traffic-increase, confirm-promotion: 200 on `pass`; 412 otherwise (fail or inconclusive).
+- rollout (counts failed checks toward Flagger's `threshold`): 412 on `fail` only; 200 on `pass` and on
+  `inconclusive`, so missing data never counts as a failure (nor as a pass: see the next line).
+- confirm-traffic-increase, confirm-promotion (hold the canary without counting a failure): 200 on `pass`;
+  412 otherwise (fail or inconclusive), so the weight never grows and nothing is promoted on missing data.
 - rollback: 200 on `fail` (roll back now); 412 otherwise.
 - post-rollout: ends the gate rollout (promoted on phase Succeeded, rolled back otherwise); 200.
 - event: 200, nothing else.
@@ -170,7 +173,12 @@ def flagger(hook: str, body: FlaggerPayload, c: Deps,
     answer = judge(c, service, revision) | {"hook": hook}
     if hook in ("confirm-rollout", "pre-rollout"):
         return JSONResponse(answer)
-    ok = answer["verdict"] == ("fail" if hook == "rollback" else "pass")
+    if hook == "rollback":
+        ok = answer["verdict"] == "fail"
+    elif hook == "rollout":
+        ok = answer["verdict"] != "fail"
+    else:
+        ok = answer["verdict"] == "pass"
     return JSONResponse(answer, status_code=200 if ok else 412)
 
 

@@ -67,7 +67,8 @@ def test_flagger_good_canary_passes_every_gate_and_post_rollout_promotes(tmp_pat
         state = a.c.store.get(rid)
         assert (state.target, state.image, state.strategy.value) == ("noop://gate", "checkout:85d557f47b", "observe")
         status, body = a.flagger("rollout")
-        assert status == 412 and body["verdict"] == "inconclusive"  # no tick yet: halted, never passed
+        assert status == 200 and body["verdict"] == "inconclusive"  # no tick yet: not a failed check...
+        assert a.flagger("confirm-traffic-increase")[0] == 412  # ...but no more traffic: never passed
         a.tick(8)
         status, body = a.flagger("rollout")
         assert status == 200 and body["verdict"] == "pass" and body["rollout"] == rid, body
@@ -103,7 +104,9 @@ def test_missing_canary_data_is_inconclusive_never_a_pass(tmp_path):
         a.tick(12)
         status, body = a.flagger("confirm-promotion")
         assert status == 412 and body["verdict"] == "inconclusive"
-        assert a.flagger("rollback")[0] == 412  # nor a failure: no rollback asked
+        assert a.flagger("confirm-traffic-increase")[0] == 412  # held: no pass on missing data
+        assert a.flagger("rollout")[0] == 200  # nor a failure: Flagger counts no failed check
+        assert a.flagger("rollback")[0] == 412  # and no rollback asked
         r = a.client.get("/v1/gates/argo/checkout", params={"revision": "85d557f47b"},
                          headers={"Authorization": f"Bearer {TOKEN}"})
         assert r.status_code == 200 and r.json()["verdict"] == "inconclusive"
