@@ -329,22 +329,39 @@ class Guard:
         """Store Alertmanager's alerts (a repeat changes nothing) and act at once on the rollouts that a
         newly firing alert asks to roll back or pause; the next ticks keep judging with them (a resolved
         alert stops counting, and a rollout it paused resumes when everything passes again)."""
+        return self.receive_alert_posts([alerts])[0]
+
+    def receive_alert_posts(self, posts: list[list[StoredAlert]]) -> list[dict[str, Any]]:
+        """`receive_alerts` for several webhook posts at once, as if they came one after the other (the
+        API's intake hands over the posts that arrived while the previous batch was being stored): one
+        store transaction for all their alerts, one pass over the rollouts in flight, and each post's own
+        answer: its alerts received and changed, and what was done to the rollouts its newly firing
+        alerts are about."""
         self.firing_alerts()  # loaded before the store changes, then kept in step with it
         with self._alerts_lock:
-            changed = self.store.save_alerts(alerts)
+            changed = self.store.save_alerts([a for post in posts for a in post])
             for a in changed:
                 if a.firing:
                     self._firing[a.fingerprint] = a
                 else:
                     self._firing.pop(a.fingerprint, None)
-        acted: list[dict[str, Any]] = []
+        acted: list[tuple[RolloutState, RuleSet, dict[str, Any]]] = []
         fresh = [a for a in changed if a.firing]
         if fresh:
             for state in self.store.list(active_only=True):
-                verdicts = self._alert_verdicts(state, self.rulebook.for_service(state.service), fresh)
+                ruleset = self.rulebook.for_service(state.service)
+                verdicts = self._alert_verdicts(state, ruleset, fresh)
                 if verdicts and (result := self._react(state.id, verdicts)) is not None:
-                    acted.append(result)
-        return {"received": len(alerts), "changed": len(changed), "acted": acted}
+                    acted.append((state, ruleset, result))
+        changed_ids = {id(a) for a in changed}  # the store hands back the very objects it was given
+        answers = []
+        for post in posts:
+            mine = [a for a in post if id(a) in changed_ids]
+            mine_fresh = [a for a in mine if a.firing]
+            answers.append({"received": len(post), "changed": len(mine), "acted": [
+                result for state, ruleset, result in acted
+                if len(posts) == 1 or (mine_fresh and self._alert_verdicts(state, ruleset, mine_fresh))]})
+        return answers
 
     def _react(self, rollout_id: str, verdicts: list[Verdict]) -> dict[str, Any] | None:
         with self._lock(rollout_id):
