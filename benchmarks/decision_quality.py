@@ -31,31 +31,41 @@ def load_bench(bench: Path):
     return module
 
 
-def main() -> int:
-    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--bench", type=Path, default=REPO.parent / "shared" / "bench")
-    p.add_argument("--rules", type=Path, help="a rule file (default: the built-in default policy)")
-    a = p.parse_args()
-    bench = load_bench(a.bench)
-    recordings = a.bench / "recordings"
+DEFAULT_BENCH = REPO.parent / "shared" / "bench"
+
+
+def evaluate(bench_dir: Path = DEFAULT_BENCH, rules: Path | None = None) -> dict:
+    """Replay every bench recording through the real engine and score the decisions beside the peers':
+    {"guardian": scores, "peers": {name: scores}, "recordings", "replay_seconds", "recordings_per_second"}."""
+    bench = load_bench(bench_dir)
+    recordings = bench_dir / "recordings"
     files = sorted(recordings.glob("*.json"))
-    ruleset = next(iter(load_paths([a.rules]).values())) if a.rules else DEFAULT_RULESET
+    ruleset = next(iter(load_paths([rules]).values())) if rules else DEFAULT_RULESET
     began = time.perf_counter()
     results = list(replay_many(files, ruleset))
     elapsed = time.perf_counter() - began
     with tempfile.NamedTemporaryFile("w", suffix=".jsonl", delete=False) as fh:
         for r in results:
             fh.write(json.dumps(r.to_json()) + "\n")
-    ours = bench.score_file(str(recordings), fh.name)
-    table = {"guardian": ours, **bench.peers(str(recordings))}
+    return {"rules": str(rules or "built-in default"), "guardian": bench.score_file(str(recordings), fh.name),
+            "peers": bench.peers(str(recordings)), "recordings": len(files), "replay_seconds": round(elapsed, 2),
+            "recordings_per_second": round(len(files) / elapsed, 2)}
+
+
+def main() -> int:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--bench", type=Path, default=DEFAULT_BENCH)
+    p.add_argument("--rules", type=Path, help="a rule file (default: the built-in default policy)")
+    a = p.parse_args()
+    r = evaluate(a.bench, a.rules)
+    table = {"guardian": r["guardian"], **r["peers"]}
     width = max(map(len, table))
     print(f"{'policy':<{width}}  " + "  ".join(f"{c:>26}" for c in COLUMNS))
     for name, row in table.items():
         print(f"{name:<{width}}  " + "  ".join(f"{str(row.get(c)):>26}" for c in COLUMNS))
-    print(f"replay: {len(files)} recordings in {elapsed:.1f} s = {len(files) / elapsed:.1f} recordings/s")
-    print(json.dumps({"benchmark": "decision_quality", "rules": str(a.rules or "built-in default"),
-                      "guardian": ours, "peers": {k: v for k, v in table.items() if k != "guardian"},
-                      "replay_seconds": round(elapsed, 2), "recordings_per_second": round(len(files) / elapsed, 2)}))
+    print(f"replay: {r['recordings']} recordings in {r['replay_seconds']:.1f} s = "
+          f"{r['recordings_per_second']:.1f} recordings/s")
+    print(json.dumps({"benchmark": "decision_quality", **r}))
     return 0
 
 

@@ -18,6 +18,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from guardian import __version__
 from guardian.actuators import Actuator
 from guardian.actuators.pool import ActuatorPool
+from guardian.api.intake import AlertsFastLane
 from guardian.api.limits import BodyLimit
 from guardian.clock import Clock, SystemClock
 from guardian.domain import Action
@@ -144,6 +145,7 @@ def create_app(components: Components, *, run_scheduler: bool = True) -> FastAPI
                   description="Guards rollouts: watches Prometheus, judges, advances or rolls back.")
     app.state.components = components
     app.add_middleware(BodyLimit, max_bytes=components.settings.max_body_bytes)  # 413 before any handler
+    app.add_middleware(AlertsFastLane, max_bytes=components.settings.max_body_bytes)  # webhook posts: intake.py
 
     @app.exception_handler(RequestValidationError)
     async def _invalid(request: Request, exc: RequestValidationError) -> JSONResponse:

@@ -106,3 +106,23 @@ def test_a_failing_batch_fails_each_of_its_posts_and_the_intake_goes_on():
         return await intake.submit([stored("d")])
 
     assert asyncio.run(scenario()) == {"received": 1, "changed": 1, "acted": []}
+
+
+def test_the_fast_lane_answers_as_the_full_stack_does(api: Harness):
+    """A declared body takes the fast lane (intake.AlertsFastLane), a chunked one the router: same answers."""
+    def both(body: bytes, token: str | None = TOKEN) -> list[tuple[int, dict]]:
+        auth = {"Authorization": f"Bearer {token}"} if token else {}
+        headers = {"Content-Type": "application/json", **auth}
+        declared = api.client.post("/v1/alerts", content=body, headers=headers)
+        chunked = api.client.post("/v1/alerts", content=iter([body[:7], body[7:]]), headers=headers)
+        return [(r.status_code, r.json()) for r in (declared, chunked)]
+
+    import json
+
+    good = json.dumps(payload(alert(service="payments"))).encode()
+    (s1, a1), (s2, a2) = both(good)
+    assert (s1, s2) == (200, 200) and a1["received"] == 1 and a1["changed"] == 1 and a2["changed"] == 0
+    for body, token, status in ((good, "wrong", 401), (good, None, 401), (b'{"version": "3"}', TOKEN, 422),
+                                (b"not json", TOKEN, 422)):
+        declared, chunked = both(body, token)
+        assert declared == chunked and declared[0] == status, (declared, chunked)
