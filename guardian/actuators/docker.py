@@ -89,6 +89,14 @@ class TargetsFile:
     def __init__(self, directory: str | Path, track_label: str = "track"):
         self.dir, self.track_label = Path(directory), track_label
 
+    def read(self, service: str) -> list[tuple[str, str]] | None:
+        """The (address, track) pairs last written for `service`, sorted; None when there is no file."""
+        try:
+            doc = json.loads((self.dir / f"{service}.json").read_text())
+            return sorted((d["targets"][0], d["labels"][self.track_label]) for d in doc)
+        except (OSError, ValueError, KeyError, IndexError, TypeError):
+            return None
+
     def write(self, service: str, members: list[tuple[str, str]]) -> None:
         self.dir.mkdir(parents=True, exist_ok=True)
         doc = [{"targets": [addr], "labels": {"service": service, self.track_label: track}}
@@ -166,6 +174,20 @@ class DockerActuator:
         if problems:
             return Outcome(False, a.value, "; ".join(problems))
         return Outcome(True, a.value, f"{len(v.canary)} new and {len(v.stable)} old replicas running")
+
+    def reconcile(self, request: ActionRequest) -> str:
+        """Between actions: when the running replicas' addresses no longer match what nginx and
+        Prometheus were last told (the Docker daemon restarted them on new ports, a restart policy
+        brought one back), publish them again with the rollout's weight (rolling: equal weights).
+        Nothing when they match; returns what it did ('' for nothing). Raises the engine's errors."""
+        with self._lock:
+            v = self._view(request)
+            members = sorted((r.address, CANARY if r in v.canary else BASELINE) for r in v.canary + v.stable
+                             if r.address)
+            if not members or self.targets is None or members == self.targets.read(request.service):
+                return ""
+            self._publish(request, v, None if request.strategy == "rolling" else request.weight)
+            return f"replica addresses changed under the guardian: published again ({len(members)} replicas)"
 
     def arm_logs(self, request: ActionRequest, *, since: float, max_bytes: int = 2_000_000) -> dict[str, list[bytes]]:
         """Recent log lines of the canary replicas and of the stable ones (LogSource for log evidence),

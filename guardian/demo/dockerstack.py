@@ -66,7 +66,8 @@ class DockerStack:
         for i in range(self.replicas):
             self.client.containers.run(f"{IMAGE}:{self.version}", name=f"{self.service}-{self.version}-{i}",
                                        detach=True, labels={SERVICE_LABEL: self.service},
-                                       ports={"8000/tcp": ("127.0.0.1", None)})
+                                       ports={"8000/tcp": ("127.0.0.1", None)},
+                                       restart_policy={"Name": "unless-stopped"})  # as a compose `restart:`
         containers = self.containers()
         replicas = containers.replicas(self.service)
         for r in replicas:

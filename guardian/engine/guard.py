@@ -268,6 +268,7 @@ class Guard:
             values, unavailable = self._fetch(ruleset, state, i)
             ev.append(values, unavailable)
             self.store.record_tick(state.evolve(last_tick=i), i, self.clock.now(), values, unavailable, [], None)
+        self._reconcile(state)
         values, unavailable = self._fetch(ruleset, state, t)
         ev.append(values, unavailable)
         if unavailable:
@@ -403,6 +404,27 @@ class Guard:
             self._evidence[state.id] = ev
         ev.counters = counters
         return ev
+
+    def _reconcile(self, state: RolloutState) -> None:
+        """Before judging a tick, let the actuator put its routing back in line with what runs (the
+        Docker daemon restarted the replicas on new ports, say): only actuators that have `reconcile`;
+        a failure is logged and the tick goes on (its data then tells what is missing)."""
+        if state.strategy is Strategy.OBSERVE:
+            return
+        try:
+            fix = getattr(self.actuator_for(state.target), "reconcile", None)
+            if fix is None:
+                return
+            done = fix(ActionRequest(rollout_id=state.id, service=state.service, image=state.image,
+                                     action=Action.CONTINUE, weight=state.weight, key=f"{state.id}:reconcile",
+                                     strategy=state.strategy.value))
+        except Exception as e:  # noqa: BLE001 - the daemon may be down: the next tick tries again
+            logger.warning("rollout {}: could not check the replicas against the routing: {}", state.id, e)
+            return
+        if done:
+            logger.warning("rollout {}: {}", state.id, done)
+            self.store.log_decision(state.id, Decision(Action.NOTIFY, done, at=self.clock.now()), None,
+                                    self.clock.now())
 
     def _fetch(self, ruleset: RuleSet, state: RolloutState, t: int) -> tuple[dict, str | None]:
         start, end = state.tick_bounds(t)

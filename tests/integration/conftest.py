@@ -65,3 +65,15 @@ def prometheus(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Callable[..
     for server in servers:
         server.stop()
 
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """Tests marked `serial` stop a server the others share (the Docker daemon): a parallel (xdist)
+    worker skips them; scripts/test.sh runs them alone afterwards (`-n 0 -m serial`)."""
+    import os
+
+    if not os.environ.get("PYTEST_XDIST_WORKER"):
+        return
+    skip = pytest.mark.skip(reason="serial: runs alone after the parallel pass (scripts/test.sh)")
+    for item in items:
+        if item.get_closest_marker("serial"):
+            item.add_marker(skip)
