@@ -236,6 +236,13 @@ class RolloutState:
     updated_at: float = 0.0
     rules: str = "default"  # name of the rule set judging this rollout
     previous_image: str | None = None  # the image the new one replaces, if known (arms' {previous_version})
+    # tick 0's start when the guard aligned it to the tick grid (GuardConfig.align_ticks); None: created_at
+    tick_origin: float | None = None
+
+    @property
+    def origin(self) -> float:
+        """Tick 0's start: `tick_origin`, or `created_at` for rollouts (and recordings) without one."""
+        return self.created_at if self.tick_origin is None else self.tick_origin
 
     @property
     def weight(self) -> int:
@@ -250,12 +257,12 @@ class RolloutState:
         return self.step_index >= len(self.steps) - 1
 
     def tick_bounds(self, t: int) -> tuple[float, float]:
-        """Tick t covers [created_at + t·step, created_at + (t+1)·step)."""
-        return self.created_at + t * self.step_seconds, self.created_at + (t + 1) * self.step_seconds
+        """Tick t covers [origin + t·step, origin + (t+1)·step)."""
+        return self.origin + t * self.step_seconds, self.origin + (t + 1) * self.step_seconds
 
     def due_tick(self, now: float, delay: float = 0.0) -> int:
         """The newest tick whose window has ended (plus `delay` for the source to settle); -1 if none."""
-        return int((now - delay - self.created_at) // self.step_seconds) - 1
+        return int((now - delay - self.origin) // self.step_seconds) - 1
 
     def evolve(self, **changes: Any) -> RolloutState:
         return replace(self, **changes)

@@ -11,6 +11,9 @@ class GuardianMetrics:
         self.ticks = Counter("guardian_ticks_total", "Rollout ticks evaluated", registry=r)
         self.tick_seconds = Histogram("guardian_tick_duration_seconds", "Time to fetch, judge and act in one tick",
                                       registry=r, buckets=(0.01, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10))
+        self.tick_lag = Histogram("guardian_tick_lag_seconds", "How late a tick's evaluation starts: now minus the "
+                                  "moment it became due (its window's end plus evaluation_delay)", registry=r,
+                                  buckets=(0.05, 0.1, 0.25, 0.5, 1, 2, 5, 10, 30, 60, 300))
         self.decisions = Counter("guardian_decisions_total", "Decisions by action", ["action"], registry=r)
         self.verdicts = Counter("guardian_verdicts_total", "Verdicts by check and result",
                                 ["check", "result"], registry=r)

@@ -62,6 +62,10 @@ def build(settings: Settings, *, source: MetricSource | None = None, clock: Cloc
 
         source = PrometheusSource(settings.prometheus_url, timeout=settings.prometheus_timeout,
                                   min_window=settings.min_window)
+        if settings.batch_queries:
+            from guardian.sources.batching import BatchingSource
+
+            source = BatchingSource(source)
     clock = clock or SystemClock()
     store, leases = open_store(settings)  # SQLite, or PostgreSQL shared by replicas (database_url)
     metrics = GuardianMetrics()
@@ -74,7 +78,7 @@ def build(settings: Settings, *, source: MetricSource | None = None, clock: Cloc
         evaluation_delay=settings.evaluation_delay, max_scale=settings.max_scale,
         recordings_dir=Path(settings.recordings_dir) if settings.recordings_dir else None,
         policy=Policy(on_inconclusive=Action(settings.on_inconclusive)),
-        alert_labels=tuple(settings.alert_labels.items()),
+        alert_labels=tuple(settings.alert_labels.items()), align_ticks=settings.align_ticks,
     )
     notifier: Notifier = LogNotifier()
     if settings.grafana_url:
@@ -97,7 +101,8 @@ def _error(status: int, code: str, detail: object) -> JSONResponse:
 def create_app(components: Components, *, run_scheduler: bool = True) -> FastAPI:
     @contextlib.asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
-        scheduler = Scheduler(components.guard, components.rulebook, leases=components.leases)
+        scheduler = Scheduler(components.guard, components.rulebook, leases=components.leases,
+                              max_concurrent_ticks=components.settings.max_concurrent_ticks)
         task = asyncio.create_task(scheduler.run()) if run_scheduler else None
         watcher, watching = None, None
         if run_scheduler and components.settings.watch_swarm:

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import math
 import os
 import threading
 import time
@@ -66,6 +67,10 @@ class GuardConfig:
     alert_labels: tuple[tuple[str, str], ...] = tuple(DEFAULT_LABELS.items())  # rollout attribute -> alert label
     log_window: float = 300.0  # seconds of the arms' logs read for log evidence
     log_seconds: float = 2.0  # the longest an action waits for its log evidence
+    # start each rollout's ticks on the grid of its tick length (the next multiple of step_seconds since the
+    # epoch), so rollouts with the same tick length share tick windows and a batching source answers them
+    # with one query per signal
+    align_ticks: bool = False
 
 
 @dataclass(frozen=True)
@@ -204,6 +209,7 @@ class Guard:
             steps=spec.steps, target=spec.target, step_seconds=spec.step_seconds,
             analysis_seconds=spec.analysis_seconds, created_at=now, step_started_at=now, updated_at=now,
             rules=ruleset.source, previous_image=spec.previous_image,
+            tick_origin=math.ceil(now / spec.step_seconds) * spec.step_seconds if self.config.align_ticks else None,
         )
         self.actuator_for(spec.target)  # an unknown actuator fails here, before anything is stored
         if (unresolved := arm_selectors(ruleset.rules.arms, state, self._arm_values(state, ruleset))[1]):
@@ -236,6 +242,28 @@ class Guard:
         return not state.phase.terminal and state.due_tick(self.clock.now(), self.config.evaluation_delay) > (
             state.last_tick)
 
+    def due_at(self, state: RolloutState, t: int) -> float:
+        """When tick t became due: its window's end plus the evaluation delay."""
+        return state.tick_bounds(t)[1] + self.config.evaluation_delay
+
+    def plan(self, states: Sequence[RolloutState]) -> None:
+        """Tell the source which fetches the due ticks of `states` will make (a batching source then asks
+        for all of them in its first query); a no-op for sources without `plan`."""
+        plan = getattr(self.source, "plan", None)
+        if plan is None:
+            return
+        now, requests = self.clock.now(), []
+        for state in states:
+            t = state.due_tick(now, self.config.evaluation_delay)
+            if state.phase.terminal or t <= state.last_tick:
+                continue
+            ruleset = self.rulebook.for_service(state.service)
+            selectors, _ = arm_selectors(ruleset.rules.arms, state, self._arm_values(state, ruleset))
+            start, end = state.tick_bounds(t)
+            requests += [(SignalQuery(name, q.type, q.promql), state.service, selector, start, end)
+                         for name, q in ruleset.queries.items() for selector in selectors.values()]
+        plan(requests)
+
     def tick(self, rollout_id: str) -> Decision | None:
         """Evaluate the newest due tick of a rollout. Returns its decision, or None if nothing was due."""
         with self._lock(rollout_id):
@@ -246,6 +274,7 @@ class Guard:
             t = state.due_tick(self.clock.now(), self.config.evaluation_delay)
             if t <= state.last_tick:
                 return None
+            self.metrics.tick_lag.observe(max(0.0, self.clock.now() - self.due_at(state, t)))
             began = time.perf_counter()
             decision, state = self._tick(state, t)
             self.metrics.tick_seconds.observe(time.perf_counter() - began)
@@ -399,7 +428,7 @@ class Guard:
         ev = self._evidence.get(state.id)
         if ev is None or ev.ticks != state.last_tick + 1:
             ev = self.store.evidence(state.id, state.step_seconds, counters)
-            ev.started_at = state.created_at
+            ev.started_at = state.origin
             ev.models = thaw(self.store.models(state.id))
             self._evidence[state.id] = ev
         ev.counters = counters

@@ -5,12 +5,19 @@ scheduler does not start a second one while the first is running). Rule files ar
 they change; an invalid change keeps the last good rules. With several replicas on one store, a
 rollout is ticked only by the replica holding its lease (engine/leases.py): acquired or renewed
 before each tick, renewed every lease_seconds / 3, released when the rollout ends.
+
+Ticks run in the scheduler's own pool of `max_concurrent_ticks` threads, so one slow Prometheus answer,
+actuator or webhook holds up one thread, not the others. Due rollouts start oldest-due first; when the
+pool is full the rest wait for the next pass (their lag is measured, guardian_tick_lag_seconds). Before
+starting a pass's ticks the guard tells the source what they will fetch (`Guard.plan`: a batching
+source asks for all of them in one query per signal).
 """
 from __future__ import annotations
 
 import asyncio
 import contextlib
 import time
+from concurrent.futures import ThreadPoolExecutor
 
 from loguru import logger
 
@@ -22,7 +29,7 @@ from guardian.rules.book import RuleBook
 
 class Scheduler:
     def __init__(self, guard: Guard, rulebook: RuleBook, *, poll_seconds: float = 0.2,
-                 rules_check_seconds: float = 2.0, leases: Leases | None = None):
+                 rules_check_seconds: float = 2.0, leases: Leases | None = None, max_concurrent_ticks: int = 32):
         self.guard, self.rulebook = guard, rulebook
         self.leases = leases or LocalLeases()
         self.poll_seconds, self.rules_check_seconds = poll_seconds, rules_check_seconds
@@ -30,6 +37,8 @@ class Scheduler:
         self._stop = asyncio.Event()
         self._last_rules_check = 0.0
         self._active: set[str] = set()
+        self.max_concurrent_ticks = max_concurrent_ticks
+        self._pool = ThreadPoolExecutor(max_concurrent_ticks, thread_name_prefix="tick")
 
     async def run(self) -> None:
         logger.info("scheduler started")
@@ -41,6 +50,7 @@ class Scheduler:
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._stop.wait(), timeout=self.poll_seconds)
         await asyncio.gather(*self._running.values(), return_exceptions=True)
+        self._pool.shutdown(wait=False)
         for rollout_id in self.leases.held():  # a replica stopping hands its rollouts over at once
             with contextlib.suppress(Exception):
                 await asyncio.to_thread(self.leases.release, rollout_id)
@@ -52,16 +62,20 @@ class Scheduler:
             await asyncio.to_thread(self.rulebook.reload, only_if_changed=True)
         states = await asyncio.to_thread(self.guard.store.list, active_only=True)
         await asyncio.to_thread(self._keep_leases, {s.id for s in states})
-        for state in states:
-            if state.id in self._running or not self.guard.due(state):
-                continue
-            if not await asyncio.to_thread(self.leases.acquire, state.id):
-                continue  # another replica holds it
+        due = [s for s in states if s.id not in self._running and self.guard.due(s)]
+        due.sort(key=lambda s: self.guard.due_at(s, s.last_tick + 1))  # the longest waiting first
+        mine = []
+        for state in due[:max(0, self.max_concurrent_ticks - len(self._running))]:  # the rest: next pass
+            if await asyncio.to_thread(self.leases.acquire, state.id):  # else another replica holds it
+                mine.append(state)
+        if mine:
+            await asyncio.to_thread(self.guard.plan, due)  # all due ones: the first batch query covers them
+        for state in mine:
             self._running[state.id] = asyncio.create_task(self._tick(state.id))
 
     async def _tick(self, rollout_id: str) -> None:
         try:
-            await asyncio.to_thread(self.guard.tick, rollout_id)
+            await asyncio.get_running_loop().run_in_executor(self._pool, self.guard.tick, rollout_id)
         except LeaseLost as e:
             logger.warning("tick of rollout {} stopped: {}", rollout_id, e)
         except Exception as e:  # noqa: BLE001 - one rollout's failure must not stop the others

@@ -313,7 +313,7 @@ class SQLiteStore:
             "format": RECORDING_FORMAT,
             "service": state.service,
             "step_seconds": state.step_seconds,
-            "start": datetime.fromtimestamp(state.created_at, UTC).isoformat().replace("+00:00", "Z"),
+            "start": datetime.fromtimestamp(state.origin, UTC).isoformat().replace("+00:00", "Z"),
             "series": series,
             "labels": {"rollout_id": state.id, "image": state.image, "phase": state.phase.value,
                        "unavailable_ticks": [i for i, u in enumerate(ev.unavailable) if u]},

@@ -119,6 +119,30 @@ def differing_labels(result: list[dict[str, Any]]) -> str:
     return ", ".join(k for k in keys if len({m.get(k) for m in metrics}) > 1) or "?"
 
 
+def counter_value(result: list[dict[str, Any]], where: str, promql: str, start: float, end: float) -> float:
+    """A counter signal from a range answer's series: their increase within [start, end]."""
+    pairs = [window_pair(s.get("values", []), start, end) for s in result]
+    try:
+        return counter_increase(pairs)
+    except NoData:
+        raise NoData(f"no data for {where} at the end of the window: {promql}") from None
+
+
+def gauge_value(result: list[dict[str, Any]], where: str, promql: str) -> float:
+    """A gauge signal from an instant answer: its one series' value (NoData if none, several or NaN)."""
+    if not result:
+        raise NoData(f"no series for {where}: {promql}")
+    if len(result) > 1:
+        raise NoData(
+            f"gauge {where} returned {len(result)} series (differing in {differing_labels(result)}); "
+            f"the query must aggregate to one series, e.g. with sum() or max(): {promql}"
+        )
+    value = float(result[0]["value"][1])
+    if not math.isfinite(value):
+        raise NoData(f"{where} is {value} (e.g. no requests in the window): {promql}")
+    return value
+
+
 class PrometheusSource:
     """A `MetricSource` backed by the Prometheus HTTP API (through `prometheus-api-client`)."""
 
@@ -175,33 +199,26 @@ class PrometheusSource:
         return self._gauge(promql, where, end)
 
     def _counter(self, promql: str, where: str, start: float, end: float) -> float:
+        return counter_value(self.range_result(promql, start, end), where, promql, start, end)
+
+    def _gauge(self, promql: str, where: str, end: float) -> float:
+        return gauge_value(self.instant_result(promql, end), where, promql)
+
+    def range_result(self, promql: str, start: float, end: float) -> list[dict[str, Any]]:
+        """The series of `promql` at exactly `start` and `end` (one range query, step = the window)."""
         # The client rounds start/end to whole seconds: these params override them. The step is given
         # in integer ms (a float step is truncated by Prometheus) so the second point lands on `end`.
         s_ms, e_ms = _ms(start), _ms(end)
         params = {"start": _ts(s_ms), "end": _ts(e_ms)}
         step = f"{max(e_ms - s_ms, 1)}ms"
-        result = self._call(promql, self._client.custom_query_range, promql, _dt(start), _dt(end), step, params)
-        pairs = [window_pair(s.get("values", []), start, end) for s in result]
-        try:
-            return counter_increase(pairs)
-        except NoData:
-            raise NoData(f"no data for {where} at the end of the window: {promql}") from None
+        return self._call(promql, self._client.custom_query_range, promql, _dt(start), _dt(end), step, params)
 
-    def _gauge(self, promql: str, where: str, end: float) -> float:
-        result = self._call(promql, self._client.custom_query, promql, {"time": _ts(_ms(end))})
+    def instant_result(self, promql: str, at: float) -> list[dict[str, Any]]:
+        """The series of `promql` at `at` (a scalar answer as one series without labels)."""
+        result = self._call(promql, self._client.custom_query, promql, {"time": _ts(_ms(at))})
         if result and not isinstance(result[0], dict):  # a scalar answer: [ts, "value"]
             result = [{"metric": {}, "value": result}]
-        if not result:
-            raise NoData(f"no series for {where}: {promql}")
-        if len(result) > 1:
-            raise NoData(
-                f"gauge {where} returned {len(result)} series (differing in {differing_labels(result)}); "
-                f"the query must aggregate to one series, e.g. with sum() or max(): {promql}"
-            )
-        value = float(result[0]["value"][1])
-        if not math.isfinite(value):
-            raise NoData(f"{where} is {value} (e.g. no requests in the window): {promql}")
-        return value
+        return result
 
     def _call(self, promql: str, method: Callable[..., Any], *args: Any) -> Any:
         """Run one client call, turning every way of not getting an answer into SourceUnavailable."""
