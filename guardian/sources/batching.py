@@ -30,7 +30,7 @@ from typing import Any
 from loguru import logger
 
 from guardian.domain import SignalType
-from guardian.errors import NoData, SourceUnavailable
+from guardian.errors import SourceUnavailable
 from guardian.rules.promql import _PLACEHOLDER, escape_label_value, format_duration
 from guardian.sources import ArmSelector, SignalQuery
 from guardian.sources.prometheus import PrometheusSource, counter_value, gauge_value
