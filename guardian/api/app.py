@@ -20,6 +20,7 @@ from guardian.actuators import Actuator
 from guardian.actuators.pool import ActuatorPool
 from guardian.api.intake import AlertsFastLane
 from guardian.api.limits import BodyLimit
+from guardian.api.tokenfirst import OperatorTokenFirst
 from guardian.clock import Clock, SystemClock
 from guardian.domain import Action
 from guardian.engine.guard import Guard, GuardConfig
@@ -150,6 +151,8 @@ def create_app(components: Components, *, run_scheduler: bool = True) -> FastAPI
                   description="Guards rollouts: watches Prometheus, judges, advances or rolls back.")
     app.state.components = components
     app.add_middleware(BodyLimit, max_bytes=components.settings.max_body_bytes)  # 413 before any handler
+    token = components.settings.token
+    app.add_middleware(OperatorTokenFirst, token=token.get_secret_value() if token else None)  # 401 before the body
     app.add_middleware(AlertsFastLane, max_bytes=components.settings.max_body_bytes)  # webhook posts: intake.py
 
     @app.exception_handler(RequestValidationError)

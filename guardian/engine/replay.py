@@ -66,7 +66,7 @@ def replay_recording(recording: dict[str, Any], name: str, ruleset: RuleSet = DE
     horizon = source.ticks * source.step
     # the recording holds each arm by name, so arms whose label values follow the release ({version},
     # {previous_version}) are read all the same: both images are stand-ins
-    state = guard.start(StartSpec(service=recording.get("service", name), image="recorded", strategy=Strategy.OBSERVE,
+    state = guard.start(StartSpec(service=recording.get("service") or name, image="recorded", strategy=Strategy.OBSERVE,
                                   steps=(100,), step_seconds=source.step, analysis_seconds=horizon + source.step,
                                   id="replay", previous_image="recorded"))
     paused_at: int | None = None

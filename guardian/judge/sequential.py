@@ -104,16 +104,19 @@ def rate_log_lr(k_c, n_c, k_b, n_b, *, tolerance: float = 1.0, burst_cap: float 
 
 def _rate_log_lr_row(kc: float, nc: float, kb: float, nb: float, tolerance: float, burst_cap: float) -> np.ndarray:
     """`rate_log_lr` for a single tick (the same formula, in scalars)."""
-    if math.isnan(kc + nc + kb + nb) or nc <= 0 or nb <= 0 or kc + kb <= 0:
+    if not math.isfinite(kc + nc + kb + nb) or nc <= 0 or nb <= 0 or kc + kb <= 0:
         return np.full((1, len(RATE_ALTERNATIVES)), np.nan)
     rho = nc / (nc + nb)
     th0 = tolerance * rho / (tolerance * rho + 1 - rho)
     cap = math.log(burst_cap)
     row = []
-    for mult in RATE_ALTERNATIVES:
-        lam = tolerance * float(mult)
-        th1 = lam * rho / (lam * rho + 1 - rho)
-        row.append(min(kc * math.log(th1 / th0) + kb * math.log((1 - th1) / (1 - th0)), cap))
+    try:
+        for mult in RATE_ALTERNATIVES:
+            lam = tolerance * float(mult)
+            th1 = lam * rho / (lam * rho + 1 - rho)
+            row.append(min(kc * math.log(th1 / th0) + kb * math.log((1 - th1) / (1 - th0)), cap))
+    except (ZeroDivisionError, ValueError):  # counts so far apart (or so extreme) that a share rounds to 0 or 1
+        return np.full((1, len(RATE_ALTERNATIVES)), np.nan)
     return np.array([row])
 
 
@@ -155,7 +158,7 @@ def collapse_p_value(n_c, n_b, t: int, *, warmup: int, min_before: float = 5.0) 
     from guardian.judge.threshold import wilson_bounds
 
     share, _ = wilson_bounds(seen_c, seen_c + seen_b, 0.95)
-    if share <= 0:
+    if not 0 < share < 1:  # also nonsense counts (negative, or too large to add up) that put it outside (0, 1)
         return 1.0, run, baseline, share
     return float(math.exp(baseline * math.log1p(-share))), run, baseline, float(share)
 

@@ -13,6 +13,7 @@ from typing import Any
 from pydantic import ValidationError
 from ruamel.yaml import YAML
 from ruamel.yaml.error import MarkedYAMLError
+from ruamel.yaml.reader import ReaderError
 
 from guardian.errors import Problem, RuleError
 from guardian.rules.defaults import DEFAULT_RULES, STANDARD_QUERIES
@@ -44,18 +45,28 @@ def _line_of(node: Any, loc: Sequence[int | str]) -> int:
     for part in loc:
         lc = getattr(node, "lc", None)
         if isinstance(node, dict) and part in node:
-            if lc is not None:
-                line = lc.key(part)[0] + 1
+            line = _lc_line(lc, "key", part) or line
             node = node[part]
         elif isinstance(node, list) and isinstance(part, int) and 0 <= part < len(node):
-            if lc is not None:
-                line = lc.item(part)[0] + 1
+            line = _lc_line(lc, "item", part) or line
             node = node[part]
         elif isinstance(node, dict) and node.get("kind") == part:
             continue  # the tag pydantic adds for a discriminated union
         else:
             break
     return line
+
+
+def _lc_line(lc: Any, kind: str, part: int | str) -> int | None:
+    """The 1-based line ruamel remembers for a key or item; None when it has none (a key brought in by a
+    `<<:` merge, for instance: it stands where its anchor is)."""
+    if lc is None:
+        return None
+    try:
+        pos = lc.key(part) if kind == "key" else lc.item(part)
+        return pos[0] + 1 if pos else None
+    except (KeyError, IndexError, TypeError):
+        return None
 
 
 def _field_path(loc: Sequence[int | str], node: Any) -> str:
@@ -127,11 +138,22 @@ def _semantic_problems(data: dict[str, Any]) -> list[tuple[tuple[int | str, ...]
 def parse_text(text: str, filename: str) -> RuleFile:
     """Parse one rule file's text. Raises RuleError listing every problem found."""
     try:
+        return _parse_text(text, filename)
+    except RecursionError:  # thousands of nested [ or {: the YAML reader recurses once per level
+        raise RuleError([Problem(filename, 1, "(yaml)", "malformed YAML: nested too deeply")]) from None
+
+
+def _parse_text(text: str, filename: str) -> RuleFile:
+    try:
         data = YAML(typ="rt").load(text)
     except MarkedYAMLError as e:
         mark = e.problem_mark or e.context_mark
         line = mark.line + 1 if mark else 1
         raise RuleError([Problem(filename, line, "(yaml)", f"malformed YAML: {e.problem or e.context}")]) from None
+    except ReaderError as e:  # a character YAML does not allow (control characters, ...): not a MarkedYAMLError
+        line = text.count("\n", 0, max(0, e.position)) + 1
+        char = f"U+{e.character:04X}" if isinstance(e.character, int) else repr(e.character)
+        raise RuleError([Problem(filename, line, "(yaml)", f"malformed YAML: {e.reason} ({char})")]) from None
     if not isinstance(data, dict):
         raise RuleError([Problem(filename, 1, "(file)", "a rule file is a mapping with 'service' and 'checks'")])
     plain = _plain(data)

@@ -12,6 +12,14 @@ from guardian.errors import NoData, RecordingError
 from guardian.sources import ArmSelector, SignalQuery
 
 FORMAT = "guardian-recording/v1"
+MIN_STEP_SECONDS, MAX_STEP_SECONDS = 0.001, 86400.0  # finer ticks vanish in a float timestamp; longer overflow
+
+
+def _finite(v: int | float) -> bool:
+    try:
+        return math.isfinite(v)
+    except OverflowError:  # an integer beyond any float (10**400)
+        return False
 
 
 def parse_start(value: str) -> float:
@@ -25,8 +33,13 @@ def validate_recording(doc: Any, name: str) -> dict[str, Any]:
     if doc.get("format") != FORMAT:
         raise RecordingError(f"{name}: format: expected {FORMAT!r}, got {doc.get('format')!r}")
     step = doc.get("step_seconds")
-    if not isinstance(step, int | float) or isinstance(step, bool) or step <= 0:
-        raise RecordingError(f"{name}: step_seconds: expected a positive number, got {step!r}")
+    if not isinstance(step, int | float) or isinstance(step, bool) or not _finite(step) \
+            or not MIN_STEP_SECONDS <= step <= MAX_STEP_SECONDS:
+        raise RecordingError(f"{name}: step_seconds: expected a number of seconds in [{MIN_STEP_SECONDS:g}, "
+                             f"{MAX_STEP_SECONDS:g}], got {step!r}"[:300])
+    service = doc.get("service")
+    if service is not None and not isinstance(service, str):
+        raise RecordingError(f"{name}: service: expected a string, got {service!r}"[:300])
     try:
         parse_start(doc.get("start", ""))
     except (TypeError, ValueError, AttributeError):
@@ -43,8 +56,8 @@ def validate_recording(doc: Any, name: str) -> dict[str, Any]:
             if not isinstance(values, list):
                 raise RecordingError(f"{where}: expected an array")
             for i, v in enumerate(values):
-                if v is not None and (isinstance(v, bool) or not isinstance(v, int | float) or not math.isfinite(v)):
-                    raise RecordingError(f"{where}[{i}]: expected a number or null, got {v!r}")
+                if v is not None and (isinstance(v, bool) or not isinstance(v, int | float) or not _finite(v)):
+                    raise RecordingError(f"{where}[{i}]: expected a number or null, got {v!r}"[:300])
             if length is None:
                 length = len(values)
             elif len(values) != length:
@@ -58,6 +71,10 @@ def load_recording(path: str | Path) -> dict[str, Any]:
         doc = json.loads(p.read_text(encoding="utf-8"))
     except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
         raise RecordingError(f"{p.name}: cannot read JSON: {e}") from None
+    except ValueError as e:  # an integer literal of more than 4300 digits
+        raise RecordingError(f"{p.name}: cannot read JSON: {e}") from None
+    except RecursionError:  # thousands of nested [ or {
+        raise RecordingError(f"{p.name}: cannot read JSON: nested too deeply") from None
     return validate_recording(doc, p.name)
 
 
@@ -68,7 +85,7 @@ class RecordingSource:
         self.rec = recording
         self.start = parse_start(recording["start"])
         self.step = float(recording["step_seconds"])
-        self.ticks = max(len(v) for arms in recording["series"].values() for v in arms.values())
+        self.ticks = max((len(v) for arms in recording["series"].values() for v in arms.values()), default=0)
 
     def fetch(self, query: SignalQuery, service: str, arm: ArmSelector, start: float, end: float) -> float:
         t = int(round((start - self.start) / self.step))
