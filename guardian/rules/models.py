@@ -20,6 +20,7 @@ checks. Example (the seed's policy)::
 """
 from __future__ import annotations
 
+import math
 import re
 from collections.abc import Mapping
 from typing import Annotated, Literal
@@ -34,15 +35,27 @@ _DURATION = re.compile(rf"^\s*(?:{_NUM}h)?\s*(?:{_NUM}m(?!s))?\s*(?:{_NUM}s)?\s*
 _NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
 
 
+def _finite(value: int | float) -> float:
+    """As a float; ValueError (which pydantic reports with the field) for NaN, infinities and integers
+    beyond any float (float() raises OverflowError for those, which pydantic would not catch)."""
+    try:
+        number = float(value)
+    except OverflowError:
+        raise ValueError(f"a number of {len(str(abs(int(value))))} digits is too large") from None
+    if not math.isfinite(number):
+        raise ValueError(f"expected a finite number, got {value!r}")
+    return number
+
+
 def parse_duration(value: object) -> float:
     """'2m' -> 120.0, '1h30m' -> 5400.0, '500ms' -> 0.5, 30 -> 30.0 (plain numbers are seconds)."""
     if isinstance(value, bool):
         raise ValueError("a duration is a number of seconds or a string like 30s, 2m, 1h30m")
     if isinstance(value, int | float):
-        seconds = float(value)
+        seconds = _finite(value)
     elif isinstance(value, str) and value.strip() and (m := _DURATION.match(value)) and any(m.groups()):
         h, mi, s, ms = (float(g) if g else 0.0 for g in m.groups())
-        seconds = h * 3600 + mi * 60 + s + ms / 1000
+        seconds = _finite(h * 3600 + mi * 60 + s + ms / 1000)
     else:
         raise ValueError(f"bad duration {value!r}: use a number of seconds or e.g. 30s, 2m, 1h30m, 500ms")
     if seconds < 0:
@@ -55,15 +68,15 @@ def parse_number(value: object) -> float:
     if isinstance(value, bool):
         raise ValueError("expected a number such as 0.05, 5% or 1s")
     if isinstance(value, int | float):
-        return float(value)
+        return _finite(value)
     if isinstance(value, str):
         text = value.strip()
         try:
             if text.endswith("%"):
-                return float(text[:-1]) / 100
+                return _finite(float(text[:-1]) / 100)
             if text and text[-1] in "smh" and text[0].isdigit():
                 return parse_duration(text)
-            return float(text)
+            return _finite(float(text))
         except ValueError:
             pass
     raise ValueError(f"expected a number such as 0.05, 5% or 1s, got {value!r}")

@@ -54,6 +54,9 @@ def test_recording_reader_gives_a_replay_or_the_documented_error():
     "[" * 600,                                                                      # RecursionError
     "service: s\n<<: {checks: [{name: x, kind: threshold, signal: nope, above: 1, action: rollback}]}\n",
     "service: s\nchecks:\n  - <<: {name: x, kind: threshold, signal: nope, above: 1, action: rollback}\n",
+    *(f"service: s\nchecks:\n  - {{name: x, kind: threshold, signal: p99_seconds, above: {above}, for: {for_},"
+      " action: rollback}\n" for above, for_ in [("1s", "1" + "0" * 400), ("1" + "0" * 400, "2m"),  # OverflowError
+                                                 (".nan", "2m"), ("1s", ".inf")]),             # accepted before
 ])
 def test_rule_parser_crashes_found_by_fuzzing(text):
     assert fuzzing.check_rule_text(text) is None
@@ -75,3 +78,16 @@ def test_rule_parser_crashes_found_by_fuzzing(text):
 ])
 def test_recording_reader_crashes_found_by_fuzzing(raw, tmp_path):
     assert fuzzing.check_recording_bytes(raw, tmp_path) is None
+
+
+@pytest.mark.parametrize(("above", "for_", "field"), [(".nan", "2m", "above"), ("1s", ".inf", "for"),
+                                                      ("1" + "0" * 400, "2m", "above")])
+def test_limits_and_durations_must_be_finite(above, for_, field):
+    from guardian.errors import RuleError
+    from guardian.rules.loader import parse_text
+
+    with pytest.raises(RuleError) as e:
+        parse_text(f"service: s\nchecks:\n  - {{name: x, kind: threshold, signal: p99_seconds, above: {above},"
+                   f" for: {for_}, action: rollback}}\n", "f.yaml")
+    [problem] = e.value.problems
+    assert (problem.line, problem.field) == (3, f"checks[0].{field}")
