@@ -189,8 +189,10 @@ class ArgoQuery(BaseModel):
     previous: str | None = None
 
 
-@router.api_route("/argo/{service}", methods=["GET", "POST"],
-                  summary="An Argo Rollouts web metric: the guardian's verdict as JSON")
+@router.get("/argo/{service}", operation_id="argo_gate_get",
+            summary="An Argo Rollouts web metric: the guardian's verdict as JSON")
+@router.post("/argo/{service}", operation_id="argo_gate_post",
+             summary="An Argo Rollouts web metric (jsonBody form): the guardian's verdict as JSON")
 def argo(service: str, c: Deps, authorization: Annotated[str | None, Header()] = None,
          revision: str | None = Query(None, description="the canary's revision, e.g. its pod-template-hash"),
          previous: str | None = Query(None, description="the stable revision it replaces"),

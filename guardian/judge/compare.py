@@ -69,7 +69,8 @@ def _csums(ev: Evidence, columns: tuple[tuple[str, str], ...], t: int) -> np.nda
     have = len(cs) - 1
     if have < t + 1:
         fresh = np.column_stack([ev.array(signal, arm)[have : t + 1] for signal, arm in columns])
-        cs.extend(cs.view[-1] + np.cumsum(np.where(np.isnan(fresh), 0.0, fresh), axis=0))
+        with np.errstate(over="ignore", invalid="ignore"):  # absurd counts become inf, judged below
+            cs.extend(cs.view[-1] + np.cumsum(np.where(np.isnan(fresh), 0.0, fresh), axis=0))
     return cs.view
 
 
@@ -108,7 +109,9 @@ def _rate(check: CompareCheck, ev: Evidence, t: int, base: dict) -> Verdict:
     result = staggered_from_cumulative(cum, t, check.alpha, warmup=warmup, every=every)
     since = min(result.start if result.start is not None else warmup, t + 1)
     cs = _csums(ev, ((num, "canary"), (den, "canary"), (num, "baseline"), (den, "baseline")), t)
-    ec, rc, eb, rb = (float(x) for x in cs[t + 1] - cs[since])
+    with np.errstate(invalid="ignore"):
+        ec, rc, eb, rb = (float(x) for x in cs[t + 1] - cs[since])
+        total_canary = float(cs[t + 1, 1] - cs[min(warmup, t + 1), 1])
     rate_c = ec / rc if rc > 0 else None
     rate_b = max(eb, 0.5) / rb if rb > 0 else None  # half an event at least: finite when the baseline had none
     ratio = (rate_c / rate_b) if rate_c is not None and rate_b else None
@@ -120,9 +123,10 @@ def _rate(check: CompareCheck, ev: Evidence, t: int, base: dict) -> Verdict:
     if result.rejected:
         return Verdict(result=Result.FAIL, reason=f"{num} rate worse than {lam0:g}x baseline: {facts}; {stat}",
                        **common)
-    total_canary = float(cs[t + 1, 1] - cs[min(warmup, t + 1), 1])
     if t < warmup:
         return Verdict(result=Result.INCONCLUSIVE, warming_up=True, reason=f"warming up ({facts})", **common)
+    if not math.isfinite(total_canary):  # counts beyond any float: no usable evidence, never a pass
+        return Verdict(result=Result.INCONCLUSIVE, reason=f"canary {den} count is not finite ({facts})", **common)
     if total_canary < check.min_samples:
         return Verdict(result=Result.INCONCLUSIVE, reason=(
             f"too little canary traffic: {total_canary:g} {den} (need {check.min_samples:g}); {facts}"), **common)
