@@ -80,6 +80,8 @@ def read_tick(check: ThresholdCheck, ev: Evidence, t: int) -> Reading:
         nums, dens = ev.column(num_name, check.arm)[lo : t + 1], ev.column(den_name, check.arm)[lo : t + 1]
         pairs = [(a, b) for a, b in zip(nums, dens, strict=True) if a is not None and b is not None]
         k, n = sum(a for a, _ in pairs), sum(b for _, b in pairs)
+        if not (math.isfinite(k) and math.isfinite(n)):  # counts beyond any float: no usable evidence
+            return Reading(TickState.NODATA, None, n, "ratio", f"counts not finite: {k:g}/{n:g} in {span}")
         if not pairs or n <= 0 or n < check.min_samples:
             return Reading(TickState.NODATA, None, n, "ratio",
                            f"too few samples: {n:g} {den_name} in {span} (need {check.min_samples:g})")
@@ -107,6 +109,8 @@ def read_tick(check: ThresholdCheck, ev: Evidence, t: int) -> Reading:
         value, stat = float(sum(present)), f"sum over {span}"
     else:
         value, stat = float(present[-1]), "last"
+    if not math.isfinite(value):  # a sum beyond any float (the source never gives a non-finite value)
+        return Reading(TickState.NODATA, None, samples, stat, f"{signal} is not finite in {span}: {value:g}")
     beyond = value > check.limit if above else value < check.limit
     return Reading(TickState.BREACH if beyond else TickState.CLEAR, value, samples, stat)
 
