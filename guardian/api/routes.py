@@ -19,6 +19,7 @@ from guardian.actuators import registry
 from guardian.alerts import StoredAlert, WebhookPayload, freezes, matches, route
 from guardian.api.app import Components
 from guardian.api.intake import intake_for
+from guardian.api.tokenfirst import REFUSED
 from guardian.domain import Action, Phase, Strategy
 from guardian.engine.guard import start_spec
 
@@ -39,7 +40,7 @@ def require_token(c: Deps, authorization: Annotated[str | None, Header()] = None
         return
     expected = f"Bearer {token.get_secret_value()}".encode()
     if not authorization or not hmac.compare_digest(authorization.encode(), expected):
-        raise HTTPException(401, "a valid 'Authorization: Bearer <token>' header is required")
+        raise HTTPException(401, REFUSED)  # the same words as OperatorTokenFirst's, which answers first
 
 
 Mutating = [Depends(require_token)]
