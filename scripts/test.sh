@@ -14,11 +14,12 @@ set +e
 # Three workers, a test file per worker at a time (--dist loadfile): most tests wait on real servers
 # (a third worker pays on 2 cores: 271 s against 374 s with two), and the tests of one file share
 # their fixtures. GUARDIAN_TEST_WORKERS=0 runs in one process.
-.venv/bin/python -m pytest -p no:cacheprovider -n "${GUARDIAN_TEST_WORKERS:-3}" --dist loadfile "$@"
+workers="${GUARDIAN_TEST_WORKERS:-3}"
+.venv/bin/python -m pytest -p no:cacheprovider -n "$workers" --dist loadfile "$@"
 rc=$?
 # Then, alone, the tests marked `serial` (they restart the Docker daemon the others share); the
 # parallel workers skipped them. With GUARDIAN_TEST_WORKERS=0 the first pass already ran them.
-if [ "${GUARDIAN_TEST_WORKERS:-3}" != 0 ] && { [ "$rc" -eq 0 ] || [ "$rc" -eq 5 ]; }; then
+if [ "$workers" != 0 ] && { [ "$rc" -eq 0 ] || [ "$rc" -eq 5 ]; }; then
     .venv/bin/python -m pytest -p no:cacheprovider -n 0 -m serial "$@"
     rc2=$?
     if [ "$rc2" -ne 5 ] && { [ "$rc" -eq 5 ] || [ "$rc2" -ne 0 ]; }; then rc=$rc2; fi  # 5: none collected
