@@ -165,8 +165,8 @@ def run(rollouts: int = 500, signals: int = 6, tick_seconds: float = 10.0, durat
         result = {
             "rollouts": rollouts, "signals": signals, "tick_seconds": tick_seconds, "duration": duration,
             "batched": batched, "start_seconds": round(started - began, 1),
-            "tick_lag_p50_s": round(_quantile(lags, 0.50) or 0.0, 3) if lags else None,
-            "tick_lag_p99_s": round(_quantile(lags, 0.99) or 0.0, 3) if lags else None,
+            "tick_lag_p50_s": round(_quantile(lags, 0.50), 3) if lags else None,
+            "tick_lag_p99_s": round(_quantile(lags, 0.99), 3) if lags else None,
             "tick_lag_max_s": round(max(lags), 3) if lags else None,
             "tick_start_lag_p99_s": start_lag_p99,
             "ticks_due": due, "ticks_not_evaluated": missing,
