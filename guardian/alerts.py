@@ -19,6 +19,11 @@ What an alert asks for comes from the rule file's `alerts:` section (first route
 match), else the defaults: `severity: critical` -> rollback, `severity: warning` -> pause, anything
 else -> notify (recorded, changes nothing). A firing alert becomes a FAIL verdict carrying that
 action; a resolved one no longer counts.
+
+Size. A well-formed payload is accepted whatever its number of alerts, labels or annotations and however
+long its group key or generator URLs: Alertmanager retries 5xx but never a 4xx, so a group refused for its
+size would be lost, and `max_alerts: 0` (no limit, deploy/alertmanager.yml) sends a group whole. The only
+bound is the webhook's body limit (`alerts_max_bytes`, 32 MiB by default: about 60,000 alerts of 500 bytes).
 """
 from __future__ import annotations
 
@@ -33,7 +38,6 @@ from pydantic import BaseModel, ConfigDict, Field
 from guardian.domain import Action, Result, RolloutState, Verdict
 from guardian.rules.models import AlertRoute
 
-MAX_ALERTS = 1000  # per post; Alertmanager's max_alerts truncates groups beyond what a receiver wants
 DEFAULT_ROUTES = (AlertRoute(match={"severity": "critical"}, action="rollback"),
                   AlertRoute(match={"severity": "warning"}, action="pause"))
 DEFAULT_LABELS = {"service": "service", "version": "version", "image": "image", "namespace": "namespace"}
@@ -45,11 +49,11 @@ class _Model(BaseModel):
 
 class Alert(_Model):
     status: Literal["firing", "resolved"]
-    labels: dict[str, str] = Field(max_length=200)
-    annotations: dict[str, str] = Field(default_factory=dict, max_length=200)
+    labels: dict[str, str]
+    annotations: dict[str, str] = Field(default_factory=dict)
     starts_at: datetime = Field(alias="startsAt")
     ends_at: datetime | None = Field(None, alias="endsAt")
-    generator_url: str = Field("", alias="generatorURL", max_length=4096)
+    generator_url: str = Field("", alias="generatorURL")
     fingerprint: str = Field(min_length=1, max_length=128)
 
     @property
@@ -59,7 +63,7 @@ class Alert(_Model):
 
 class WebhookPayload(_Model):
     version: Literal["4"]
-    group_key: str = Field(alias="groupKey", max_length=4096)
+    group_key: str = Field(alias="groupKey")
     truncated_alerts: int = Field(0, alias="truncatedAlerts", ge=0)
     status: Literal["firing", "resolved"]
     receiver: str = ""
@@ -67,7 +71,7 @@ class WebhookPayload(_Model):
     common_labels: dict[str, str] = Field(default_factory=dict, alias="commonLabels")
     common_annotations: dict[str, str] = Field(default_factory=dict, alias="commonAnnotations")
     external_url: str = Field("", alias="externalURL")
-    alerts: list[Alert] = Field(max_length=MAX_ALERTS)
+    alerts: list[Alert]  # any number: Alertmanager retries no 4xx, so a refused group would be lost
 
 
 @dataclass(frozen=True)

@@ -31,9 +31,11 @@ class Settings(BaseSettings):
     alert_labels: dict[str, str] = Field(
         {"service": "service", "version": "version", "image": "image", "namespace": "namespace"},
         description="which alert label carries each rollout attribute (service, version, image, namespace)")
-    alerts_max_bytes: int = Field(1_048_576, ge=1024, description="the largest webhook body accepted")
-    max_body_bytes: int = Field(1_048_576, ge=1024, description="the largest request body accepted on any endpoint "
-                                "(413 before the handler runs, by Content-Length or as streamed)")
+    alerts_max_bytes: int = Field(
+        33_554_432, ge=1024, description="the largest Alertmanager webhook body accepted (POST /v1/alerts; about 500 "
+        "bytes an alert: 32 MiB holds a group of ~60,000). Alertmanager retries no 4xx: a group refused is lost")
+    max_body_bytes: int = Field(1_048_576, ge=1024, description="the largest request body accepted on any other "
+                                "endpoint (413 before the handler runs, by Content-Length or as streamed)")
     tls_certfile: str | None = Field(None, description="serve HTTPS with this PEM certificate chain; needs tls_keyfile")
     tls_keyfile: str | None = Field(None, description="the PEM private key of tls_certfile")
     prometheus_url: str = "http://127.0.0.1:9090"

@@ -150,10 +150,11 @@ def create_app(components: Components, *, run_scheduler: bool = True) -> FastAPI
     app = FastAPI(title="Release Guardian", version=__version__, lifespan=lifespan,
                   description="Guards rollouts: watches Prometheus, judges, advances or rolls back.")
     app.state.components = components
-    app.add_middleware(BodyLimit, max_bytes=components.settings.max_body_bytes)  # 413 before any handler
+    app.add_middleware(BodyLimit, max_bytes=components.settings.max_body_bytes,  # 413 before any handler
+                       per_path={"/v1/alerts": components.settings.alerts_max_bytes})  # Alertmanager's groups
     token = components.settings.token
     app.add_middleware(OperatorTokenFirst, token=token.get_secret_value() if token else None)  # 401 before the body
-    app.add_middleware(AlertsFastLane, max_bytes=components.settings.max_body_bytes)  # webhook posts: intake.py
+    app.add_middleware(AlertsFastLane, max_bytes=components.settings.alerts_max_bytes)  # webhook posts: intake.py
 
     @app.exception_handler(RequestValidationError)
     async def _invalid(request: Request, exc: RequestValidationError) -> JSONResponse:

@@ -20,7 +20,19 @@ from starlette.concurrency import run_in_threadpool
 
 from guardian.alerts import StoredAlert
 
-MAX_BATCH_POSTS = 256  # posts stored in one transaction at most (each post carries up to MAX_ALERTS)
+MAX_BATCH_POSTS = 256  # posts stored in one transaction at most
+MAX_BATCH_ALERTS = 10_000  # and alerts, unless one post alone carries more (it is stored whole, in one)
+
+
+def next_batch(pending: list[tuple[list[Any], Any]]) -> int:
+    """How many of the pending posts go into the next batch: at least one, at most MAX_BATCH_POSTS, and no
+    more than MAX_BATCH_ALERTS alerts in all once the first is in."""
+    total = 0
+    for n, (alerts, _) in enumerate(pending[:MAX_BATCH_POSTS]):
+        total += len(alerts)
+        if n and total > MAX_BATCH_ALERTS:
+            return n
+    return min(len(pending), MAX_BATCH_POSTS)
 
 
 class AlertIntake:
@@ -42,7 +54,8 @@ class AlertIntake:
         batch: list[tuple[list[StoredAlert], asyncio.Future[dict[str, Any]]]] = []
         try:
             while self._pending:
-                batch, self._pending = self._pending[:MAX_BATCH_POSTS], self._pending[MAX_BATCH_POSTS:]
+                n = next_batch(self._pending)
+                batch, self._pending = self._pending[:n], self._pending[n:]
                 guard = self.components.guard
                 try:
                     if len(batch) == 1:

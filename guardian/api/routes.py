@@ -208,13 +208,13 @@ async def receive_alerts(request: Request) -> Response:
     declared = request.headers.get("content-length")
     if declared is not None and declared.isdigit() and int(declared) > limit:
         raise HTTPException(413, f"the body is {declared} bytes; at most {limit} are accepted")
-    body = b""
+    body = bytearray()
     async for chunk in request.stream():
         body += chunk
         if len(body) > limit:
             raise HTTPException(413, f"the body is larger than {limit} bytes")
     try:
-        payload = WebhookPayload.model_validate_json(body)
+        payload = WebhookPayload.model_validate_json(bytes(body))
     except ValidationError as e:
         raise RequestValidationError(e.errors(include_url=False, include_input=False)) from None
     now = time.time()

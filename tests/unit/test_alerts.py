@@ -129,11 +129,40 @@ def test_malformed_bodies_get_a_4xx_with_the_reason_and_store_nothing(api, body,
     assert api.client.get("/v1/alerts", params={"all": True}).json() == []
 
 
-def test_an_oversized_body_is_refused_before_it_is_read(api):
-    big = payload(*[alert(fingerprint=f"f{i}") for i in range(6000)])
-    r = post(api, big)
-    assert r.status_code == 413 and "bytes" in r.json()["detail"]
-    assert api.client.get("/v1/alerts", params={"all": True}).json() == []
+def test_an_oversized_body_is_refused_before_it_is_read(tmp_path):
+    for api in make_harness(tmp_path, alerts_token=TOKEN, alerts_max_bytes=1_048_576):
+        big = payload(*[alert(fingerprint=f"f{i}") for i in range(6000)])
+        r = post(api, big)
+        assert r.status_code == 413 and "bytes" in r.json()["detail"] and "1048576" in r.json()["detail"]
+        assert api.client.get("/v1/alerts", params={"all": True}).json() == []
+
+
+def test_a_group_of_any_size_under_the_limit_is_stored_whole(api):
+    """Alertmanager retries no 4xx: a group refused for its alert count (1,000 was the cap) would be lost.
+    12,000 alerts (about 5 MB, over the other endpoints' 1 MiB) are stored, beyond one intake batch."""
+    r = api.start()
+    group = [alert("firing", fingerprint=f"f{i:05d}", severity="info", instance=f"10.0.{i // 250}.{i % 250}")
+             for i in range(12_000)]
+    group.append(alert(fingerprint="critical-one"))
+    body = json.dumps(payload(*group))
+    assert len(body) > api.c.settings.max_body_bytes
+    out = post(api, body)
+    assert out.status_code == 200, out.text[:500]
+    assert len(api.client.get("/v1/alerts", params={"all": True}).json()) == 12_001
+    assert state(api, r["id"])["phase"] == "rolled_back"  # and the critical one among them acted
+    other = api.client.post("/v1/rollouts", content=json.dumps({"service": "checkout", "image": "x" * 2_000_000}),
+                            headers={"Content-Type": "application/json"})
+    assert other.status_code == 413  # the other endpoints keep max_body_bytes
+
+
+def test_intake_batches_are_bounded_by_alerts_as_well_as_posts():
+    from guardian.api.intake import MAX_BATCH_ALERTS, MAX_BATCH_POSTS, next_batch
+
+    posts = lambda *sizes: [([None] * n, None) for n in sizes]  # noqa: E731
+    assert next_batch(posts(1, 1, 1)) == 3
+    assert next_batch(posts(*[1] * (MAX_BATCH_POSTS + 5))) == MAX_BATCH_POSTS
+    assert next_batch(posts(MAX_BATCH_ALERTS * 2, 1)) == 1  # one big post alone, whole
+    assert next_batch(posts(MAX_BATCH_ALERTS - 1, 1, 1)) == 2
 
 
 def test_wrong_or_missing_credentials_get_401_and_the_token_is_not_logged(api, caplog):

@@ -134,7 +134,7 @@ def test_every_endpoint_refuses_a_body_over_the_limit_by_content_length(tmp_path
 
 
 def test_a_chunked_body_is_refused_when_it_grows_past_the_limit_before_the_handler_runs(tmp_path):
-    for h in make_harness(tmp_path, max_body_bytes=4096):
+    for h in make_harness(tmp_path, max_body_bytes=4096, alerts_max_bytes=4096):  # the webhook has its own limit
         calls = []
         h.c.guard.receive_alerts = lambda alerts, calls=calls: calls.append(alerts) or {}  # the handler's work
 
