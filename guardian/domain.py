@@ -214,6 +214,11 @@ class Outcome:
         return {**self.__dict__, "data": dict(self.data)}
 
 
+# An analysis this long never completes: the rollout judges every tick until something else ends it (a gate's
+# rollout: its client's last call, a new revision, or its client going quiet; api/gates.py).
+OPEN_ENDED_ANALYSIS = 1e9
+
+
 @dataclass(frozen=True)
 class RolloutState:
     id: str
@@ -251,6 +256,11 @@ class RolloutState:
         if self.phase == Phase.ROLLED_BACK:
             return 0
         return self.steps[self.step_index] if self.steps else 0
+
+    @property
+    def open_ended(self) -> bool:
+        """Judged until ended from outside: passing checks never promote it (OPEN_ENDED_ANALYSIS)."""
+        return self.analysis_seconds >= OPEN_ENDED_ANALYSIS
 
     @property
     def last_step(self) -> bool:

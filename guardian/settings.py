@@ -78,6 +78,9 @@ class Settings(BaseSettings):
                                  description="the Deployment annotation naming its policy (rule file service)")
     # Flagger / Argo Rollouts gates (/v1/gates/...): their own bearer token; unset: the operator token (if any)
     gate_token: SecretStr | None = None
+    gate_idle_seconds: float = Field(
+        900.0, gt=0, description="a gate's rollout judges for as long as its client (Flagger, Argo Rollouts) keeps "
+        "calling; with no call for this long it is closed (promoted if its last verdict passed, else rolled back)")
     log_level: str = "INFO"
     # Grafana annotations (notifiers/grafana.py): a region per rollout and a point per decision
     grafana_url: str | None = None  # e.g. http://grafana:3000; unset: no annotations

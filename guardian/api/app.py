@@ -122,12 +122,22 @@ def create_app(components: Components, *, run_scheduler: bool = True) -> FastAPI
                                        annotation=s.kube_annotation, connection=KubeConnection(
                                            host=s.kube_host, kubeconfig=s.kubeconfig, context=s.kube_context))
             kube_watching = asyncio.create_task(kube_watcher.run(s.watch_seconds))
+        from guardian.api.gates import sweep_idle  # gate rollouts whose client went quiet are closed
+
+        sweeping = asyncio.create_task(sweep_idle(components)) if run_scheduler else None
+        for n in getattr(components.notifier, "notifiers", ()):  # Grafana: does the dashboard UID exist? (background)
+            if callable(check := getattr(n, "start_dashboard_check", None)):
+                check()
         logger.info("guardian {} ready: rules for {}", __version__,
                     ", ".join(components.rulebook.services()) or "no service (built-in default policy)")
         try:
             yield
         finally:
             scheduler.stop()
+            if sweeping:
+                sweeping.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await sweeping
             if watcher:
                 watcher.stop()
             if task:

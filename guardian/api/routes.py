@@ -111,7 +111,8 @@ def rollout_view(c: Components, rollout_id: str) -> dict[str, Any]:
     now = c.clock.now()
     view = state.to_dict()
     view["time_left_in_step"] = (  # the step's analysis restarts on resume, so a paused rollout has none
-        max(0.0, state.analysis_seconds - (now - state.step_started_at)) if state.phase is Phase.PROGRESSING else None
+        max(0.0, state.analysis_seconds - (now - state.step_started_at))
+        if state.phase is Phase.PROGRESSING and not state.open_ended else None  # open-ended: no end to count to
     )
     view["next_tick_at"] = (state.tick_bounds(state.last_tick + 1)[1] + c.settings.evaluation_delay
                             if not state.phase.terminal else None)

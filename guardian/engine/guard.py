@@ -589,9 +589,10 @@ class Guard:
             self._complete(state, op["seq"], request, decision)
 
     # -- manual overrides -------------------------------------------------------------------------------
-    def override(self, rollout_id: str, action: Action, reason: str = "") -> RolloutState:
-        """pause / resume / promote / rollback by a user. Raises RolloutConflict when the rollout's phase
-        does not allow it, ActuatorError when the actuator failed (the state is then unchanged)."""
+    def override(self, rollout_id: str, action: Action, reason: str = "", *, source: str = "user") -> RolloutState:
+        """pause / resume / promote / rollback by a user (or by `source`: a gate's client, "flagger" / "gate").
+        Raises RolloutConflict when the rollout's phase does not allow it, ActuatorError when the actuator
+        failed (the state is then unchanged)."""
         with self._lock(rollout_id):
             self._resume_pending_ops(rollout_id)
             state = self.store.get(rollout_id)
@@ -601,7 +602,7 @@ class Guard:
                 return state
             if action is Action.RESUME and state.phase is not Phase.PAUSED:
                 raise RolloutConflict(f"rollout {rollout_id} is not paused")
-            decision = Decision(action, reason or f"{action.value} by a user", at=self.clock.now(), source="user")
+            decision = Decision(action, reason or f"{action.value} by a user", at=self.clock.now(), source=source)
             new_state, outcome = self._act(state, decision)
             self.metrics.decisions.labels(decision.action.value).inc()
             if not outcome.ok:

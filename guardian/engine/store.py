@@ -58,6 +58,8 @@ CREATE TABLE IF NOT EXISTS alerts (
     fingerprint TEXT PRIMARY KEY, name TEXT NOT NULL, status TEXT NOT NULL, labels TEXT NOT NULL,
     annotations TEXT NOT NULL, starts_at REAL NOT NULL, ends_at REAL, received_at REAL NOT NULL,
     group_key TEXT NOT NULL DEFAULT '', posts INTEGER NOT NULL DEFAULT 1);
+CREATE TABLE IF NOT EXISTS marks (
+    rollout_id TEXT NOT NULL, name TEXT NOT NULL, at REAL NOT NULL, PRIMARY KEY (rollout_id, name));
 """
 
 
@@ -79,6 +81,8 @@ class StateStore(Protocol):
     def models(self, rollout_id: str) -> dict[str, Any]: ...
     def save_alerts(self, alerts: list[StoredAlert]) -> list[StoredAlert]: ...
     def alerts(self, *, firing_only: bool = False) -> list[StoredAlert]: ...
+    def mark(self, rollout_id: str, name: str, at: float, *, once: bool = False) -> bool: ...
+    def marked(self, rollout_id: str, name: str) -> float | None: ...
 
 
 class SQLiteStore:
@@ -230,6 +234,22 @@ class SQLiteStore:
         with self._lock:
             row = self._db.execute("SELECT snapshot FROM models WHERE rollout_id = ?", (rollout_id,)).fetchone()
         return orjson.loads(row["snapshot"]) if row else {}
+
+    # -- marks: when something happened to a rollout, outside its state (not fenced: no lease needed) ------
+    def mark(self, rollout_id: str, name: str, at: float, *, once: bool = False) -> bool:
+        """Note that `name` happened to the rollout at `at` (e.g. a gate's client called). `once`: only if it
+        never did before; returns whether this call wrote it (the one caller that wins, across replicas)."""
+        conflict = "DO NOTHING" if once else "DO UPDATE SET at = excluded.at"
+        with self._tx() as db:
+            cur = db.execute(f"INSERT INTO marks (rollout_id, name, at) VALUES (?, ?, ?) "
+                             f"ON CONFLICT (rollout_id, name) {conflict}", (rollout_id, name, at))
+            return cur.rowcount == 1
+
+    def marked(self, rollout_id: str, name: str) -> float | None:
+        """When `name` last happened to the rollout (None: never)."""
+        with self._tx() as db:
+            row = db.execute("SELECT at FROM marks WHERE rollout_id = ? AND name = ?", (rollout_id, name)).fetchone()
+        return None if row is None else float(row["at"])
 
     def latest_tick(self, rollout_id: str) -> dict[str, Any] | None:
         rows = self.ticks(rollout_id, latest_only=True)

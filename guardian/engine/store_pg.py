@@ -50,6 +50,8 @@ CREATE TABLE IF NOT EXISTS alerts (
     fingerprint TEXT PRIMARY KEY, name TEXT NOT NULL, status TEXT NOT NULL, labels TEXT NOT NULL,
     annotations TEXT NOT NULL, starts_at DOUBLE PRECISION NOT NULL, ends_at DOUBLE PRECISION,
     received_at DOUBLE PRECISION NOT NULL, group_key TEXT NOT NULL DEFAULT '', posts INTEGER NOT NULL DEFAULT 1);
+CREATE TABLE IF NOT EXISTS marks (
+    rollout_id TEXT NOT NULL, name TEXT NOT NULL, at DOUBLE PRECISION NOT NULL, PRIMARY KEY (rollout_id, name));
 """ + LEASES_SCHEMA
 
 _SCHEMA_LOCK = 0x67756172  # advisory lock: two replicas starting at once create the schema one after the other

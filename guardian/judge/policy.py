@@ -5,7 +5,9 @@ Order of precedence:
 2. any ERROR, or INCONCLUSIVE without a breach -> PAUSE (missing data is never a pass);
 3. any INCONCLUSIVE breach whose `for:` is still running, or a check still filling its first
    window (warming up) -> CONTINUE (hold the step);
-4. all PASS -> ADVANCE, or PROMOTE on the last step, once the step has been analysed long enough.
+4. all PASS -> ADVANCE, or PROMOTE on the last step, once the step has been analysed long enough; an
+   open-ended rollout (a gate's: RolloutState.open_ended) never completes its analysis: it CONTINUEs,
+   judged every tick, until its client ends it.
 An optional check whose signal neither arm reports abstains (visibly, in the evidence) and is left
 out; with no check left, nothing is known and the rollout pauses.
 A rollout the guardian (or an Alertmanager alert) paused is RESUMEd when the evidence is conclusive
@@ -72,6 +74,9 @@ def decide(
     if state.phase is Phase.PAUSED and state.paused_by in ("guardian", "alertmanager"):
         return make(Action.RESUME, "all checks pass again: " + _names(vs))
     analysed = now - state.step_started_at
+    if state.open_ended:
+        return make(Action.CONTINUE, f"all checks pass ({analysed:.0f}s judged); judging on until the rollout is "
+                                     "ended from outside: " + _names(vs))
     if analysed < state.analysis_seconds:
         left = state.analysis_seconds - analysed
         return make(Action.CONTINUE, f"all checks pass; step {state.step_index + 1}/{len(state.steps)} "

@@ -13,8 +13,9 @@ import pytest
 from guardian.demo.alertmanager import AlertmanagerServer
 from guardian.demo.stack import GuardianServer, wait_until
 
-pytestmark = pytest.mark.skipif(not (shutil.which("prometheus-alertmanager") or shutil.which("alertmanager")),
-                                reason="Alertmanager is not installed (scripts/test.sh installs prometheus-alertmanager)")
+pytestmark = pytest.mark.skipif(
+    not (shutil.which("prometheus-alertmanager") or shutil.which("alertmanager")),
+    reason="Alertmanager is not installed (scripts/test.sh installs prometheus-alertmanager)")
 TOKEN = "big-group-alert-token"
 RULES = """\
 service: checkout

@@ -99,9 +99,19 @@ def test_flagger_and_argo_examples_use_the_gates_that_exist():
         assert hook["type"] in FLAGGER_HOOKS
         assert hook["url"].endswith(f"/v1/gates/flagger/{hook['type']}")
         assert "token" in hook["metadata"]
-    template, rollout = docs("argo-analysistemplate.yaml")
+    hooks = [h["type"] for h in canary["spec"]["analysis"]["webhooks"]]
+    assert {"pre-rollout", "rollout", "confirm-traffic-increase", "confirm-promotion", "rollback",
+            "post-rollout"} <= set(hooks)  # judged on every pass, held at each step, ended by Flagger
+    secret, template, rollout = docs("argo-analysistemplate.yaml")
     assert template["kind"] == "AnalysisTemplate" and rollout["kind"] == "Rollout"
     [metric] = template["spec"]["metrics"]
+    # the secret the template reads exists, in the template's namespace, with the key it reads
+    [token_arg] = [a for a in template["spec"]["args"] if "valueFrom" in a]
+    ref = token_arg["valueFrom"]["secretKeyRef"]
+    assert (secret["kind"], secret["metadata"]["name"], secret["metadata"]["namespace"]) == (
+        "Secret", ref["name"], template["metadata"]["namespace"]) and ref["key"] in secret["stringData"]
+    # a background analysis without `count` judges until the Rollout completes; the first fail aborts
+    assert "count" not in metric and metric["failureLimit"] == 0
     assert metric["successCondition"] == 'result.verdict == "pass"'
     assert metric["failureCondition"] == 'result.verdict == "fail"'
     assert re.search(r"/v1/gates/argo/\{\{args.service\}\}\?revision=", metric["provider"]["web"]["url"])

@@ -48,7 +48,8 @@ def https_guardian(tmp_path) -> Iterator[tuple[GuardianServer, str, ssl.SSLConte
     cert, key = make_cert(tmp_path)
     server = GuardianServer(tmp_path, prometheus_url=f"http://prom:{PROM_PASSWORD}@127.0.0.1:1",
                             rules=[str(REPO / "rules")], tls_certfile=cert, tls_keyfile=key, token=OPERATOR,
-                            alerts_token=ALERTS, max_body_bytes=65536, alerts_max_bytes=65536, tick_seconds=2, log_level="DEBUG")
+                            alerts_token=ALERTS, max_body_bytes=65536, alerts_max_bytes=65536, tick_seconds=2,
+                            log_level="DEBUG")
     url = f"https://127.0.0.1:{server.port}"
     trust = ssl.create_default_context(cafile=str(cert))
     log = server.log_path.open("ab")

@@ -114,6 +114,16 @@ def test_alerts_keep_the_latest_word_per_fingerprint(store):
     assert {a.fingerprint: a.status for a in store.alerts()} == {"f1": "resolved", "f2": "firing"}
 
 
+def test_marks_remember_when_and_once_wins_only_the_first_time(store):
+    assert store.marked("r1", "gate_call") is None
+    assert store.mark("r1", "gate_call", 10.0) and store.mark("r1", "gate_call", 20.0)
+    assert store.marked("r1", "gate_call") == 20.0
+    assert store.mark("r1", "gate_first_step", 30.0, once=True)
+    assert not store.mark("r1", "gate_first_step", 40.0, once=True)  # a second claimant (replica) loses
+    assert store.marked("r1", "gate_first_step") == 30.0
+    assert store.marked("r2", "gate_call") is None
+
+
 def test_the_database_password_is_never_in_messages(pg_url):
     assert "***" in redact(pg_url) and pg_url.split(":")[2].split("@")[0] not in redact(pg_url)
     store = PostgresStore(pg_url)

@@ -16,3 +16,12 @@ def steady_recording(ticks: int, *, canary_errors: int = 0, canary_p99: float = 
         },
         "labels": {"truth": truth},
     }
+
+
+def late_regression_recording(ticks: int, *, bad_from: int, canary_errors: int = 30) -> dict:
+    """`steady_recording` whose canary answers `canary_errors` of its 100 requests per tick with errors from
+    tick `bad_from` on (a regression that shows only after the canary has passed for a while)."""
+    rec = steady_recording(ticks)
+    rec["series"]["errors"]["canary"] = [0] * bad_from + [canary_errors] * (ticks - bad_from)
+    rec["labels"]["truth"] = "bad"
+    return rec
