@@ -29,3 +29,8 @@ class GuardianMetrics:
                                    ["service", "rollout"], registry=r)
         self.annotations = Counter("guardian_annotations_total", "Grafana annotations by result (sent, failed, "
                                    "dropped)", ["result"], registry=r)
+        self.grafana_dashboard = Gauge(
+            "guardian_grafana_dashboard", "The configured Grafana dashboard UID as the start-up check found it: 1 "
+            "for its state (found; missing: Grafana would file the annotations organisation-wide; unverified: the "
+            "token may not read it; unreachable: Grafana not answering yet, retried; unchecked)", ["uid", "state"],
+            registry=r)

@@ -6,9 +6,14 @@ import threading
 import time
 
 import httpx
+from loguru import logger
 
 from guardian.metrics import GuardianMetrics
+from guardian.notifiers import grafana as notifier
 from guardian.notifiers.grafana import GrafanaNotifier, point_text, region_text, tags_for
+from tests.stubs.grafana_stub import TAG_COLUMN, parse_tags, tags_length
+
+TAGS_LENGTH = 500  # Grafana's [annotations] tags_length: default, and the minimum it enforces
 
 PASS = {"check": "p99-latency", "result": "pass", "value": 0.12, "threshold": 1.0, "sample_size": 300,
         "statistic": "p99 0.12s"}
@@ -98,3 +103,122 @@ def test_a_rollback_point_carries_the_log_evidence():
     lines = point_text(event(logs=logs)).splitlines()
     assert lines[-1] == ("- log: 20x in canary vs 0x in baseline: ERROR checkout: inventory reservation failed: "
                          "upstream timeout after <NUM>ms")
+
+
+# -- tags within Grafana's limits (validateTagsLength: tags_length 500; tag.key/value VARCHAR(100)) ------------
+def test_short_tags_are_kept_as_they_are():
+    assert notifier.fit_tags(["guardian", "checkout", "v2", "advance"]) == ["guardian", "checkout", "v2", "advance"]
+
+
+def test_fitted_tags_are_what_grafana_stores_and_within_its_limits():
+    long = ["guardian", "s" * 253, "v" * 509, "rollout", "rolled_back"]
+    assert tags_length(long) > TAGS_LENGTH
+    tags = notifier.fit_tags(long)
+    assert tags_length(tags) <= TAGS_LENGTH
+    assert all(len(part) <= TAG_COLUMN for t in tags for part in t.split(":", 1))
+    assert parse_tags(tags) == tags  # Grafana stores them unchanged
+    assert tags[0] == "guardian" and tags[-2:] == ["rollout", "rolled_back"]  # the ones dashboards filter on
+    assert tags[1].startswith("s" * 50) and tags[2].startswith("v" * 50)  # cut, not dropped
+
+
+def test_fit_tags_trims_dedupes_keeps_multibyte_text_whole_and_colons_readable():
+    assert notifier.fit_tags([" a ", "a", "", "k:v:w", "é" * 120]) == ["a", "k:v_w", "é" * TAG_COLUMN]
+    many = notifier.fit_tags([f"tag-{i}" for i in range(200)])
+    assert tags_length(many) <= TAGS_LENGTH and many[0] == "tag-0"
+
+
+def test_tags_for_fits_every_annotation():
+    e = event(service="s" * 253, image="r/app:" + "v" * 300)
+    assert tags_length(tags_for(e, "rollback")) <= TAGS_LENGTH
+
+
+# -- the start-up dashboard check ------------------------------------------------------------------------------
+class Grafana:
+    """Answers GET /api/dashboards/uid/:uid from a list of (status, body), the last one repeated."""
+
+    def __init__(self, *answers: tuple[int, dict]):
+        self.answers, self.paths = list(answers), []
+
+    def __call__(self, request: httpx.Request) -> httpx.Response:
+        self.paths.append((request.method, request.url.raw_path.decode()))
+        status, body = self.answers.pop(0) if len(self.answers) > 1 else self.answers[0]
+        if status == 0:
+            raise httpx.ConnectError("connection refused", request=request)
+        return httpx.Response(status, json=body)
+
+
+def checked(grafana: Grafana, metrics: GuardianMetrics | None = None, uid: str = "d1") -> GrafanaNotifier:
+    g = GrafanaNotifier("http://grafana.invalid", "tok", dashboard_uid=uid, metrics=metrics, retry_base=0.01,
+                        retry_cap=0.02, transport=httpx.MockTransport(grafana))
+    g.start_dashboard_check()
+    return g
+
+
+def state(metrics: GuardianMetrics, value: str, uid: str = "d1") -> float | None:
+    return metrics.registry.get_sample_value("guardian_grafana_dashboard", {"uid": uid, "state": value})
+
+
+def test_a_dashboard_that_exists_is_found_once():
+    metrics, grafana = GuardianMetrics(), Grafana((200, {"dashboard": {"uid": "d1", "title": "T"}, "meta": {}}))
+    g = checked(grafana, metrics)
+    assert g.wait_dashboard_check(2) and g.dashboard_state == "found"
+    g.close(1)
+    assert grafana.paths == [("GET", "/api/dashboards/uid/d1")]
+    assert state(metrics, "found") == 1.0 and state(metrics, "missing") == 0.0
+
+
+def test_a_missing_dashboard_is_reported():
+    metrics = GuardianMetrics()
+    g = checked(Grafana((404, {"message": "Dashboard not found"})), metrics)
+    assert g.wait_dashboard_check(2) and g.dashboard_state == "missing"
+    g.close(1)
+    assert state(metrics, "missing") == 1.0
+
+
+def test_a_token_that_may_not_read_dashboards_leaves_the_uid_unverified():
+    body = {"title": "Access denied", "message": "You'll need additional permissions to perform this action. "
+            "Permissions needed: dashboards:read", "accessErrorId": "ACE0123456789"}
+    g = checked(Grafana((403, body)))
+    assert g.wait_dashboard_check(2) and g.dashboard_state == "unverified"
+    g.close(1)
+
+
+def test_an_unreachable_grafana_is_retried_until_it_answers():
+    grafana = Grafana((0, {}), (503, {"message": "down"}), (0, {}), (404, {"message": "Dashboard not found"}))
+    g = checked(grafana)
+    assert g.wait_dashboard_check(3) and g.dashboard_state == "missing"
+    g.close(1)
+    assert len(grafana.paths) == 4  # refused, 503, refused, then the answer
+
+
+def test_the_check_never_blocks_and_close_stops_it():
+    g = checked(Grafana((0, {})))
+    began = time.perf_counter()
+    assert not g.wait_dashboard_check(0.2) and g.dashboard_state == "unreachable"
+    g.close(1)
+    assert time.perf_counter() - began < 2
+
+
+def test_a_uid_with_slashes_is_escaped_in_the_path():
+    grafana = Grafana((404, {"message": "Dashboard not found"}))
+    g = checked(grafana, uid="a/b")
+    assert g.wait_dashboard_check(2)
+    g.close(1)
+    assert grafana.paths == [("GET", "/api/dashboards/uid/a%2Fb")]
+
+
+def test_a_refusal_is_logged_with_grafanas_message():
+    logs: list[str] = []
+    sink = logger.add(lambda m: logs.append(str(m)), level="DEBUG")
+    body = {"title": "Access denied", "message": "You'll need additional permissions to perform this action. "
+            "Permissions needed: annotations:create", "accessErrorId": "ACE0123456789"}
+    try:
+        g = GrafanaNotifier("http://grafana.invalid", "tok", transport=httpx.MockTransport(
+            lambda r: httpx.Response(403, json=body)))
+        g.notify(event("advance", "progressing"))
+        assert g.flush(2)
+        g.close(1)
+    finally:
+        logger.remove(sink)
+    (line,) = [m for m in logs if "refused" in m]
+    assert "HTTP 403" in line and "Permissions needed: annotations:create" in line
