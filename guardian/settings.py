@@ -76,6 +76,9 @@ class Settings(BaseSettings):
                                        "unset: every namespace (needs the ClusterRole)")
     kube_annotation: str = Field("guardian.io/policy", min_length=1,
                                  description="the Deployment annotation naming its policy (rule file service)")
+    kube_settle_seconds: float = Field(15.0, ge=0, le=600, description="a START waits at most this long for the "
+                                       "deployment controller to make the new ReplicaSet before it fixes the arms "
+                                       "(later: the arms stay unknown, the checks inconclusive, until it has)")
     # Flagger / Argo Rollouts gates (/v1/gates/...): their own bearer token; unset: the operator token (if any)
     gate_token: SecretStr | None = None
     gate_idle_seconds: float = Field(

@@ -11,21 +11,48 @@ selects them with `arms: {label: pod_template_hash, canary: "{pod_template_hash}
 "{previous_pod_template_hash}"}` (Prometheus' kubernetes_sd role pod relabels
 `__meta_kubernetes_pod_label_pod_template_hash` to `pod_template_hash`); `arm_values` fills them.
 
-Actions (every one idempotent by request.key; a write is a fresh read then a write carrying that
-read's `metadata.resourceVersion`, retried with a fresh read on 409 Conflict, at most `conflict_retries`):
-- START     strategy `observe` (someone else ran `kubectl apply` / `set image`): checks the Deployment
-            exists and reports its revision and arms. Other strategies: sets the image of the container
-            whose image repository matches request.image (else the first) — a new ReplicaSet.
-- PAUSE     `spec.paused: true` (the controller stops moving replicas; both ReplicaSets keep theirs).
-- RESUME / ADVANCE / PROMOTE  `spec.paused: false`: the rolling update goes on to its end.
-- ROLLBACK  what `kubectl rollout undo` does: the previous revision's ReplicaSet's pod template (without
-            its `pod-template-hash` label) becomes the Deployment's template, unpaused, by a replace
-            (PUT) with the resourceVersion read. A template that already equals it changes nothing.
-- SCALE     the `/scale` subresource: replicas += request.replicas (never below 1).
-Faults, as Outcome(ok=False) with the reason: 403 names the missing permission (verb, resource,
-namespace, from the Status body's message); the API server unreachable; a Deployment that is gone (404)
-fails every action but ROLLBACK, which succeeds with "deleted: nothing to roll back", so a watcher that
-sees the deletion ends the rollout cleanly (engine/kube_watch.py).
+The deployment controller runs apart from the API server and after it: a write is answered at once, the
+new ReplicaSet and revision come later. Until the controller has caught up (`status.observedGeneration` >=
+`metadata.generation`, and the newest ReplicaSet carries the Deployment's pod template) the ReplicaSets
+are those of the revision before, so arms read then would be one revision behind: they are never fixed or
+answered then (`arm_values` says unknown: every check of the arms is inconclusive, never judged on the
+wrong pods).
+
+Every write is a patch of what it changes, as `kubectl` sends it; none is a read-modify-PUT of the whole
+object, and reads are the API's JSON, not the client's typed models (which drop the fields they do not
+know: a newer cluster's, an extension's, and a PUT of them would delete those).
+- START     strategy `observe` (someone else ran `kubectl apply` / `set image`): reads the Deployment.
+            Other strategies: `kubectl set image`'s strategic-merge patch of the container whose image
+            repository is request.image's (else the first): {"spec": {"template": {"spec": {"containers":
+            [{"name": C, "image": I}]}}}}. Then it waits (at most `settle_timeout` seconds) for the
+            controller to catch up and fixes the arms; still behind: START succeeds, saying so, and the arms
+            stay unknown until `arm_values` sees the controller caught up.
+- PAUSE     `spec.paused: true` (the controller stops moving replicas; both ReplicaSets keep theirs);
+            RESUME / ADVANCE / PROMOTE `spec.paused: false`: a merge patch carrying the resourceVersion read.
+- ROLLBACK  `kubectl rollout undo` (polymorphichelpers/rollback.go): the target ReplicaSet's pod template
+            without its `pod-template-hash` label becomes the Deployment's, by kubectl's JSON patch replacing
+            /spec/template and /metadata/annotations (the Deployment's own deployment.kubernetes.io/* and
+            last-applied-configuration annotations kept, the rest taken from the ReplicaSet). Two additions:
+            a replace of /metadata/resourceVersion with the one read (the annotations were computed from
+            that read: a concurrent write is a 409, retried), and, for a paused Deployment, /spec/paused
+            false in the same patch: kubectl refuses to undo a paused Deployment ("resume it first"), but
+            the guardian pauses Deployments itself and must roll them back; one patch means the controller
+            never resumes the bad template, not even between two writes. A template already equal to the
+            target's sends no undo ("already at revision N"; a paused Deployment is then only resumed).
+            The target: the rollout's baseline arm; else the newest ReplicaSet whose template is not the
+            Deployment's and does not run the rollout's image (kubectl's previous revision once the
+            controller has caught up, and still the right one while it has not). A Deployment that no
+            longer runs the rollout's image has nothing to roll back: a ROLLBACK applied again (after a
+            restart, the arms forgotten) converges, where a second `kubectl rollout undo` would undo the
+            first.
+- SCALE     the `/scale` subresource: replicas += request.replicas (never below 1), a merge patch carrying
+            the Scale's resourceVersion as read; a 409 reads the Scale again and recomputes.
+Writes conditional on a read are retried with a fresh read on 409 Conflict, at most `conflict_retries`.
+Every action is idempotent by request.key.
+Faults, as Outcome(ok=False) with the reason: 403 names the missing permission (verb, resource, namespace
+or "at the cluster scope", from the Status body's message); the API server unreachable; a Deployment that
+is gone (404) fails every action but ROLLBACK, which succeeds with "deleted: nothing to roll back", so a
+watcher that sees the deletion ends the rollout cleanly (engine/kube_watch.py).
 
 Connection (`KubeConnection`): `host` (e.g. `kubectl proxy`'s http://127.0.0.1:8001, or a test stub),
 else a kubeconfig (`kubeconfig` file and `context`, or $KUBECONFIG / ~/.kube/config), else the
@@ -35,13 +62,16 @@ from __future__ import annotations
 
 import contextlib
 import copy
+import json
 import os
 import re
 import threading
+import time
 from collections import OrderedDict
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 from guardian.actuators import ActionRequest
 from guardian.domain import Action, Outcome, RolloutState
@@ -49,10 +79,21 @@ from guardian.errors import ActuatorError
 
 REVISION = "deployment.kubernetes.io/revision"
 HASH_LABEL = "pod-template-hash"
+# the annotations `kubectl rollout undo` keeps from the Deployment instead of taking the ReplicaSet's
+# (kubectl polymorphichelpers/rollback.go annotationsToSkip)
+UNDO_KEEPS = frozenset({"kubectl.kubernetes.io/last-applied-configuration", REVISION,
+                        "deployment.kubernetes.io/revision-history", "deployment.kubernetes.io/desired-replicas",
+                        "deployment.kubernetes.io/max-replicas", "deprecated.deployment.rollback.to"})
+MERGE_PATCH = "application/merge-patch+json"
+STRATEGIC_MERGE_PATCH = "application/strategic-merge-patch+json"
+JSON_PATCH = "application/json-patch+json"
 _DNS = re.compile(r"[a-z0-9]([-a-z0-9.]{0,251}[a-z0-9])?")
-_FORBIDDEN = re.compile(r'cannot (\S+) resource "([^"]+)"(?: in API group "([^"]*)")?(?: in the namespace "([^"]+)")?')
+_FORBIDDEN = re.compile(r'cannot (\S+) resource "([^"]+)"(?: in API group "([^"]*)")?'
+                        r'(?: in the namespace "([^"]+)"| (at the cluster scope))?')
 _HINT = "write kubernetes:NAMESPACE/NAME, kubernetes:NAME or kubernetes:"
 MAX_REMEMBERED = 10_000
+UNKNOWN_ARMS: dict[str, str | None] = {"pod_template_hash": None, "previous_pod_template_hash": None}
+T = TypeVar("T")
 
 
 class KubeError(ActuatorError):
@@ -89,6 +130,14 @@ class KubeConnection:
     context: str | None = None
     timeout: float = 10.0  # per request, seconds
     conflict_retries: int = 5  # 409s retried with a fresh read
+    settle_timeout: float = 15.0  # START: at most this long (seconds) waiting for the deployment controller
+    settle_poll: float = 0.2  # ... reading the Deployment again this often
+
+    @classmethod
+    def from_settings(cls, s: Any) -> KubeConnection:
+        """The connection the settings describe (kube_host, kubeconfig, kube_context, kube_settle_seconds)."""
+        return cls(host=s.kube_host, kubeconfig=s.kubeconfig, context=s.kube_context,
+                   settle_timeout=s.kube_settle_seconds)
 
     def api_client(self) -> Any:
         from kubernetes import client, config
@@ -109,37 +158,61 @@ class KubeConnection:
                             "kube_host, or kubeconfig/kube_context, or run in a Pod with a service account") from e
 
 
-def api_error(exc: Exception, namespace: str, name: str) -> KubeError:
-    """An ApiException (or a connection error) as a reason a person can act on."""
-    import json
+def forbidden(message: str, namespace: str | None, name: str) -> KubeError:
+    """A 403 as the permission to grant, read from the API server's message (namespaced: "... in the
+    namespace "NS"", or "... at the cluster scope" for a request across namespaces)."""
+    m = _FORBIDDEN.search(message)
+    if not m:
+        where = f"{namespace}/{name}" if namespace else "the cluster scope"
+        return KubeError(f"forbidden on {where}: {message}", 403)
+    verb, resource, group, ns, cluster = m.groups()
+    resource = f"{resource}{'.' + group if group else ''}"
+    ns = None if cluster else ns or namespace
+    if ns is None:
+        return KubeError(f"forbidden: the guardian may not {verb} {resource} at the cluster scope (missing RBAC "
+                         f"permission: verb {verb!r} on resource {resource!r} at the cluster scope: a ClusterRole "
+                         "and a ClusterRoleBinding, or GUARDIAN_KUBE_NAMESPACE and a Role in that namespace; see "
+                         f"deploy/kubernetes/rbac.yaml); API server: {message}", 403)
+    return KubeError(f"forbidden: the guardian may not {verb} {resource} in namespace {ns} (missing RBAC "
+                     f"permission: verb {verb!r} on resource {resource!r} in namespace {ns!r}; see "
+                     f"deploy/kubernetes/rbac.yaml); API server: {message}", 403)
 
+
+def api_error(exc: Exception, namespace: str | None, name: str) -> KubeError:
+    """An ApiException (or a connection error) as a reason a person can act on; namespace None: a request
+    at the cluster scope."""
     status = int(getattr(exc, "status", 0) or 0)
     body: dict[str, Any] = {}
     with contextlib.suppress(ValueError, TypeError):
         body = json.loads(getattr(exc, "body", None) or "{}")
     message = body.get("message") or str(getattr(exc, "reason", "") or exc)
+    where = f"{namespace}/{name}" if namespace else "the cluster scope"
     if status == 403:
-        m = _FORBIDDEN.search(message)
-        if m:
-            verb, resource, group, ns = m.groups()
-            resource = f"{resource}{'.' + group if group else ''}"
-            return KubeError(f"forbidden: the guardian may not {verb} {resource} in namespace {ns or namespace} "
-                             f"(missing RBAC permission: verb {verb!r} on resource {resource!r} in namespace "
-                             f"{ns or namespace!r}; see deploy/kubernetes/rbac.yaml); API server: {message}", 403)
-        return KubeError(f"forbidden on {namespace}/{name}: {message}", 403)
+        return forbidden(message, namespace, name)
     if status == 404:
-        return KubeError(f"Deployment {namespace}/{name} not found (deleted?): {message}", 404)
+        return KubeError(f"Deployment {where} not found (deleted?): {message}", 404)
     if status == 0:
         return KubeError(f"Kubernetes API server unreachable: {type(exc).__name__}: {exc}", 0)
-    return KubeError(f"Kubernetes API answered {status} for {namespace}/{name}: {message}", status)
+    return KubeError(f"Kubernetes API answered {status} for {where}: {message}", status)
+
+
+def without_hash(template: dict[str, Any]) -> dict[str, Any]:
+    """A pod template without the pod-template-hash label (a ReplicaSet's, as a Deployment's)."""
+    template = copy.deepcopy(template)
+    labels = (template.get("metadata") or {}).get("labels") or {}
+    labels.pop(HASH_LABEL, None)
+    return template
 
 
 def template_of(rs: dict[str, Any]) -> dict[str, Any]:
     """A ReplicaSet's pod template as a Deployment's: without the pod-template-hash label."""
-    template = copy.deepcopy(rs["spec"]["template"])
-    labels = (template.get("metadata") or {}).get("labels") or {}
-    labels.pop(HASH_LABEL, None)
-    return template
+    return without_hash(rs["spec"]["template"])
+
+
+def same_template(rs: dict[str, Any], dep: dict[str, Any]) -> bool:
+    """Whether the ReplicaSet runs the Deployment's pod template (kubectl's and the controller's
+    equalIgnoreHash)."""
+    return template_of(rs) == without_hash(dep["spec"]["template"])
 
 
 def revision(obj: dict[str, Any]) -> int:
@@ -149,8 +222,44 @@ def revision(obj: dict[str, Any]) -> int:
         return 0
 
 
+def hash_of(rs: dict[str, Any] | None) -> str | None:
+    return ((rs.get("metadata") or {}).get("labels") or {}).get(HASH_LABEL) if rs else None
+
+
 def images(template: dict[str, Any]) -> str:
     return ",".join(c.get("image", "") for c in (template.get("spec") or {}).get("containers") or [])
+
+
+def runs(template: dict[str, Any], image: str) -> bool:
+    """Whether the pod template runs the rollout's image (each of a comma-joined list, as an observed
+    rollout of a many-container template names them)."""
+    have = set(images(template).split(","))
+    return bool(image) and all(i in have for i in image.split(","))
+
+
+def controller_caught_up(dep: dict[str, Any], sets: list[dict[str, Any]]) -> bool:
+    """Whether the deployment controller has seen the Deployment as it is: it observed its generation
+    (status.observedGeneration >= metadata.generation) and the newest ReplicaSet (`sets`, newest revision
+    first) runs its pod template. Before that the ReplicaSets are a revision behind."""
+    observed = int((dep.get("status") or {}).get("observedGeneration") or 0)
+    return observed >= int(dep["metadata"].get("generation") or 0) and bool(sets) and same_template(sets[0], dep)
+
+
+def undo_patch(dep: dict[str, Any], rs: dict[str, Any]) -> list[dict[str, Any]]:
+    """`kubectl rollout undo`'s JSON patch (getDeploymentPatch): the ReplicaSet's template without its hash
+    label, and the annotations kubectl computes (UNDO_KEEPS from the Deployment, every other one from the
+    ReplicaSet); then the resourceVersion read (the patch is conditional on it) and, if the Deployment is
+    paused, spec.paused false in the same write."""
+    meta = dep["metadata"]
+    annotations = {k: v for k, v in (meta.get("annotations") or {}).items() if k in UNDO_KEEPS}
+    annotations |= {k: v for k, v in (rs["metadata"].get("annotations") or {}).items() if k not in UNDO_KEEPS}
+    ops = [{"op": "replace", "path": "/spec/template", "value": template_of(rs)},
+           {"op": "replace" if "annotations" in meta else "add", "path": "/metadata/annotations",
+            "value": annotations},
+           {"op": "replace", "path": "/metadata/resourceVersion", "value": meta["resourceVersion"]}]
+    if dep["spec"].get("paused"):
+        ops.append({"op": "replace", "path": "/spec/paused", "value": False})
+    return ops
 
 
 @dataclass(frozen=True)
@@ -169,10 +278,18 @@ class DeploymentRollout:
     total: int  # replicas of every revision
     paused: bool
     annotations: dict[str, str]
+    settled: bool = True  # the controller has caught up: the hashes are this template's (controller_caught_up)
 
     @property
     def in_progress(self) -> bool:
         return self.previous_hash is not None and (self.updated < self.replicas or self.total > self.updated)
+
+    @property
+    def arms(self) -> dict[str, str | None]:
+        """The arm values, or unknown ones while the controller has not caught up."""
+        if not self.settled:
+            return dict(UNKNOWN_ARMS)
+        return {"pod_template_hash": self.hash, "previous_pod_template_hash": self.previous_hash}
 
 
 class KubernetesActuator:
@@ -188,7 +305,7 @@ class KubernetesActuator:
         self._client = api_client
         self._owns = api_client is None
         self._done: OrderedDict[str, Outcome] = OrderedDict()
-        self._arms: dict[str, dict[str, str]] = {}  # rollout id -> its arm values, once known
+        self._arms: dict[str, dict[str, str | None]] = {}  # rollout id -> its arm values, once known
         self._lock = threading.Lock()
 
     # -- the API ------------------------------------------------------------------------------------------
@@ -207,16 +324,26 @@ class KubernetesActuator:
     def _plain(self, model: Any) -> Any:
         return self.client.sanitize_for_serialization(model)
 
-    def _call(self, fn: Any, namespace: str, name: str, *args: Any, **kwargs: Any) -> Any:
+    def _call(self, fn: Any, namespace: str | None, name: str, *args: Any, **kwargs: Any) -> Any:
+        """`fn(*args, **kwargs)`'s answer as the API's JSON (not the client's typed model: it drops fields it
+        does not know); failures as KubeError (namespace None: a request at the cluster scope)."""
         from kubernetes.client.exceptions import ApiException
 
         kwargs.setdefault("_request_timeout", self.connection.timeout)
         try:
-            return self._plain(fn(*args, **kwargs))
+            response = fn(*args, _preload_content=False, **kwargs)
+            try:
+                return json.loads(response.data or b"null")
+            finally:
+                response.release_conn()
         except ApiException as e:
             raise api_error(e, namespace, name) from e
         except Exception as e:  # noqa: BLE001 - urllib3 / socket errors: the server did not answer
             raise api_error(e, namespace, name) from e
+
+    def _patch_deployment(self, namespace: str, name: str, body: Any, content_type: str) -> dict[str, Any]:
+        return self._call(self.apps.patch_namespaced_deployment, namespace, name, name, namespace, body,
+                          _content_type=content_type)
 
     def where(self, request: ActionRequest | None = None, state: RolloutState | None = None) -> tuple[str, str]:
         service = request.service if request else state.service if state else ""
@@ -237,30 +364,42 @@ class KubernetesActuator:
         return sorted(owned, key=revision, reverse=True)
 
     def detect(self, namespace: str, name: str, dep: dict[str, Any] | None = None) -> DeploymentRollout:
-        """The Deployment's current and previous revision. Raises KubeError (404 when it is gone)."""
+        """The Deployment's current and previous revision. Raises KubeError (404 when it is gone). While the
+        controller has not caught up (`settled` False) they are the newest ReplicaSets it has made so far."""
         dep = dep or self.read(namespace, name)
         sets = self.replicasets(dep)
-        current_rev = revision(dep)
-        current = next((rs for rs in sets if revision(rs) == current_rev), sets[0] if sets else None)
+        settled = controller_caught_up(dep, sets)
+        current = sets[0] if sets else None
         older = [rs for rs in sets if current is not None and revision(rs) < revision(current)]
         previous = older[0] if older else None
         spec, status = dep["spec"], dep.get("status") or {}
-        hash_of = (lambda rs: rs["metadata"].get("labels", {}).get(HASH_LABEL) if rs else None)  # noqa: E731
         return DeploymentRollout(
-            namespace=namespace, name=name, revision=current_rev, hash=hash_of(current),
-            previous_hash=hash_of(previous),
+            namespace=namespace, name=name, revision=revision(current) if current else revision(dep),
+            hash=hash_of(current), previous_hash=hash_of(previous),
             image=images(spec["template"]), previous_image=images(previous["spec"]["template"]) if previous else None,
             replicas=int(spec.get("replicas") if spec.get("replicas") is not None else 1),
             updated=int(status.get("updatedReplicas") or 0), total=int(status.get("replicas") or 0),
-            paused=bool(spec.get("paused")), annotations=dict(dep["metadata"].get("annotations") or {}))
+            paused=bool(spec.get("paused")), annotations=dict(dep["metadata"].get("annotations") or {}),
+            settled=settled)
 
-    def _fresh(self, namespace: str, name: str, what: str, send: Any) -> Any:
-        """`send(dep)` on a fresh read of the Deployment; a 409 Conflict (someone wrote it in between) is
-        retried with a fresh read, at most `conflict_retries` times."""
+    def settle(self, namespace: str, name: str) -> DeploymentRollout:
+        """The rollout once the deployment controller has caught up with the Deployment (it has observed the
+        generation just written and made or chosen its ReplicaSet), reading again every `settle_poll`
+        seconds; after `settle_timeout` seconds, as it is (`settled` False)."""
+        deadline = time.monotonic() + self.connection.settle_timeout
+        while True:
+            info = self.detect(namespace, name)
+            if info.settled or time.monotonic() >= deadline:
+                return info
+            time.sleep(self.connection.settle_poll)
+
+    def _retrying(self, namespace: str, name: str, what: str, attempt: Callable[[], T]) -> T:
+        """`attempt()`, which reads afresh and writes conditionally on that read; a 409 Conflict (someone
+        wrote in between) is tried again, at most `conflict_retries` times."""
         last: KubeError | None = None
         for _ in range(self.connection.conflict_retries + 1):
             try:
-                return send(self.read(namespace, name))
+                return attempt()
             except KubeError as e:
                 if e.status != 409:
                     raise
@@ -268,38 +407,29 @@ class KubernetesActuator:
         raise KubeError(f"Deployment {namespace}/{name} kept changing: {self.connection.conflict_retries + 1} "
                         f"{what} refused with 409 Conflict ({last})", 409)
 
-    def _write(self, namespace: str, name: str, change: Any) -> dict[str, Any] | None:
-        """`change(dep)` -> the new object (None: nothing to do), replaced (PUT) with the resourceVersion read."""
-        def send(dep: dict[str, Any]) -> dict[str, Any] | None:
-            new = change(copy.deepcopy(dep))
-            if new is None:
-                return None
-            return self._call(self.apps.replace_namespaced_deployment, namespace, name, name, namespace, new)
-
-        return self._fresh(namespace, name, "writes", send)
-
-    def _patch(self, namespace: str, name: str, spec_patch: dict[str, Any]) -> None:
+    def _patch_spec(self, namespace: str, name: str, spec_patch: dict[str, Any]) -> None:
         """A merge patch of spec fields, conditional on the resourceVersion just read."""
-        def send(dep: dict[str, Any]) -> None:
+        def attempt() -> None:
+            dep = self.read(namespace, name)
             if all(dep["spec"].get(k) == v for k, v in spec_patch.items()):
                 return
             body = {"metadata": {"resourceVersion": dep["metadata"]["resourceVersion"]}, "spec": spec_patch}
-            self._call(self.apps.patch_namespaced_deployment, namespace, name, name, namespace, body,
-                       _content_type="application/merge-patch+json")
+            self._patch_deployment(namespace, name, body, MERGE_PATCH)
 
-        self._fresh(namespace, name, "patches", send)
+        self._retrying(namespace, name, "patches", attempt)
 
     # -- actions --------------------------------------------------------------------------------------------
     def arm_values(self, state: RolloutState) -> dict[str, str | None]:
-        """`{pod_template_hash}` and `{previous_pod_template_hash}` for this rollout's arms (None: unknown)."""
+        """`{pod_template_hash}` and `{previous_pod_template_hash}` for this rollout's arms (None: unknown,
+        as both are while the deployment controller has not caught up)."""
         known = self._arms.get(state.id)
         if known is None:
             try:
                 info = self.detect(*self.where(state=state))
             except KubeError:
-                return {"pod_template_hash": None, "previous_pod_template_hash": None}
-            known = {"pod_template_hash": info.hash, "previous_pod_template_hash": info.previous_hash}
-            if info.hash and info.previous_hash:
+                return dict(UNKNOWN_ARMS)
+            known = info.arms
+            if known["pod_template_hash"] and known["previous_pod_template_hash"]:
                 self._arms[state.id] = known
         return dict(known)
 
@@ -324,71 +454,94 @@ class KubernetesActuator:
         if a is Action.ROLLBACK:
             return self._rollback(request, namespace, name)
         if a is Action.START:
-            info = self.detect(namespace, name)
-            if request.strategy != "observe":
-                self._set_image(namespace, name, request.image)
-                info = self.detect(namespace, name)
-            self._arms[request.rollout_id] = {"pod_template_hash": info.hash,
-                                              "previous_pod_template_hash": info.previous_hash}
-            return (f"revision {info.revision} (pod-template-hash {info.hash}, previous {info.previous_hash}), "
-                    f"{info.updated}/{info.replicas} replicas updated")
+            return self._start(request, namespace, name)
         if a is Action.PAUSE:
-            self._patch(namespace, name, {"paused": True})
+            self._patch_spec(namespace, name, {"paused": True})
             return "paused (spec.paused: true)"
         if a in (Action.RESUME, Action.ADVANCE, Action.PROMOTE):
-            self._patch(namespace, name, {"paused": False})
+            self._patch_spec(namespace, name, {"paused": False})
             return "rolling update resumed (spec.paused: false)"
         if a is Action.SCALE:
-            scale = self._call(self.apps.read_namespaced_deployment_scale, namespace, name, name, namespace)
-            want = max(1, int((scale.get("spec") or {}).get("replicas") or 0) + request.replicas)
-            self._call(self.apps.patch_namespaced_deployment_scale, namespace, name, name, namespace,
-                       {"spec": {"replicas": want}}, _content_type="application/merge-patch+json")
+            want = self._retrying(namespace, name, "scales", lambda: self._scale(namespace, name, request.replicas))
             return f"scaled to {want} replicas"
         return f"nothing to do for {a.value}"
 
+    def _start(self, request: ActionRequest, namespace: str, name: str) -> str:
+        """Sets the image (unless observing), waits for the controller, fixes the arms if it caught up."""
+        self._arms.pop(request.rollout_id, None)  # whatever was read before this START is not its arms
+        if request.strategy != "observe":
+            self._set_image(namespace, name, request.image)
+        info = self.settle(namespace, name)
+        if not info.settled:
+            return (f"the deployment controller has not caught up after {self.connection.settle_timeout:g}s "
+                    f"(newest ReplicaSet: revision {info.revision}, pod-template-hash {info.hash}): the arms stay "
+                    "unknown, every check of them inconclusive, until it has")
+        self._arms[request.rollout_id] = info.arms
+        return (f"revision {info.revision} (pod-template-hash {info.hash}, previous {info.previous_hash}), "
+                f"{info.updated}/{info.replicas} replicas updated")
+
     def _set_image(self, namespace: str, name: str, image: str) -> None:
+        """`kubectl set image`: a strategic-merge patch naming the container(s) whose image repository is
+        `image`'s (else the first container) with the new image; nothing when they already run it."""
         repo = image.rsplit(":", 1)[0] if ":" in image.rsplit("/", 1)[-1] else image
+        containers = self.read(namespace, name)["spec"]["template"]["spec"]["containers"]
+        chosen = [c for c in containers if c.get("image", "").split("@")[0].rsplit(":", 1)[0] == repo]
+        changed = [c["name"] for c in chosen or containers[:1] if c.get("image") != image]
+        if changed:
+            patch = {"spec": {"template": {"spec": {"containers": [{"name": c, "image": image} for c in changed]}}}}
+            self._patch_deployment(namespace, name, patch, STRATEGIC_MERGE_PATCH)
 
-        def change(dep: dict[str, Any]) -> dict[str, Any] | None:
-            containers = dep["spec"]["template"]["spec"]["containers"]
-            chosen = [c for c in containers if c.get("image", "").split("@")[0].rsplit(":", 1)[0] == repo]
-            chosen = chosen or containers[:1]
-            if all(c.get("image") == image for c in chosen):
-                return None
-            for c in chosen:
-                c["image"] = image
-            return dep
-
-        self._write(namespace, name, change)
+    def _scale(self, namespace: str, name: str, delta: int) -> int:
+        """One try: the Scale read, then its replicas + delta (at least 1) conditional on its resourceVersion."""
+        scale = self._call(self.apps.read_namespaced_deployment_scale, namespace, name, name, namespace)
+        want = max(1, int((scale.get("spec") or {}).get("replicas") or 0) + delta)
+        body = {"metadata": {"resourceVersion": scale["metadata"]["resourceVersion"]}, "spec": {"replicas": want}}
+        self._call(self.apps.patch_namespaced_deployment_scale, namespace, name, name, namespace, body,
+                   _content_type=MERGE_PATCH)
+        return want
 
     def _rollback(self, request: ActionRequest, namespace: str, name: str) -> str:
         try:
-            dep = self.read(namespace, name)
+            return self._retrying(namespace, name, "rollbacks", lambda: self._undo(request, namespace, name))
         except KubeError as e:
             if e.status == 404:
                 return f"deleted: nothing to roll back ({e})"
             raise
-        sets = self.replicasets(dep)
-        wanted = self._arms.get(request.rollout_id, {}).get("previous_pod_template_hash")
-        target = next((rs for rs in sets if rs["metadata"].get("labels", {}).get(HASH_LABEL) == wanted), None)
-        if target is None:  # as kubectl: the newest revision below the current one
-            older = [rs for rs in sets if revision(rs) < revision(dep)]
-            target = older[0] if older else None
+
+    def _undo(self, request: ActionRequest, namespace: str, name: str) -> str:
+        """One try of `kubectl rollout undo` to the rollout's baseline (see the module docstring)."""
+        dep = self.read(namespace, name)
+        if request.image and not runs(dep["spec"]["template"], request.image):  # also: this undo, repeated
+            return self._resume(dep, f"no longer runs {request.image} ({images(dep['spec']['template'])}): "
+                                     "nothing to roll back")
+        target = self._rollback_target(request, dep, self.replicasets(dep))
         if target is None:
             return "no previous revision: nothing to roll back"
-        template = template_of(target)
+        what = (f"revision {revision(target)} (pod-template-hash {hash_of(target)}, "
+                f"{images(target['spec']['template'])})")
+        if same_template(target, dep):  # kubectl: "skipped rollback (current template already matches ...)"
+            return self._resume(dep, f"already at {what}")
+        self._patch_deployment(namespace, name, undo_patch(dep, target), JSON_PATCH)
+        return f"rolled back to {what}"
 
-        def change(d: dict[str, Any]) -> dict[str, Any] | None:
-            if d["spec"]["template"] == template and not d["spec"].get("paused"):
-                return None
-            d["spec"]["template"] = copy.deepcopy(template)
-            d["spec"]["paused"] = False  # kubectl refuses to undo a paused Deployment; the guardian resumes it
-            return d
+    def _resume(self, dep: dict[str, Any], detail: str) -> str:
+        """`detail`, after unpausing the Deployment (conditional on the read `dep`) if it is paused."""
+        if not dep["spec"].get("paused"):
+            return detail
+        meta = dep["metadata"]
+        body = {"metadata": {"resourceVersion": meta["resourceVersion"]}, "spec": {"paused": False}}
+        self._patch_deployment(meta["namespace"], meta["name"], body, MERGE_PATCH)
+        return f"{detail}; resumed (spec.paused: false)"
 
-        changed = self._write(namespace, name, change)
-        verb = "rolled back" if changed is not None else "already at"
-        target_hash = target["metadata"]["labels"].get(HASH_LABEL)
-        return f"{verb} revision {revision(target)} (pod-template-hash {target_hash}, {images(template)})"
+    def _rollback_target(self, request: ActionRequest, dep: dict[str, Any],
+                         sets: list[dict[str, Any]]) -> dict[str, Any] | None:
+        """The rollout's baseline ReplicaSet; else the newest one whose template is not the Deployment's
+        and does not run the rollout's image (else the newest other one: kubectl's previous revision)."""
+        wanted = self._arms.get(request.rollout_id, {}).get("previous_pod_template_hash")
+        baseline = next((rs for rs in sets if wanted and hash_of(rs) == wanted), None)
+        others = [rs for rs in sets if not same_template(rs, dep)]
+        before = next((rs for rs in others if not runs(rs["spec"]["template"], request.image)), None)
+        return baseline or before or (others[0] if others else None)
 
     def verify(self, request: ActionRequest) -> Outcome:
         a = request.action
@@ -421,5 +574,5 @@ def from_target(rest: str, **deps: Any) -> KubernetesActuator:
     return KubernetesActuator(rest, **{_DEPS[k]: v for k, v in deps.items() if k in _DEPS and v is not None})
 
 
-__all__ = ["DeploymentRollout", "KubeConnection", "KubeError", "KubernetesActuator", "from_target", "split_target",
-           "template_of", "validate_target"]
+__all__ = ["DeploymentRollout", "KubeConnection", "KubeError", "KubernetesActuator", "controller_caught_up",
+           "from_target", "runs", "split_target", "template_of", "undo_patch", "validate_target"]

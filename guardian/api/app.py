@@ -73,8 +73,7 @@ def build(settings: Settings, *, source: MetricSource | None = None, clock: Cloc
     if actuators is None:
         from guardian.actuators.kubernetes import KubeConnection  # a dataclass: the client is imported when used
 
-        actuators = ActuatorPool(kube_connection=KubeConnection(
-            host=settings.kube_host, kubeconfig=settings.kubeconfig, context=settings.kube_context))
+        actuators = ActuatorPool(kube_connection=KubeConnection.from_settings(settings))
     config = GuardConfig(
         evaluation_delay=settings.evaluation_delay, max_scale=settings.max_scale,
         recordings_dir=Path(settings.recordings_dir) if settings.recordings_dir else None,
@@ -119,8 +118,7 @@ def create_app(components: Components, *, run_scheduler: bool = True) -> FastAPI
 
             s = components.settings
             kube_watcher = KubeWatcher(components.guard, s, clock=components.clock, namespace=s.kube_namespace,
-                                       annotation=s.kube_annotation, connection=KubeConnection(
-                                           host=s.kube_host, kubeconfig=s.kubeconfig, context=s.kube_context))
+                                       annotation=s.kube_annotation, connection=KubeConnection.from_settings(s))
             kube_watching = asyncio.create_task(kube_watcher.run(s.watch_seconds))
         from guardian.api.gates import sweep_idle  # gate rollouts whose client went quiet are closed
 

@@ -2,24 +2,32 @@
 
 With `GUARDIAN_WATCH_KUBERNETES=true` the guardian watches the Deployments (in `kube_namespace`, or every
 namespace) that carry the policy annotation (`guardian.io/policy: RULES`, `kube_annotation`): it lists
-them, then follows the API's watch stream (`?watch=true` from the list's resourceVersion; a stream that
-ends or expires (410) is started again from a fresh list). For each Deployment whose rolling update is in
+them, then follows the API's watch stream (`?watch=true&allowWatchBookmarks=true` from the list's
+resourceVersion). Each event's resourceVersion, BOOKMARK events' too (they carry nothing else), becomes
+the one to resume from. An expired resourceVersion — the API server answers HTTP 200 and one `ERROR` event
+whose Status is 410 Expired ("too old resource version") — is listed again (which starts what the missed
+events would have) and the watch resumes from the new list, within the same pass; a stream that ends or
+breaks is started again from a fresh list on the next pass. For each Deployment whose rolling update is in
 progress — a current ReplicaSet (the newest `deployment.kubernetes.io/revision`) with fewer replicas than
-wanted, or older ReplicaSets still holding some — and that no active rollout guards, it starts an
-observe rollout exactly as `POST /v1/rollouts` would (`start_spec`, then `Guard.start`): service = the
-annotation's value (the rule file's `service`), target `kubernetes:NAMESPACE/NAME`, one step of 100%,
-image and previous image from the two ReplicaSets' pod templates. The arms are their pod-template-hashes
-(the actuator's `arm_values`). A revision is guarded once (key namespace, name, revision); a paused
-Deployment starts nothing (someone holds it); a Deployment deleted while its rollout is active ends that
-rollout (ROLLBACK, which the actuator reports as "deleted: nothing to roll back") with the reason.
-Errors talking to the API server are logged (a repeated one once a minute) and the next pass tries
-again; the loop never stops for them.
+wanted, or older ReplicaSets still holding some — once the deployment controller has caught up with it
+(the write that changed the template is an event before the controller's own, whose ReplicaSets are still
+the revision before: it is passed over), and that no active rollout guards, it starts an observe rollout
+exactly as `POST /v1/rollouts` would (`start_spec`, then `Guard.start`): service = the annotation's value
+(the rule file's `service`), target `kubernetes:NAMESPACE/NAME`, one step of 100%, image and previous
+image from the two ReplicaSets' pod templates. The arms are their pod-template-hashes (the actuator's
+`arm_values`). A revision is guarded once (key namespace, name, revision); a paused Deployment starts
+nothing (someone holds it); a Deployment deleted while its rollout is active ends that rollout (ROLLBACK,
+which the actuator reports as "deleted: nothing to roll back") with the reason. Errors talking to the API
+server are logged (a repeated one once a minute; a 403 of the list across namespaces says "at the cluster
+scope") and the next pass tries again; the loop never stops for them.
 """
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import math
 import threading
+import time
 from collections import OrderedDict
 from dataclasses import dataclass
 from typing import Any
@@ -99,7 +107,7 @@ class KubeWatcher:
         """List the Deployments, start what `consider` asks for, end rollouts of deleted ones."""
         fn, args = self._list_call()
         try:
-            listed = self.actuator._call(fn, self.namespace or "*", "*", *args)
+            listed = self.actuator._call(fn, self.namespace, "*", *args)  # namespace None: the cluster scope
         except KubeError as e:
             self._problem("list", f"Kubernetes watcher: cannot list Deployments: {e}; trying again")
             return []
@@ -118,13 +126,15 @@ class KubeWatcher:
         return started
 
     def handle(self, event: dict[str, Any]) -> RolloutState | None:
-        """One watch event (`type`, `object` as a plain dict)."""
+        """One watch event (`type`, `object` as a plain dict); a BOOKMARK only moves the resourceVersion."""
         obj = event.get("raw_object") or event.get("object") or {}
         if not isinstance(obj, dict):
             obj = self.actuator._plain(obj)
         meta = obj.get("metadata") or {}
         if meta.get("resourceVersion"):
             self._resource_version = meta["resourceVersion"]
+        if event.get("type") == "BOOKMARK":
+            return None
         if event.get("type") == "DELETED":
             self.deleted(meta.get("namespace", ""), meta.get("name", ""))
             return None
@@ -147,8 +157,8 @@ class KubeWatcher:
                 self._problem(f"detect:{namespace}/{name}", f"Kubernetes watcher: cannot read {namespace}/{name}: {e}")
             return None
         planned = PlannedStart(policy, info)
-        if not info.in_progress or planned.key in self._guarded:
-            return None
+        if not info.settled or not info.in_progress or planned.key in self._guarded:
+            return None  # not settled: the controller's own event follows, with this revision's ReplicaSets
         return self._start(planned)
 
     def deleted(self, namespace: str, name: str, rollout_id: str | None = None) -> None:
@@ -193,14 +203,30 @@ class KubeWatcher:
     # -- the watch stream --------------------------------------------------------------------------------
     def watch_once(self, timeout_seconds: int = 60) -> int:
         """Follow the watch stream from the last list for up to `timeout_seconds`; returns events handled.
-        A 410 Gone (the resourceVersion expired) or a broken stream returns early: the next pass lists again."""
+        An expired resourceVersion (410) lists again and resumes from the new list within that time; a broken
+        stream returns early (the next pass lists again)."""
+        deadline = time.monotonic() + timeout_seconds
+        handled = 0
+        while not self._stop.is_set() and (left := math.ceil(deadline - time.monotonic())) > 0:
+            count, expired = self._follow(left)
+            handled += count
+            if not expired:
+                break
+            self.poll()  # starts what the events missed would have; a fresh resourceVersion to resume from
+            if self._resource_version is None:
+                break  # the list failed too: the next pass tries again
+        return handled
+
+    def _follow(self, seconds: int) -> tuple[int, bool]:
+        """One watch request: (events handled, whether it ended because its resourceVersion expired)."""
         from kubernetes import watch
         from kubernetes.client.exceptions import ApiException
 
         fn, args = self._list_call()
         w = watch.Watch()
         handled = 0
-        kwargs: dict[str, Any] = {"timeout_seconds": timeout_seconds, "_request_timeout": timeout_seconds + 5}
+        kwargs: dict[str, Any] = {"timeout_seconds": seconds, "_request_timeout": seconds + 5,
+                                  "allow_watch_bookmarks": True}
         if self._resource_version:
             kwargs["resource_version"] = self._resource_version
         try:
@@ -210,13 +236,17 @@ class KubeWatcher:
                 if self._stop.is_set():
                     w.stop()
         except ApiException as e:
-            self._resource_version = None if e.status == 410 else self._resource_version
+            if e.status == 410:  # the API server's ERROR event: "too old resource version"
+                logger.info("Kubernetes watcher: resourceVersion {} expired ({}); listing again",
+                            self._resource_version, e.reason)
+                self._resource_version = None
+                return handled, True
             self._problem("watch", f"Kubernetes watcher: the watch stream failed ({e.status} {e.reason}); "
                                    "listing again")
         except Exception as e:  # noqa: BLE001 - a dropped connection: list again
             self._problem("watch", f"Kubernetes watcher: the watch stream broke ({type(e).__name__}: {e}); "
                                    "listing again")
-        return handled
+        return handled, False
 
     async def run(self, every: float, watch_seconds: int = 10) -> None:
         logger.info("Kubernetes watcher started: Deployments annotated {} in {}", self.annotation,

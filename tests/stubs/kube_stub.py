@@ -3,8 +3,9 @@ endpoints the `kubernetes` actuator and watcher use, as the Kubernetes API refer
 served by a real HTTP server on a free loopback port (in a thread). The official client talks to it
 through a `Configuration(host=stub.url)`.
 
-    GET    /apis/apps/v1/namespaces/NS/deployments[?labelSelector=&watch=true&resourceVersion=&timeoutSeconds=]
-    GET    /apis/apps/v1/deployments[?watch=true...]                  (every namespace)
+    GET    /apis/apps/v1/namespaces/NS/deployments[?labelSelector=&watch=true&resourceVersion=&timeoutSeconds=
+                                                    &allowWatchBookmarks=true]
+    GET    /apis/apps/v1/deployments[?watch=true...]                  (every namespace: the cluster scope)
     GET    /apis/apps/v1/namespaces/NS/deployments/NAME
     PATCH  /apis/apps/v1/namespaces/NS/deployments/NAME               merge-patch, strategic-merge-patch, json-patch
     PUT    /apis/apps/v1/namespaces/NS/deployments/NAME               replace
@@ -13,17 +14,35 @@ through a `Configuration(host=stub.url)`.
     GET    /apis/apps/v1/namespaces/NS/deployments/NAME/scale         autoscaling/v1 Scale
     PATCH  /apis/apps/v1/namespaces/NS/deployments/NAME/scale
 
-Faithful where the actuator depends on it: every write bumps the object's `metadata.resourceVersion`,
-and a write carrying a different resourceVersion (PUT body, or a patch that sets it) is refused with
-409 Conflict; unknown objects are 404; verbs configured as forbidden (`forbid`) are 403; errors carry a
-`Status` body (kind, apiVersion, status Failure, message, reason, details, code) in the API server's
-wording; `?watch=true` answers newline-delimited JSON `{"type": ADDED|MODIFIED|DELETED, "object": ...}`
-from the given resourceVersion until `timeoutSeconds`. A tiny deployment controller stands in for
-kube-controller-manager: a changed pod template gets a ReplicaSet named NAME-HASH labelled
-`pod-template-hash=HASH` (an existing one is reused, as a rollback does) and the next revision
-(`deployment.kubernetes.io/revision` on both); `progress()` moves replicas from old ReplicaSets to the new
-one, one per call, unless the Deployment is paused. Not modelled: admission, defaulting, field
-validation, strategic-merge directives ($patch, $retainKeys), label selectors other than equality.
+Faithful where the guardian's clients depend on it (each checked by a test in
+tests/integration/test_kubernetes_actuator.py; the requests themselves are checked against the official
+OpenAPI document by tests/unit/test_contract_kubernetes.py):
+- The API server and the deployment controller are apart. A write is stored at once: a new
+  `metadata.resourceVersion`, `metadata.generation` + 1 when (and only when) the spec changed, status
+  untouched, a MODIFIED event. The controller runs after it, `controller_delay` seconds later (0: right
+  after the write, before the answer is sent; > 0: in a timer thread, as kube-controller-manager does):
+  a changed pod template gets a ReplicaSet named NAME-HASH labelled `pod-template-hash=HASH` (an existing
+  one with the same template is reused, as a rollback does) and the next revision
+  (`deployment.kubernetes.io/revision` on both); the Deployment's annotations are copied to it (without
+  kubectl's skipped ones); a paused Deployment gets no new ReplicaSet; then status, with
+  `status.observedGeneration` = the generation it saw. `progress()` moves replicas from old ReplicaSets to
+  the new one, one per call, unless the Deployment is paused.
+- Optimistic concurrency: a write whose body (PUT) or patch result carries a different
+  `metadata.resourceVersion` is refused with 409 Conflict, the Scale subresource's too; `conflicts` makes
+  the next N writes race a concurrent writer.
+- PATCH with a Content-Type the API server does not accept is 415 UnsupportedMediaType with its message.
+- 403 in the API server's wording (`forbid(verb, resource, namespace)`, namespace "" = the cluster scope:
+  "... at the cluster scope"); 404 for unknown objects; every error a `Status` body.
+- `?watch=true` answers newline-delimited JSON `{"type": ADDED|MODIFIED|DELETED, "object": ...}` from the
+  given resourceVersion until `timeoutSeconds`. A resourceVersion older than `compacted` (see
+  `compact()`, etcd's compaction) is answered as the API server does: HTTP 200 and one event
+  `{"type": "ERROR", "object": Status 410 Expired "too old resource version: X (Y)"}`. With
+  `allowWatchBookmarks=true`, a BOOKMARK event carrying only the current resourceVersion every
+  `bookmark_every` seconds without other events.
+- Every request is recorded: `requests` (method, path, status; a watch as method "WATCH") and `calls`
+  (method, path, query parameters, Content-Type, parsed body, status, answer) for the contract test.
+Not modelled: admission, defaulting, field validation, strategic-merge directives ($patch, $retainKeys),
+label selectors other than equality, the real pod-template-hash function (here a digest of the template).
 """
 from __future__ import annotations
 
@@ -39,7 +58,16 @@ from urllib.parse import parse_qs, urlsplit
 from guardian.demo.stack import free_port
 
 REVISION = "deployment.kubernetes.io/revision"
+REVISION_HISTORY = "deployment.kubernetes.io/revision-history"
+DESIRED_REPLICAS = "deployment.kubernetes.io/desired-replicas"
 HASH = "pod-template-hash"
+# the Deployment annotations the controller does not copy to a ReplicaSet (and `kubectl rollout undo` keeps)
+NOT_COPIED = frozenset({"kubectl.kubernetes.io/last-applied-configuration", REVISION, REVISION_HISTORY,
+                        DESIRED_REPLICAS, "deployment.kubernetes.io/max-replicas", "deprecated.deployment.rollback.to"})
+# what the API server accepts as a PATCH of a built-in resource (apiserver installer.go; +cbor behind a gate)
+PATCH_TYPES = ("application/json-patch+json", "application/merge-patch+json",
+               "application/strategic-merge-patch+json", "application/apply-patch+yaml")
+USER = "system:serviceaccount:guardian:guardian"
 
 
 def status_body(code: int, reason: str, message: str, details: dict[str, Any] | None = None) -> dict[str, Any]:
@@ -75,7 +103,10 @@ def merge_patch(target: Any, patch: Any, *, strategic: bool = False) -> Any:
 
 
 def json_patch(target: dict[str, Any], ops: list[dict[str, Any]]) -> dict[str, Any]:
-    """RFC 6902 add / replace / remove / test on object paths (enough for `kubectl rollout undo`'s patch)."""
+    """RFC 6902 add / replace / remove / test on object paths (enough for `kubectl rollout undo`'s patch);
+    `replace` and `remove` of a member that does not exist fail, as the API server's json-patch does."""
+    if not isinstance(ops, list):
+        raise KubeError(400, "BadRequest", "json: cannot unmarshal object into Go value of type jsonpatch.Patch")
     out = copy.deepcopy(target)
     for op in ops:
         parts = [p.replace("~1", "/").replace("~0", "~") for p in op["path"].lstrip("/").split("/")]
@@ -83,6 +114,8 @@ def json_patch(target: dict[str, Any], ops: list[dict[str, Any]]) -> dict[str, A
         for p in parts[:-1]:
             node = node[int(p)] if isinstance(node, list) else node.setdefault(p, {})
         last = parts[-1]
+        if op["op"] in ("replace", "remove") and last not in node:
+            raise KubeError(422, "Invalid", f"{op['op']} operation does not apply: doc is missing path: {op['path']}")
         if op["op"] in ("add", "replace"):
             node[last] = copy.deepcopy(op["value"])
         elif op["op"] == "remove":
@@ -92,14 +125,30 @@ def json_patch(target: dict[str, Any], ops: list[dict[str, Any]]) -> dict[str, A
     return out
 
 
+def without_hash(template: dict[str, Any]) -> dict[str, Any]:
+    out = copy.deepcopy(template)
+    ((out.get("metadata") or {}).get("labels") or {}).pop(HASH, None)
+    return out
+
+
+def template_hash(template: dict[str, Any]) -> str:
+    return hashlib.sha256(json.dumps(without_hash(template), sort_keys=True).encode()).hexdigest()[:10]
+
+
 class KubeStub:
-    def __init__(self) -> None:
+    def __init__(self, *, controller_delay: float = 0.0, bookmark_every: float = 0.5) -> None:
         self.deployments: dict[tuple[str, str], dict[str, Any]] = {}
         self.replicasets: dict[tuple[str, str], dict[str, Any]] = {}
-        self.forbidden: set[tuple[str, str, str]] = set()  # (verb, resource, namespace)
+        self.forbidden: set[tuple[str, str, str]] = set()  # (verb, resource, namespace; "" = cluster scope)
         self.requests: list[tuple[str, str, int]] = []  # (method, path, status)
+        self.calls: list[dict[str, Any]] = []  # every request in full (see the module docstring)
         self.conflicts = 0  # the next N writes to a Deployment race a concurrent writer (-> 409)
         self.events: list[tuple[int, str, str, dict[str, Any]]] = []  # (rv, type, namespace, Deployment)
+        self.controller_delay = controller_delay  # seconds between a write and the controller's sync
+        self.bookmark_every = bookmark_every
+        self.compacted = 0  # a watch from a resourceVersion below this one gets 410 Expired
+        self._seen_replicas: dict[tuple[str, str], int] = {}  # spec.replicas at the controller's last sync
+        self._timers: list[threading.Timer] = []
         self._rv = 100
         self._lock = threading.Condition()
         self.port = free_port()
@@ -116,6 +165,8 @@ class KubeStub:
         return self
 
     def stop(self) -> None:
+        for timer in self._timers:
+            timer.cancel()
         with self._lock:
             self._lock.notify_all()
         self.server.shutdown()
@@ -123,14 +174,31 @@ class KubeStub:
 
     # -- test helpers (what kubectl and the controllers would do) ------------------------------------------
     def forbid(self, verb: str, resource: str, namespace: str) -> None:
+        """Refuse `verb` on `resource` in `namespace` ("": at the cluster scope) with 403, as RBAC does."""
         self.forbidden.add((verb, resource, namespace))
+
+    def compact(self) -> int:
+        """etcd compacts (or the watch cache moves on): every resourceVersion before now is too old to watch
+        from. Returns the oldest one still watchable."""
+        with self._lock:
+            self.compacted = self._rv
+            return self.compacted
+
+    def settled(self, namespace: str, name: str) -> bool:
+        """Whether the controller has observed the Deployment's latest generation."""
+        with self._lock:
+            dep = self.deployments[(namespace, name)]
+            return (dep.get("status") or {}).get("observedGeneration") == dep["metadata"]["generation"]
 
     def _next_rv(self) -> str:
         self._rv += 1
         return str(self._rv)
 
     def create_deployment(self, namespace: str, name: str, image: str, *, replicas: int = 2,
-                          annotations: dict[str, str] | None = None) -> dict[str, Any]:
+                          annotations: dict[str, str] | None = None,
+                          extra: dict[str, Any] | None = None) -> dict[str, Any]:
+        """A Deployment as `kubectl apply` creates it, its first ReplicaSet complete at once; `extra` is
+        merged into it (fields a client's typed model may not know)."""
         labels = {"app": name}
         dep = {
             "apiVersion": "apps/v1", "kind": "Deployment",
@@ -143,20 +211,22 @@ class KubeStub:
                                   "spec": {"containers": [{"name": name, "image": image}]}}},
             "status": {},
         }
+        dep = merge_patch(dep, extra or {}, strategic=True)
         with self._lock:
+            dep["metadata"]["resourceVersion"] = self._next_rv()
             self.deployments[(namespace, name)] = dep
-            self._sync(namespace, name, "ADDED")
-            for rs in self._owned(namespace, name):  # the first ReplicaSet is complete at once
-                rs["spec"]["replicas"] = rs["status"]["replicas"] = replicas
-            self._status(namespace, name)
-            return copy.deepcopy(dep)
+            self._event("ADDED", namespace, dep)
+            self._sync(namespace, name)
+            return copy.deepcopy(self.deployments[(namespace, name)])
 
     def set_image(self, namespace: str, name: str, image: str) -> None:
-        """`kubectl set image`: a new pod template, so a new ReplicaSet and revision."""
+        """`kubectl set image` on the first container: a spec write, then (maybe later) the controller."""
         with self._lock:
             dep = self.deployments[(namespace, name)]
-            dep["spec"]["template"]["spec"]["containers"][0]["image"] = image
-            self._sync(namespace, name, "MODIFIED")
+            new = copy.deepcopy(dep)
+            new["spec"]["template"]["spec"]["containers"][0]["image"] = image
+            new["metadata"].pop("resourceVersion")
+            self._store(namespace, name, dep, new)
 
     def delete_deployment(self, namespace: str, name: str) -> None:
         with self._lock:
@@ -167,12 +237,14 @@ class KubeStub:
             self._event("DELETED", namespace, dep)
 
     def progress(self, namespace: str, name: str, steps: int = 1) -> None:
-        """The rolling update moves `steps` replicas to the newest ReplicaSet (none while paused)."""
+        """The controller's next pass: it syncs, then the rolling update moves `steps` replicas to the
+        newest ReplicaSet (none while paused)."""
         with self._lock:
+            self._sync(namespace, name)
             dep = self.deployments[(namespace, name)]
-            if dep["spec"].get("paused"):
-                return
             new = self._current(namespace, name)
+            if dep["spec"].get("paused") or new is None:
+                return
             for _ in range(steps):
                 old = [rs for rs in self._owned(namespace, name) if rs is not new and rs["spec"]["replicas"] > 0]
                 want = dep["spec"]["replicas"]
@@ -186,6 +258,53 @@ class KubeStub:
             dep["metadata"]["resourceVersion"] = self._next_rv()
             self._event("MODIFIED", namespace, dep)
 
+    # -- the API server's side of a write -------------------------------------------------------------------
+    def _store(self, namespace: str, name: str, dep: dict[str, Any], new: dict[str, Any]) -> dict[str, Any]:
+        """What the API server does with a new version of a Deployment: the resourceVersion precondition,
+        the system fields kept (uid, generation, status: a client cannot set them here), generation + 1 if
+        the spec changed, a new resourceVersion, a MODIFIED event; then the controller is told."""
+        want = (new.get("metadata") or {}).get("resourceVersion")
+        if want and want != dep["metadata"]["resourceVersion"]:
+            raise KubeError(409, "Conflict", f'Operation cannot be fulfilled on deployments.apps "{name}": the object '
+                            "has been modified; please apply your changes to the latest version and try again",
+                            {"name": name, "group": "apps", "kind": "deployments"})
+        new.setdefault("metadata", {})
+        for key in ("uid", "name", "namespace", "generation"):
+            new["metadata"][key] = dep["metadata"][key]
+        if new.get("spec") != dep["spec"]:
+            new["metadata"]["generation"] = dep["metadata"]["generation"] + 1
+        new["status"] = dep["status"]
+        new["metadata"]["resourceVersion"] = self._next_rv()
+        self.deployments[(namespace, name)] = new
+        self._event("MODIFIED", namespace, new)
+        written = copy.deepcopy(new)
+        self._kick(namespace, name)
+        return written
+
+    def _race(self, namespace: str, dep: dict[str, Any]) -> None:
+        """While `conflicts` > 0, someone else writes the Deployment after the client read it (just before
+        its write arrives): a write conditional on the read's resourceVersion then gets 409."""
+        if self.conflicts > 0:
+            self.conflicts -= 1
+            dep["metadata"].setdefault("annotations", {})["other-writer"] = self._next_rv()
+            dep["metadata"]["resourceVersion"] = self._next_rv()
+            self._event("MODIFIED", namespace, dep)
+
+    def _kick(self, namespace: str, name: str) -> None:
+        """The deployment controller hears of the write: syncs now, or `controller_delay` seconds later."""
+        if self.controller_delay <= 0:
+            self._sync(namespace, name)
+            return
+        timer = threading.Timer(self.controller_delay, self._sync_later, (namespace, name))
+        timer.daemon = True
+        self._timers.append(timer)
+        timer.start()
+
+    def _sync_later(self, namespace: str, name: str) -> None:
+        with self._lock:
+            if (namespace, name) in self.deployments:
+                self._sync(namespace, name)
+
     # -- the controller -----------------------------------------------------------------------------------
     @staticmethod
     def _owner(rs: dict[str, Any]) -> str:
@@ -195,47 +314,83 @@ class KubeStub:
         uid = self.deployments[(namespace, name)]["metadata"]["uid"]
         return [rs for (ns, _), rs in sorted(self.replicasets.items()) if ns == namespace and self._owner(rs) == uid]
 
-    def _current(self, namespace: str, name: str) -> dict[str, Any]:
-        revision = self.deployments[(namespace, name)]["metadata"]["annotations"][REVISION]
-        return next(rs for rs in self._owned(namespace, name) if rs["metadata"]["annotations"][REVISION] == revision)
+    def _current(self, namespace: str, name: str) -> dict[str, Any] | None:
+        revision = self.deployments[(namespace, name)]["metadata"].get("annotations", {}).get(REVISION)
+        return next((rs for rs in self._owned(namespace, name)
+                     if rs["metadata"]["annotations"][REVISION] == revision), None)
 
-    def _sync(self, namespace: str, name: str, event: str) -> None:
-        """What the deployment controller does when the pod template changes."""
+    def _sync(self, namespace: str, name: str) -> None:
+        """One pass of the deployment controller: the ReplicaSet of the current pod template (created, or
+        an old one reused at the next revision; none while paused), replicas on a scale, then status with
+        observedGeneration, written as a status update (a new resourceVersion and a MODIFIED event)."""
         dep = self.deployments[(namespace, name)]
-        template = dep["spec"]["template"]
-        digest = hashlib.sha256(json.dumps(template, sort_keys=True).encode()).hexdigest()[:10]
         owned = self._owned(namespace, name)
-        revisions = [int(rs["metadata"]["annotations"][REVISION]) for rs in owned]
-        current = next((rs for rs in owned if rs["metadata"]["labels"][HASH] == digest), None)
-        if current is None or str(max(revisions)) != current["metadata"]["annotations"][REVISION]:
-            revision = str(max(revisions, default=0) + 1)
-            if current is None:
-                labels = {**template["metadata"].get("labels", {}), HASH: digest}
-                current = {"apiVersion": "apps/v1", "kind": "ReplicaSet",
-                           "metadata": {"name": f"{name}-{digest}", "namespace": namespace, "labels": labels,
-                                        "annotations": {},
-                                        "ownerReferences": [{"apiVersion": "apps/v1", "kind": "Deployment",
-                                                             "name": name, "uid": dep["metadata"]["uid"],
-                                                             "controller": True}]},
-                           "spec": {"replicas": 0, "selector": {"matchLabels": labels},
-                                    "template": {**copy.deepcopy(template),
-                                                 "metadata": {"labels": dict(labels)}}},
-                           "status": {"replicas": 0}}
-                self.replicasets[(namespace, current["metadata"]["name"])] = current
-            current["metadata"]["annotations"][REVISION] = revision
-            current["metadata"]["resourceVersion"] = self._next_rv()
-            dep["metadata"]["annotations"][REVISION] = revision
-            dep["metadata"]["generation"] = dep["metadata"].get("generation", 0) + 1
-        dep["metadata"]["resourceVersion"] = self._next_rv()
+        newest = max((int(rs["metadata"]["annotations"][REVISION]) for rs in owned), default=0)
+        new = next((rs for rs in owned if without_hash(rs["spec"]["template"]) == dep["spec"]["template"]), None)
+        if new is None and not dep["spec"].get("paused"):
+            new = self._new_replicaset(dep, str(newest + 1))
+        elif new is not None and int(new["metadata"]["annotations"][REVISION]) != newest:
+            self._reuse(dep, new, str(newest + 1))
+        if new is not None:
+            dep["metadata"].setdefault("annotations", {})[REVISION] = new["metadata"]["annotations"][REVISION]
+            self._scale_replicasets(namespace, name, new)
         self._status(namespace, name)
-        self._event(event, namespace, dep)
+        dep["metadata"]["resourceVersion"] = self._next_rv()
+        self._event("MODIFIED", namespace, dep)
+
+    def _copied_annotations(self, dep: dict[str, Any]) -> dict[str, str]:
+        return {k: v for k, v in (dep["metadata"].get("annotations") or {}).items() if k not in NOT_COPIED}
+
+    def _new_replicaset(self, dep: dict[str, Any], revision: str) -> dict[str, Any]:
+        meta, template = dep["metadata"], dep["spec"]["template"]
+        digest = template_hash(template)
+        rs_template = copy.deepcopy(template)
+        rs_template.setdefault("metadata", {}).setdefault("labels", {})[HASH] = digest
+        labels = dict(rs_template["metadata"]["labels"])
+        rs = {"apiVersion": "apps/v1", "kind": "ReplicaSet",
+              "metadata": {"name": f"{meta['name']}-{digest}", "namespace": meta["namespace"], "labels": labels,
+                           "annotations": {**self._copied_annotations(dep), REVISION: revision,
+                                           DESIRED_REPLICAS: str(dep["spec"].get("replicas", 1))},
+                           "ownerReferences": [{"apiVersion": "apps/v1", "kind": "Deployment", "name": meta["name"],
+                                                "uid": meta["uid"], "controller": True}],
+                           "resourceVersion": self._next_rv()},
+              "spec": {"replicas": 0,
+                       "selector": {"matchLabels": {**dep["spec"]["selector"]["matchLabels"], HASH: digest}},
+                       "template": rs_template},
+              "status": {"replicas": 0}}
+        self.replicasets[(meta["namespace"], rs["metadata"]["name"])] = rs
+        return rs
+
+    def _reuse(self, dep: dict[str, Any], rs: dict[str, Any], revision: str) -> None:
+        """An old ReplicaSet's template is current again (a rollback): it gets the next revision, the old
+        one noted in revision-history, and the Deployment's annotations again."""
+        annotations = rs["metadata"]["annotations"]
+        old = annotations[REVISION]
+        history = annotations.get(REVISION_HISTORY)
+        annotations.update(self._copied_annotations(dep))
+        annotations[REVISION_HISTORY] = f"{history},{old}" if history else old
+        annotations[REVISION] = revision
+        rs["metadata"]["resourceVersion"] = self._next_rv()
+
+    def _scale_replicasets(self, namespace: str, name: str, new: dict[str, Any]) -> None:
+        """The first ReplicaSet gets every replica; a scale (spec.replicas changed since the last sync)
+        goes to the new ReplicaSet at once (no surge: a simplification)."""
+        key = (namespace, name)
+        want = int(self.deployments[key]["spec"].get("replicas", 1))
+        owned = self._owned(namespace, name)
+        if len(owned) == 1 or (key in self._seen_replicas and self._seen_replicas[key] != want):
+            new["spec"]["replicas"] = want
+        self._seen_replicas[key] = want
+        for rs in owned:
+            rs["status"]["replicas"] = rs["spec"]["replicas"]
 
     def _status(self, namespace: str, name: str) -> None:
+        """The controller's status update: what it saw (observedGeneration) and the replica counts."""
         dep = self.deployments[(namespace, name)]
         new = self._current(namespace, name)
         total = sum(rs["spec"]["replicas"] for rs in self._owned(namespace, name))
         dep["status"] = {"observedGeneration": dep["metadata"]["generation"], "replicas": total,
-                         "updatedReplicas": new["spec"]["replicas"], "readyReplicas": total,
+                         "updatedReplicas": new["spec"]["replicas"] if new else 0, "readyReplicas": total,
                          "availableReplicas": total}
 
     def _event(self, kind: str, namespace: str, dep: dict[str, Any]) -> None:
@@ -254,20 +409,29 @@ class KubeStub:
 
             def _do(self, method: str) -> None:
                 url = urlsplit(self.path)
-                query = {k: v[-1] for k, v in parse_qs(url.query).items()}
+                query = parse_qs(url.query, keep_blank_values=True)
+                last = {k: v[-1] for k, v in query.items()}
                 length = int(self.headers.get("Content-Length") or 0)
                 raw = self.rfile.read(length) if length else b""
+                content_type = self.headers.get("Content-Type")
+                call = {"method": method, "path": url.path, "query": query, "content_type": content_type,
+                        "body": None, "status": 0}
+                stub.calls.append(call)
                 try:
-                    body = json.loads(raw) if raw else None
-                    if query.get("watch") in ("true", "1"):
-                        stub.requests.append(("WATCH", url.path, 200))
-                        return self._watch(url.path, query)
-                    status, payload = stub.route(method, url.path, query, body, self.headers.get("Content-Type", ""))
+                    body = call["body"] = json.loads(raw) if raw else None
+                    if last.get("watch") in ("true", "1"):
+                        call["status"] = 200
+                        return self._watch(url.path, last, call)
+                    status, payload = stub.route(method, url.path, last, body, content_type or "")
                 except KubeError as e:
                     status, payload = e.code, e.body
                 except (ValueError, KeyError, IndexError, TypeError) as e:
                     status, payload = 400, status_body(400, "BadRequest", f"the request is invalid: {e}")
+                call["status"], call["response"] = status, payload
                 stub.requests.append((method, url.path, status))
+                self._reply(status, payload)
+
+            def _reply(self, status: int, payload: Any) -> None:
                 data = json.dumps(payload).encode()
                 self.send_response(status)
                 self.send_header("Content-Type", "application/json")
@@ -275,25 +439,51 @@ class KubeStub:
                 self.end_headers()
                 self.wfile.write(data)
 
-            def _watch(self, path: str, query: dict[str, str]) -> None:
+            def _send_event(self, event: dict[str, Any]) -> None:
+                self.wfile.write(json.dumps(event).encode() + b"\n")
+                self.wfile.flush()
+
+            def _watch(self, path: str, query: dict[str, str], call: dict[str, Any]) -> None:
                 parts = path.strip("/").split("/")
                 namespace = parts[4] if len(parts) > 4 and parts[3] == "namespaces" else None
+                try:
+                    stub._check("watch", "deployments", namespace or "")
+                except KubeError as e:
+                    call["status"] = e.code
+                    stub.requests.append(("WATCH", path, e.code))
+                    return self._reply(e.code, e.body)
+                stub.requests.append(("WATCH", path, 200))
                 since = int(query.get("resourceVersion") or 0)
                 deadline = time.monotonic() + float(query.get("timeoutSeconds") or 5)
+                bookmarks = query.get("allowWatchBookmarks") in ("true", "1")
                 self.send_response(200)
                 self.send_header("Content-Type", "application/json")
                 self.end_headers()
-                sent = since
+                if since and since < stub.compacted:  # the API server's answer: 200, then an ERROR event
+                    return self._send_event({"type": "ERROR", "object": status_body(
+                        410, "Expired", f"too old resource version: {since} ({stub.compacted})")})
+                self._follow(namespace, since, deadline, bookmarks)
+
+            def _follow(self, namespace: str | None, since: int, deadline: float, bookmarks: bool) -> None:
+                sent, quiet_since = since, time.monotonic()
                 while time.monotonic() < deadline:
                     with stub._lock:
                         batch = [e for e in stub.events if e[0] > sent and namespace in (None, e[2])]
                         if not batch:
-                            stub._lock.wait(timeout=min(0.2, max(0.0, deadline - time.monotonic())))
-                            continue
-                    for rv, kind, _, obj in batch:
+                            stub._lock.wait(timeout=min(0.1, max(0.0, deadline - time.monotonic())))
+                            rv = stub._rv
+                    if not batch:
+                        if bookmarks and time.monotonic() - quiet_since >= stub.bookmark_every:
+                            self._send_event({"type": "BOOKMARK", "object": {
+                                "kind": "Deployment", "apiVersion": "apps/v1",
+                                "metadata": {"resourceVersion": str(rv), "creationTimestamp": None}}})
+                            quiet_since = time.monotonic()
+                        continue
+                    for rv_, kind, _, obj in batch:
                         self.wfile.write(json.dumps({"type": kind, "object": obj}).encode() + b"\n")
-                        sent = rv
+                        sent = rv_
                     self.wfile.flush()
+                    quiet_since = time.monotonic()
 
             def do_GET(self) -> None:  # noqa: N802
                 self._do("GET")
@@ -310,13 +500,27 @@ class KubeStub:
         return Handler
 
     def _check(self, verb: str, resource: str, namespace: str, name: str = "") -> None:
-        if (verb, resource, namespace) in self.forbidden:
-            group = "apps"
-            what = f'{resource.split("/")[0]}.{group} "{name}"' if name else f"{resource}.{group}"
-            raise KubeError(403, "Forbidden",
-                            f'{what} is forbidden: User "system:serviceaccount:guardian:guardian" cannot {verb} '
-                            f'resource "{resource}" in API group "{group}" in the namespace "{namespace}"',
-                            {"name": name, "group": group, "kind": resource.split("/")[0]})
+        """RBAC: 403 with the API server's message (responsewriters.forbiddenMessage); namespace "" is a
+        request at the cluster scope."""
+        if (verb, resource, namespace) not in self.forbidden:
+            return
+        group = "apps"
+        what = f'{resource.split("/")[0]}.{group} "{name}"' if name else f"{resource.split('/')[0]}.{group}"
+        scope = f'in the namespace "{namespace}"' if namespace else "at the cluster scope"
+        raise KubeError(403, "Forbidden", f'{what} is forbidden: User "{USER}" cannot {verb} resource "{resource}" '
+                                          f'in API group "{group}" {scope}',
+                        {"name": name, "group": group, "kind": resource.split("/")[0]})
+
+    @staticmethod
+    def _patch_type(content_type: str) -> str:
+        """The PATCH's media type, or 415 as the API server answers an unsupported one (patch.go)."""
+        media = content_type.split(";")[0].strip()
+        if media not in PATCH_TYPES:
+            raise KubeError(415, "UnsupportedMediaType", "the body of the request was in an unknown format - "
+                            f"accepted media types include: {', '.join(PATCH_TYPES)}")
+        if media == "application/apply-patch+yaml":
+            raise KubeError(415, "UnsupportedMediaType", "the stub does not implement server-side apply")
+        return media
 
     def _get(self, namespace: str, name: str) -> dict[str, Any]:
         dep = self.deployments.get((namespace, name))
@@ -332,6 +536,7 @@ class KubeStub:
             raise KubeError(404, "NotFound", "the server could not find the requested resource")
         with self._lock:
             if parts[3:] == ["deployments"]:
+                self._check("list", "deployments", "")
                 return 200, self._list("Deployment", [d for d in self.deployments.values()], query)
             namespace, kind = parts[4], parts[5]
             name = parts[6] if len(parts) > 6 else ""
@@ -339,6 +544,7 @@ class KubeStub:
             resource = kind + (f"/{sub}" if sub else "")
             verb = {"GET": "get" if name else "list", "PATCH": "patch", "PUT": "update", "DELETE": "delete"}[method]
             self._check(verb, resource, namespace, name)
+            media = self._patch_type(content_type) if method == "PATCH" else ""
             if kind == "replicasets" and not name:
                 return 200, self._list("ReplicaSet", [rs for (ns, _), rs in self.replicasets.items()
                                                       if ns == namespace], query)
@@ -348,69 +554,51 @@ class KubeStub:
                 return 200, self._list("Deployment", [d for (ns, _), d in self.deployments.items()
                                                       if ns == namespace], query)
             dep = self._get(namespace, name)
+            if method in ("PATCH", "PUT"):
+                self._race(namespace, dep)
             if sub == "scale":
-                return self._scale(method, dep, body, content_type)
+                return self._scale(method, dep, body, media)
             if method == "GET":
                 return 200, copy.deepcopy(dep)
             if method == "DELETE":
                 self.delete_deployment(namespace, name)
-                return 200, status_body(200, "", "")  | {"status": "Success"}
-            if method == "PUT":
-                new = copy.deepcopy(body)
-            elif "json-patch" in content_type:
-                new = json_patch(dep, body)
-            else:
-                new = merge_patch(dep, body, strategic="strategic" in content_type)
-            return 200, self._write(namespace, name, dep, new)
+                return 200, status_body(200, "", "") | {"status": "Success"}
+            return 200, self._store(namespace, name, dep, self._patched(method, dep, body, media))
 
-    def _write(self, namespace: str, name: str, dep: dict[str, Any], new: dict[str, Any]) -> dict[str, Any]:
-        if self.conflicts > 0:  # someone else wrote the Deployment after the client read it
-            self.conflicts -= 1
-            dep["metadata"]["annotations"]["other-writer"] = self._next_rv()
-            dep["metadata"]["resourceVersion"] = self._next_rv()
-            self._event("MODIFIED", namespace, dep)
-        want = (new.get("metadata") or {}).get("resourceVersion")
-        if want and want != dep["metadata"]["resourceVersion"]:
-            raise KubeError(409, "Conflict", f'Operation cannot be fulfilled on deployments.apps "{name}": the object '
-                            "has been modified; please apply your changes to the latest version and try again",
-                            {"name": name, "group": "apps", "kind": "deployments"})
-        template_changed = new["spec"]["template"] != dep["spec"]["template"]
-        for key in ("uid", "name", "namespace"):
-            new["metadata"][key] = dep["metadata"][key]
-        new["metadata"].setdefault("annotations", {})[REVISION] = dep["metadata"]["annotations"][REVISION]
-        new["status"] = dep["status"]
-        self.deployments[(namespace, name)] = new
-        if template_changed:
-            self._sync(namespace, name, "MODIFIED")
-        else:
-            if new["spec"] != dep["spec"]:
-                new["metadata"]["generation"] = dep["metadata"].get("generation", 1) + 1
-            new["metadata"]["resourceVersion"] = self._next_rv()
-            self._status(namespace, name)
-            self._event("MODIFIED", namespace, new)
-        return copy.deepcopy(new)
+    @staticmethod
+    def _patched(method: str, current: dict[str, Any], body: Any, media: str) -> dict[str, Any]:
+        """The object a PUT (the body) or a PATCH (applied to the current object) asks to store."""
+        if method == "PUT":
+            return copy.deepcopy(body)
+        if media == "application/json-patch+json":
+            return json_patch(current, body)
+        return merge_patch(current, body, strategic=media == "application/strategic-merge-patch+json")
 
-    def _scale(self, method: str, dep: dict[str, Any], body: Any, content_type: str) -> tuple[int, Any]:
+    def _scale(self, method: str, dep: dict[str, Any], body: Any, media: str) -> tuple[int, Any]:
+        """The autoscaling/v1 Scale of a Deployment (its resourceVersion is the Deployment's); a write
+        is a Deployment write of spec.replicas, with the same resourceVersion precondition."""
         meta = dep["metadata"]
         if method in ("PATCH", "PUT"):
-            replicas = int(((body or {}).get("spec") or {})["replicas"])
+            scale = self._patched(method, self._scale_of(dep), body, media)
+            replicas = int(((scale or {}).get("spec") or {})["replicas"])
             if replicas < 0:
                 raise KubeError(422, "Invalid", f'Scale.autoscaling "{meta["name"]}" is invalid: spec.replicas: '
                                 "Invalid value: must be greater than or equal to 0")
-            dep["spec"]["replicas"] = replicas
-            self._current(meta["namespace"], meta["name"])["spec"]["replicas"] = replicas  # at once: no surge
-            for rs in self._owned(meta["namespace"], meta["name"]):
-                rs["status"]["replicas"] = rs["spec"]["replicas"]
-            meta["resourceVersion"] = self._next_rv()
-            self._status(meta["namespace"], meta["name"])
-            self._event("MODIFIED", meta["namespace"], dep)
-        return 200, {"apiVersion": "autoscaling/v1", "kind": "Scale",
-                     "metadata": {"name": meta["name"], "namespace": meta["namespace"],
-                                  "resourceVersion": meta["resourceVersion"]},
-                     "spec": {"replicas": dep["spec"]["replicas"]},
-                     "status": {"replicas": dep["status"].get("replicas", 0),
-                                "selector": ",".join(f"{k}={v}" for k, v in
-                                                     dep["spec"]["selector"]["matchLabels"].items())}}
+            new = copy.deepcopy(dep)
+            new["spec"]["replicas"] = replicas
+            new["metadata"]["resourceVersion"] = (scale.get("metadata") or {}).get("resourceVersion")
+            self._store(meta["namespace"], meta["name"], dep, new)
+        return 200, self._scale_of(self.deployments[(meta["namespace"], meta["name"])])
+
+    @staticmethod
+    def _scale_of(dep: dict[str, Any]) -> dict[str, Any]:
+        meta = dep["metadata"]
+        return {"apiVersion": "autoscaling/v1", "kind": "Scale",
+                "metadata": {"name": meta["name"], "namespace": meta["namespace"], "uid": meta["uid"],
+                             "resourceVersion": meta["resourceVersion"]},
+                "spec": {"replicas": dep["spec"]["replicas"]},
+                "status": {"replicas": (dep.get("status") or {}).get("replicas", 0),
+                           "selector": ",".join(f"{k}={v}" for k, v in dep["spec"]["selector"]["matchLabels"].items())}}
 
     def _list(self, kind: str, items: list[dict[str, Any]], query: dict[str, str]) -> dict[str, Any]:
         selector = [s.split("=", 1) for s in (query.get("labelSelector") or "").split(",") if s]
@@ -420,4 +608,4 @@ class KubeStub:
                 "items": chosen}
 
 
-__all__ = ["KubeStub", "status_body"]
+__all__ = ["HASH", "NOT_COPIED", "PATCH_TYPES", "REVISION", "KubeStub", "status_body", "template_hash"]
