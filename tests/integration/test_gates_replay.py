@@ -49,7 +49,7 @@ class Stack:
         self.guardian = self._up(GuardianServer(
             workdir / "guardian", prometheus_url=self.prometheus.url, rules=[str(workdir / "rules")], tick_seconds=1,
             evaluation_delay=0.5, min_window=3, analysis_seconds=5, gate_token=TOKEN).start())
-        self.load = self._up(LoadGenerator({self.primary.url: 100, self.canary.url: 0}, rps=60,
+        self.load = self._up(LoadGenerator({self.primary.url: 100, self.canary.url: 0}, rps=50,
                                            max_seconds=600).start())
         self.prometheus.wait_for_series('http_requests_total{service="checkout"}', timeout=30)
 

@@ -110,7 +110,9 @@ def test_gauge_p99_is_a_sensible_latency(stack: Stack) -> None:
     stack.canary.hit(30)  # ~10 ms each
     end = stack.settled()
     p99 = stack.source.fetch(P99, "checkout", CANARY, start, end)
-    assert 0.005 < p99 <= 0.1
+    # a histogram quantile: one of the 30 answers slowed past 0.1 s by a busy machine puts the p99 in the
+    # (0.1, 0.25] bucket; a sensible latency is tens of milliseconds, not seconds and not zero
+    assert 0.005 < p99 <= 0.25
 
 
 def test_gauge_with_several_series_is_nodata_naming_the_labels(stack: Stack) -> None:
