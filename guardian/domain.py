@@ -162,6 +162,9 @@ class Evidence:
     counters: frozenset[str] = frozenset()  # signals recorded as increments (summed over a window)
     started_at: float = 0.0  # Unix time of tick 0's start (the rollout's start: forecasts are frozen there)
     models: dict[str, Any] = field(default_factory=dict)  # check name -> its frozen forecast model, or why none
+    # why the latest value of (signal, arm) is missing, in the source's words ("no series for …"); live only
+    # (recordings hold values, not reasons), cleared when a value arrives
+    missing_why: dict[tuple[str, str], str] = field(default_factory=dict)
     # memo of arrays derived from the (append-only) ticks, extended as ticks arrive; never an input
     cache: dict[Any, Any] = field(default_factory=dict, repr=False, compare=False)
 
@@ -169,7 +172,9 @@ class Evidence:
     def ticks(self) -> int:
         return len(self.unavailable)
 
-    def append(self, values: dict[str, dict[str, float | None]], unavailable: str | None = None) -> None:
+    def append(self, values: dict[str, dict[str, float | None]], unavailable: str | None = None,
+               why: dict[tuple[str, str], str] | None = None) -> None:
+        """Add tick `ticks`; `why`: the source's reason for each (signal, arm) it had no value for."""
         t = self.ticks
         for signal, arms in values.items():
             per_arm = self.series.setdefault(signal, {})
@@ -177,6 +182,10 @@ class Evidence:
                 column = per_arm.setdefault(arm, [])
                 column.extend([None] * (t - len(column)))
                 column.append(v)
+                if v is not None:
+                    self.missing_why.pop((signal, arm), None)
+                elif why and (signal, arm) in why:
+                    self.missing_why[(signal, arm)] = why[(signal, arm)]
         self.unavailable.append(unavailable)
         for per_arm in self.series.values():
             for column in per_arm.values():
@@ -193,6 +202,11 @@ class Evidence:
             grown.extend(np.array([np.nan if v is None else v for v in self.column(signal, arm)[len(grown):]],
                                   dtype=float))
         return grown.view
+
+    def why_missing(self, signal: str, arm: str) -> str:
+        """' (the source: …)' when the source said why (signal, arm) has no value, else ''."""
+        why = self.missing_why.get((signal, arm))
+        return f" (the source: {why})" if why else ""
 
     def column(self, signal: str, arm: str) -> list[float | None]:
         """Tick-aligned values (every column is kept padded to `ticks`). Do not mutate."""

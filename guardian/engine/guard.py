@@ -294,12 +294,12 @@ class Guard:
         while ev.ticks < first:
             ev.append({}, unavailable="not fetched: the guardian was not running")
         for i in range(first, t):  # catch up on ticks missed while the guardian was down: record, don't judge
-            values, unavailable = self._fetch(ruleset, state, i)
-            ev.append(values, unavailable)
+            values, unavailable, why = self._fetch(ruleset, state, i)
+            ev.append(values, unavailable, why)
             self.store.record_tick(state.evolve(last_tick=i), i, self.clock.now(), values, unavailable, [], None)
         self._reconcile(state)
-        values, unavailable = self._fetch(ruleset, state, t)
-        ev.append(values, unavailable)
+        values, unavailable, why = self._fetch(ruleset, state, t)
+        ev.append(values, unavailable, why)
         if unavailable:
             self.metrics.source_errors.inc()
         _, unresolved = arm_selectors(ruleset.rules.arms, state, self._arm_values(state, ruleset))
@@ -455,10 +455,14 @@ class Guard:
             self.store.log_decision(state.id, Decision(Action.NOTIFY, done, at=self.clock.now()), None,
                                     self.clock.now())
 
-    def _fetch(self, ruleset: RuleSet, state: RolloutState, t: int) -> tuple[dict, str | None]:
+    def _fetch(self, ruleset: RuleSet, state: RolloutState, t: int
+               ) -> tuple[dict, str | None, dict[tuple[str, str], str]]:
+        """Tick t's values, why the source could not answer at all (None: it did), and why each missing
+        (signal, arm) is missing in the source's words (NoData: no series, no value in the window …)."""
         start, end = state.tick_bounds(t)
         selectors, _ = arm_selectors(ruleset.rules.arms, state, self._arm_values(state, ruleset))
         values: dict[str, dict[str, float | None]] = {}
+        why: dict[tuple[str, str], str] = {}
         unavailable: str | None = None
         for name, q in ruleset.queries.items():
             query = SignalQuery(name, q.type, q.promql)
@@ -469,11 +473,12 @@ class Guard:
                     continue  # the source is down (do not wait for a timeout per query), or the arm is unknown
                 try:
                     values[name][arm] = self.source.fetch(query, state.service, selectors[arm], start, end)
-                except NoData:
-                    pass
+                except NoData as e:
+                    if str(e):
+                        why[(name, arm)] = str(e)
                 except SourceUnavailable as e:
                     unavailable = str(e) or "source unavailable"
-        return values, unavailable
+        return values, unavailable, why
 
     # -- acting ---------------------------------------------------------------------------------------
     def _act(self, state: RolloutState, decision: Decision) -> tuple[RolloutState, Outcome]:

@@ -109,9 +109,11 @@ def _rate(check: CompareCheck, ev: Evidence, t: int, base: dict) -> Verdict:
     result = staggered_from_cumulative(cum, t, check.alpha, warmup=warmup, every=every)
     since = min(result.start if result.start is not None else warmup, t + 1)
     cs = _csums(ev, ((num, "canary"), (den, "canary"), (num, "baseline"), (den, "baseline")), t)
-    with np.errstate(invalid="ignore"):
+    with np.errstate(invalid="ignore", over="ignore"):
         ec, rc, eb, rb = (float(x) for x in cs[t + 1] - cs[since])
-        total_canary = float(cs[t + 1, 1] - cs[min(warmup, t + 1), 1])
+        lo = min(warmup, t + 1)  # the canary's samples: its ticks that report both counts
+        paired = ~(np.isnan(k_c[lo:]) | np.isnan(n_c[lo:]))
+        total_canary = float(np.sum(n_c[lo:][paired]))
     rate_c = ec / rc if rc > 0 else None
     rate_b = max(eb, 0.5) / rb if rb > 0 else None  # half an event at least: finite when the baseline had none
     ratio = (rate_c / rate_b) if rate_c is not None and rate_b else None
@@ -123,14 +125,33 @@ def _rate(check: CompareCheck, ev: Evidence, t: int, base: dict) -> Verdict:
     if result.rejected:
         return Verdict(result=Result.FAIL, reason=f"{num} rate worse than {lam0:g}x baseline: {facts}; {stat}",
                        **common)
+    if (missing := _numerator_missing(ev, num, den, t)) is not None:  # "0 of N" would be a pass on no data
+        return Verdict(result=Result.INCONCLUSIVE, warming_up=t < warmup, reason=missing, **common)
     if t < warmup:
         return Verdict(result=Result.INCONCLUSIVE, warming_up=True, reason=f"warming up ({facts})", **common)
     if not math.isfinite(total_canary):  # counts beyond any float: no usable evidence, never a pass
         return Verdict(result=Result.INCONCLUSIVE, reason=f"canary {den} count is not finite ({facts})", **common)
+    if not _reported(ev, den, "canary", t):
+        return Verdict(result=Result.INCONCLUSIVE, reason=(
+            f"no data for {den} from the canary{ev.why_missing(den, 'canary')}; need {check.min_samples:g} "
+            f"{den}"), **common)
     if total_canary < check.min_samples:
         return Verdict(result=Result.INCONCLUSIVE, reason=(
-            f"too little canary traffic: {total_canary:g} {den} (need {check.min_samples:g}); {facts}"), **common)
+            f"too little canary traffic: {total_canary:g} {den} (need {check.min_samples:g}); {facts}"
+            f"{ev.why_missing(den, 'canary')}"), **common)
     return Verdict(result=Result.PASS, reason=f"no evidence the canary is worse: {facts}; {stat}", **common)
+
+
+def _numerator_missing(ev: Evidence, num: str, den: str, t: int) -> str | None:
+    """Why the rate cannot be judged when an arm reports its denominator but never its numerator (a
+    histogram without the objective's bucket has requests but no `slow`); None when both are there."""
+    silent = [arm for arm in ("canary", "baseline")
+              if _reported(ev, den, arm, t) and not _reported(ev, num, arm, t)]
+    if not silent:
+        return None
+    why = "".join(ev.why_missing(num, arm) for arm in silent[:1])
+    return (f"no data for {num} from the {' and the '.join(silent)}{why}, though {den} has data: a missing "
+            f"signal is never a pass (is its query right? `guardian doctor SERVICE` checks every signal)")
 
 
 def _sign(check: CompareCheck, ev: Evidence, t: int, base: dict) -> Verdict:
@@ -166,6 +187,10 @@ def _collapse(check: CompareCheck, ev: Evidence, t: int, base: dict) -> Verdict:
     signal = check.signal or ""
     n_c, n_b = ev.array(signal, "canary")[: t + 1], ev.array(signal, "baseline")[: t + 1]
     warmup = _warmup(check, ev.step_seconds)
+    if not (_reported(ev, signal, "canary", t) or _reported(ev, signal, "baseline", t)):
+        return Verdict(result=Result.INCONCLUSIVE, warming_up=t < warmup, **base, reason=(
+            f"no data for {signal} from either arm{ev.why_missing(signal, 'canary')}: nothing to judge a "
+            "collapse by"))
     p, run, baseline, share = collapse_p_value(n_c, n_b, t, warmup=warmup)
     # checked at every tick: Bonferroni over the looks so far keeps the whole rollout at alpha
     alpha_t = check.alpha / max(1, t + 1 - warmup)

@@ -82,7 +82,14 @@ def read_tick(check: ThresholdCheck, ev: Evidence, t: int) -> Reading:
         k, n = sum(a for a, _ in pairs), sum(b for _, b in pairs)
         if not (math.isfinite(k) and math.isfinite(n)):  # counts beyond any float: no usable evidence
             return Reading(TickState.NODATA, None, n, "ratio", f"counts not finite: {k:g}/{n:g} in {span}")
-        if not pairs or n <= 0 or n < check.min_samples:
+        if not pairs and any(b is not None for b in dens):  # "0 of N" would read as within the limit
+            return Reading(TickState.NODATA, None, 0.0, "ratio",
+                           f"no data for {num_name} in {span}{ev.why_missing(num_name, check.arm)}, though "
+                           f"{den_name} has data")
+        if not pairs:
+            return Reading(TickState.NODATA, None, 0.0, "ratio",
+                           f"no data for {den_name} in {span}{ev.why_missing(den_name, check.arm)}")
+        if n <= 0 or n < check.min_samples:
             return Reading(TickState.NODATA, None, n, "ratio",
                            f"too few samples: {n:g} {den_name} in {span} (need {check.min_samples:g})")
         ratio = k / n
@@ -96,7 +103,10 @@ def read_tick(check: ThresholdCheck, ev: Evidence, t: int) -> Reading:
     column = ev.column(signal, check.arm)[lo : t + 1]
     if check.min_samples > 0:
         samples, seen = _sum(ev.column(check.samples_from, check.arm)[lo : t + 1])
-        if seen == 0 or samples < check.min_samples:
+        if seen == 0:
+            return Reading(TickState.NODATA, None, 0.0, "last", f"no data for {check.samples_from} in {span}"
+                           f"{ev.why_missing(check.samples_from, check.arm)} (need {check.min_samples:g})")
+        if samples < check.min_samples:
             return Reading(TickState.NODATA, None, samples, "last",
                            f"too few samples: {samples:g} {check.samples_from} in {span} "
                            f"(need {check.min_samples:g})")
@@ -104,7 +114,8 @@ def read_tick(check: ThresholdCheck, ev: Evidence, t: int) -> Reading:
         samples = float("nan")
     present = [v for v in column if v is not None]
     if not present:
-        return Reading(TickState.NODATA, None, samples, "last", f"no data for {signal} in {span}")
+        return Reading(TickState.NODATA, None, samples, "last",
+                       f"no data for {signal} in {span}{ev.why_missing(signal, check.arm)}")
     if signal in ev.counters:
         value, stat = float(sum(present)), f"sum over {span}"
     else:

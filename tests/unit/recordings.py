@@ -3,7 +3,7 @@ from __future__ import annotations
 
 
 def steady_recording(ticks: int, *, canary_errors: int = 0, canary_p99: float = 0.12, truth: str = "good") -> dict:
-    """checkout at steady traffic: 100 canary and 900 baseline requests per 10 s tick."""
+    """checkout at steady traffic: 100 canary and 900 baseline requests per 10 s tick, a few of them slow."""
     return {
         "format": "guardian-recording/v1",
         "service": "checkout",
@@ -12,6 +12,7 @@ def steady_recording(ticks: int, *, canary_errors: int = 0, canary_p99: float = 
         "series": {
             "requests": {"canary": [100] * ticks, "baseline": [900] * ticks},
             "errors": {"canary": [canary_errors] * ticks, "baseline": [1] * ticks},
+            "slow": {"canary": [0] * ticks, "baseline": [2] * ticks},  # answers over the 0.5 s objective
             "p99_seconds": {"canary": [canary_p99] * ticks, "baseline": [0.1] * ticks},
         },
         "labels": {"truth": truth},

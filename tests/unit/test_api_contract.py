@@ -448,7 +448,8 @@ def test_recording_after_a_tick(api):
     assert rec["start"] == "2026-01-05T12:00:00Z"
     assert rec["series"]["requests"] == {"canary": [100], "baseline": [900]}
     assert rec["series"]["errors"] == {"canary": [0], "baseline": [1]}
-    assert rec["series"]["slow"] == {"canary": [None], "baseline": [None]}  # not in the source: missing
+    assert rec["series"]["slow"] == {"canary": [0], "baseline": [2]}
+    assert rec["series"]["cpu_seconds"] == {"canary": [None], "baseline": [None]}  # not in the source: missing
 
     view = api.client.get(f"/v1/rollouts/{rid}").json()
     assert view["last_tick"] == 0
