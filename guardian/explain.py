@@ -17,7 +17,9 @@ DROVE = {"rollback": ("fail",), "pause": ("fail", "inconclusive", "error"), "sca
          "notify": ("fail",)}
 DONE = {"start": "started", "advance": "advanced", "promote": "promoted", "rollback": "rolled back",
         "pause": "paused", "resume": "resumed", "scale": "scaled out", "notify": "notified"}
-WHO = {"guardian": "the guardian", "user": "a user", "alertmanager": "an Alertmanager alert"}
+WHO = {"guardian": "the guardian", "user": "a user", "alertmanager": "an Alertmanager alert",
+       "replay": "the replay"}
+MOVES = ("start", "advance", "promote", "rollback")  # the actions that change the canary's weight
 
 
 def _num(x: Any) -> str:
@@ -51,7 +53,18 @@ def _when(at: float | None, start: float | None) -> str:
     return clock if start is None else f"{clock} (+{at - start:.0f}s)"
 
 
-def explain_decision(d: dict[str, Any], start: float | None = None) -> dict[str, Any]:
+def _all_passed(verdicts: list[dict[str, Any]], action: str) -> str:
+    """': all 2 checks passed (memory-leak abstained)': abstaining checks are named, not counted as passes."""
+    abstained = [str(v.get("check")) for v in verdicts if v.get("abstained")]
+    judged = len(verdicts) - len(abstained)
+    text = f": all {judged} check{'' if judged == 1 else 's'} " + ("pass again" if action == "resume" else "passed")
+    return text + (f" ({', '.join(abstained)} abstained)" if abstained else "")
+
+
+def explain_decision(d: dict[str, Any], start: float | None = None,
+                     weights: tuple[int, int] | None = None) -> dict[str, Any]:
+    """One decision in words. `weights`: the canary's traffic percent before and after it (START, ADVANCE,
+    PROMOTE, ROLLBACK), shown as "10% → 25%"."""
     action = d.get("action", "?")
     verdicts = d.get("verdicts") or []
     drove_results = DROVE.get(action)
@@ -59,39 +72,69 @@ def explain_decision(d: dict[str, Any], start: float | None = None) -> dict[str,
     drove.sort(key=lambda v: {"fail": 0, "error": 1, "inconclusive": 2, "pass": 3}.get(v.get("result"), 4))
     outcome = d.get("outcome")
     who = WHO.get(d.get("source", ""), d.get("source", "?"))
-    words = f"{DONE.get(action, action)} by {who}"
+    moved = "" if weights is None else (f" at {weights[1]}%" if weights[0] == weights[1] else
+                                        f" {weights[0]}% → {weights[1]}%")
     if outcome is not None:
         done = "done" if outcome.get("ok") else f"the actuator FAILED: {outcome.get('detail')}"
     else:
-        done = "recorded"
-    headline = f"{words} ({done})"
+        done = "at the end of the recording" if d.get("source") == "replay" else "recorded"
+    why = ""
     if action in ("rollback", "pause") and drove:
-        words += " because " + "; ".join(evidence_line(v) for v in drove[:3])
+        why = " because " + "; ".join(evidence_line(v) for v in drove[:3])
     elif action in ("advance", "promote", "resume") and verdicts:
-        words += f": all {len(verdicts)} checks " + ("pass again" if action == "resume" else "passed")
-        headline = f"{words} ({done})"
+        why = _all_passed(verdicts, action)
+    words = f"{DONE.get(action, action)}{moved} by {who}"
+    headline = f"{words}{why if action != 'rollback' and action != 'pause' else ''} ({done})"
+    words += why
+    actuator = ""
     if outcome is not None:
-        words += (f". The actuator did it ({outcome.get('detail')})" if outcome.get("ok")
-                  else f". The actuator FAILED: {outcome.get('detail')} (retried on the next tick)")
+        actuator = (f". The actuator did it ({outcome.get('detail')})" if outcome.get("ok")
+                    else f". The actuator FAILED: {outcome.get('detail')} (retried on the next tick)")
+    words += actuator
     return {
         "at": d.get("at"), "when": _when(d.get("at"), start), "tick": d.get("tick"), "action": action,
         "source": d.get("source"), "reason": d.get("reason", ""), "words": words, "headline": headline,
+        "who": who, "why": why, "actuator": actuator,
+        "weights": None if weights is None else {"from": weights[0], "to": weights[1]},
         "checks": [{**{k: v.get(k) for k in ("check", "result", "value", "threshold", "sample_size", "statistic",
                                                "action", "reason")}, "drove": v in drove} for v in verdicts],
         "outcome": outcome, "logs": d.get("logs") or [],
     }
 
 
-def explain(rollout: dict[str, Any], decisions: Sequence[dict[str, Any]]) -> dict[str, Any]:
+def _weights(rollout: dict[str, Any], decisions: Sequence[dict[str, Any]]) -> list[tuple[int, int] | None]:
+    """The canary's weight before and after each decision that moves it (None for the others, and for an
+    `observe` rollout, whose traffic someone else moves). A failed action moves nothing."""
+    steps = list(rollout.get("steps") or [])
+    if not steps or rollout.get("strategy") == "observe":
+        return [None] * len(decisions)
+    weight, index, out = 0, -1, []
+    for d in decisions:
+        action = d.get("action")
+        if action not in MOVES:
+            out.append(None)
+            continue
+        after_index = {"start": 0, "advance": min(index + 1, len(steps) - 1)}.get(action, index)
+        after = {"promote": 100, "rollback": 0}.get(action, steps[max(after_index, 0)])
+        out.append((weight, after))
+        if (d.get("outcome") or {"ok": True}).get("ok"):
+            weight, index = after, after_index
+    return out
+
+
+def explain(rollout: dict[str, Any], decisions: Sequence[dict[str, Any]], *, head: str | None = None) -> dict[str, Any]:
+    """The story of a rollout. `head` names it in the summary (default "Rollout ID of SERVICE to IMAGE
+    (STRATEGY, steps [...])")."""
     start = rollout.get("created_at")
-    timeline = [explain_decision(d, start) for d in decisions]
+    timeline = [explain_decision(d, start, w) for d, w in zip(decisions, _weights(rollout, decisions), strict=True)]
     phase = rollout.get("phase", "?")
-    head = (f"Rollout {rollout.get('id')} of {rollout.get('service')} to {rollout.get('image')} "
-            f"({rollout.get('strategy')}, steps {rollout.get('steps')})")
+    head = head or (f"Rollout {rollout.get('id')} of {rollout.get('service')} to {rollout.get('image')} "
+                    f"({rollout.get('strategy')}, steps {rollout.get('steps')})")
     final = next((t for t in reversed(timeline) if t["action"] in ("rollback", "promote")), None)
     if final is not None and phase in ("rolled_back", "promoted"):
         took = "" if final["at"] is None or start is None else f" {final['at'] - start:.0f} s after it started"
-        summary = f"{head} was {DONE[final['action']]}{took}, {final['words'].split(' ', 2)[-1]}."
+        why = ("," + final["why"]) if final["why"].startswith(" because") else final["why"]
+        summary = f"{head} was {DONE[final['action']]} by {final['who']}{took}{why}{final['actuator']}."
     else:
         last = timeline[-1]["words"] if timeline else "no decision yet"
         summary = f"{head} is {phase} at {rollout.get('weight')}%; last: {last}."
@@ -101,9 +144,15 @@ def explain(rollout: dict[str, Any], decisions: Sequence[dict[str, Any]]) -> dic
 
 
 def render_text(e: dict[str, Any]) -> str:
-    lines = [e["summary"], ""]
+    return "\n".join([e["summary"], "", *render_timeline(e).splitlines()])
+
+
+def render_timeline(e: dict[str, Any]) -> str:
+    """The decisions, one line each (with the checks that drove a rollback or a pause, and log templates)."""
+    lines: list[str] = []
+    width = max((len(t["when"]) for t in e["timeline"]), default=0)
     for t in e["timeline"]:
-        lines.append(f"{t['when']}  {t['action'].upper():<8} {t['headline']}")
+        lines.append(f"{t['when']:<{width}}  {t['action'].upper():<8} {t['headline']}")
         for c in t["checks"]:
             if c["drove"] and t["action"] in DROVE:
                 lines.append(f"            - {evidence_line(c)}")

@@ -536,6 +536,8 @@ class Guard:
             logger.error("rollout {}: {} failed: {}", state.id, request.action.value, outcome.detail)
         self.store.finish_op(state.id, seq, outcome, decision, new_state, now)
         crash_point("after_finish_op", request.action.value)
+        if new_state.phase is not state.phase:  # the tick's recording was written before the action: its phase too
+            self._write_recording(new_state)
         self._notify(new_state, decision, outcome)
         self._refresh_gauges()
         return new_state, outcome

@@ -1,19 +1,25 @@
 """Replay recordings through the live engine: the same Guard, store, judges and policy; only the
 source (a RecordingSource), the clock (a FakeClock) and the actuator (noop) differ.
 
-Causal by construction: at tick t the guard can only have fetched ticks <= t. `labels` are never read.
+Causal by construction: at tick t the guard can only have fetched ticks <= t. `labels` never reach a
+decision: only the image, the previous image and the rules the rollout ran under are read from them, to
+be shown (in the explanation, and in `guardian replay`'s note about the policy it judged with).
+
+A replayed rollout is never promoted by the engine (its analysis spans the whole recording, so that every
+tick is judged); a recording that ends with no rollback and no pause is replayed as "promote": its reason
+says so ("no check failed in 40 ticks (400 s) …"), and `explanation` tells the same story.
 """
 from __future__ import annotations
 
 import os
 from concurrent.futures import ProcessPoolExecutor
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from guardian.actuators.noop import NoopActuator
 from guardian.clock import FakeClock
-from guardian.domain import Action, Phase, Strategy
+from guardian.domain import Action, Decision, Phase, Result, Strategy
 from guardian.engine.guard import Guard, GuardConfig, StartSpec
 from guardian.engine.store import SQLiteStore
 from guardian.errors import ModelMissing, RecordingError
@@ -43,6 +49,10 @@ class ReplayResult:
     reason: str
     decisions: tuple[dict[str, Any], ...] = ()
     rollout: dict[str, Any] | None = None  # the replayed rollout's final state
+    policy: str = DEFAULT_RULESET.source  # the rules it was judged with: "built-in default" or a file
+    shown: dict[str, Any] = field(default_factory=dict)  # labels shown, never judged: image, previous_image, rules
+    last_verdicts: tuple[dict[str, Any], ...] = ()  # the verdicts of the recording's last tick
+    ended_at: float | None = None  # the end of the recording's last tick
 
     def to_json(self) -> dict[str, Any]:
         return {"file": self.file, "decision": self.decision, "tick": self.tick, "reason": self.reason}
@@ -69,25 +79,86 @@ def replay_recording(recording: dict[str, Any], name: str, ruleset: RuleSet = DE
     state = guard.start(StartSpec(service=recording.get("service") or name, image="recorded", strategy=Strategy.OBSERVE,
                                   steps=(100,), step_seconds=source.step, analysis_seconds=horizon + source.step,
                                   id="replay", previous_image="recorded"))
+    labels = recording.get("labels") if isinstance(recording.get("labels"), dict) else {}
+    shown = {k: labels[k] for k in ("image", "previous_image", "rules", "rollout_id")
+             if isinstance(labels.get(k), str) and labels[k]}  # for the eyes only: nothing below reads them
+    common = {"policy": ruleset.source, "shown": shown}
     paused_at: int | None = None
     last_reason = ""
+    last: Decision | None = None
     for t in range(source.ticks):
         clock.t = source.start + (t + 1) * source.step
         decision = guard.tick(state.id)
         if decision is None:
             continue
-        last_reason = decision.reason
+        last, last_reason = decision, decision.reason
         if decision.action is Action.ROLLBACK:
             return ReplayResult(name, "rollback", t, decision.reason, tuple(store.decisions(state.id)),
-                                store.get(state.id).to_dict())
+                                store.get(state.id).to_dict(), **common)
         if decision.action is Action.PAUSE:
             paused_at = t
     final = store.get(state.id)
     decisions = tuple(store.decisions(state.id))
     store.close()
     if final.phase is Phase.PAUSED:
-        return ReplayResult(name, "pause", paused_at, final.reason or last_reason, decisions, final.to_dict())
-    return ReplayResult(name, "promote", None, last_reason or "no check failed", decisions, final.to_dict())
+        return ReplayResult(name, "pause", paused_at, final.reason or last_reason, decisions, final.to_dict(), **common)
+    last_verdicts = tuple(v.to_dict() for v in last.verdicts) if last is not None else ()
+    return ReplayResult(name, "promote", None, _promote_reason(last, source.ticks, source.step), decisions,
+                        final.to_dict(), **common, last_verdicts=last_verdicts, ended_at=clock.t)
+
+
+def _promote_reason(last: Decision | None, ticks: int, step: float) -> str:
+    """Why a recording that ended with no rollback and no pause is a promotion: nothing failed over all of it,
+    and how its last tick stood (not the step's countdown: the replay's analysis spans the recording)."""
+    span = f"no check failed in {ticks} ticks ({ticks * step:g} s)"
+    if last is None:
+        return span
+    judged = [v for v in last.verdicts if not v.abstained]
+    abstained = [v.check for v in last.verdicts if v.abstained]
+    if judged and all(v.result is Result.PASS for v in judged):
+        note = f" ({', '.join(abstained)} abstained)" if abstained else ""
+        return f"{span}; all {len(judged)} checks pass at the last tick{note}"
+    return f"{span}; at the last tick: {last.reason}"
+
+
+def policy_words(source: str) -> str:
+    """'the built-in default policy' or 'rules from FILE'."""
+    return "the built-in default policy" if source == DEFAULT_RULESET.source else f"rules from {source}"
+
+
+def ruled_elsewhere(result: ReplayResult) -> str | None:
+    """The rules the recording says its rollout ran under (labels.rules), when they are not the ones this
+    replay judged with; None when they are, or when the recording does not say."""
+    ran = result.shown.get("rules")
+    if ran is None:
+        return None
+    ran = DEFAULT_RULESET.source if ran == "default" else ran
+    if ran == result.policy:
+        return None
+    if DEFAULT_RULESET.source not in (ran, result.policy) and Path(ran).resolve() == Path(result.policy).resolve():
+        return None
+    return ran
+
+
+def explanation(result: ReplayResult) -> dict[str, Any]:
+    """The replayed rollout explained as `rollout explain` does, telling the story the replay's decision
+    tells: a recording replayed as "promote" reads "was promoted by the replay" (not "is progressing"),
+    the image is the recording's own (labels.image), and the policy it was judged with is named."""
+    from guardian.explain import explain
+
+    rollout = {**(result.rollout or {}), "id": result.file}
+    image = result.shown.get("image")
+    rollout["image"] = image or "an image the recording does not name"
+    decisions = [dict(d) for d in result.decisions]
+    if decisions and decisions[0].get("action") == "start":
+        decisions[0]["source"] = "replay"  # the replay started it, not a user
+    if result.decision == "promote":
+        rollout["phase"] = "promoted"
+        decisions.append({"action": "promote", "source": "replay", "reason": result.reason, "at": result.ended_at,
+                          "tick": None, "verdicts": list(result.last_verdicts), "outcome": None})
+    head = (f"Replay of {result.file} ({rollout.get('service')} to {rollout['image']}; judged with "
+            f"{policy_words(result.policy)})")
+    return {**explain(rollout, decisions, head=head), "policy": result.policy}
 
 
 def replay_file(path: Path, ruleset: RuleSet = DEFAULT_RULESET) -> ReplayResult:

@@ -336,6 +336,7 @@ class SQLiteStore:
             "start": datetime.fromtimestamp(state.origin, UTC).isoformat().replace("+00:00", "Z"),
             "series": series,
             "labels": {"rollout_id": state.id, "image": state.image, "phase": state.phase.value,
+                       "rules": state.rules,  # the rules it ran under (shown by replay and report, never judged)
                        "unavailable_ticks": [i for i, u in enumerate(ev.unavailable) if u]},
         }
         if state.previous_image:  # labels are free-form: a recording without it reads as before

@@ -5,6 +5,7 @@ pydantic error location such as ('checks', 0, 'above') is turned back into the l
 """
 from __future__ import annotations
 
+import difflib
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -17,7 +18,7 @@ from ruamel.yaml.reader import ReaderError
 
 from guardian.errors import Problem, RuleError
 from guardian.rules.defaults import DEFAULT_RULES, STANDARD_QUERIES
-from guardian.rules.models import Query, RuleFile
+from guardian.rules.models import AlertRoute, Arms, CompareCheck, ForecastCheck, Query, RuleFile, ThresholdCheck
 
 RULE_SUFFIXES = (".yaml", ".yml")
 
@@ -91,10 +92,50 @@ def _loc(err: dict[str, Any]) -> tuple[int | str, ...]:
     return loc
 
 
+CHECK_KINDS: dict[str, type] = {"threshold": ThresholdCheck, "compare": CompareCheck, "baseline": ForecastCheck}
+
+
+def _field_names(model: type) -> list[str]:
+    return [f.alias or name for name, f in model.model_fields.items()]  # type: ignore[attr-defined]
+
+
+def _model_at(parent: Sequence[int | str]) -> type | None:
+    """The model whose fields stand at `parent` (the location of a mapping in a rule file)."""
+    if not parent:
+        return RuleFile
+    head, depth = parent[0], len(parent)
+    if head == "arms" and depth == 1:
+        return Arms
+    if head == "queries" and depth == 2:
+        return Query
+    if head == "alerts" and depth == 2:
+        return AlertRoute
+    if head == "checks" and depth == 3:
+        return CHECK_KINDS.get(str(parent[2]))
+    return None
+
+
+def _unknown_field(loc: Sequence[int | str]) -> str:
+    """'unknown field', with the field it probably meant ("did you mean 'above'?"), or the kind of check it
+    belongs to."""
+    name = str(loc[-1]) if loc else ""
+    model = _model_at(loc[:-1])
+    if model is None:
+        return "unknown field"
+    if model in CHECK_KINDS.values():  # a field of another kind of check: say so rather than guess a spelling
+        kind = next(k for k, m in CHECK_KINDS.items() if m is model)
+        other = [k for k, m in CHECK_KINDS.items() if m is not model and name in _field_names(m)]
+        if other:
+            return (f"unknown field for a kind: {kind} check ({name!r} is a field of "
+                    + " and ".join(f"kind: {k}" for k in other) + " checks)")
+    close = difflib.get_close_matches(name, _field_names(model), n=1, cutoff=0.6)
+    return f"unknown field; did you mean {close[0]!r}?" if close else "unknown field"
+
+
 def _message(err: dict[str, Any]) -> str:
     msg = err["msg"].removeprefix("Value error, ")
     if err["type"] == "extra_forbidden":
-        return "unknown field"
+        return _unknown_field(_loc(err))
     if err["type"] in ("missing", "union_tag_not_found"):
         return "required field is missing"
     if err["type"] == "union_tag_invalid":
@@ -147,9 +188,8 @@ def _parse_text(text: str, filename: str) -> RuleFile:
     try:
         data = YAML(typ="rt").load(text)
     except MarkedYAMLError as e:
-        mark = e.problem_mark or e.context_mark
-        line = mark.line + 1 if mark else 1
-        raise RuleError([Problem(filename, line, "(yaml)", f"malformed YAML: {e.problem or e.context}")]) from None
+        line, message = _yaml_mistake(e, text)
+        raise RuleError([Problem(filename, line, "(yaml)", f"malformed YAML: {message}")]) from None
     except ReaderError as e:  # a character YAML does not allow (control characters, ...): not a MarkedYAMLError
         line = text.count("\n", 0, max(0, e.position)) + 1
         char = f"U+{e.character:04X}" if isinstance(e.character, int) else repr(e.character)
@@ -163,6 +203,68 @@ def _parse_text(text: str, filename: str) -> RuleFile:
         found = [Problem(filename, _line_of(data, loc), _field_path(loc, data), m) for loc, m in problems]
         raise RuleError(sorted(found, key=lambda p: p.line))
     return rules
+
+
+def _indent(line: str) -> int:
+    return len(line) - len(line.lstrip(" "))
+
+
+def _spaces(n: int) -> str:
+    return f"{n} space{'' if n == 1 else 's'}"
+
+
+def _line_above(lines: list[str], index: int) -> str | None:
+    """The nearest line above lines[index] that holds something (not blank, not only a comment)."""
+    for i in range(index - 1, -1, -1):
+        if lines[i].strip() and not lines[i].lstrip().startswith("#"):
+            return lines[i]
+    return None
+
+
+def _yaml_mistake(e: MarkedYAMLError, text: str) -> tuple[int, str]:
+    """(1-based line, what is wrong in words a person knows) for a YAML syntax error; the parser's own
+    words ("expected <block end>, but found '<block mapping start>'") only for mistakes not listed here."""
+    problem, context = str(e.problem or ""), str(e.context or "")
+    mark, where = e.problem_mark, e.context_mark
+    line = mark.line + 1 if mark else (where.line + 1 if where else 1)
+    lines = text.splitlines()
+    here = lines[line - 1] if 0 < line <= len(lines) else ""
+    above = _line_above(lines, line - 1)
+    if "\\t" in problem or "\t" in problem:  # ruamel writes the tab escaped: found character '\t' ...
+        return line, "a tab character: YAML indents with spaces only (replace the tab with spaces)"
+    if "duplicate key" in problem:
+        key = problem.split('"')[1] if problem.count('"') >= 2 else "?"
+        return line, f"duplicate key {key!r}: each key may appear once in a mapping"
+    if "could not find expected ':'" in problem and where is not None:
+        key_line = lines[where.line] if where.line < len(lines) else ""
+        return where.line + 1, (f"expected 'key: value' but {key_line.strip()!r} has no ':' (add one, or quote "
+                                "the text)")
+    if "quoted scalar" in context and where is not None:
+        return where.line + 1, "a quoted string opened on this line is never closed (add its closing quote)"
+    if "flow" in context and where is not None:
+        return where.line + 1, "a '[' or '{' opened on this line is never closed"
+    if "mapping values are not allowed here" in problem:
+        if above is not None and _indent(here) > _indent(above) and not above.rstrip().endswith(":"):
+            return line, (f"this line is indented by {_spaces(_indent(here))}, deeper than the line above "
+                          f"({_spaces(_indent(above))}), which already has its value: keys of one mapping must "
+                          "start in the same column")
+        return line, ("a ': ' inside a value: put the value in quotes (e.g. name: \"a: b\"), or check the "
+                      "indentation of this line")
+    if problem.startswith("expected <block end>") or "did not find expected" in problem:
+        if problem.endswith("'-'") or "block sequence start" in problem or "'-' indicator" in problem:
+            what = "a list item ('- ') where a key was expected"
+        elif problem.endswith("'?'"):
+            what = "a key where a list item ('- ') was expected"
+        else:
+            what = "this line does not line up with the lines above it"
+        if above is not None and _indent(here) != _indent(above):
+            what += (f": it is indented by {_spaces(_indent(here))}, the line above by {_spaces(_indent(above))}; keys "
+                     "of one mapping must start in the same column, and a list's items too")
+        else:
+            what += (": YAML nests by indentation; keys of one mapping (and a list's items) must start in the "
+                     "same column")
+        return line, what
+    return line, problem or context or "unreadable"
 
 
 def _validate(plain: dict[str, Any]) -> tuple[RuleFile | None, list[dict[str, Any]]]:
@@ -190,6 +292,27 @@ def rule_files(paths: Iterable[str | Path]) -> list[Path]:
         else:
             files.append(p)
     return files
+
+
+def empty_folders(paths: Iterable[str | Path]) -> list[Path]:
+    """The folders among `paths` that hold no rule file (*.yaml, *.yml): checking them checks nothing."""
+    return [p for p in map(Path, paths) if p.is_dir() and not rule_files([p])]
+
+
+def describe(ruleset: RuleSet) -> list[str]:
+    """One line per check and alert route: what it reads and what a failure does, defaults named
+    ("error-rate: threshold on errors / requests, fails -> rollback (no action given: the default)")."""
+    lines = []
+    for check in ruleset.rules.checks:
+        reads = " / ".join(check.signals) if len(check.signals) == 2 else check.signals[0]
+        action = check.action + (f" {check.replicas:+d} replica(s)" if check.action == "scale" else "")
+        default = "" if "action" in check.model_fields_set else " (no action given: the default)"
+        lines.append(f"{check.name}: {check.kind} on {reads}, fails -> {action}{default}")
+    for route in ruleset.rules.alerts:
+        default = "" if "action" in route.model_fields_set else " (no action given: the default)"
+        match = ", ".join(f"{k}={v}" for k, v in route.match.items())
+        lines.append(f"alert {{{match}}} -> {route.action}{default}")
+    return lines
 
 
 def load_paths(paths: Iterable[str | Path]) -> dict[str, RuleSet]:

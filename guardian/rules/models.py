@@ -25,13 +25,14 @@ import re
 from collections.abc import Mapping
 from typing import Annotated, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, field_validator, model_validator
 
 from guardian.domain import Action, SignalType
 from guardian.rules.promql import PLACEHOLDERS, unknown_placeholders, unquoted_value_placeholders
 
 _NUM = r"(\d+(?:\.\d+)?)"
-_DURATION = re.compile(rf"^\s*(?:{_NUM}h)?\s*(?:{_NUM}m(?!s))?\s*(?:{_NUM}s)?\s*(?:(\d+)ms)?\s*$")
+# a space between a number and its unit is allowed everywhere ("250 ms" as "2 %"), as is one between parts
+_DURATION = re.compile(rf"^\s*(?:{_NUM}\s*h)?\s*(?:{_NUM}\s*m(?!s))?\s*(?:{_NUM}\s*s)?\s*(?:(\d+)\s*ms)?\s*$")
 _NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
 
 
@@ -64,7 +65,7 @@ def parse_duration(value: object) -> float:
 
 
 def parse_number(value: object) -> float:
-    """A limit: 0.05, '5%' (= 0.05), '1s' / '250ms' (= seconds)."""
+    """A limit: 0.05, '5%' (= 0.05), '1s' / '250ms' (= seconds); a space may stand before the unit ('250 ms')."""
     if isinstance(value, bool):
         raise ValueError("expected a number such as 0.05, 5% or 1s")
     if isinstance(value, int | float):
@@ -80,6 +81,47 @@ def parse_number(value: object) -> float:
         except ValueError:
             pass
     raise ValueError(f"expected a number such as 0.05, 5% or 1s, got {value!r}")
+
+
+def parse_fraction(value: object, example: str = "0.95 or 95%") -> float:
+    """A probability: 0.95 or '95%' (= 0.95). A number above 1 is refused with how to write it (95 -> 0.95)."""
+    if isinstance(value, bool) or not isinstance(value, int | float | str):
+        raise ValueError(f"expected a fraction such as {example}, got {value!r}")
+    if isinstance(value, str):
+        text = value.strip()
+        try:
+            return _finite(float(text[:-1]) / 100) if text.endswith("%") else _finite(float(text))
+        except ValueError:
+            raise ValueError(f"expected a fraction such as {example}, got {value!r}") from None
+    number = _finite(value)
+    if number > 1:
+        raise ValueError(f"{value!r} is above 1: write a fraction or a percentage, e.g. {example}")
+    return number
+
+
+def _ratio_limit(field: str, limit: float, raw: object) -> None:
+    """A ratio of counters is a share in [0, 1]: a limit outside it, or one it can never cross, is a mistake
+    (`above: 200%` could never fail)."""
+    if limit < 0 or limit > 1:
+        raise ValueError(f"a ratio is a share between 0 and 100%: {field}: {raw} is outside it")
+    if field == "above" and limit >= 1:
+        raise ValueError(f"a ratio is a share between 0 and 100%: it is never above {raw}, so this check could "
+                         "never fail")
+    if field == "below" and limit <= 0:
+        raise ValueError(f"a ratio is a share between 0 and 100%: it is never below {raw}, so this check could "
+                         "never fail")
+
+
+_SCALE_NEEDS_REPLICAS = "action 'scale' needs 'replicas: N', the number of replicas to add (e.g. replicas: 1)"
+
+
+def _check_scale(check: BaseModel) -> None:
+    if getattr(check, "action", None) != "scale":
+        return
+    if "replicas" not in check.model_fields_set:
+        raise ValueError(_SCALE_NEEDS_REPLICAS)
+    if getattr(check, "replicas", 0) == 0:
+        raise ValueError("action 'scale' needs a non-zero 'replicas' delta")
 
 
 Duration = Annotated[float, Field(ge=0)]
@@ -136,13 +178,29 @@ class ThresholdCheck(_Strict):
 
     @field_validator("above", "below", mode="before")
     @classmethod
-    def _number(cls, v: object) -> float | None:
-        return None if v is None else parse_number(v)
+    def _number(cls, v: object, info: ValidationInfo) -> float | None:
+        if v is None:
+            return None
+        limit = parse_number(v)
+        if info.data.get("ratio") is not None and info.data.get("signal") is None:  # declared (validated) before
+            _ratio_limit(str(info.field_name), limit, v)
+        return limit
 
     @field_validator("for_", "window", mode="before")
     @classmethod
-    def _duration(cls, v: object) -> float | None:
-        return None if v is None else parse_duration(v)
+    def _duration(cls, v: object, info: ValidationInfo) -> float | None:
+        if v is None:
+            return None
+        seconds = parse_duration(v)
+        if info.field_name == "window" and seconds <= 0:
+            raise ValueError(f"window must be longer than 0s (it is the history each evaluation sums, e.g. 30s); "
+                             f"got {v!r}")
+        return seconds
+
+    @field_validator("confidence", mode="before")
+    @classmethod
+    def _confidence(cls, v: object) -> float:
+        return parse_fraction(v)
 
     @field_validator("ratio")
     @classmethod
@@ -160,8 +218,7 @@ class ThresholdCheck(_Strict):
             raise ValueError("give exactly one of 'signal' or 'ratio'")
         if (self.above is None) == (self.below is None):
             raise ValueError("give exactly one of 'above' or 'below'")
-        if self.action == "scale" and self.replicas == 0:
-            raise ValueError("action 'scale' needs a non-zero 'replicas' delta")
+        _check_scale(self)
         return self
 
     @property
@@ -223,6 +280,11 @@ class CompareCheck(_Strict):
     def _duration(cls, v: object) -> float | None:
         return None if v is None else parse_duration(v)
 
+    @field_validator("alpha", mode="before")
+    @classmethod
+    def _alpha(cls, v: object) -> float:
+        return parse_fraction(v, "0.01 or 1%")
+
     _ratio = field_validator("ratio")(ThresholdCheck._ratio.__func__)
 
     @model_validator(mode="after")
@@ -234,6 +296,7 @@ class CompareCheck(_Strict):
             raise ValueError("test 'rate' compares a ratio of counters: give 'ratio: errors / requests'")
         if test != "rate" and self.ratio is not None:
             raise ValueError(f"test {test!r} reads one signal: give 'signal', not 'ratio'")
+        _check_scale(self)
         return self
 
     @property
@@ -303,8 +366,7 @@ class ForecastCheck(_Strict):
     def _consistent(self) -> ForecastCheck:
         if self.period is not None and self.period <= 0:
             raise ValueError("period must be longer than 0s")
-        if self.action == "scale" and self.replicas == 0:
-            raise ValueError("action 'scale' needs a non-zero 'replicas' delta")
+        _check_scale(self)
         return self
 
     @property

@@ -150,7 +150,7 @@ def test_read_nab_style_and_epoch_timestamps(tmp_path):
     ("timestamp,value\n", "no data rows"),
     ("time,val\n2014-01-01 00:00:00,1\n", "timestamp and value"),
     ("timestamp,value\n2014-01-01 00:00:00,1\n2014-01-01 00:05:00,abc\n", ":3: value 'abc'"),
-    ("timestamp,value\n2014-01-01 00:00:00,1\n2014-01-01 00:05:00,\n", ":3: value ''"),
+    ("timestamp,value\n2014-01-01 00:00:00,\n2014-01-01 00:05:00, \n", "no values"),  # every value empty
     ("timestamp,value\nyesterday,1\n", ":2: timestamp 'yesterday'"),
 ])
 def test_bad_csv_raises_a_clear_error_naming_the_file(tmp_path, content, message):
@@ -207,6 +207,54 @@ def test_cli_detect_round_trip_and_exit_2_on_a_bad_csv(tmp_path):
     result = runner.invoke(app, ["detect", str(bad)])
     assert result.exit_code == 2
     assert str(bad) in result.stderr and "oops" in result.stderr and ":3:" in result.stderr
+
+
+# -- issue 17, defect 9: a JSON file, and empty values -------------------------------------------------
+def test_a_json_file_is_named_as_such_and_not_dumped(tmp_path):
+    path = tmp_path / "series.json"
+    path.write_text(json.dumps([{"timestamp": 1392388200 + 300 * i, "value": i} for i in range(2000)]))
+    with pytest.raises(DetectInputError) as e:
+        read_series(path)
+    message = str(e.value)
+    assert str(path) in message and "JSON" in message and "timestamp,value" in message
+    assert len(message) < 400, message  # says what it found in a few words, not the whole file
+
+
+def test_a_long_wrong_header_is_shortened(tmp_path):
+    path = tmp_path / "wide.csv"
+    path.write_text(",".join(f"column_{i}" for i in range(500)) + "\n1,2\n")
+    with pytest.raises(DetectInputError) as e:
+        read_series(path)
+    assert "timestamp and value" in str(e.value) and "column_0" in str(e.value) and len(str(e.value)) < 400
+
+
+def test_empty_values_are_missing_rows_kept_in_the_output(tmp_path, capsys):
+    n = 600
+    v = noise(n)
+    rows = [[int(t), f"{x:.6f}"] for t, x in zip(times(n), v, strict=True)]
+    rows[100][1] = ""
+    rows[400][1] = "  "
+    src = write_csv(tmp_path / "in.csv", rows)
+    out = tmp_path / "out.csv"
+    detect_file(src, out)
+    err = capsys.readouterr().err
+    assert f"{src}:102:" in err and f"{src}:402:" in err and "empty value" in err
+    with open(out) as f:
+        got = list(csv.DictReader(f))
+    assert len(got) == n  # one row per input row (SPEC section 1)
+    assert got[100]["value"] == "" and got[100]["anomaly"] == "0" and 0.0 <= float(got[100]["score"]) <= 1.0
+    # the missing row is not fed to the detector: the other rows score as if it were not there
+    full_scores, _ = detect_series(times(n)[np.arange(n) != 100][:300], v[np.arange(n) != 100][:300])
+    assert [float(r["score"]) for r in got[101:300]] == pytest.approx(full_scores[100:299].tolist(), abs=1e-6)
+
+
+def test_cli_warns_about_empty_values_and_exits_0(tmp_path):
+    src = write_csv(tmp_path / "in.csv", [[int(t), "" if i == 5 else x] for i, (t, x) in
+                                          enumerate(zip(times(200), noise(200), strict=True))])
+    result = CliRunner().invoke(app, ["detect", str(src)])
+    assert result.exit_code == 0, result.output
+    assert f"{src}:7: empty value" in result.stderr
+    assert len(result.stdout.splitlines()) == 201
 
 
 # -- NAB scorer -------------------------------------------------------------------------------------

@@ -85,7 +85,9 @@ def test_replay_explain_gives_the_same_kind_of_explanation(tmp_path):
     text = render_text(e)
     assert "ROLLBACK" in text and "FAILED: value" in text and "samples" in text
     out = CliRunner().invoke(cli.app, ["replay", str(recordings[0]), "--explain", "--json"])
-    assert out.exit_code == 0 and "explanation" in json.loads(out.output.splitlines()[0])
+    # standard output: one JSON object per recording; the policy it judged with is named on standard error
+    assert out.exit_code == 0 and "explanation" in json.loads(out.stdout.splitlines()[0])
+    assert "built-in default policy" in out.stderr
 
 
 def test_evidence_lines_say_value_threshold_samples_and_statistic():
@@ -95,3 +97,59 @@ def test_evidence_lines_say_value_threshold_samples_and_statistic():
     line = evidence_line({"check": "errors", "result": "inconclusive", "value": None, "threshold": 1.0,
                           "sample_size": 10, "reason": "too little canary traffic: 10 requests (need 50); more"})
     assert line.endswith("— too little canary traffic: 10 requests (need 50)") and "value —" in line
+
+
+# -- issue 17, frictions: the wording of the story, and the weights of each step ---------------------------
+def _passing(*names: str, abstained: tuple[str, ...] = ()) -> list[dict]:
+    return ([{"check": n, "result": "pass", "value": 0.01, "threshold": 0.05, "sample_size": 300} for n in names]
+            + [{"check": n, "result": "inconclusive", "abstained": True, "reason": "abstains: no data"}
+               for n in abstained])
+
+
+def _ok(action: str) -> dict:
+    return {"ok": True, "action": action, "detail": f"noop: would {action}"}
+
+
+def _promoted_rollout() -> tuple[dict, list[dict]]:
+    rollout = {"id": "r1", "service": "checkout", "image": "checkout:v2", "strategy": "canary",
+               "steps": [10, 25, 50, 100], "phase": "promoted", "weight": 100, "created_at": 1000.0}
+    decisions = [{"action": "start", "source": "user", "at": 1000.0, "reason": "start", "verdicts": [],
+                  "outcome": _ok("start")}]
+    for i, at in enumerate((1069.0, 1129.0, 1189.0)):
+        decisions.append({"action": "advance", "source": "guardian", "at": at, "tick": 6 * (i + 1), "reason": "ok",
+                          "verdicts": _passing("error-rate", "p99-latency", abstained=("memory-leak",)),
+                          "outcome": _ok("advance")})
+    decisions.append({"action": "promote", "source": "guardian", "at": 1249.0, "tick": 24, "reason": "ok",
+                      "verdicts": _passing("error-rate", "p99-latency"), "outcome": _ok("promote")})
+    return rollout, decisions
+
+
+def test_the_summary_reads_as_a_sentence():
+    e = explain(*_promoted_rollout())
+    assert e["summary"].startswith("Rollout r1 of checkout to checkout:v2 (canary, steps [10, 25, 50, 100]) was "
+                                   "promoted by the guardian 249 s after it started: all 2 checks passed"), e["summary"]
+    assert "started, the guardian" not in e["summary"]
+
+
+def test_a_rollback_summary_says_who_and_why():
+    rollout, decisions = _promoted_rollout()
+    decisions[-1] = {"action": "rollback", "source": "guardian", "at": 1249.0, "tick": 24, "reason": "bad",
+                     "verdicts": [{"check": "error-rate", "result": "fail", "value": 0.24, "threshold": 0.05,
+                                   "sample_size": 300}], "outcome": _ok("rollback")}
+    e = explain({**rollout, "phase": "rolled_back", "weight": 0}, decisions)
+    assert ("was rolled back by the guardian 249 s after it started, because error-rate FAILED: value 0.24 vs "
+            "threshold 0.05") in e["summary"], e["summary"]
+
+
+def test_every_step_says_its_weights():
+    text = render_text(explain(*_promoted_rollout()))
+    lines = [line for line in text.splitlines() if "ADVANCE" in line or "START" in line or "PROMOTE" in line]
+    assert "0% → 10%" in lines[0]
+    assert "10% → 25%" in lines[1] and "25% → 50%" in lines[2] and "50% → 100%" in lines[3]
+    assert "promoted at 100%" in lines[4]  # the last ADVANCE reached 100%: the promotion moves nothing
+
+
+def test_abstaining_checks_are_not_counted_as_passed():
+    e = explain(*_promoted_rollout())
+    advance = e["timeline"][1]["words"]
+    assert "all 2 checks passed" in advance and "memory-leak abstained" in advance, advance

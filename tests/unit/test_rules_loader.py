@@ -154,7 +154,7 @@ def test_unknown_top_level_field():
         service: x
         chekcs: []
         """)
-    assert str(p) == "r.yaml:2: chekcs: unknown field"
+    assert str(p) == "r.yaml:2: chekcs: unknown field; did you mean 'checks'?"
 
 
 def test_wrong_type():
@@ -639,3 +639,127 @@ def test_rulebook_picks_up_a_new_file_and_a_removed_one(tmp_path):
     extra.unlink()
     assert book.reload(only_if_changed=True) == []
     assert set(book.services()) == {"payments"}
+
+
+# -- issue 17, defect 8: what `rules check` let through, and how it says what is wrong ---------------------
+def check_with(**fields: str) -> str:
+    """A one-check rule file; `fields` override or add lines of the check (None removes one)."""
+    body = {"name": "a", "kind": "threshold", "ratio": "errors / requests", "above": "5%", "action": "rollback"}
+    body.update(fields)
+    lines = "".join(f"    {k}: {v}\n" for k, v in body.items() if v is not None)
+    return "service: x\nchecks:\n  - " + lines[4:]
+
+
+def test_a_zero_window_is_refused():
+    p = only_problem(check_with(window="0s"))
+    assert (p.line, p.field) == (8, "checks[0].window")
+    assert "longer than 0" in p.message
+
+
+@pytest.mark.parametrize(("field", "limit"), [("above", "200%"), ("above", "100%"), ("above", "1.5"), ("below", "0%"),
+                                              ("below", "-5%"), ("above", "-1%")])
+def test_a_ratio_limit_outside_0_to_100_percent_is_refused(field, limit):
+    p = only_problem(check_with(**{"above": None, field: limit}))
+    assert (p.line, p.field) == (6 if field == "above" else 7, f"checks[0].{field}")  # a new key comes last
+    assert "between 0 and 100%" in p.message and limit in p.message
+
+
+def test_a_signal_limit_may_be_any_number():
+    parse_text(check_with(ratio=None, signal="p99_seconds", above="2s"), "r.yaml")
+    parse_text(check_with(ratio=None, signal="memory_bytes", above="2000000000"), "r.yaml")
+
+
+@pytest.mark.parametrize("kind_lines", [
+    {},
+    {"kind": "compare", "above": None},
+    {"kind": "baseline", "ratio": None, "signal": "requests", "above": None},
+])
+def test_scale_without_replicas_is_refused(kind_lines):
+    p = only_problem(check_with(action="scale", **kind_lines))
+    assert p.field.startswith("checks[0]")
+    assert "replicas" in p.message and "scale" in p.message
+    parse_text(check_with(action="scale", replicas="1", **kind_lines), "r.yaml")  # with it: fine
+
+
+def test_a_check_without_action_rolls_back_as_documented():
+    rules = parse_text(check_with(action=None), "r.yaml")
+    assert rules.checks[0].action == "rollback"
+    rule_files_section = (REPO / "README.md").read_text().split("## Rule files", 1)[1].split("\n## ", 1)[0]
+    assert "without `action`" in rule_files_section
+
+
+@pytest.mark.parametrize(("text", "line", "words"), [
+    ("service: d\nchecks:\n  - name: e\n    kind: threshold\n   ratio: errors / requests\n    above: 5%\n", 5,
+     "indented by 3 spaces"),
+    ("service: d\nchecks:\n  - name: e\n    kind: threshold\n      ratio: errors / requests\n    above: 5%\n", 5,
+     "indented"),
+    ("service: x\nqueries:\n  q:\n    promql: up\n\tbad: 1\n", 5, "tab"),
+    ("service: x\nchecks\n  - name: a\n", 2, "':'"),
+    ("service: \"x\nchecks: []\n", 1, "never closed"),
+    ("service: x\nchecks:\n  - name: a: b\n", 3, "quote"),
+])
+def test_yaml_mistakes_are_told_in_plain_words(text, line, words):
+    p = only_problem(text)
+    assert (p.line, p.field) == (line, "(yaml)")
+    assert p.message.startswith("malformed YAML: ") and words in p.message, p.message
+    for raw in ("<block", "mapping values are not allowed", "cannot start any token", "simple key"):
+        assert raw not in p.message, p.message
+
+
+@pytest.mark.parametrize(("text", "value"), [("250 ms", 0.25), ("2 %", 0.02), ("1 s", 1.0), ("2 m", 120.0),
+                                             ("250ms", 0.25), ("2%", 0.02)])
+def test_a_space_between_number_and_unit_is_accepted_everywhere(text, value):
+    assert parse_number(text) == pytest.approx(value)
+
+
+@pytest.mark.parametrize(("text", "seconds"), [("30 s", 30.0), ("500 ms", 0.5), ("1 h 30 m", 5400.0)])
+def test_a_duration_with_spaces(text, seconds):
+    assert parse_duration(text) == pytest.approx(seconds)
+
+
+def test_limits_with_spaces_in_a_rule_file():
+    rules = parse_text(check_with(ratio=None, signal="p99_seconds", above="250 ms", **{"for": "2 m"}), "r.yaml")
+    assert (rules.checks[0].limit, rules.checks[0].for_) == (pytest.approx(0.25), 120.0)
+
+
+def test_confidence_and_alpha_accept_percentages():
+    assert parse_text(check_with(confidence="95%"), "r.yaml").checks[0].confidence == pytest.approx(0.95)
+    compare = parse_text(check_with(kind="compare", above=None, alpha="1%"), "r.yaml").checks[0]
+    assert compare.alpha == pytest.approx(0.01)
+    p = only_problem(check_with(confidence="95"))
+    assert p.field == "checks[0].confidence" and "0.95 or 95%" in p.message
+
+
+@pytest.mark.parametrize(("text", "field", "suggestion"), [
+    (check_with(above=None, abov="5%"), "checks[0].abov", "did you mean 'above'?"),
+    (check_with(windw="30s"), "checks[0].windw", "did you mean 'window'?"),
+    ("service: x\nchekcs: []\n", "chekcs", "did you mean 'checks'?"),
+    ("service: x\narms: {lable: version}\n", "arms.lable", "did you mean 'label'?"),
+    (check_with(sigma="3"), "checks[0].sigma", "a field of kind: baseline checks"),
+])
+def test_unknown_fields_get_a_suggestion(text, field, suggestion):
+    found = problems_of(text)
+    [p] = [p for p in found if p.field == field]
+    assert p.message.startswith("unknown field") and suggestion in p.message, p.message
+
+
+def test_rules_check_refuses_an_empty_folder(tmp_path):
+    from typer.testing import CliRunner
+
+    from guardian.cli import app
+
+    result = CliRunner().invoke(app, ["rules", "check", str(tmp_path)])
+    assert result.exit_code == 2
+    assert f"{tmp_path}:0: (file): no rule files" in " ".join(result.output.split())
+
+
+def test_rules_check_says_what_a_check_without_action_does(tmp_path):
+    from typer.testing import CliRunner
+
+    from guardian.cli import app
+
+    write(tmp_path, "x.yaml", check_with(action=None))
+    result = CliRunner().invoke(app, ["rules", "check", str(tmp_path)], env={"COLUMNS": "250"})
+    assert result.exit_code == 0, result.output
+    out = " ".join(result.output.split())
+    assert "a: threshold on errors / requests, fails -> rollback (no action given: the default)" in out, out
