@@ -103,28 +103,29 @@ def _baseline() -> None:
 def fit_command(
     service: Annotated[str, typer.Argument(help="the service label value to fit models for")],
     signal: Annotated[list[str] | None, typer.Option(
-        "--signal", "-s", show_default=False,
-        help="signal to fit (repeatable): " + ", ".join(BASELINE_SIGNALS)
-             + f"; default: {', '.join(DEFAULT_SIGNALS)}")] = None,
+        "--signal", "-s", show_default=", ".join(DEFAULT_SIGNALS),
+        help="signal to fit (repeatable): " + ", ".join(BASELINE_SIGNALS))] = None,
     prometheus_url: Annotated[str, typer.Option(
         "--prometheus-url", envvar="GUARDIAN_PROMETHEUS_URL", help="Prometheus base URL")] = "http://127.0.0.1:9090",
     weeks: Annotated[int, typer.Option(min=1, help="weeks of history; the forecast is their median")] = 3,
     step: Annotated[str, typer.Option(help="bucket / evaluation step, e.g. 5m (also the rate() window)")] = "5m",
     models_dir: Annotated[Path, typer.Option("--models-dir", envvar="GUARDIAN_MODELS_DIR",
-                                             help="where models/<service>/<signal>.json go")] = Path("models"),
+                                             help="where models/SERVICE/SIGNAL.json go")] = Path("models"),
     arm: Annotated[str, typer.Option(help="the arm label value whose history is fitted")] = "baseline",
     arm_label: Annotated[str, typer.Option(help="the label that tells the arms apart")] = "track",
     period: Annotated[str, typer.Option(help="the seasonal period, e.g. 1w or 1d")] = "1w",
     history: Annotated[str | None, typer.Option(
-        show_default=False, help="history to read, e.g. 3d (overrides --weeks; one season per whole period)")] = None,
+        show_default="--weeks", help="history to read, e.g. 3d (overrides --weeks; one season per whole period)")]
+    = None,
     end: Annotated[str | None, typer.Option(
-        show_default=False, help="fit up to this time (ISO 8601 or Unix seconds; default now); "
+        show_default="now", help="fit up to this time (ISO 8601 or Unix seconds); "
                                  "give the rollout's start so the model never sees the release")] = None,
     query: Annotated[str | None, typer.Option(
-        show_default=False, help="custom PromQL template for the one --signal given ({{service}}, {{arm}}, "
-                                 "{{arm_label}}, {{window}}); must return one series")] = None,
+        show_default="the signal's built-in query",
+        help="custom PromQL template for the one --signal given ({{service}}, {{arm}}, {{arm_label}}, {{window}}); "
+             "must return one series")] = None,
     floor_fraction: Annotated[float | None, typer.Option(
-        min=0.0, show_default=False, help="σ floor as a fraction of the forecast level (default per signal)")] = None,
+        min=0.0, show_default="per signal", help="σ floor as a fraction of the forecast level")] = None,
     timeout: Annotated[float, typer.Option(min=0.1, help="seconds per Prometheus query")] = 30.0,
 ) -> None:
     """Fit seasonal baseline models of SERVICE from Prometheus history into MODELS_DIR/SERVICE/SIGNAL.json."""

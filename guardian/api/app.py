@@ -12,6 +12,7 @@ from pathlib import Path
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
+from fastapi_offline import FastAPIOffline
 from loguru import logger
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
@@ -20,7 +21,7 @@ from guardian.actuators import Actuator
 from guardian.actuators.pool import ActuatorPool
 from guardian.api.intake import AlertsFastLane
 from guardian.api.limits import BodyLimit
-from guardian.api.tokenfirst import OperatorTokenFirst
+from guardian.api.tokenfirst import OPERATOR_PATHS, OperatorTokenFirst
 from guardian.clock import Clock, SystemClock
 from guardian.domain import Action
 from guardian.engine.guard import Guard, GuardConfig
@@ -94,6 +95,65 @@ def build(settings: Settings, *, source: MetricSource | None = None, clock: Cloc
     return Components(settings, store, rulebook, source, guard, metrics, actuators, clock, notifier, leases)
 
 
+DOCS_ASSETS = "/docs/assets"  # Swagger UI's and ReDoc's files (fastapi-offline)
+SECURITY_SCHEMES = {
+    "operatorToken": {"type": "http", "scheme": "bearer", "description": (
+        "The operators' token (`token`, GUARDIAN_TOKEN): it alone authorizes starting, pausing, resuming, promoting "
+        "and rolling back rollouts and reloading rules, when the guardian has one.")},
+    "alertmanagerToken": {"type": "http", "scheme": "bearer", "description": (
+        "Alertmanager's bearer token for POST /v1/alerts (`alerts_token`); with no Alertmanager credentials set, "
+        "the webhook takes the operator token.")},
+    "alertmanagerBasicAuth": {"type": "http", "scheme": "basic", "description": (
+        "Alertmanager's basic auth for POST /v1/alerts (`alerts_basic_auth`, as http_config.basic_auth sends it).")},
+    "gateToken": {"type": "http", "scheme": "bearer", "description": (
+        "The gates' token (`gate_token`, else the operator token) for Flagger's webhooks and Argo's web metric; "
+        "Flagger may send it as metadata.token in the body instead.")},
+}
+
+
+def _security_of(path: str, method: str) -> list[dict[str, list[str]]] | None:
+    """The credentials an operation takes: the same rule the middleware and the routes enforce."""
+    if method == "post" and OPERATOR_PATHS.match(path):
+        return [{"operatorToken": []}]
+    if method == "post" and path == "/v1/alerts":
+        return [{"alertmanagerToken": []}, {"alertmanagerBasicAuth": []}, {"operatorToken": []}]
+    if path.startswith("/v1/gates/flagger/"):
+        return [{"gateToken": []}, {}]  # or metadata.token in the body; the event hook takes none
+    if path.startswith("/v1/gates/"):
+        return [{"gateToken": []}]
+    return None
+
+
+def _with_security(app: FastAPI) -> Callable[[], dict]:
+    """FastAPI's OpenAPI document plus the bearer/basic schemes each operation takes (so Swagger UI shows an
+    Authorize button); the Authorization header is the schemes', not a parameter of its own."""
+    generate = app.openapi
+
+    def openapi() -> dict:
+        if app.openapi_schema is not None:
+            return app.openapi_schema
+        doc = generate()
+        doc.setdefault("components", {})["securitySchemes"] = SECURITY_SCHEMES
+        for path, operations in doc.get("paths", {}).items():
+            for method, op in operations.items():
+                if not isinstance(op, dict):
+                    continue
+                if "parameters" in op:
+                    op["parameters"] = [p for p in op["parameters"] if not (
+                        p.get("in") == "header" and p.get("name", "").lower() == "authorization")]
+                    if not op["parameters"]:
+                        del op["parameters"]
+                security = _security_of(path, method)
+                if security:
+                    op["security"] = security
+                    op.setdefault("responses", {}).setdefault("401", {
+                        "description": 'missing or wrong credentials: {"error": "unauthorized", "detail": "..."}'})
+        app.openapi_schema = doc
+        return doc
+
+    return openapi
+
+
 def _error(status: int, code: str, detail: object) -> JSONResponse:
     return JSONResponse(status_code=status, content={"error": code, "detail": detail})
 
@@ -155,8 +215,12 @@ def create_app(components: Components, *, run_scheduler: bool = True) -> FastAPI
                 close_notifier(5.0)  # sends what Grafana takes within 5 s, then stops its thread
             components.store.close()
 
-    app = FastAPI(title="Release Guardian", version=__version__, lifespan=lifespan,
-                  description="Guards rollouts: watches Prometheus, judges, advances or rolls back.")
+    # /docs and /redoc with their assets served from here (the fastapi-offline package ships Swagger UI's and
+    # ReDoc's files): they work offline, with no CDN, no web fonts and no outside favicon
+    app = FastAPIOffline(title="Release Guardian", version=__version__, lifespan=lifespan, static_url=DOCS_ASSETS,
+                         description="Guards rollouts: watches Prometheus, judges, advances or rolls back.",
+                         swagger_ui_parameters={"persistAuthorization": True, "validatorUrl": None})
+    app.openapi = _with_security(app)  # type: ignore[method-assign]  # the bearer schemes: an Authorize button
     app.state.components = components
     app.add_middleware(BodyLimit, max_bytes=components.settings.max_body_bytes,  # 413 before any handler
                        per_path={"/v1/alerts": components.settings.alerts_max_bytes})  # Alertmanager's groups

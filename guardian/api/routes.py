@@ -3,6 +3,7 @@ store and the actuators block."""
 from __future__ import annotations
 
 import base64
+import contextlib
 import hmac
 import re
 import time
@@ -11,6 +12,7 @@ from typing import Annotated, Any
 import orjson
 from fastapi import APIRouter, Depends, Header, HTTPException, Query, Request, Response
 from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse
 from loguru import logger
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
@@ -19,9 +21,10 @@ from guardian.actuators import registry
 from guardian.alerts import StoredAlert, WebhookPayload, freezes, matches, route
 from guardian.api.app import Components
 from guardian.api.intake import intake_for
-from guardian.api.tokenfirst import REFUSED
+from guardian.api.tokenfirst import REFUSED, refusal, what_was_wrong
 from guardian.domain import Action, Phase, Strategy
 from guardian.engine.guard import start_spec
+from guardian.errors import ActuatorError, RolloutConflict
 
 router = APIRouter()
 _SERVICE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.\-]{0,252}$")
@@ -34,22 +37,36 @@ async def components(request: Request) -> Components:  # async: no thread-pool h
 Deps = Annotated[Components, Depends(components)]
 
 
-def require_token(c: Deps, authorization: Annotated[str | None, Header()] = None) -> None:
+def _client(request: Request) -> str:
+    client = request.client
+    return f"{client.host}:{client.port}" if client else ""
+
+
+_REFUSER = {"/v1/alerts": "alert webhook"}  # with no Alertmanager credentials the webhook takes the operator token
+
+
+def require_token(request: Request, c: Deps, authorization: Annotated[str | None, Header()] = None) -> None:
+    """The operator token, on every mutating route (OperatorTokenFirst has usually answered already). Every
+    refusal is logged, without the secret."""
     token = c.settings.token
     if token is None:
         return
     expected = f"Bearer {token.get_secret_value()}".encode()
     if not authorization or not hmac.compare_digest(authorization.encode(), expected):
+        what = _REFUSER.get(request.url.path, "operator call")
+        refusal(what, request.method, request.url.path, _client(request), what_was_wrong(authorization))
         raise HTTPException(401, REFUSED)  # the same words as OperatorTokenFirst's, which answers first
 
 
 Mutating = [Depends(require_token)]
 
 
-async def require_alertmanager(c: Deps, authorization: Annotated[str | None, Header()] = None) -> None:
+async def require_alertmanager(request: Request, c: Deps, authorization: Annotated[str | None, Header()] = None,
+                               ) -> None:
     """Alertmanager's own credentials (bearer or basic, as its http_config sends them), else the
-    operator token. The header is compared in constant time and never logged. Async: it only compares
-    strings, so it runs on the event loop (no thread-pool hop per webhook post)."""
+    operator token. The header is compared in constant time and never logged (a refusal is, with what
+    was wrong). Async: it only compares strings, so it runs on the event loop (no thread-pool hop per
+    webhook post)."""
     s = c.settings
     accepted = []
     if s.alerts_token is not None:
@@ -57,11 +74,12 @@ async def require_alertmanager(c: Deps, authorization: Annotated[str | None, Hea
     if s.alerts_basic_auth is not None:
         accepted.append("Basic " + base64.b64encode(s.alerts_basic_auth.get_secret_value().encode()).decode())
     if not accepted:
-        return require_token(c, authorization)
+        return require_token(request, c, authorization)
     given = (authorization or "").encode()
     if not any(hmac.compare_digest(given, a.encode()) for a in accepted):  # every one compared: no early exit
-        logger.warning("alert webhook refused: missing or wrong credentials ({} given)",
-                       authorization.split(" ", 1)[0] if authorization else "no Authorization header")
+        schemes = tuple(a.split(" ", 1)[0] for a in accepted)
+        refusal("alert webhook", request.method, request.url.path, _client(request),
+                f"missing or wrong credentials: {what_was_wrong(authorization, schemes)}")
         raise HTTPException(401, "Alertmanager's credentials are required (bearer token or basic auth)")
 
 
@@ -78,6 +96,9 @@ class StartRollout(BaseModel):
     step_seconds: float | None = Field(None, ge=0.5, le=3600, description="tick length (default from settings)")
     analysis_seconds: float | None = Field(None, ge=0, le=86400, description="how long each step must pass")
     force: bool = Field(False, description="start even while a critical alert freezes the service's releases")
+    allow_missing: bool = Field(False, description=(
+        "start even when a signal the policy needs has no series (the preflight's findings): the rollout then "
+        "starts paused by the guardian, with them as its reason, and resumes when the data comes"))
     previous_image: str | None = Field(None, min_length=1, max_length=512, description=(
         "the image the new one replaces, if known: fills {previous_version} in a rule file's arms"))
 
@@ -123,14 +144,57 @@ def rollout_view(c: Components, rollout_id: str) -> dict[str, Any]:
 
 
 @router.post("/v1/rollouts", status_code=201, dependencies=Mutating)
-def start_rollout(body: StartRollout, c: Deps) -> dict[str, Any]:
-    state = c.guard.start(start_spec(c.settings, **body.model_dump()))
+def start_rollout(body: StartRollout, c: Deps) -> Any:
+    """Start a rollout, after a preflight: a signal its policy needs that has no series at all (a label
+    mismatch, a histogram without the objective's bucket …) refuses the start with 422 `missing_metrics`
+    naming each and why (engine/preflight.py), unless `allow_missing`: then it starts paused."""
+    from guardian.engine.preflight import preflight, summary
+
+    spec = start_spec(c.settings, **body.model_dump(exclude={"allow_missing"}))
+    findings = preflight(c.rulebook, c.source, spec, c.clock.now()) or []
+    blocking = [f for f in findings if f.blocking]
+    if blocking and not body.allow_missing:
+        logger.warning("rollout of {} refused by the preflight: {}", spec.service, summary(findings))
+        return JSONResponse(status_code=422, content={"error": "missing_metrics", "detail": [
+            {"field": f"{f.signal} ({f.arm})", "message": f"{f.detail} [read by {', '.join(f.checks)}]"}
+            for f in blocking] + [{"field": "allow_missing", "message": "fix the metrics (`guardian doctor "
+                                   f"{spec.service}` shows every signal), or start with allow_missing (--allow-"
+                                   "missing): it then starts paused until the data comes"}]})
+    state = c.guard.start(spec)
+    if blocking:
+        with contextlib.suppress(RolloutConflict, ActuatorError):
+            c.guard.override(state.id, Action.PAUSE, f"started paused: signals with no data: {summary(findings)}",
+                             source="guardian")
     return rollout_view(c, state.id)
 
 
+@router.get("/v1/services/{service}/doctor")
+def doctor(service: str, c: Deps, window: float = Query(60.0, gt=0, le=3600, description="seconds of values read"),
+           canary: str | None = Query(None, description="the canary's arm label value, where the rule file's "
+                                                       "follows the release ({version} …)"),
+           baseline: str | None = Query(None, description="the baseline's, likewise")) -> dict[str, Any]:
+    """Every signal the service's policy reads, for both arms: whether the source has data for it and, when not,
+    why (no series with that service label, no arm label, a histogram without the objective's bucket …)."""
+    from guardian.engine.preflight import checkup
+
+    if not _SERVICE.match(service):
+        raise HTTPException(422, "service must be 1-253 letters, digits, '.', '_' or '-'")
+    try:
+        return checkup(c.rulebook, c.source, service, c.clock.now(), window=window,
+                       arm_values={k: v for k, v in (("canary", canary), ("baseline", baseline)) if v})
+    except TypeError as e:
+        raise HTTPException(409, f"this guardian's metric source cannot be examined: {e}") from None
+
+
 @router.get("/v1/rollouts")
-def list_rollouts(c: Deps, active: bool = False) -> list[dict[str, Any]]:
-    return [s.to_dict() for s in c.store.list(active_only=active)]
+def list_rollouts(c: Deps,
+                  active: Annotated[bool, Query(description="only rollouts in flight (progressing or paused)")] = False,
+                  service: Annotated[str | None, Query(description="only this service's rollouts")] = None,
+                  phase: Annotated[Phase | None, Query(description="only rollouts in this phase")] = None,
+                  ) -> list[dict[str, Any]]:
+    """Every rollout the guardian knows, oldest first, optionally filtered by service and phase."""
+    return [s.to_dict() for s in c.store.list(active_only=active)
+            if (service is None or s.service == service) and (phase is None or s.phase is phase)]
 
 
 @router.get("/v1/rollouts/{rollout_id}")
@@ -204,7 +268,7 @@ async def receive_alerts(request: Request) -> Response:
     fail it with the action its rule file's `alerts:` section (or the severity) asks for; resolved
     ones stop counting; a repeated alert changes nothing; every alert is stored."""
     c = request.app.state.components  # called, not injected: FastAPI's dependency solving is the hot path's cost
-    await require_alertmanager(c, request.headers.get("authorization"))
+    await require_alertmanager(request, c, request.headers.get("authorization"))
     limit = c.settings.alerts_max_bytes
     declared = request.headers.get("content-length")
     if declared is not None and declared.isdigit() and int(declared) > limit:

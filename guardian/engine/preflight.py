@@ -9,8 +9,9 @@ from __future__ import annotations
 
 from typing import Any
 
-from guardian.domain import RolloutState, Strategy
+from guardian.domain import ARMS, RolloutState, Strategy
 from guardian.engine.guard import StartSpec, arm_selectors
+from guardian.sources import ArmSelector
 from guardian.sources.doctor import Finding, examine
 
 
@@ -27,10 +28,33 @@ def preflight(rulebook: Any, source: Any, spec: StartSpec, now: float) -> list[F
                    canary_deployed=spec.strategy is Strategy.OBSERVE, unresolved=unresolved)
 
 
+def checkup(rulebook: Any, source: Any, service: str, now: float, *, window: float = 60.0,
+            arm_values: dict[str, str] | None = None) -> dict[str, Any]:
+    """`guardian doctor SERVICE`: every signal its policy reads, for both arms, with values over `window`.
+    `arm_values` ({"canary": "v2", …}) name the arms' label values where the rule file's follow the release."""
+    ruleset = rulebook.for_service(service)
+    arms = ruleset.rules.arms
+    selectors: dict[str, ArmSelector] = {}
+    unresolved: dict[str, str] = {}
+    for arm in ARMS:
+        value = (arm_values or {}).get(arm) or (None if arms.placeholders(arm) else getattr(arms, arm))
+        if value:
+            selectors[arm] = ArmSelector(arm, arms.label, value)
+        else:
+            unresolved[arm] = (f"the {arm}'s {arms.label} value follows the release ({getattr(arms, arm)}): name it "
+                               f"with --{arm} VALUE")
+    if not (callable(getattr(source, "instant_result", None)) and callable(getattr(source, "render", None))):
+        raise TypeError(f"{type(source).__name__} cannot be asked about its series")
+    findings = examine(source, ruleset, service, selectors, now, window=window, unresolved=unresolved)
+    return {"service": service, "rules": ruleset.source, "arm_label": arms.label,
+            "arms": {a: s.label_value for a, s in selectors.items()}, "window_seconds": window,
+            "blocking": any(f.blocking for f in findings), "findings": [f.to_dict() for f in findings]}
+
+
 def summary(findings: list[Finding]) -> str:
     """The blocking findings in one paragraph, for an error or a pause reason."""
     blocking = [f for f in findings if f.blocking]
     return "; ".join(f"{f.signal} ({f.arm}, read by {', '.join(f.checks)}): {f.detail}" for f in blocking)
 
 
-__all__ = ["preflight", "summary"]
+__all__ = ["checkup", "preflight", "summary"]

@@ -6,6 +6,7 @@ from __future__ import annotations
 import time
 from collections.abc import Iterator
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
 from threading import Thread
 
 import pytest
@@ -127,3 +128,61 @@ def test_needs_follow_the_policy():
     assert set(got) == {"errors", "requests", "slow", "p99_seconds", "memory_bytes"}
     assert got["slow"].gating and got["requests"].denominator and not got["memory_bytes"].gating
     assert got["requests"].arms == ("canary", "baseline")
+
+
+# -- the preflight of POST /v1/rollouts and `guardian doctor`, through the real app and CLI --------------------
+def api_for(prom_url: str, tmp_path):
+    from fastapi.testclient import TestClient
+
+    from guardian.api.app import build, create_app
+    from guardian.settings import Settings
+
+    s = Settings(db_path=str(tmp_path / "g.db"), rules=[], recordings_dir="", prometheus_url=prom_url)
+    c = build(s)
+    return c, TestClient(create_app(c, run_scheduler=False))
+
+
+def test_a_start_whose_metrics_are_missing_is_refused_naming_why_or_starts_paused(exporters, prometheus, tmp_path):
+    canary, baseline = exporters((0.1, 0.3, 1.0)), exporters((0.1, 0.3, 1.0))
+    prom = prometheus([(canary.target, {"service": "checkout", "track": "canary"}),
+                       (baseline.target, {"service": "checkout", "track": "baseline"})])
+    prom.wait_for_series('http_requests_total{service="checkout",track="baseline"}')
+    c, client = api_for(prom.url, tmp_path)
+    with client:
+        r = client.post("/v1/rollouts", json={"service": "checkout", "image": "checkout:v2"})
+        assert r.status_code == 422 and r.json()["error"] == "missing_metrics", r.text
+        fields = {d["field"]: d["message"] for d in r.json()["detail"]}
+        assert 'no le="0.5" bucket' in fields["slow (baseline)"], fields
+        assert "slow (canary)" not in fields  # a canary not deployed yet is pending, not missing
+        assert c.store.list() == []  # refused: nothing started
+        r = client.post("/v1/rollouts", json={"service": "checkout", "image": "checkout:v2", "allow_missing": True})
+        assert r.status_code == 201, r.text
+        state = r.json()
+        assert state["phase"] == "paused" and state["paused_by"] == "guardian" and "le=" in state["reason"]
+        r = client.get("/v1/services/checkout/doctor", params={"window": 5})
+        assert r.status_code == 200 and r.json()["blocking"] is True
+
+
+def test_a_start_with_its_metrics_in_place_goes_ahead(exporters, prometheus, tmp_path):
+    baseline = exporters((0.1, 0.5, 1.0))
+    prom = prometheus([(baseline.target, {"service": "checkout", "track": "baseline"})])
+    prom.wait_for_series('http_requests_total{service="checkout",track="baseline"}')
+    c, client = api_for(prom.url, tmp_path)
+    with client:
+        r = client.post("/v1/rollouts", json={"service": "checkout", "image": "checkout:v2"})
+        assert r.status_code == 201 and r.json()["phase"] == "progressing", r.text
+
+
+def test_the_doctor_command_without_a_guardian(exporters, prometheus, tmp_path):
+    from typer.testing import CliRunner
+
+    from guardian.cli import app
+
+    app_ = exporters((0.1, 0.5, 1.0))
+    prom = prometheus([(app_.target, {"service": "checkout-svc", "track": "canary"})])
+    prom.wait_for_series('http_requests_total{service="checkout-svc"}')
+    rules = str(Path(__file__).resolve().parents[2] / "rules")  # the seed's checkout.yaml
+    result = CliRunner().invoke(app, ["doctor", "checkout", "--prometheus-url", prom.url, "--rules", rules,
+                                      "--window", "5"], env={"COLUMNS": "200"})
+    assert result.exit_code == 1, result.output
+    assert "checkout-svc" in result.output and "would be refused" in result.output

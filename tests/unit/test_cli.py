@@ -404,3 +404,230 @@ def test_serve_refuses_an_unknown_actuator_in_its_config(tmp_path):
     assert f"{config}:2: default_target: unknown actuator 'kubernetez'" in run.stderr
     assert "known: docker, kubernetes, nginx, noop, swarm, webhook" in run.stderr
     assert not (tmp_path / "state.db").exists()
+
+
+# -- issue 17: serve on a port in use, refusals, --wait's timeout and exit codes, status lines, help ---------
+def test_serve_on_a_port_in_use_says_so_before_anything_is_ready(tmp_path):
+    import socket
+
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        run = _serve(tmp_path, "--port", str(port))
+    assert run.returncode == 2, (run.returncode, run.stderr[-2000:])  # never 3: that is "paused or inconclusive"
+    assert f"port {port}" in run.stderr and "already in use" in run.stderr
+    assert "--port" in run.stderr and "GUARDIAN_PORT" in run.stderr  # what to do about it
+    assert not re.search(r"\bready\b", run.stderr) and "scheduler" not in run.stderr  # nothing announced
+    assert not (tmp_path / "state.db").exists()
+
+
+def test_a_cli_401_names_the_token_option_and_variable(runner, guardian):
+    result = run(runner, "rollout", "start", "checkout", "--image", "x")  # no token
+    assert result.exit_code == 2
+    err = flat(result.stderr)
+    assert "HTTP 401" in err and "--token" in err and "GUARDIAN_TOKEN" in err
+
+    result = run(runner, "rollout", "pause", "nope", "--token", "wrong")
+    assert result.exit_code == 2
+    assert "--token" in flat(result.stderr) and "GUARDIAN_TOKEN" in flat(result.stderr)
+
+
+class FakeTime:
+    """Stands in for the CLI's `time` module: sleeping advances the guardian's fake clock and runs the ticks that
+    became due (as the scheduler would), so `--wait` follows a real rollout in no time."""
+
+    def __init__(self, components: Components, clock: FakeClock, ticking: bool = True):
+        self.c, self.clock, self.ticking = components, clock, ticking
+
+    def monotonic(self) -> float:
+        return self.clock.now()
+
+    def sleep(self, seconds: float) -> None:
+        self.clock.advance(seconds)
+        if self.ticking:
+            for state in self.c.store.list(active_only=True):
+                while self.c.guard.tick(state.id) is not None:
+                    pass
+
+
+def noisy_recording(ticks: int = 400, *, canary_requests: int = 12, seed: int = 7) -> dict:
+    """A healthy rollout of `shop` at 1 s ticks with every standard signal, its counts jittering as real ones do."""
+    import random
+
+    rnd = random.Random(seed)
+    jitter = lambda base, spread: [max(0, base + rnd.randint(-spread, spread)) for _ in range(ticks)]  # noqa: E731
+    return {
+        "format": "guardian-recording/v1", "service": "shop", "step_seconds": 1, "start": "2026-01-05T12:00:00Z",
+        "series": {
+            "requests": {"canary": jitter(canary_requests, 3) if canary_requests else [0] * ticks,
+                         "baseline": jitter(40, 5)},
+            "errors": {"canary": [0] * ticks, "baseline": [rnd.choice([0, 0, 1]) for _ in range(ticks)]},
+            "slow": {"canary": [0] * ticks, "baseline": [rnd.choice([0, 1, 2]) for _ in range(ticks)]},
+            "p99_seconds": {"canary": [0.2 + rnd.random() * 0.05 for _ in range(ticks)],
+                            "baseline": [0.2 + rnd.random() * 0.05 for _ in range(ticks)]},
+            "cpu_seconds": {"canary": [0.5] * ticks, "baseline": [1.5] * ticks},
+            "memory_bytes": {"canary": [5e7] * ticks, "baseline": [5e7] * ticks},
+        },
+    }
+
+
+@pytest.fixture
+def live(tmp_path, monkeypatch):
+    """A guardian on 1 s ticks (the default policy for `shop`) whose clock the CLI's sleeps move."""
+
+    def make(rec: dict, ticking: bool = True) -> Components:
+        clock = FakeClock()
+        settings = Settings(db_path=str(tmp_path / "live.db"), rules=[str(REPO / "rules")], recordings_dir="",
+                            tick_seconds=1, evaluation_delay=0)
+        components = build(settings, source=RecordingSource(rec), clock=clock)
+        client = TestClient(create_app(components, run_scheduler=False)).__enter__()
+        stack.append(client)
+        monkeypatch.setattr(cli, "_client", lambda api, token: _Borrowed(client, {}))
+        monkeypatch.setattr(cli, "time", FakeTime(components, clock, ticking))
+        return components
+
+    stack: list[TestClient] = []
+    yield make
+    for client in stack:
+        client.__exit__(None, None, None)
+
+
+def test_wait_has_a_default_timeout_and_says_0_means_never(runner):
+    for command in (["rollout", "start"], ["rollout", "watch"]):
+        timeout = _option_rows(run(runner, *command, "--help").stdout)["--timeout"]
+        default = re.search(r"\[default: \(?(\d+)", timeout)
+        assert default and int(default.group(1)) > 0, timeout
+        assert "0 = never" in timeout or "0 means never" in timeout
+
+
+def test_wait_timing_out_while_progressing_exits_4(runner, live):
+    live(noisy_recording(), ticking=False)  # no tick ever runs: the rollout stays progressing, nothing to conclude
+    result = run(runner, "rollout", "start", "shop", "--image", "shop:2", "--wait", "--timeout", "5")
+    assert result.exit_code == 4, result.output
+    assert "still progressing" in text(result.stdout) and "--timeout" in text(result.stdout)
+
+
+def test_wait_on_a_canary_without_traffic_ends_by_default_with_exit_3(runner, live):
+    live(noisy_recording(4000, canary_requests=0))  # the guardian pauses it, waiting for data, and it never comes
+    result = run(runner, "rollout", "start", "shop", "--image", "shop:2", "--wait")  # no --timeout given
+    assert result.exit_code == 3, result.output
+    out = text(result.stdout)
+    assert "paused by the guardian" in out and "waiting for data" in out
+
+
+def _wait_90s(runner, live) -> list[str]:
+    live(noisy_recording())
+    result = run(runner, "rollout", "start", "shop", "--image", "shop:2", "--steps", "25,50,100",
+                 "--analysis-seconds", "30", "--wait")
+    assert result.exit_code == 0, result.output
+    return text(result.stdout).splitlines()
+
+
+def test_wait_prints_a_line_only_when_something_changes(runner, live):
+    lines = _wait_90s(runner, live)
+    assert len(lines) <= 30, "\n".join(lines)  # was 1 + 2 a tick: 200 lines for this ~100 s rollout
+    assert any("step 3/3" in line and "100%" in line for line in lines)
+    assert lines[-1].startswith("promoted")
+
+
+def test_status_lines_read_for_people(runner, live):
+    lines = _wait_90s(runner, live)
+    out = "\n".join(lines)
+    assert "None" not in out
+    assert not re.search(r"\d\.\d{5,}", out), out  # no 0.0005263157894736842
+    assert "(breaching)" not in out
+    for line in lines:
+        if re.search(r"\b(inconclusive|hold|warming up)\b", line) and ":" in line:
+            check, _, said = line.strip().partition(": ")
+            assert re.search(r"(inconclusive|hold|warming up)\S* ?(—|-|:) ?\w", said), line  # and why
+    assert re.search(r"p99-vs-baseline: pass .*ms", out), out  # seconds shown as people read them
+
+
+def test_status_of_one_rollout_shows_every_verdict_with_its_reason(runner, live):
+    c = live(noisy_recording(4000, canary_requests=0))
+    result = run(runner, "rollout", "start", "shop", "--image", "shop:2")
+    rid = text(result.stdout).split()[-1]
+    cli.time.sleep(10)
+    out = text(run(runner, "rollout", "status", rid).stdout)
+    assert "paused by the guardian" in out
+    assert re.search(r"errors-vs-baseline: inconclusive — .*(no data|too little|requests)", out), out
+    assert c.store.get(rid).phase.value == "paused"
+
+
+# -- help -------------------------------------------------------------------------------------------------
+def _option_rows(help_text: str) -> dict[str, str]:
+    """Option name -> the text of its row(s) in a rich help panel."""
+    rows: dict[str, str] = {}
+    current = None
+    for line in text(help_text).splitlines():
+        cells = line.strip("│ ").strip()
+        m = re.match(r"^(\*\s+)?(--[\w-]+)", cells)
+        if m:
+            current = m.group(2)
+            rows[current] = cells
+        elif current and cells and not line.lstrip().startswith(("╰", "╭")):
+            rows[current] += " " + cells
+        elif line.lstrip().startswith("╰"):
+            current = None
+    return rows
+
+
+COMMANDS = [["serve"], ["rules", "check"], ["baseline", "fit"], ["rollout", "start"], ["rollout", "status"],
+            ["rollout", "watch"], ["rollout", "pause"], ["rollout", "list"], ["rollout", "explain"], ["alerts"],
+            ["report"], ["replay"], ["detect"]]
+
+
+@pytest.mark.parametrize("command", COMMANDS, ids=[" ".join(c) for c in COMMANDS])
+def test_help_shows_every_options_default(runner, command):
+    result = run(runner, *command, "--help")
+    assert result.exit_code == 0, result.output
+    rows = _option_rows(result.stdout)
+    assert rows, result.stdout
+    for option, row in rows.items():
+        if option == "--help":
+            continue
+        assert "[default:" in row or "[required]" in row, f"{' '.join(command)} {option}: {row}"
+
+
+def test_replay_workers_help_says_one_thing(runner):
+    row = _option_rows(run(runner, "replay", "--help").stdout)["--workers"]
+    assert row.count("default") == 1, row
+
+
+def test_command_list_does_not_break_a_sentence(runner):
+    out = text(run(runner, "--help").stdout)
+    listed = [line for line in out.splitlines() if line.strip("│ ").startswith("report ")]
+    assert listed and "every decision marked" in " ".join(listed[0].split()), out
+
+
+def test_version(runner):
+    from guardian import __version__
+
+    result = run(runner, "--version")
+    assert result.exit_code == 0
+    assert __version__ in result.stdout
+
+
+@pytest.mark.parametrize("command", [["serve"], ["rollout", "start"], ["rollout", "status"], ["rollout", "watch"]])
+def test_main_commands_show_examples(runner, command):
+    out = text(run(runner, *command, "--help").stdout)
+    assert "Examples" in out or "Example" in out
+    examples = [line.strip() for line in out.splitlines() if line.strip().startswith("guardian ")]
+    assert any(line.startswith(f"guardian {' '.join(command)} ") for line in examples), out
+    assert all(line.count("guardian ") == 1 for line in examples), examples  # one example a line
+
+
+def test_rollout_list(runner, guardian):
+    a = text(run(runner, "rollout", "start", "checkout", "--image", "checkout:2", "--token", "tok").stdout).split()[-1]
+    run(runner, "rollout", "rollback", a, "--token", "tok")
+    b = text(run(runner, "rollout", "start", "checkout", "--image", "checkout:3", "--token", "tok").stdout).split()[-1]
+    result = run(runner, "rollout", "list")
+    assert result.exit_code == 0, result.output
+    out = text(result.stdout)
+    assert a in out and b in out and "rolled_back" in out and "progressing" in out
+    out = text(run(runner, "rollout", "list", "--phase", "progressing").stdout)
+    assert b in out and a not in out
+    assert text(run(runner, "rollout", "list", "--service", "payments").stdout).strip() == "no rollouts"
+    rows = json.loads(run(runner, "rollout", "list", "--json", "--service", "checkout").stdout)
+    assert {r["id"] for r in rows} == {a, b}
