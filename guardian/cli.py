@@ -423,19 +423,27 @@ def _doctor_here(service: str, prometheus_url: str, rules: list[Path], window: f
 
 
 def _print_doctor(report: dict[str, Any]) -> None:
+    """A line per signal (a line per arm where the arms differ), its status coloured, then what to do."""
     arms = ", ".join(f"{a} {report['arm_label']}=\"{v}\"" for a, v in report["arms"].items()) or "none known"
     out.print(f"[bold]{_esc(report['service'])}[/bold]: policy {_esc(report['rules'])}; arms {_esc(arms)}; "
               f"values over the last {report['window_seconds']:g} s")
-    table = Table("signal", "arm", "status", "what the source says", "read by")
+    by_signal: dict[str, list[dict[str, Any]]] = {}
     for f in report["findings"]:
-        style = STATUS_STYLE.get(f["status"], "")
-        shown = f["status"] + (" (blocks)" if f["blocking"] else "" if f["gating"] else " (optional)")
-        table.add_row(f["signal"], f["arm"], f"[{style}]{shown}[/{style}]", _esc(f["detail"]), ", ".join(f["checks"]))
-    out.print(table)
-    blocking = [f for f in report["findings"] if f["blocking"]]
+        by_signal.setdefault(f["signal"], []).append(f)
+    for signal, found in by_signal.items():
+        same = len({(f["status"], f["detail"]) for f in found}) == 1
+        groups = [found] if same else [[f] for f in found]
+        for group in groups:
+            f = group[0]
+            style = STATUS_STYLE.get(f["status"], "")
+            shown = f["status"] + (" (blocks)" if f["blocking"] else "" if f["gating"] else ", optional")
+            who = " and ".join(g["arm"] for g in group)
+            out.print(f"  [bold]{signal}[/bold] ({who}): [{style}]{shown}[/{style}] — {_esc(f['detail'])} "
+                      f"[dim](read by {', '.join(f['checks'])})[/dim]")
+    blocking = list(dict.fromkeys(f["signal"] for f in report["findings"] if f["blocking"]))
     if blocking:
-        out.print(f"[red]{len(blocking)} signal(s) a check needs have no data[/red]: a rollout of "
-                  f"{_esc(report['service'])} would be refused (or start paused with --allow-missing) until they do")
+        out.print(f"[red]no data for {', '.join(blocking)}[/red], which a check needs: a rollout of "
+                  f"{_esc(report['service'])} would be refused (or start paused with --allow-missing) until it has")
     else:
         out.print("[green]every signal a check needs is there[/green]")
 

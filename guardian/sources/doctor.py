@@ -157,8 +157,18 @@ def _examine_one(source: Introspectable, q: SignalQuery, service: str, sel: ArmS
     if q.type is SignalType.COUNTER and value == 0 and need.denominator:
         return Finding(status="idle", value=value, detail=f"did not move in the last {window:g}s: no traffic on "
                        "this arm? (a rollout's checks wait for it: inconclusive, never a pass)", **common)
-    unit = f" in {window:g}s ({value / window:.3g}/s)" if q.type is SignalType.COUNTER else ""
-    return Finding(status="ok", value=value, detail=f"{value:.4g}{unit}", **common)
+    return Finding(status="ok", value=value, detail=_shown(q, value, window), **common)
+
+
+def _shown(q: SignalQuery, value: float, window: float) -> str:
+    """A value for people: a counter's increase and rate, a gauge in its unit where its name says it."""
+    if q.type is SignalType.COUNTER:
+        return f"{value:.4g} in {window:g}s ({value / window:.3g}/s)"
+    if q.signal.endswith("_seconds"):
+        return f"{value * 1000:.3g} ms" if value < 1 else f"{value:.3g} s"
+    if q.signal.endswith("_bytes"):
+        return f"{value / 2**20:.4g} MiB"
+    return f"{value:.4g}"
 
 
 def diagnose(source: Introspectable, promql: str, service: str, sel: ArmSelector, at: float) -> str:

@@ -85,7 +85,7 @@ def test_a_histogram_without_the_objectives_bucket_is_named_with_its_buckets(exp
     canary, baseline = exporters((0.1, 0.3, 1.0)), exporters((0.1, 0.3, 1.0))
     prom = prometheus([(canary.target, {"service": "checkout", "track": "canary"}),
                        (baseline.target, {"service": "checkout", "track": "baseline"})])
-    prom.wait_for_series('http_requests_total{service="checkout"}')
+    prom.wait_for_series('count(http_requests_total{service="checkout"}) == 2')  # both arms scraped
     time.sleep(2.5)  # a few scrapes: the counters move
     findings = examine(PrometheusSource(prom.url), DEFAULT_RULESET, "checkout", ARMS, time.time(), window=5)
     f = by_key(findings)
@@ -113,6 +113,7 @@ def test_a_missing_arm_label_and_an_absent_arm_are_told_apart(exporters, prometh
     a, b = exporters((0.5,)), exporters((0.5,))
     prom = prometheus([(a.target, {"service": "checkout"}), (b.target, {"service": "shop", "track": "stable"})])
     prom.wait_for_series('http_requests_total{service="shop"}')
+    prom.wait_for_series('http_requests_total{service="checkout"}')  # both targets scraped
     src = PrometheusSource(prom.url)
     f = by_key(examine(src, DEFAULT_RULESET, "checkout", ARMS, time.time(), values=False))
     assert "has no `track` label" in f[("requests", "canary")].detail, f[("requests", "canary")].detail
