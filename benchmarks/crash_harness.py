@@ -11,7 +11,7 @@ image still serving) and a good one (v3, then v1: must end promoted), canary ste
 
 During each rollout the guardian is killed again and again, by one of two kinds of kill point:
 - `timer`: SIGKILL after a random 0.5-5 s (lands anywhere: in a tick, a Docker call, an HTTP request);
-- `point`: the restarted guardian gets GUARDIAN_CRASH_AT=<point>[:N] (guardian/engine/crashpoints.py)
+- `point`: the restarted guardian gets GUARDIAN_CRASH_AT=<point>[:N] (guardian/crashpoints.py)
   and kills itself the Nth time it passes that point: after_record_tick, after_begin_op, mid_apply,
   after_apply, after_finish_op. A point not reached before the rollout ends is not counted.
 After each kill it is restarted (same database, same port) and left alone until the next kill.
@@ -51,12 +51,12 @@ import httpx
 
 from guardian.actuators.containers import SERVICE_LABEL
 from guardian.actuators.docker import API_VERSION
+from guardian.crashpoints import ENV as CRASH_ENV
+from guardian.crashpoints import POINTS
 from guardian.demo.dockerstack import GuardedStack
 from guardian.demo.images import ensure_images
 from guardian.demo.loadgen import LoadGenerator
 from guardian.demo.stack import wait_until
-from guardian.engine.crashpoints import ENV as CRASH_ENV
-from guardian.engine.crashpoints import POINTS
 
 ACTING = {"start", "advance", "promote", "rollback", "pause", "resume", "scale"}
 PLAN = [("guardian-demo:v2", "rolled_back"), ("guardian-demo:v3", "promoted"),

@@ -20,8 +20,6 @@ How the history is read:
 from __future__ import annotations
 
 import math
-import os
-import secrets
 import time
 from dataclasses import dataclass
 from datetime import datetime, timedelta
@@ -32,6 +30,7 @@ import numpy as np
 
 from guardian.domain import SignalType
 from guardian.errors import NoData
+from guardian.files import atomic_write
 from guardian.judge.baseline import WEEK, InsufficientHistory, SeasonalModel, fit
 from guardian.rules.defaults import SLOW_OBJECTIVE_LE
 from guardian.rules.promql import render
@@ -251,23 +250,11 @@ def model_path(models_dir: str | Path, service: str, signal: str) -> Path:
 
 
 def write_model(model: SeasonalModel, models_dir: str | Path) -> Path:
-    """Write `models/<service>/<signal>.json` atomically (temp file in the same folder + os.replace):
-    a reader sees the old model or the new one, never half a file."""
+    """Write `models/<service>/<signal>.json` atomically (`atomic_write`): a reader sees the old model or
+    the new one, never half a file; the file gets the umask's usual mode."""
     path = model_path(models_dir, model.service, model.signal)
     path.parent.mkdir(parents=True, exist_ok=True)
-    # O_EXCL with a random name (not mkstemp): the file gets the umask's usual mode, not 0600
-    tmp = path.parent / f".{path.name}.{secrets.token_hex(6)}.tmp"
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666)
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
-            f.write(model.to_json())
-            f.write("\n")
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
+    atomic_write(path, model.to_json() + "\n")
     return path
 
 

@@ -136,7 +136,8 @@ def serve(
     """
     import uvicorn
 
-    from guardian.api.app import build, create_app
+    from guardian.api.app import create_app
+    from guardian.api.components import build
     from guardian.redact import configure_logging
     from guardian.settings import load_settings
 

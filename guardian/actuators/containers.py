@@ -26,6 +26,8 @@ from typing import Any
 import docker
 from docker.models.containers import Container
 
+from guardian.errors import ActuatorError
+
 SERVICE_LABEL = "guardian.service"
 ROLLOUT_LABEL = "guardian.rollout"
 IMAGE_LABEL = "guardian.image"
@@ -35,7 +37,7 @@ _DROP_LABELS = ("com.docker.compose.container-number", "com.docker.compose.confi
                 "com.docker.compose.oneoff")
 
 
-class ContainerError(Exception):
+class ContainerError(ActuatorError):
     """A container could not be started, health-gated or removed; the message says why."""
 
 

@@ -36,25 +36,22 @@ from __future__ import annotations
 
 import json
 import math
-import os
-import threading
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Protocol
 from urllib.parse import parse_qs
 
 import docker
-import requests
 
-from guardian.actuators import ActionRequest
+from guardian.actuators.base import ActionRequest, BaseActuator
 from guardian.actuators.containers import ContainerError, Containers, Replica
+from guardian.actuators.docker_engine import API_VERSION, ENGINE_ERRORS
+from guardian.crashpoints import crash_point
 from guardian.domain import Action, Outcome
-from guardian.engine.crashpoints import crash_point
 from guardian.errors import ActuatorError
+from guardian.files import atomic_write
 
 CANARY, BASELINE = "canary", "baseline"
-API_VERSION = "1.41"
-ENGINE_ERRORS = (docker.errors.DockerException, requests.exceptions.RequestException)  # the SDK speaks requests
 
 
 class TrafficRouter(Protocol):
@@ -62,7 +59,7 @@ class TrafficRouter(Protocol):
 
 
 class NginxTrafficRouter:
-    """`TrafficRouter` over nginx (guardian/actuators/nginx.py): weights per track, `nginx -t`, reload,
+    """`TrafficRouter` over nginx (guardian/actuators/nginx/): weights per track, `nginx -t`, reload,
     and confirmation that the new upstream is live; a refused config is put back as it was."""
 
     def __init__(self, upstream_file: str | Path, conf_file: str | Path, *, upstream_name: str,
@@ -101,10 +98,7 @@ class TargetsFile:
         self.dir.mkdir(parents=True, exist_ok=True)
         doc = [{"targets": [addr], "labels": {"service": service, self.track_label: track}}
                for addr, track in members]
-        path = self.dir / f"{service}.json"
-        tmp = path.with_suffix(".json.tmp")
-        tmp.write_text(json.dumps(doc, indent=1))
-        os.replace(tmp, path)
+        atomic_write(self.dir / f"{service}.json", json.dumps(doc, indent=1))
 
 
 @dataclass
@@ -114,33 +108,28 @@ class _View:
     capacity: int
 
 
-class DockerActuator:
+class DockerActuator(BaseActuator):
+    """Capabilities Reconciling (`reconcile`) and LogSource (`arm_logs`). One action at a time: an action
+    and a reconcile never overlap either."""
+
     name = "docker"
-    supports: frozenset[Action] = frozenset(Action)
 
     def __init__(self, containers: Containers, router: TrafficRouter | None = None,
                  targets: TargetsFile | None = None):
+        super().__init__()
         self.containers, self.router, self.targets = containers, router, targets
-        self._done: dict[str, Outcome] = {}
-        self._lock = threading.Lock()
         self._dark: list[Replica] = []  # started by this action and not yet given traffic (published)
 
     # -- protocol -------------------------------------------------------------------------------------
-    def apply(self, request: ActionRequest) -> Outcome:
-        with self._lock:
-            if (known := self._done.get(request.key)) is not None:
-                return known
-            self._dark = []
-            try:
-                detail, data = self._do(request)
-                outcome = Outcome(True, request.action.value, detail, data=data)
-            except (ContainerError, ActuatorError) as e:
-                outcome = Outcome(False, request.action.value, str(e) + self._undo_dark())
-            except ENGINE_ERRORS as e:
-                outcome = Outcome(False, request.action.value, f"Docker engine: {e}" + self._undo_dark())
-            if outcome.ok:
-                self._done[request.key] = outcome
-            return outcome
+    def carry_out(self, request: ActionRequest) -> Outcome:
+        self._dark = []
+        try:
+            detail, data = self._do(request)
+            return Outcome(True, request.action.value, detail, data=data)
+        except ActuatorError as e:  # ContainerError too
+            return Outcome(False, request.action.value, str(e) + self._undo_dark())
+        except ENGINE_ERRORS as e:
+            return Outcome(False, request.action.value, f"Docker engine: {e}" + self._undo_dark())
 
     def _undo_dark(self) -> str:
         """A failed action removes the replicas it started that never got traffic (nginx or file_sd
@@ -180,7 +169,7 @@ class DockerActuator:
         Prometheus were last told (the Docker daemon restarted them on new ports, a restart policy
         brought one back), publish them again with the rollout's weight (rolling: equal weights).
         Nothing when they match; returns what it did ('' for nothing). Raises the engine's errors."""
-        with self._lock:
+        with self.serialised(request):
             v = self._view(request)
             members = sorted((r.address, CANARY if r in v.canary else BASELINE) for r in v.canary + v.stable
                              if r.address)
@@ -385,7 +374,7 @@ def parse_options(rest: str) -> dict[str, str]:
     return out
 
 
-def validate(rest: str) -> str | None:
+def validate_target(rest: str) -> str | None:
     try:
         parse_options(rest)
     except ActuatorError as e:
@@ -393,11 +382,11 @@ def validate(rest: str) -> str | None:
     return None
 
 
-def create(rest: str, **deps: Any) -> DockerActuator:
+def from_target(rest: str, *, client: docker.DockerClient | None = None) -> DockerActuator:
+    """The actuator a `docker:` target describes, on `client` (default: DOCKER_HOST / the local socket,
+    speaking API_VERSION, so that building it never needs the daemon)."""
     opts = parse_options(rest)
-    # API 1.41 (Docker 20.10) is pinned so that building the actuator never needs the daemon: an engine
-    # that is down is reported by the action that needed it, not by a crash at start-up
-    client = deps.get("docker_client") or docker.from_env(version=API_VERSION)
+    client = client or docker.from_env(version=API_VERSION)
     containers = Containers(client, project=opts.get("project"), port=int(opts["port"]) if "port" in opts else None,
                             health_timeout=float(opts.get("health_timeout", 60)),
                             drain_seconds=float(opts.get("drain_seconds", 1)))

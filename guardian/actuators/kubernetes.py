@@ -65,15 +65,14 @@ import copy
 import json
 import os
 import re
-import threading
 import time
-from collections import OrderedDict
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, TypeVar
 
-from guardian.actuators import ActionRequest
+from guardian.actuators.base import ActionRequest, BaseActuator
+from guardian.actuators.targets import target_body
 from guardian.domain import Action, Outcome, RolloutState
 from guardian.errors import ActuatorError
 
@@ -91,7 +90,6 @@ _DNS = re.compile(r"[a-z0-9]([-a-z0-9.]{0,251}[a-z0-9])?")
 _FORBIDDEN = re.compile(r'cannot (\S+) resource "([^"]+)"(?: in API group "([^"]*)")?'
                         r'(?: in the namespace "([^"]+)"| (at the cluster scope))?')
 _HINT = "write kubernetes:NAMESPACE/NAME, kubernetes:NAME or kubernetes:"
-MAX_REMEMBERED = 10_000
 UNKNOWN_ARMS: dict[str, str | None] = {"pod_template_hash": None, "previous_pod_template_hash": None}
 T = TypeVar("T")
 
@@ -106,7 +104,7 @@ class KubeError(ActuatorError):
 
 def split_target(rest: str) -> tuple[str | None, str | None]:
     """`ns/name` -> (ns, name); `name` -> ('default', name); '' -> (None, None)."""
-    rest = rest[2:] if rest.startswith("//") else rest
+    rest = target_body(rest)
     if not rest:
         return None, None
     namespace, _, name = rest.rpartition("/")
@@ -292,21 +290,22 @@ class DeploymentRollout:
         return {"pod_template_hash": self.hash, "previous_pod_template_hash": self.previous_hash}
 
 
-class KubernetesActuator:
+class KubernetesActuator(BaseActuator):
+    """One Deployment (or each request's service's) through the API server; see the module docstring.
+    Capability ArmValues (`arm_values`). One action at a time."""
+
     name = "kubernetes"
-    supports: frozenset[Action] = frozenset(Action)
 
     def __init__(self, target: str = "", *, connection: KubeConnection | None = None,
                  api_client: Any = None) -> None:
+        super().__init__()
         if problem := validate_target(target):
             raise KubeError(f"kubernetes: {problem}")
         self.namespace, self.deployment = split_target(target)
         self.connection = connection or KubeConnection()
         self._client = api_client
         self._owns = api_client is None
-        self._done: OrderedDict[str, Outcome] = OrderedDict()
         self._arms: dict[str, dict[str, str | None]] = {}  # rollout id -> its arm values, once known
-        self._lock = threading.Lock()
 
     # -- the API ------------------------------------------------------------------------------------------
     @property
@@ -433,21 +432,14 @@ class KubernetesActuator:
                 self._arms[state.id] = known
         return dict(known)
 
-    def apply(self, request: ActionRequest) -> Outcome:
-        with self._lock:
-            if (known := self._done.get(request.key)) is not None:
-                return known
-            namespace, name = self.where(request)
-            a = request.action
-            try:
-                detail = self._apply(request, namespace, name)
-            except KubeError as e:
-                return Outcome(False, a.value, f"kubernetes: {namespace}/{name}: {e}", data={"status": e.status})
-            outcome = Outcome(True, a.value, f"kubernetes: {namespace}/{name}: {detail}")
-            self._done[request.key] = outcome
-            while len(self._done) > MAX_REMEMBERED:
-                self._done.popitem(last=False)
-            return outcome
+    def carry_out(self, request: ActionRequest) -> Outcome:
+        namespace, name = self.where(request)
+        a = request.action
+        try:
+            detail = self._apply(request, namespace, name)
+        except KubeError as e:
+            return Outcome(False, a.value, f"kubernetes: {namespace}/{name}: {e}", data={"status": e.status})
+        return Outcome(True, a.value, f"kubernetes: {namespace}/{name}: {detail}")
 
     def _apply(self, request: ActionRequest, namespace: str, name: str) -> str:
         a = request.action
@@ -565,14 +557,5 @@ class KubernetesActuator:
             self._client = None
 
 
-_DEPS = {"kube_connection": "connection", "kube_client": "api_client"}
-
-
-def from_target(rest: str, **deps: Any) -> KubernetesActuator:
-    """Registry factory: deps `kube_connection` (KubeConnection) and `kube_client` (an ApiClient) are
-    used, every other one ignored."""
-    return KubernetesActuator(rest, **{_DEPS[k]: v for k, v in deps.items() if k in _DEPS and v is not None})
-
-
 __all__ = ["DeploymentRollout", "KubeConnection", "KubeError", "KubernetesActuator", "controller_caught_up",
-           "from_target", "runs", "split_target", "template_of", "undo_patch", "validate_target"]
+           "runs", "split_target", "template_of", "undo_patch", "validate_target"]

@@ -13,24 +13,22 @@ from __future__ import annotations
 
 import base64
 import re
-import threading
 import time
-from collections import OrderedDict
-from collections.abc import Callable, Mapping
-from typing import Any, Self
+from collections.abc import Callable, Hashable, Mapping
+from dataclasses import dataclass
+from typing import Any
 from urllib.parse import unquote, urlsplit
 
 import httpx
 from loguru import logger
 
-from guardian.actuators import ActionRequest
-from guardian.domain import Action, Outcome
+from guardian.actuators.base import ActionRequest, BaseActuator
+from guardian.domain import Outcome
 from guardian.errors import ActuatorError
 from guardian.redact import redact
 
 KIND = "guardian.action/v1"
 SNIPPET_CHARS = 200  # of a failed response's body, in the detail
-MAX_REMEMBERED_KEYS = 10_000  # outcomes kept for idempotency/verify; the oldest are forgotten
 MIN_SECRET_CHARS = 4  # shorter literals are not scrubbed from text (they would mangle it, and guess easily)
 _HINT = "write webhook+http://host:port/path"
 _USERINFO = re.compile(r"(?<=://)[^/?#\s]*@")  # greedy: a stray '@' inside a password is covered too
@@ -89,24 +87,42 @@ def _attempts(n: int) -> str:
     return f"{n} attempt" + ("" if n == 1 else "s")
 
 
-class WebhookActuator:
+@dataclass(frozen=True)
+class WebhookOptions:
+    """How the webhook actuator delivers (ActuatorDeps.webhook): `timeout` seconds per POST, `retries`
+    re-sends after the first (429, 5xx, no answer), `sleep(backoff * 2**i)` before re-send i; `headers`
+    on every POST; `transport` for tests (an in-process receiver)."""
+
+    timeout: float = 5.0
+    retries: int = 3
+    backoff: float = 0.5
+    headers: Mapping[str, str] | None = None
+    transport: httpx.BaseTransport | None = None
+    sleep: Callable[[float], Any] = time.sleep
+
+
+class WebhookActuator(BaseActuator):
     """`retries` counts the re-sends after the first POST: at most `retries + 1` attempts, with
-    `sleep(backoff * 2**i)` before re-send i (0-based): 0.5s, 1s, 2s with the defaults."""
+    `sleep(backoff * 2**i)` before re-send i (0-based): 0.5s, 1s, 2s with the defaults (WebhookOptions).
+
+    Its outcome cache keeps failed deliveries too: `verify` reports the last delivery of a key, failed or
+    not, because a webhook cannot be asked what it did. Deliveries of different keys run at once; the
+    same key is never POSTed twice at once."""
 
     name = "webhook"
-    supports: frozenset[Action] = frozenset(Action)
 
     def __init__(
         self,
         url: str,
         *,
-        timeout: float = 5.0,
-        retries: int = 3,
-        backoff: float = 0.5,
+        timeout: float = WebhookOptions.timeout,
+        retries: int = WebhookOptions.retries,
+        backoff: float = WebhookOptions.backoff,
         headers: Mapping[str, str] | None = None,
         transport: httpx.BaseTransport | None = None,
-        sleep: Callable[[float], Any] = time.sleep,
+        sleep: Callable[[float], Any] = WebhookOptions.sleep,
     ) -> None:
+        super().__init__(keep_failures=True)
         problem = validate_url(url)
         if problem:
             raise ActuatorError(f"webhook: {problem}")
@@ -121,11 +137,6 @@ class WebhookActuator:
         self._sleep = sleep
         # Redirects are not followed: a 3xx is reported as the failure it is, not silently re-POSTed.
         self._client = httpx.Client(timeout=timeout, transport=transport, headers=dict(headers or {}))
-        self._results: OrderedDict[str, Outcome] = OrderedDict()  # key -> outcome of its last delivery
-        self._results_lock = threading.Lock()
-        # One lock per key would grow without bound; striping keeps the same key from being POSTed
-        # twice at once while unrelated deliveries rarely wait on each other.
-        self._stripes = [threading.Lock() for _ in range(32)]
 
     def _redact(self, text: str) -> str:
         text = redact_userinfo(text)
@@ -133,30 +144,14 @@ class WebhookActuator:
             text = text.replace(secret, "***")
         return text
 
-    def _last(self, key: str) -> Outcome | None:
-        with self._results_lock:
-            return self._results.get(key)
+    def lock_key(self, request: ActionRequest) -> Hashable:
+        return request.key
 
-    def _remember(self, key: str, outcome: Outcome) -> None:
-        with self._results_lock:
-            self._results[key] = outcome
-            self._results.move_to_end(key)
-            while len(self._results) > MAX_REMEMBERED_KEYS:
-                self._results.popitem(last=False)
+    def replayed(self, request: ActionRequest, outcome: Outcome) -> None:
+        logger.debug(self._redact(f"webhook: {request.key} already delivered to {self.display_url}"))
 
-    def apply(self, request: ActionRequest) -> Outcome:
-        """Deliver once per key: a key already delivered OK returns its Outcome without a POST;
-        a key whose last delivery failed is delivered again."""
-        with self._stripes[hash(request.key) % len(self._stripes)]:
-            last = self._last(request.key)
-            if last is not None and last.ok:
-                logger.debug(self._redact(f"webhook: {request.key} already delivered to {self.display_url}"))
-                return last
-            outcome = self._deliver(request)
-            self._remember(request.key, outcome)
-            return outcome
-
-    def _deliver(self, request: ActionRequest) -> Outcome:
+    def carry_out(self, request: ActionRequest) -> Outcome:
+        """Deliver (`apply`: once per key; a key whose last delivery failed is delivered again)."""
         action = request.action.value
         body = redact({**request.to_dict(), "kind": KIND})  # no secrets in the payload (guardian/redact.py)
         headers = {"Idempotency-Key": request.key, "Content-Type": "application/json"}
@@ -203,7 +198,7 @@ class WebhookActuator:
     def verify(self, request: ActionRequest) -> Outcome:
         """A webhook cannot be asked what it did, so this reports our own last delivery of the key."""
         action = request.action.value
-        last = self._last(request.key)
+        last = self.outcomes.last(request.key)
         if last is None:
             detail = f"webhook: {request.key} was never delivered"
             return Outcome(False, action, detail, data={"key": request.key})
@@ -215,9 +210,3 @@ class WebhookActuator:
 
     def close(self) -> None:
         self._client.close()
-
-    def __enter__(self) -> Self:
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.close()

@@ -50,14 +50,13 @@ measurement): the revisions come as query parameters or as the JSON object in th
 Content-Type; always 200 with the body above, so `successCondition: result.verdict == "pass"` and
 `failureCondition: result.verdict == "fail"` leave `inconclusive` to Argo's Inconclusive count.
 
-Auth: `Authorization: Bearer <gate_token>` (or Flagger's `metadata.token`); without a gate token, the
-operator token; with neither configured, open (loopback only: settings refuse otherwise).
+Auth (deps.require_gate): `Authorization: Bearer <gate_token>` (or Flagger's `metadata.token`); without a
+gate token, the operator token; with neither configured, open (loopback only: settings refuse otherwise).
 """
 from __future__ import annotations
 
 import asyncio
 import contextlib
-import hmac
 import json
 import re
 import threading
@@ -70,7 +69,8 @@ from pydantic import BaseModel, ConfigDict
 from starlette.concurrency import run_in_threadpool
 
 from guardian.alerts import freezes
-from guardian.api.routes import Deps
+from guardian.api.components import Components
+from guardian.api.deps import Deps, require_gate
 from guardian.domain import OPEN_ENDED_ANALYSIS, Action, Decision, Phase, RolloutState, Strategy
 from guardian.engine.guard import start_spec
 from guardian.errors import ActuatorError, LeaseLost, RolloutConflict
@@ -88,19 +88,6 @@ FIRST_STEP = ("gate: Flagger's first traffic step let through with no verdict ye
               "the canary has had any traffic, so there is nothing to judge; every later step needs a pass")
 
 
-def _authorize(c: Any, authorization: str | None, token: str | None = None) -> None:
-    s = c.settings
-    secret = s.gate_token or s.token
-    if secret is None:
-        return
-    expected = secret.get_secret_value()
-    given = [(authorization or "").encode(), f"Bearer {token}".encode() if token else b""]
-    if not any(hmac.compare_digest(g, f"Bearer {expected}".encode()) for g in given):
-        logger.warning("gate call refused: no valid gate token")
-        raise HTTPException(401, "the gate token is required: 'Authorization: Bearer <token>' (or, from Flagger, "
-                                 "metadata.token)")
-
-
 def _check(what: str, value: str, pattern: re.Pattern[str]) -> str:
     if not pattern.match(value):
         raise HTTPException(422, f"{what} {value!r} must be letters, digits, '.', '_' or '-'")
@@ -108,7 +95,7 @@ def _check(what: str, value: str, pattern: re.Pattern[str]) -> str:
 
 
 # -- the gate's rollout ------------------------------------------------------------------------------------
-def failed_by_judgement(c: Any, state: RolloutState) -> bool:
+def failed_by_judgement(c: Components, state: RolloutState) -> bool:
     """Was this rollout rolled back by the guardian's own judgement (a failing check or alert)?"""
     if state.phase is not Phase.ROLLED_BACK:
         return False
@@ -116,7 +103,7 @@ def failed_by_judgement(c: Any, state: RolloutState) -> bool:
     return ended is not None and ended.get("source") in ("guardian", "alertmanager")
 
 
-def close(c: Any, state: RolloutState, why: str) -> None:
+def close(c: Components, state: RolloutState, why: str) -> None:
     """End a gate's rollout that its client no longer follows, by its last verdict: promoted if it passed,
     else rolled back. Nothing if it ended meanwhile or another replica holds it (that one closes it)."""
     last = verdict_of(state, c.store.latest_tick(state.id))["verdict"]
@@ -125,7 +112,7 @@ def close(c: Any, state: RolloutState, why: str) -> None:
         c.guard.override(state.id, action, f"gate: {why}; closed by its last verdict ({last})", source="gate")
 
 
-def gate_rollout(c: Any, service: str, revision: str, previous: str | None = None, *,
+def gate_rollout(c: Components, service: str, revision: str, previous: str | None = None, *,
                  start: bool = True) -> RolloutState | None:
     """The rollout that judges `service` at `revision`: its active one; else the gate rollout that failed this
     revision (its verdict stands); else a new open-ended observe rollout (target noop://gate), or None when
@@ -157,7 +144,7 @@ def gate_rollout(c: Any, service: str, revision: str, previous: str | None = Non
     raise HTTPException(409, f"no rollout of {service} could be found or started")
 
 
-def close_idle(c: Any) -> list[str]:
+def close_idle(c: Components) -> list[str]:
     """Close the gate rollouts whose client has not called for `gate_idle_seconds`; their ids."""
     now, idle = c.clock.now(), c.settings.gate_idle_seconds
     closed = []
@@ -171,7 +158,7 @@ def close_idle(c: Any) -> list[str]:
     return closed
 
 
-async def sweep_idle(c: Any) -> None:
+async def sweep_idle(c: Components) -> None:
     """`close_idle` every quarter of `gate_idle_seconds` (at most every 30 s), for as long as the app runs."""
     every = min(30.0, c.settings.gate_idle_seconds / 4)
     while True:
@@ -222,7 +209,7 @@ def verdict_of(state: RolloutState, latest: dict[str, Any] | None, now: float | 
             "tick": (latest or {}).get("tick"), "checks": checks}
 
 
-def judge(c: Any, service: str, revision: str, previous: str | None = None) -> dict[str, Any]:
+def judge(c: Components, service: str, revision: str, previous: str | None = None) -> dict[str, Any]:
     """A judging call: the verdict of the rollout judging `service` at `revision`, as of its latest tick."""
     close_idle(c)
     state = gate_rollout(c, service, revision, previous)
@@ -245,7 +232,7 @@ class FlaggerPayload(BaseModel):
     metadata: dict[str, str] = {}
 
 
-def _confirm_rollout(c: Any, service: str) -> JSONResponse:
+def _confirm_rollout(c: Components, service: str) -> JSONResponse:
     """Before the canary starts: held only by a release freeze (a critical alert firing for the service)."""
     labels = dict(c.guard.config.alert_labels)
     frozen = [a for a in c.guard.firing_alerts() if freezes(a, service, labels)]
@@ -258,7 +245,7 @@ def _confirm_rollout(c: Any, service: str) -> JSONResponse:
                                    "first call (pre-rollout)"})
 
 
-def _post_rollout(c: Any, service: str, revision: str, body: FlaggerPayload) -> JSONResponse:
+def _post_rollout(c: Components, service: str, revision: str, body: FlaggerPayload) -> JSONResponse:
     """Flagger says how the canary ended: its gate rollout ends the same way (never one started here)."""
     ended = None
     state = gate_rollout(c, service, revision, start=False)
@@ -270,7 +257,7 @@ def _post_rollout(c: Any, service: str, revision: str, body: FlaggerPayload) -> 
     return JSONResponse({"hook": "post-rollout", "rollout": state.id if state else None, "ended": ended})
 
 
-def _traffic_increase(c: Any, answer: dict[str, Any]) -> bool:
+def _traffic_increase(c: Components, answer: dict[str, Any]) -> bool:
     """A pass lets the weight grow; so does an inconclusive verdict, once, before any step was taken."""
     rid, now = answer["rollout"], c.clock.now()
     if answer["verdict"] == "pass":
@@ -291,7 +278,7 @@ def flagger(hook: str, body: FlaggerPayload, c: Deps,
             authorization: Annotated[str | None, Header()] = None) -> JSONResponse:
     if hook == "event":  # Flagger's global event webhook carries no token; an event changes nothing
         return JSONResponse({"hook": hook, "received": True})
-    _authorize(c, authorization, body.metadata.get("token"))
+    require_gate(c, authorization, body.metadata.get("token"))
     if hook not in FLAGGER_HOOKS:
         raise HTTPException(404, f"unknown Flagger hook {hook!r}; known: {', '.join(FLAGGER_HOOKS)}")
     service = _check("service", body.metadata.get("service") or body.name, _NAME)
@@ -349,7 +336,7 @@ async def argo(service: str, request: Request, c: Deps, authorization: Annotated
                revision: str | None = Query(None, description="the canary's revision, e.g. its pod-template-hash"),
                previous: str | None = Query(None, description="the stable revision it replaces"),
                ) -> dict[str, Any]:
-    _authorize(c, authorization)
+    require_gate(c, authorization)
     _check("service", service, _NAME)
     body = argo_body(await request.body()) if request.method != "GET" else ArgoQuery()
     revision = revision or body.revision or "unknown"

@@ -10,6 +10,8 @@ into one per batch; a lone post is a batch of one (`Guard.receive_alerts`).
 
 A batch that fails (the store refused, an actuator raised) fails every post in it with that error, as
 it would have failed each alone; Alertmanager retries them, and the alerts already stored are repeats.
+
+The routes that submit to it, and the fast lane that skips the framework for them, are in alerts.py.
 """
 from __future__ import annotations
 
@@ -19,6 +21,7 @@ from typing import Any
 from starlette.concurrency import run_in_threadpool
 
 from guardian.alerts import StoredAlert
+from guardian.api.components import Components
 
 MAX_BATCH_POSTS = 256  # posts stored in one transaction at most
 MAX_BATCH_ALERTS = 10_000  # and alerts, unless one post alone carries more (it is stored whole, in one)
@@ -36,7 +39,7 @@ def next_batch(pending: list[tuple[list[Any], Any]]) -> int:
 
 
 class AlertIntake:
-    def __init__(self, components: Any, loop: asyncio.AbstractEventLoop) -> None:
+    def __init__(self, components: Components, loop: asyncio.AbstractEventLoop) -> None:
         self.components = components  # read at each batch: the guard is the app's current one
         self.loop = loop
         self._pending: list[tuple[list[StoredAlert], asyncio.Future[dict[str, Any]]]] = []
@@ -89,42 +92,3 @@ def intake_for(app: Any) -> AlertIntake:
         intake = AlertIntake(app.state.components, loop)
         app.state.alert_intake = intake
     return intake
-
-
-class AlertsFastLane:
-    """ASGI middleware, the outermost of the app's own: `POST /v1/alerts` with a declared body within the
-    app's limit is handed straight to its endpoint (`routes.receive_alerts`, the same code as through
-    the router), skipping the routing and the middleware below; its errors go through the app's own
-    exception handlers, so the answers are the same. Anything else (another path, a chunked body, one
-    over the limit) takes the usual way. Under load the framework's layers cost more than the intake."""
-
-    def __init__(self, app: Any, max_bytes: int) -> None:
-        self.app = app
-        self.max_bytes = max_bytes
-
-    async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
-        if scope["type"] != "http" or scope["method"] != "POST" or scope["path"] != "/v1/alerts":
-            await self.app(scope, receive, send)
-            return
-        declared = next((v for k, v in scope["headers"] if k == b"content-length"), None)
-        if declared is None or not declared.isdigit() or int(declared) > self.max_bytes:
-            await self.app(scope, receive, send)  # BodyLimit's cases (guardian/api/limits.py)
-            return
-        from starlette.requests import Request
-
-        from guardian.api.routes import receive_alerts
-
-        request = Request(scope, receive)
-        try:
-            response = await receive_alerts(request)
-        except Exception as exc:
-            handler = _exception_handler(scope["app"], exc)
-            if handler is None:
-                raise
-            response = await handler(request, exc)
-        await response(scope, receive, send)
-
-
-def _exception_handler(app: Any, exc: Exception) -> Any:
-    handlers = getattr(app, "exception_handlers", {})
-    return next((handlers[cls] for cls in type(exc).__mro__ if cls in handlers), None)

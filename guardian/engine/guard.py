@@ -11,7 +11,6 @@ from __future__ import annotations
 import dataclasses
 import json
 import math
-import os
 import threading
 import time
 import uuid
@@ -26,6 +25,7 @@ from loguru import logger
 from guardian.actuators import ActionRequest, Actuator
 from guardian.alerts import DEFAULT_LABELS, StoredAlert, freezes, verdicts_for
 from guardian.clock import Clock
+from guardian.crashpoints import crash_point
 from guardian.domain import (
     ARMS,
     Action,
@@ -39,10 +39,10 @@ from guardian.domain import (
     Strategy,
     Verdict,
 )
-from guardian.engine.crashpoints import crash_point
 from guardian.engine.store import SQLiteStore
 from guardian.engine.transitions import transition, weight_after
 from guardian.errors import ActuatorError, NoData, ReleaseFrozen, RolloutConflict, SourceUnavailable
+from guardian.files import atomic_write
 from guardian.forecast_models import ModelDirectory, ModelLoader, thaw
 from guardian.judge.checks import evaluate
 from guardian.judge.policy import Policy, decide
@@ -633,10 +633,7 @@ class Guard:
             return
         try:
             self.config.recordings_dir.mkdir(parents=True, exist_ok=True)
-            path = self.config.recordings_dir / f"{state.id}.json"
-            tmp = path.with_suffix(".json.tmp")
-            tmp.write_text(json.dumps(self.store.recording(state.id)))
-            os.replace(tmp, path)
+            atomic_write(self.config.recordings_dir / f"{state.id}.json", json.dumps(self.store.recording(state.id)))
         except OSError as e:
             logger.warning("could not write the recording of {}: {}", state.id, e)
 

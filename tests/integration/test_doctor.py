@@ -135,7 +135,8 @@ def test_needs_follow_the_policy():
 def api_for(prom_url: str, tmp_path):
     from fastapi.testclient import TestClient
 
-    from guardian.api.app import build, create_app
+    from guardian.api.app import create_app
+    from guardian.api.components import build
     from guardian.settings import Settings
 
     s = Settings(db_path=str(tmp_path / "g.db"), rules=[], recordings_dir="", prometheus_url=prom_url)

@@ -9,7 +9,8 @@ from pathlib import Path
 
 from fastapi.testclient import TestClient
 
-from guardian.api.app import Components, build, create_app
+from guardian.api.app import create_app
+from guardian.api.components import Components, build
 from guardian.api.gates import verdict_of
 from guardian.clock import FakeClock
 from guardian.domain import Phase

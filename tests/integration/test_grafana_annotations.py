@@ -16,7 +16,8 @@ import pytest
 from fastapi.testclient import TestClient
 from loguru import logger
 
-from guardian.api.app import Components, build, create_app
+from guardian.api.app import create_app
+from guardian.api.components import Components, build
 from guardian.clock import FakeClock
 from guardian.notifiers.grafana import GrafanaNotifier
 from guardian.settings import Settings

@@ -65,7 +65,7 @@ def test_rbac_grants_exactly_the_calls_the_actuator_and_watcher_make(tmp_path):
             request = ActionRequest("r", "checkout", "app:v2", action, 100, f"r:{i}", strategy="canary", replicas=1)
             assert a.apply(request).ok
             assert a.verify(request).ok
-        from guardian.api.app import build
+        from guardian.api.components import build
         from guardian.clock import FakeClock
         from guardian.engine.kube_watch import KubeWatcher
         from guardian.settings import Settings

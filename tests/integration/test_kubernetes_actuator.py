@@ -13,7 +13,7 @@ from loguru import logger
 
 from guardian.actuators import ActionRequest
 from guardian.actuators.kubernetes import KubeConnection, KubeError, KubernetesActuator
-from guardian.api.app import build
+from guardian.api.components import build
 from guardian.clock import FakeClock
 from guardian.domain import Action, Phase, RolloutState, Strategy
 from guardian.engine.kube_watch import KubeWatcher

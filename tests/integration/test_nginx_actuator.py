@@ -20,7 +20,6 @@ import httpx
 import pytest
 
 from guardian.actuators import ActionRequest, registry
-from guardian.actuators import nginx as nginx_mod
 from guardian.actuators.nginx import (
     Backend,
     NginxActuator,
@@ -30,6 +29,7 @@ from guardian.actuators.nginx import (
     render_upstream,
     server_weights,
 )
+from guardian.actuators.nginx import router as nginx_mod
 from guardian.demo.nginx import NginxServer
 from guardian.demo.stack import free_port
 from guardian.domain import Action

@@ -13,7 +13,7 @@ import docker
 import pytest
 
 from guardian.actuators.pool import ActuatorPool
-from guardian.api.app import Components, build
+from guardian.api.components import Components, build
 from guardian.clock import SystemClock
 from guardian.domain import Phase, Strategy
 from guardian.engine.guard import arm_selectors

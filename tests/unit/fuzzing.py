@@ -76,7 +76,8 @@ class ApiHarness:
 
     def __init__(self, workdir: Path, *, token: str | None = TOKEN):
         from guardian.actuators.noop import NoopActuator
-        from guardian.api.app import build, create_app
+        from guardian.api.app import create_app
+        from guardian.api.components import build
         from guardian.clock import FakeClock
         from guardian.settings import Settings
         from guardian.sources.recording import RecordingSource

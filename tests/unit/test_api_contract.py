@@ -10,7 +10,8 @@ import pytest
 from fastapi.testclient import TestClient
 
 from guardian.actuators import ActionRequest, registry
-from guardian.api.app import Components, build, create_app
+from guardian.api.app import create_app
+from guardian.api.components import Components, build
 from guardian.clock import FakeClock
 from guardian.domain import Action, Outcome
 from guardian.settings import Settings

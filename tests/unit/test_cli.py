@@ -17,7 +17,8 @@ from fastapi.testclient import TestClient
 from typer.testing import CliRunner
 
 from guardian import cli
-from guardian.api.app import Components, build, create_app
+from guardian.api.app import create_app
+from guardian.api.components import Components, build
 from guardian.cli import app
 from guardian.clock import FakeClock
 from guardian.errors import RuleError

@@ -20,7 +20,7 @@ import pytest
 
 from guardian.actuators import ActionRequest
 from guardian.actuators.kubernetes import KubeConnection, KubernetesActuator
-from guardian.api.app import build
+from guardian.api.components import build
 from guardian.clock import FakeClock
 from guardian.domain import Action
 from guardian.engine.kube_watch import KubeWatcher

@@ -15,7 +15,8 @@ from fastapi.testclient import TestClient
 
 from guardian.actuators.noop import NoopActuator
 from guardian.actuators.swarm import UpdateInfo
-from guardian.api.app import build, create_app
+from guardian.api.app import create_app
+from guardian.api.components import build
 from guardian.clock import FakeClock
 from guardian.domain import Action, Phase, Result, RolloutState, Strategy
 from guardian.engine.guard import Guard, GuardConfig, StartSpec, arm_selectors

@@ -1,0 +1,44 @@
+"""The guardian's own health: /healthz (it answers), /readyz (its store answers; its metric source's state
+shown), /v1/status (this replica's leases) and /metrics (its Prometheus metrics)."""
+from __future__ import annotations
+
+from typing import Any
+
+from fastapi import APIRouter, Response
+from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+
+from guardian.api.deps import Deps
+
+router = APIRouter()
+
+
+@router.get("/healthz")
+def healthz() -> dict[str, str]:
+    return {"status": "ok"}
+
+
+@router.get("/v1/status")
+def status(c: Deps) -> dict[str, Any]:
+    """This replica: its lease holder id, the lease time and the rollouts it holds (id -> fencing token)."""
+    leases = c.leases
+    return {"replica": leases.holder if leases else None, "store": type(c.store).__name__,
+            "lease_seconds": c.settings.lease_seconds if leases and leases.lease_seconds != float("inf") else None,
+            "leases": leases.held() if leases else {}}
+
+
+@router.get("/readyz")
+def readyz(c: Deps, response: Response) -> dict[str, Any]:
+    try:
+        store_ok = c.store.ping()
+    except Exception:  # noqa: BLE001
+        store_ok = False
+    ping = getattr(c.source, "ping", None)
+    source_ok = bool(ping()) if callable(ping) else True
+    if not store_ok:
+        response.status_code = 503
+    return {"status": "ready" if store_ok else "not ready", "store": store_ok, "metrics_source": source_ok}
+
+
+@router.get("/metrics")
+def metrics(c: Deps) -> Response:
+    return Response(generate_latest(c.metrics.registry), media_type=CONTENT_TYPE_LATEST)
