@@ -1,6 +1,6 @@
-# The guardian as an image — and the demo app `checkout` (same image, another command; see
-# docker-compose.yml). Runs as a non-root user (uid 10001), listens on 0.0.0.0:8080, which the guardian
-# only accepts with a token: pass GUARDIAN_TOKEN or it refuses to start.
+# The guardian as an image — and the demo app `checkout` (same image, another command: `python -m demo.app`
+# from /app; see docker-compose.yml). Runs as a non-root user (uid 10001), listens on 0.0.0.0:8080, which
+# the guardian only accepts with a token: pass GUARDIAN_TOKEN or it refuses to start.
 #
 #   docker build -t release-guardian .                              # FROM python:3.11-slim, deps from PyPI
 #   docker run -e GUARDIAN_TOKEN=... -p 127.0.0.1:8080:8080 release-guardian
@@ -8,7 +8,7 @@
 # Offline builds (no container registry, no package index in the build): build the wheelhouse on the
 # host and pass a local base image that has Python 3.11:
 #
-#   .venv/bin/python -m guardian.demo.stack_images     # deploy/wheels/ + guardian-stack-base:py311
+#   .venv/bin/python -m demo.stack_images              # deploy/wheels/ + guardian-stack-base:py311
 #   docker build --build-arg BASE_IMAGE=guardian-stack-base:py311 -t release-guardian .
 #
 # Why a wheelhouse: deploy/wheels/ holds wheels of every dependency at the versions the host's .venv
@@ -47,6 +47,8 @@ RUN set -eu; \
 FROM ${BASE_IMAGE}
 COPY --from=build /opt/guardian /opt/guardian
 COPY rules /app/rules
+# The demo service (one stdlib + prometheus_client file): not part of the installed package.
+COPY demo/__init__.py demo/app.py /app/demo/
 COPY deploy/healthcheck.py /app/healthcheck.py
 # The user, written by Python rather than useradd: the offline bases have no shadow tools (nor a
 # world-writable /tmp).

@@ -2,7 +2,7 @@
 
     .venv/bin/python benchmarks/alert_latency.py [--runs 5] [--posts 3000] [--concurrency 8]
 
-1. `--runs` alert drills (guardian/demo/alert_drill.py): a real Prometheus (1 s scrape and rule
+1. `--runs` alert drills (tests/fixtures/alert_drill.py): a real Prometheus (1 s scrape and rule
    evaluation) fires `CheckoutCanaryErrors` through a real Alertmanager (`group_wait: 0s`) into
    `guardian serve`; seconds from the alert rule's condition being true (the alert's activeAt) to
    the guardian's rollback decision, and from the errors being injected.
@@ -18,10 +18,13 @@ import json
 import statistics
 import sys
 import tempfile
+from pathlib import Path
 
 import webhook_intake  # beside this file
 
-from guardian.demo.alert_drill import AlertDrill
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # the repository: its demo/ and tests/ packages
+
+from tests.fixtures.alert_drill import AlertDrill  # noqa: E402
 
 
 def drills(runs: int) -> list[dict]:

@@ -3,7 +3,7 @@ check that every rollout still ends right, with no action done twice and none lo
 
     bash scripts/docker-up.sh && .venv/bin/python benchmarks/crash_harness.py --kills 50 --seed 7
 
-The stack is the demo's (guardian/demo/dockerstack.py GuardedStack): two containers of
+The stack is the demo's (demo/dockerstack.py GuardedStack): two containers of
 guardian-demo:v1 behind a real nginx, a real Prometheus scraping each second, `--rps` requests/s of
 load through nginx, and `guardian serve` (2 s ticks, built-in policy) with the docker actuator.
 Rollouts alternate a bad version (v2, 5xx on 20% of requests: must end rolled back, the previous
@@ -49,14 +49,16 @@ from typing import Any
 import docker
 import httpx
 
-from guardian.actuators.containers import SERVICE_LABEL
-from guardian.actuators.docker import API_VERSION
-from guardian.crashpoints import ENV as CRASH_ENV
-from guardian.crashpoints import POINTS
-from guardian.demo.dockerstack import GuardedStack
-from guardian.demo.images import ensure_images
-from guardian.demo.loadgen import LoadGenerator
-from guardian.demo.stack import wait_until
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # the repository: its demo/ and tests/ packages
+
+from demo.dockerstack import GuardedStack  # noqa: E402
+from demo.images import ensure_images  # noqa: E402
+from demo.loadgen import LoadGenerator  # noqa: E402
+from demo.stack import wait_until  # noqa: E402
+from guardian.actuators.containers import SERVICE_LABEL  # noqa: E402
+from guardian.actuators.docker import API_VERSION  # noqa: E402
+from guardian.crashpoints import ENV as CRASH_ENV  # noqa: E402
+from guardian.crashpoints import POINTS  # noqa: E402
 
 ACTING = {"start", "advance", "promote", "rollback", "pause", "resume", "scale"}
 PLAN = [("guardian-demo:v2", "rolled_back"), ("guardian-demo:v3", "promoted"),

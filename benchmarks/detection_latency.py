@@ -21,8 +21,10 @@ import tempfile
 import time
 from pathlib import Path
 
-from guardian.demo.loadgen import LoadGenerator
-from guardian.demo.stack import DemoApp, GuardianServer, PrometheusServer, wait_until
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # the repository: its demo/ and tests/ packages
+
+from demo.loadgen import LoadGenerator  # noqa: E402
+from demo.stack import DemoApp, GuardianServer, PrometheusServer, wait_until  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]
 IMMEDIATE = """\

@@ -10,7 +10,7 @@
    second) rolls out the bad v2 (5xx on 20% of requests) under the same load and decides alone:
    the seconds from the bad canary's first answer to a client to its last (all traffic back on
    stable), from the load generator's own clock.
-3. The README's demo (`python -m guardian.demo.run --json`), timed whole.
+3. The README's demo (`python -m demo.run --json`), timed whole.
 Prints a table and one JSON line with every figure.
 """
 from __future__ import annotations
@@ -25,10 +25,12 @@ import time
 import uuid
 from pathlib import Path
 
-from guardian.actuators import ActionRequest
-from guardian.demo.dockerstack import DockerStack, GuardedStack
-from guardian.demo.loadgen import LoadGenerator
-from guardian.domain import Action
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # the repository: its demo/ and tests/ packages
+
+from demo.dockerstack import DockerStack, GuardedStack  # noqa: E402
+from demo.loadgen import LoadGenerator  # noqa: E402
+from guardian.actuators import ActionRequest  # noqa: E402
+from guardian.domain import Action  # noqa: E402
 
 SCENARIOS = {
     "canary_promote": ("canary", "guardian-demo:v3", [(Action.START, 10), (Action.ADVANCE, 50), (Action.PROMOTE, 100)]),
@@ -88,8 +90,8 @@ def demo() -> dict:
     """The README's demo, as a user runs it; its own JSON line, timed whole from outside too."""
     with tempfile.TemporaryDirectory(prefix="guardian-demo-") as tmp:
         began = time.monotonic()
-        proc = subprocess.run([sys.executable, "-m", "guardian.demo.run", "--json", "--workdir", tmp],
-                              stdout=subprocess.PIPE, text=True)
+        proc = subprocess.run([sys.executable, "-m", "demo.run", "--json", "--workdir", tmp],
+                              stdout=subprocess.PIPE, text=True, cwd=Path(__file__).resolve().parents[1])
         took = time.monotonic() - began
     last = proc.stdout.strip().splitlines()[-1] if proc.stdout.strip() else "{}"
     try:

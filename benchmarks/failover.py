@@ -3,7 +3,7 @@
     .venv/bin/python benchmarks/failover.py [--runs 5] [--lease-seconds 15] [--tick-seconds 2]
 
 A real PostgreSQL 15, a real Prometheus (1 s scrape) over two demo apps under load, and two
-`guardian serve` replicas (guardian/demo/ha_stack.py). One rollout, held in its first step (long
+`guardian serve` replicas (tests/fixtures/ha_stack.py). One rollout, held in its first step (long
 analysis), is ticked by the replica holding its lease. Each run SIGKILLs that replica and measures
 the seconds from the kill to the first tick written by the other (the first row of the `ticks` table
 after the kill: only a survivor can write one), then starts a fresh replica so the next run again has
@@ -21,8 +21,8 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from guardian.demo.ha_stack import HAStack  # noqa: E402
-from guardian.demo.stack import wait_until  # noqa: E402
+from demo.stack import wait_until  # noqa: E402
+from tests.fixtures.ha_stack import HAStack  # noqa: E402
 
 
 def main() -> int:

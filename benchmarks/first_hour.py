@@ -29,8 +29,10 @@ from pathlib import Path
 
 from prometheus_client import CollectorRegistry, Counter, Histogram, generate_latest
 
-from guardian.demo.loadgen import LoadGenerator
-from guardian.demo.stack import DemoApp, GuardianServer, PrometheusServer, free_port
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # the repository: its demo/ and tests/ packages
+
+from demo.loadgen import LoadGenerator  # noqa: E402
+from demo.stack import DemoApp, GuardianServer, PrometheusServer, free_port  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]
 

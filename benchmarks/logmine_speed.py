@@ -1,4 +1,4 @@
-"""Log template mining speed and memory: 1,000,000 synthetic log lines through `guardian.logmine.Miner`.
+"""Log template mining speed and memory: 1,000,000 synthetic log lines through `guardian.engine.logmine.Miner`.
 
 The lines are generated deterministically (seeded): access logs (methods, a few dozen routes with
 ids and words in them, statuses, sizes, latencies, client IPv4 and IPv6 addresses with ports, user
@@ -27,7 +27,7 @@ import timeit
 import tracemalloc
 from collections.abc import Callable, Iterator
 
-from guardian.logmine import Miner
+from guardian.engine.logmine import Miner
 
 WORDS = ("alpha", "bravo", "charlie", "delta", "echo", "foxtrot", "golf", "hotel", "india", "juliet", "kilo",
          "lima", "mike", "november", "oscar", "papa", "quebec", "romeo", "sierra", "tango", "uniform", "victor",

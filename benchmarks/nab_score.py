@@ -150,7 +150,7 @@ def load_windows(nab: Path) -> dict[str, list[tuple[float, float]]]:
 
 
 def run(nab: Path, params: dict | None = None, folders=FOLDERS) -> list[FileScore]:
-    from guardian.detect import detect_series, read_series
+    from guardian.anomaly.detect import detect_series, read_series
 
     windows = load_windows(nab)
     scores = []

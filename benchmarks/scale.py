@@ -3,7 +3,7 @@
     .venv/bin/python benchmarks/scale.py --rollouts 500 --duration 120 --tick 10 --mode both [--json out.json]
 
 What runs (all real processes on loopback):
-- one exporter (`python -m guardian.demo.fleet`) serving the series of N services × 2 arms that the six
+- one exporter (`python -m tests.fixtures.fleet`) serving the series of N services × 2 arms that the six
   default templates read (requests by code, the latency histogram, CPU, memory), changing over time;
 - Debian's `prometheus` scraping it every 5 s;
 - `guardian serve` (noop actuator, SQLite, the built-in default policy: 6 signals × 2 arms per tick,
@@ -40,8 +40,8 @@ from prometheus_client.parser import text_string_to_metric_families
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from guardian.demo.fleet import service_names  # noqa: E402
-from guardian.demo.stack import GuardianServer, PrometheusServer, free_port, terminate, wait_until  # noqa: E402
+from demo.stack import GuardianServer, PrometheusServer, free_port, terminate, wait_until  # noqa: E402
+from tests.fixtures.fleet import service_names  # noqa: E402
 
 EVALUATION_DELAY = 1.0
 QUERY_HANDLERS = ("/api/v1/query", "/api/v1/query_range")
@@ -128,8 +128,9 @@ def run(rollouts: int = 500, signals: int = 6, tick_seconds: float = 10.0, durat
     work = Path(tempfile.mkdtemp(prefix="scale-bench-"))
     (work / "rules").mkdir()
     exporter_port = free_port()
-    exporter = subprocess.Popen([sys.executable, "-m", "guardian.demo.fleet", "--services", str(rollouts),
-                                 "--port", str(exporter_port)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    exporter = subprocess.Popen([sys.executable, "-m", "tests.fixtures.fleet", "--services", str(rollouts),
+                                 "--port", str(exporter_port)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                                cwd=Path(__file__).resolve().parents[1])  # `-m` finds tests/ from the repository
     prom = guardian = None
     try:
         wait_until(lambda: httpx.get(f"http://127.0.0.1:{exporter_port}/metrics", timeout=30).status_code == 200,

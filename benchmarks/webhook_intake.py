@@ -35,6 +35,8 @@ import time
 from pathlib import Path
 from typing import Any
 
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # the repository: its demo/ and tests/ packages
+
 TOKEN = "bench-alert-token"
 
 
@@ -195,7 +197,7 @@ def run(posts: int = 20000, clients: int = 16, distinct_alerts: int | None = Non
     distinct_alerts defaults to posts (no repeats)."""
     import httpx
 
-    from guardian.demo.stack import GuardianServer
+    from demo.stack import GuardianServer
 
     distinct = min(distinct_alerts or posts, posts)
     with tempfile.TemporaryDirectory(prefix="guardian-intake-") as tmp:

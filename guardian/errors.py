@@ -9,6 +9,9 @@ GuardianError
 │   └── UnknownActuator    a target names an actuator the registry does not know
 ├── RecordingError         a recording file is not guardian-recording/v1
 ├── ModelMissing           a rollout's rules need a forecast model that is missing or unusable
+├── ModelFormatError       a document is not a forecast model (guardian-baseline/v1)   (also a ValueError)
+├── InsufficientHistory    too little history to fit a forecast model                  (also a ValueError)
+├── DetectInputError       `guardian detect`'s CSV or parameter file cannot be used    (also a ValueError)
 └── StoreError             the state store refused an operation
     ├── RolloutNotFound    no rollout with that id
     └── RolloutConflict    the operation clashes with the rollout's state (e.g. one already in flight)
@@ -70,6 +73,23 @@ class RecordingError(GuardianError):
 
 class ModelMissing(GuardianError):
     """A `kind: baseline` check needs a model (models/<service>/<signal>.json) that cannot be used."""
+
+
+class ModelFormatError(GuardianError, ValueError):
+    """A document is not a valid guardian-baseline/v1 forecast model."""
+
+
+class InsufficientHistory(GuardianError, ValueError):
+    """The history cannot support a forecast model: no finite values, or too little of the period covered."""
+
+
+class DetectInputError(GuardianError, ValueError):
+    """`guardian detect`'s IN.csv (or its parameter file) cannot be used: the message names the file, and the row
+    if one is bad."""
+
+
+class NotBatchable(GuardianError, ValueError):
+    """A query template that cannot be asked for many rollouts at once; the message says why."""
 
 
 class StoreError(GuardianError):

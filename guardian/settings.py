@@ -66,8 +66,8 @@ class Settings(BaseSettings):
     watch_label: str = Field("guardian.watch", min_length=1,
                              description="the service label (or label=value) that marks a Swarm service as watched")
     watch_seconds: float = Field(2.0, gt=0, description="how often the Swarm watcher looks for updates")
-    # Kubernetes (actuators/kubernetes.py, engine/kube_watch.py): kube_host (e.g. `kubectl proxy`), else kubeconfig and
-    # kube_context (else $KUBECONFIG / ~/.kube/config), else the in-cluster service account
+    # Kubernetes (actuators/kubernetes.py, watchers/kubernetes.py): kube_host (e.g. `kubectl proxy`), else kubeconfig
+    # and kube_context (else $KUBECONFIG / ~/.kube/config), else the in-cluster service account
     watch_kubernetes: bool = False  # start an `observe` rollout for each rollout of an annotated Deployment
     kube_host: str | None = None
     kubeconfig: str | None = None

@@ -7,4 +7,4 @@ set -euo pipefail
 cd "$(dirname "$(readlink -f "${BASH_SOURCE[0]}")")/.."
 bash scripts/setup.sh prometheus docker.io nginx busybox-static
 bash scripts/docker-up.sh
-exec .venv/bin/python -m guardian.demo.run "$@"
+exec .venv/bin/python -m demo.run "$@"

@@ -22,4 +22,4 @@ else
     docker info >/dev/null 2>&1 || { say "dockerd did not come up; see var/dockerd.log"; tail -20 var/dockerd.log; exit 1; }
     say "dockerd is up"
 fi
-.venv/bin/python -m guardian.demo.images
+.venv/bin/python -m demo.images

@@ -1,4 +1,4 @@
-"""A real PostgreSQL 15 for the tests (Debian's `postgresql`, started by hand: guardian/demo/pgserver.py).
+"""A real PostgreSQL 15 for the tests (Debian's `postgresql`, started by hand: tests/fixtures/pgserver.py).
 
 `pg_server` is one throwaway cluster per test session (per xdist worker); `pg_url` is a fresh empty
 database in it for each test. A missing PostgreSQL is an error, never a skip: CI installs it
@@ -12,7 +12,7 @@ from collections.abc import Iterator
 import psycopg
 import pytest
 
-from guardian.demo.pgserver import PostgresServer
+from tests.fixtures.pgserver import PostgresServer
 
 _databases = itertools.count(1)
 

@@ -1,58 +1,30 @@
 """The `kubernetes` actuator: guards a Deployment's rolling update through the official `kubernetes` client.
 
 Target: `kubernetes:NAMESPACE/NAME`, `kubernetes:NAME` (namespace `default`) or `kubernetes:` (the
-rollout's service, in `default`).
+rollout's service, in `default`). The manual, action by action, and what was tested against what:
+docs/kubernetes.md.
 
-A rollout is a new ReplicaSet: when a Deployment's pod template changes, its controller creates (or, for
-a rollback, reuses) a ReplicaSet labelled `pod-template-hash=HASH` and gives it the next revision
-(`deployment.kubernetes.io/revision`, also on the Deployment). The arms are the two ReplicaSets: the
-canary is the current revision's `pod-template-hash`, the baseline the previous revision's. A rule file
-selects them with `arms: {label: pod_template_hash, canary: "{pod_template_hash}", baseline:
-"{previous_pod_template_hash}"}` (Prometheus' kubernetes_sd role pod relabels
-`__meta_kubernetes_pod_label_pod_template_hash` to `pod_template_hash`); `arm_values` fills them.
+The arms are the `pod-template-hash` of the current revision's ReplicaSet (the canary) and the previous
+one's (the baseline), filled by `arm_values` — and never read before the deployment controller has caught
+up with a write (`status.observedGeneration` >= `metadata.generation`, the newest ReplicaSet carrying the
+Deployment's template): until then they are unknown, every check of them inconclusive.
 
-The deployment controller runs apart from the API server and after it: a write is answered at once, the
-new ReplicaSet and revision come later. Until the controller has caught up (`status.observedGeneration` >=
-`metadata.generation`, and the newest ReplicaSet carries the Deployment's pod template) the ReplicaSets
-are those of the revision before, so arms read then would be one revision behind: they are never fixed or
-answered then (`arm_values` says unknown: every check of the arms is inconclusive, never judged on the
-wrong pods).
-
-Every write is a patch of what it changes, as `kubectl` sends it; none is a read-modify-PUT of the whole
-object, and reads are the API's JSON, not the client's typed models (which drop the fields they do not
-know: a newer cluster's, an extension's, and a PUT of them would delete those).
-- START     strategy `observe` (someone else ran `kubectl apply` / `set image`): reads the Deployment.
-            Other strategies: `kubectl set image`'s strategic-merge patch of the container whose image
-            repository is request.image's (else the first): {"spec": {"template": {"spec": {"containers":
-            [{"name": C, "image": I}]}}}}. Then it waits (at most `settle_timeout` seconds) for the
-            controller to catch up and fixes the arms; still behind: START succeeds, saying so, and the arms
-            stay unknown until `arm_values` sees the controller caught up.
-- PAUSE     `spec.paused: true` (the controller stops moving replicas; both ReplicaSets keep theirs);
-            RESUME / ADVANCE / PROMOTE `spec.paused: false`: a merge patch carrying the resourceVersion read.
-- ROLLBACK  `kubectl rollout undo` (polymorphichelpers/rollback.go): the target ReplicaSet's pod template
-            without its `pod-template-hash` label becomes the Deployment's, by kubectl's JSON patch replacing
-            /spec/template and /metadata/annotations (the Deployment's own deployment.kubernetes.io/* and
-            last-applied-configuration annotations kept, the rest taken from the ReplicaSet). Two additions:
-            a replace of /metadata/resourceVersion with the one read (the annotations were computed from
-            that read: a concurrent write is a 409, retried), and, for a paused Deployment, /spec/paused
-            false in the same patch: kubectl refuses to undo a paused Deployment ("resume it first"), but
-            the guardian pauses Deployments itself and must roll them back; one patch means the controller
-            never resumes the bad template, not even between two writes. A template already equal to the
-            target's sends no undo ("already at revision N"; a paused Deployment is then only resumed).
-            The target: the rollout's baseline arm; else the newest ReplicaSet whose template is not the
-            Deployment's and does not run the rollout's image (kubectl's previous revision once the
-            controller has caught up, and still the right one while it has not). A Deployment that no
-            longer runs the rollout's image has nothing to roll back: a ROLLBACK applied again (after a
-            restart, the arms forgotten) converges, where a second `kubectl rollout undo` would undo the
-            first.
-- SCALE     the `/scale` subresource: replicas += request.replicas (never below 1), a merge patch carrying
-            the Scale's resourceVersion as read; a 409 reads the Scale again and recomputes.
+Reads are the API's JSON, not the client's typed models (which drop the fields they do not know), and
+every write is a patch of what it changes, as `kubectl` sends it, never a whole-object PUT:
+- START     `observe`: reads the Deployment; other strategies: `kubectl set image`'s strategic-merge patch.
+            Then it waits (at most `settle_timeout` seconds) for the controller and fixes the arms.
+- PAUSE     `spec.paused: true`; RESUME / ADVANCE / PROMOTE `spec.paused: false` (merge patches carrying
+            the resourceVersion read).
+- ROLLBACK  `kubectl rollout undo`'s JSON patch to the target ReplicaSet's template (the rollout's baseline
+            arm, else the newest one running neither the Deployment's template nor the rollout's image), with
+            /metadata/resourceVersion and, for a paused Deployment, /spec/paused false in the same patch.
+            Applied again it converges: a template already the target's, or a Deployment that no longer
+            runs the rollout's image, sends no undo.
+- SCALE     the `/scale` subresource: replicas += request.replicas (never below 1).
 Writes conditional on a read are retried with a fresh read on 409 Conflict, at most `conflict_retries`.
-Every action is idempotent by request.key.
-Faults, as Outcome(ok=False) with the reason: 403 names the missing permission (verb, resource, namespace
-or "at the cluster scope", from the Status body's message); the API server unreachable; a Deployment that
-is gone (404) fails every action but ROLLBACK, which succeeds with "deleted: nothing to roll back", so a
-watcher that sees the deletion ends the rollout cleanly (engine/kube_watch.py).
+Every action is idempotent by request.key. Faults are Outcome(ok=False) with the reason: a 403 names the
+missing permission; a Deployment that is gone (404) fails every action but ROLLBACK, which succeeds with
+"deleted: nothing to roll back" (watchers/kubernetes.py then ends the rollout).
 
 Connection (`KubeConnection`): `host` (e.g. `kubectl proxy`'s http://127.0.0.1:8001, or a test stub),
 else a kubeconfig (`kubeconfig` file and `context`, or $KUBECONFIG / ~/.kube/config), else the
@@ -297,7 +269,8 @@ class KubernetesActuator(BaseActuator):
     name = "kubernetes"
 
     def __init__(self, target: str = "", *, connection: KubeConnection | None = None,
-                 api_client: Any = None) -> None:
+                 api_client: Any = None, sleep: Callable[[float], None] = time.sleep,
+                 monotonic: Callable[[], float] = time.monotonic) -> None:
         super().__init__()
         if problem := validate_target(target):
             raise KubeError(f"kubernetes: {problem}")
@@ -305,6 +278,7 @@ class KubernetesActuator(BaseActuator):
         self.connection = connection or KubeConnection()
         self._client = api_client
         self._owns = api_client is None
+        self._sleep, self._monotonic = sleep, monotonic  # injected: tests settle without waiting
         self._arms: dict[str, dict[str, str | None]] = {}  # rollout id -> its arm values, once known
 
     # -- the API ------------------------------------------------------------------------------------------
@@ -320,8 +294,22 @@ class KubernetesActuator(BaseActuator):
 
         return client.AppsV1Api(self.client)
 
-    def _plain(self, model: Any) -> Any:
+    def plain(self, model: Any) -> Any:
+        """A client model (a watch event's object) as the API's JSON."""
         return self.client.sanitize_for_serialization(model)
+
+    def deployment_lister(self, namespace: str | None) -> tuple[Callable[..., Any], tuple[Any, ...]]:
+        """The client call that lists the Deployments of `namespace` (None: of every namespace), with its
+        arguments: what `list_deployments` asks, and what a watch stream follows."""
+        apps = self.apps
+        if namespace:
+            return apps.list_namespaced_deployment, (namespace,)
+        return apps.list_deployment_for_all_namespaces, ()
+
+    def list_deployments(self, namespace: str | None) -> dict[str, Any]:
+        """The Deployments of `namespace` (None: at the cluster scope) as the API's JSON list; KubeError."""
+        fn, args = self.deployment_lister(namespace)
+        return self._call(fn, namespace, "*", *args)
 
     def _call(self, fn: Any, namespace: str | None, name: str, *args: Any, **kwargs: Any) -> Any:
         """`fn(*args, **kwargs)`'s answer as the API's JSON (not the client's typed model: it drops fields it
@@ -385,12 +373,12 @@ class KubernetesActuator(BaseActuator):
         """The rollout once the deployment controller has caught up with the Deployment (it has observed the
         generation just written and made or chosen its ReplicaSet), reading again every `settle_poll`
         seconds; after `settle_timeout` seconds, as it is (`settled` False)."""
-        deadline = time.monotonic() + self.connection.settle_timeout
+        deadline = self._monotonic() + self.connection.settle_timeout
         while True:
             info = self.detect(namespace, name)
-            if info.settled or time.monotonic() >= deadline:
+            if info.settled or self._monotonic() >= deadline:
                 return info
-            time.sleep(self.connection.settle_poll)
+            self._sleep(self.connection.settle_poll)
 
     def _retrying(self, namespace: str, name: str, what: str, attempt: Callable[[], T]) -> T:
         """`attempt()`, which reads afresh and writes conditionally on that read; a 409 Conflict (someone

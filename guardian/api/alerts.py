@@ -6,7 +6,6 @@ middleware, hands a post with a declared length straight to `receive_alerts`, th
 the router."""
 from __future__ import annotations
 
-import time
 from typing import Any
 
 import orjson
@@ -14,9 +13,9 @@ from fastapi import APIRouter, HTTPException, Query, Request, Response
 from fastapi.exceptions import RequestValidationError
 from pydantic import ValidationError
 
-from guardian.alerts import StoredAlert, WebhookPayload, freezes, matches, route
 from guardian.api.deps import Deps, require_alertmanager
 from guardian.api.intake import intake_for
+from guardian.engine.alerts import StoredAlert, WebhookPayload, freezes, matches, route
 
 router = APIRouter()
 
@@ -41,7 +40,7 @@ async def receive_alerts(request: Request) -> Response:
         payload = WebhookPayload.model_validate_json(bytes(body))
     except ValidationError as e:
         raise RequestValidationError(e.errors(include_url=False, include_input=False)) from None
-    now = time.time()
+    now = c.clock.now()  # when it was received, by the guardian's clock
     alerts = [StoredAlert(fingerprint=a.fingerprint, name=a.name, status=a.status, labels=a.labels,
                           annotations=a.annotations, starts_at=a.starts_at.timestamp(),
                           ends_at=a.ends_at.timestamp() if a.ends_at and a.ends_at.year > 1 else None,

@@ -1,6 +1,6 @@
 """The FastAPI app, assembled: `create_app` adds the middleware (alert fast lane, operator token first, body
 limits), the error handlers, one router per resource and a lifespan that runs the scheduler (and, with
-`watch_swarm`, the Swarm watcher: engine/swarm_watch.py; with `watch_kubernetes`, engine/kube_watch.py), sweeps
+`watch_swarm`, the Swarm watcher: watchers/swarm.py; with `watch_kubernetes`, watchers/kubernetes.py), sweeps
 idle gate rollouts and closes clients. The components it serves are built by components.py (`build`).
 
 The floors of api/, from the bottom (each imports only from floors below it): components.py and limits.py;
@@ -20,6 +20,7 @@ from loguru import logger
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from guardian import __version__
+from guardian.actuators import Closeable
 from guardian.api import alerts, gates, health, rollouts, rules
 from guardian.api.alerts import AlertsFastLane
 from guardian.api.components import Components
@@ -28,6 +29,9 @@ from guardian.api.openapi import with_security
 from guardian.api.tokenfirst import OperatorTokenFirst
 from guardian.engine.scheduler import Scheduler
 from guardian.errors import ActuatorError, ModelMissing, RolloutConflict, RolloutNotFound, UnknownActuator
+from guardian.notifiers import Closing, DashboardChecking, FanOut
+from guardian.sources import Closeable as SourceCloseable
+from guardian.watchers.base import Watcher
 
 DOCS_ASSETS = "/docs/assets"  # Swagger UI's and ReDoc's files (fastapi-offline)
 
@@ -36,33 +40,36 @@ def _error(status: int, code: str, detail: object) -> JSONResponse:
     return JSONResponse(status_code=status, content={"error": code, "detail": detail})
 
 
+def _watchers(components: Components) -> list[Watcher]:
+    """The watchers the settings ask for (`watch_swarm`, `watch_kubernetes`): the Docker SDK and the kubernetes
+    client are imported only then."""
+    s, watchers = components.settings, []
+    if s.watch_swarm:
+        from guardian.watchers.swarm import SwarmWatcher
+
+        watchers.append(SwarmWatcher(components.guard, s, clock=components.clock, label=s.watch_label))
+    if s.watch_kubernetes:
+        from guardian.actuators.kubernetes import KubeConnection
+        from guardian.watchers.kubernetes import KubeWatcher
+
+        watchers.append(KubeWatcher(components.guard, s, clock=components.clock, namespace=s.kube_namespace,
+                                    annotation=s.kube_annotation, connection=KubeConnection.from_settings(s)))
+    return watchers
+
+
 def create_app(components: Components, *, run_scheduler: bool = True) -> FastAPI:
     @contextlib.asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         scheduler = Scheduler(components.guard, components.rulebook, leases=components.leases,
                               max_concurrent_ticks=components.settings.max_concurrent_ticks)
         task = asyncio.create_task(scheduler.run()) if run_scheduler else None
-        watcher, watching = None, None
-        if run_scheduler and components.settings.watch_swarm:
-            from guardian.engine.swarm_watch import SwarmWatcher  # the Docker SDK is imported only when watching
-
-            s = components.settings
-            watcher = SwarmWatcher(components.guard, s, clock=components.clock, label=s.watch_label)
-            watching = asyncio.create_task(watcher.run(s.watch_seconds))
-        kube_watcher, kube_watching = None, None
-        if run_scheduler and components.settings.watch_kubernetes:
-            from guardian.actuators.kubernetes import KubeConnection
-            from guardian.engine.kube_watch import KubeWatcher  # the kubernetes client is imported only when watching
-
-            s = components.settings
-            kube_watcher = KubeWatcher(components.guard, s, clock=components.clock, namespace=s.kube_namespace,
-                                       annotation=s.kube_annotation, connection=KubeConnection.from_settings(s))
-            kube_watching = asyncio.create_task(kube_watcher.run(s.watch_seconds))
+        watchers = _watchers(components) if run_scheduler else []
+        watching = [asyncio.create_task(w.run(components.settings.watch_seconds)) for w in watchers]
         # gate rollouts whose client went quiet are closed
         sweeping = asyncio.create_task(gates.sweep_idle(components)) if run_scheduler else None
-        for n in getattr(components.notifier, "notifiers", ()):  # Grafana: does the dashboard UID exist? (background)
-            if callable(check := getattr(n, "start_dashboard_check", None)):
-                check()
+        for n in components.notifier.notifiers if isinstance(components.notifier, FanOut) else ():
+            if isinstance(n, DashboardChecking):  # Grafana: does the dashboard UID exist? (background)
+                n.start_dashboard_check()
         logger.info("guardian {} ready: rules for {}", __version__,
                     ", ".join(components.rulebook.services()) or "no service (built-in default policy)")
         try:
@@ -73,23 +80,20 @@ def create_app(components: Components, *, run_scheduler: bool = True) -> FastAPI
                 sweeping.cancel()
                 with contextlib.suppress(asyncio.CancelledError):
                     await sweeping
-            if watcher:
-                watcher.stop()
+            for w in watchers:
+                w.stop()
             if task:
                 await task
-            if watcher and watching:
-                await watching
-                watcher.close()
-            if kube_watcher and kube_watching:
-                kube_watcher.stop()
-                await kube_watching
-                kube_watcher.close()
-            close = getattr(components.actuators, "close", None)
-            if callable(close):
-                close()
-            close_notifier = getattr(components.notifier, "close", None)
-            if callable(close_notifier):
-                close_notifier(5.0)  # sends what Grafana takes within 5 s, then stops its thread
+            for w, running in zip(watchers, watching, strict=True):
+                await running
+                w.close()
+            components.guard.close()
+            if isinstance(components.actuators, Closeable):
+                components.actuators.close()
+            if isinstance(components.notifier, Closing):
+                components.notifier.close(5.0)  # sends what Grafana takes within 5 s, then stops its thread
+            if isinstance(components.source, SourceCloseable):
+                components.source.close()
             components.store.close()
 
     # /docs and /redoc with their assets served from here (the fastapi-offline package ships Swagger UI's and

@@ -15,8 +15,8 @@ from guardian.domain import Action
 from guardian.engine.guard import Guard, GuardConfig
 from guardian.engine.ha import ReplicaGuard, open_store
 from guardian.engine.leases import Leases, LocalLeases
-from guardian.engine.store import SQLiteStore
-from guardian.forecast_models import ModelDirectory
+from guardian.engine.store import StateStore
+from guardian.forecast.model_files import ModelDirectory
 from guardian.judge.policy import Policy
 from guardian.metrics import GuardianMetrics
 from guardian.notifiers import FanOut, LogNotifier, Notifier
@@ -29,7 +29,7 @@ from guardian.sources import MetricSource
 @dataclass
 class Components:
     settings: Settings
-    store: SQLiteStore
+    store: StateStore
     rulebook: RuleBook
     source: MetricSource
     guard: Guard

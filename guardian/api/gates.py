@@ -4,51 +4,25 @@
     GET|POST|PUT /v1/gates/argo/{service} an Argo Rollouts `web` metric provider (AnalysisTemplate)
 
 Both judge through a rollout in the store: the first judging call for a service and revision (Flagger's
-`checksum`, Argo's `revision` argument) starts an `observe` rollout with target `noop://gate` (the guardian
-acts on nothing: Flagger or Argo move the traffic), judged tick by tick like any other; every call answers
-from its latest tick. A service that already has an active rollout of its own (a user's, the Kubernetes
-watcher's) is judged through that one instead.
+`checksum`, Argo's `revision` argument) starts an `observe` rollout with target `noop://gate` (Flagger or
+Argo move the traffic), judged tick by tick like any other; every call answers from its latest tick. A
+service that already has an active rollout of its own (a user's, the Kubernetes watcher's) is judged
+through that one instead.
 
 A gate's rollout is open-ended (domain.OPEN_ENDED_ANALYSIS): passing checks never promote it, so a canary
-that turns bad after any amount of passing time fails the next call. It lives as long as its client keeps
-calling, and ends
-- when Flagger's `post-rollout` hook says how the canary ended (promoted on Succeeded, else rolled back);
-- when a call names a new revision of the service (superseded), or
-- when no call came for `gate_idle_seconds` (Argo sends nothing when a Rollout completes);
-the last two close it by its last verdict: promoted if it passed, else rolled back. A revision the guardian
-itself failed (a failing check or alert rolled its gate rollout back) stays failed: every later call for it
-answers `fail`. Any other ended revision called again is judged afresh.
+that turns bad after any amount of passing time fails the next call. It ends on Flagger's `post-rollout`
+(promoted on Succeeded), on a call naming a new revision, or after `gate_idle_seconds` without a call — the
+last two by its last verdict. A revision the guardian failed stays failed; any other ended revision called
+again is judged afresh.
 
-The verdict: `fail` when the rollout was rolled back by the guardian's judgement or a check fails; `pass`
-when every check of its latest tick passes (or it was closed as promoted); else `inconclusive` (no tick
-judged yet, too little data, the source down) — never a pass. The response body (both gates):
-`{"verdict", "value", "threshold", "samples", "statistic", "reason", "check", "rollout", "phase", "checks": [...]}`.
-
-Flagger (pkg/controller/scheduler.go, scheduler_hooks.go and webhook.go: a POST of `{"name", "namespace",
-"phase", "checksum", "metadata"}`; a status above 202 is a refusal; the checksum hashes the spec Flagger
-last applied):
-- confirm-rollout: Flagger calls it before it syncs the new spec, so it carries the *previous* revision's
-  checksum; nothing is judged there (the canary has not started). 200, or 412 while a critical alert
-  freezes the service's releases (Flagger waits, counting nothing).
-- pre-rollout (the first call with the new checksum, at weight 0): starts judging; 200 (412 if this revision
-  already failed).
-- rollout (counts failed checks toward Flagger's `threshold`): 412 on `fail` only; 200 on `pass` and on
-  `inconclusive`, so missing data never counts as a failure.
-- confirm-traffic-increase (holds the weight, counting nothing): 200 on `pass`, 412 otherwise — except the
-  first increase of a revision. Flagger asks right after pre-rollout, at weight 0, when the canary has had
-  no traffic and nothing can be judged: holding there would hold for ever. So the first step is let
-  through once (recorded in the decision log); every later step needs a pass.
-- confirm-promotion: 200 on `pass`, 412 otherwise, so nothing is promoted on missing data.
-- rollback: 200 on `fail` (Flagger rolls back at once), 412 otherwise.
-- post-rollout: ends the gate rollout (promoted on phase Succeeded, rolled back otherwise); 200.
-- event: 200 and ignored, without a token (Flagger's global `-event-webhook` sends no metadata).
-Flagger sends no headers of its own: its token comes as `metadata.token`.
-
-Argo Rollouts (metricproviders/webmetric: `method` GET, POST or PUT; `jsonBody:` is sent as JSON with
-`Content-Type: application/json`, `body:` as it is, with no Content-Type; a non-2xx is an Error
-measurement): the revisions come as query parameters or as the JSON object in the body, read whatever its
-Content-Type; always 200 with the body above, so `successCondition: result.verdict == "pass"` and
-`failureCondition: result.verdict == "fail"` leave `inconclusive` to Argo's Inconclusive count.
+The verdict: `fail` (rolled back by the guardian's judgement, or a check fails), `pass` (every check of
+the latest tick passes, or closed as promoted), else `inconclusive` — never a pass on missing data. The
+body: `{"verdict", "value", "threshold", "samples", "statistic", "reason", "check", "rollout", "phase",
+"checks": [...]}`. Flagger's hooks answer 200 or 412 (a status above 202 is a refusal), each as Flagger
+counts it (confirm-rollout judges nothing; rollout refuses on `fail` only; confirm-traffic-increase lets a
+revision's first step through once, then needs a pass; confirm-promotion needs a pass; rollback accepts on
+`fail`); Argo's metric is always 200, its conditions reading the verdict. Hook by hook, with the places in
+Flagger's and Argo's source they follow: docs/kubernetes.md ("Gates").
 
 Auth (deps.require_gate): `Authorization: Bearer <gate_token>` (or Flagger's `metadata.token`); without a
 gate token, the operator token; with neither configured, open (loopback only: settings refuse otherwise).
@@ -68,11 +42,10 @@ from loguru import logger
 from pydantic import BaseModel, ConfigDict
 from starlette.concurrency import run_in_threadpool
 
-from guardian.alerts import freezes
 from guardian.api.components import Components
 from guardian.api.deps import Deps, require_gate
 from guardian.domain import OPEN_ENDED_ANALYSIS, Action, Decision, Phase, RolloutState, Strategy
-from guardian.engine.guard import start_spec
+from guardian.engine.start import start_spec
 from guardian.errors import ActuatorError, LeaseLost, RolloutConflict
 
 router = APIRouter(prefix="/v1/gates", tags=["gates"])
@@ -234,8 +207,7 @@ class FlaggerPayload(BaseModel):
 
 def _confirm_rollout(c: Components, service: str) -> JSONResponse:
     """Before the canary starts: held only by a release freeze (a critical alert firing for the service)."""
-    labels = dict(c.guard.config.alert_labels)
-    frozen = [a for a in c.guard.firing_alerts() if freezes(a, service, labels)]
+    frozen = c.guard.alerts.freezing(service)
     if frozen:
         names = ", ".join(a.name for a in frozen)
         return JSONResponse({"hook": "confirm-rollout", "approved": False,

@@ -8,6 +8,7 @@ from fastapi import APIRouter, Response
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from guardian.api.deps import Deps
+from guardian.sources import Pinging
 
 router = APIRouter()
 
@@ -32,8 +33,7 @@ def readyz(c: Deps, response: Response) -> dict[str, Any]:
         store_ok = c.store.ping()
     except Exception:  # noqa: BLE001
         store_ok = False
-    ping = getattr(c.source, "ping", None)
-    source_ok = bool(ping()) if callable(ping) else True
+    source_ok = bool(c.source.ping()) if isinstance(c.source, Pinging) else True
     if not store_ok:
         response.status_code = 503
     return {"status": "ready" if store_ok else "not ready", "store": store_ok, "metrics_source": source_ok}

@@ -20,8 +20,8 @@ from typing import Any
 
 from starlette.concurrency import run_in_threadpool
 
-from guardian.alerts import StoredAlert
 from guardian.api.components import Components
+from guardian.engine.alerts import StoredAlert
 
 MAX_BATCH_POSTS = 256  # posts stored in one transaction at most
 MAX_BATCH_ALERTS = 10_000  # and alerts, unless one post alone carries more (it is stored whole, in one)

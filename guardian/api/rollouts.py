@@ -16,7 +16,7 @@ from guardian.actuators import registry
 from guardian.api.components import Components
 from guardian.api.deps import Deps, Mutating
 from guardian.domain import Action, Phase, Strategy
-from guardian.engine.guard import start_spec
+from guardian.engine.start import start_spec
 from guardian.errors import ActuatorError, RolloutConflict
 
 router = APIRouter()
@@ -146,7 +146,7 @@ def get_rollout(rollout_id: str, c: Deps) -> dict[str, Any]:
 def explain_rollout(rollout_id: str, c: Deps) -> dict[str, Any]:
     """Why the rollout is where it is: every decision in plain words, with the checks that drove it
     (value, threshold, sample size, statistic), what the actuator did, and the canary's log templates."""
-    from guardian.explain import explain
+    from guardian.reporting.explain import explain
 
     return explain(c.store.get(rollout_id).to_dict(), c.store.decisions(rollout_id))
 

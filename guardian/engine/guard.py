@@ -5,25 +5,27 @@ decision are stored before the actuator is called; an action's intent is in the 
 before `apply` and its outcome after. A crash between any two steps is resumed on the next tick
 (a pending operation is re-applied with its idempotency key). Ticking twice for the same tick
 changes nothing more.
+
+The guard's collaborators, each in a module of its own: start.py (the StartSpec and the state a rollout
+starts in), arms.py (a tick's arm selection, made once: by `plan` or by the tick), alert_book.py (the
+firing alerts, what they ask of a rollout, release freezes), log_evidence.py (the arms' logs mined for a
+failing decision, in a worker pool of its own), store.py (the StateStore it writes everything to) and
+transitions.py (the pure state machine).
 """
 from __future__ import annotations
 
 import dataclasses
 import json
-import math
 import threading
 import time
-import uuid
 from collections.abc import Callable, Sequence
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Any
 
 from loguru import logger
 
-from guardian.actuators import ActionRequest, Actuator
-from guardian.alerts import DEFAULT_LABELS, StoredAlert, freezes, verdicts_for
+from guardian.actuators import ActionRequest, Actuator, Reconciling
 from guardian.clock import Clock
 from guardian.crashpoints import crash_point
 from guardian.domain import (
@@ -39,21 +41,24 @@ from guardian.domain import (
     Strategy,
     Verdict,
 )
-from guardian.engine.store import SQLiteStore
+from guardian.engine.alert_book import AlertBook
+from guardian.engine.alerts import DEFAULT_LABELS, StoredAlert
+from guardian.engine.arms import ArmSelection, ArmSelections
+from guardian.engine.log_evidence import LogEvidence
+from guardian.engine.start import StartSpec, first_state
+from guardian.engine.store import StateStore
 from guardian.engine.transitions import transition, weight_after
-from guardian.errors import ActuatorError, NoData, ReleaseFrozen, RolloutConflict, SourceUnavailable
+from guardian.errors import ActuatorError, NoData, RolloutConflict, SourceUnavailable
 from guardian.files import atomic_write
-from guardian.forecast_models import ModelDirectory, ModelLoader, thaw
+from guardian.forecast.model_files import ModelDirectory, ModelLoader, thaw
 from guardian.judge.checks import evaluate
 from guardian.judge.policy import Policy, decide
 from guardian.metrics import GuardianMetrics
 from guardian.notifiers import LogNotifier, Notifier
 from guardian.rules.book import RuleBook
 from guardian.rules.loader import RuleSet
-from guardian.rules.models import Arms
-from guardian.sources import ArmSelector, MetricSource, SignalQuery
+from guardian.sources import MetricSource, Planning, SignalQuery
 
-_LOG_POOL = ThreadPoolExecutor(max_workers=2, thread_name_prefix="log-evidence")
 ACTUATED = {Action.START, Action.ADVANCE, Action.PROMOTE, Action.ROLLBACK, Action.PAUSE, Action.RESUME, Action.SCALE}
 
 
@@ -73,76 +78,6 @@ class GuardConfig:
     align_ticks: bool = False
 
 
-@dataclass(frozen=True)
-class StartSpec:
-    service: str
-    image: str
-    strategy: Strategy = Strategy.CANARY
-    steps: tuple[int, ...] = (10, 25, 50, 100)
-    target: str = "noop"
-    step_seconds: float = 10.0
-    analysis_seconds: float = 60.0
-    id: str | None = None
-    previous_image: str | None = None  # the image the new one replaces, if known (arms' {previous_version})
-    reason: str | None = None  # why the rollout starts (default: "start STRATEGY rollout of IMAGE")
-    source: str = "user"  # who started it: "user", or "guardian" (the Swarm watcher)
-    force: bool = False  # start even while a critical alert freezes the service's releases
-
-
-class StartDefaults(Protocol):
-    """What a start request may leave out: the Settings carry these."""
-
-    steps: list[int]
-    default_target: str
-    tick_seconds: float
-    analysis_seconds: float
-
-
-def start_spec(defaults: StartDefaults, *, service: str, image: str, strategy: Strategy = Strategy.CANARY,
-               steps: Sequence[int] | None = None, target: str | None = None, step_seconds: float | None = None,
-               analysis_seconds: float | None = None, previous_image: str | None = None, reason: str | None = None,
-               source: str = "user", force: bool = False) -> StartSpec:
-    """A start request as a StartSpec, what it leaves out taken from `defaults`. The one way a rollout is
-    started: `POST /v1/rollouts` and the Swarm watcher both call this, then `Guard.start`."""
-    if not steps:
-        steps = defaults.steps if strategy in (Strategy.CANARY, Strategy.ROLLING) else [100]
-    return StartSpec(
-        service=service, image=image, strategy=strategy, steps=tuple(steps), target=target or defaults.default_target,
-        step_seconds=step_seconds or defaults.tick_seconds,
-        analysis_seconds=defaults.analysis_seconds if analysis_seconds is None else analysis_seconds,
-        previous_image=previous_image, reason=reason, source=source, force=force,
-    )
-
-
-def arm_selectors(arms: Arms, state: RolloutState, extra: dict[str, str | None] | None = None,
-                  ) -> tuple[dict[str, ArmSelector], dict[str, str]]:
-    """Each arm's selector for this rollout, its `{version}` / `{previous_version}` filled from the
-    rollout's images (and other placeholders from `extra`: what the actuator's `arm_values` knows, e.g. the
-    kubernetes actuator's `{pod_template_hash}`); and for each arm that cannot be filled, why not."""
-    if not arms.templated:
-        return {arm: ArmSelector(arm, arms.label, getattr(arms, arm)) for arm in ARMS}, {}
-    from guardian.actuators.swarm import image_version  # the tag, as the swarm actuator labels tasks with it
-
-    versions = {"version": image_version(state.image),
-                "previous_version": image_version(state.previous_image) if state.previous_image else None,
-                **(extra or {})}
-    selectors: dict[str, ArmSelector] = {}
-    unresolved: dict[str, str] = {}
-    for arm in ARMS:
-        value = arms.resolve(arm, versions)
-        if value is not None:
-            selectors[arm] = ArmSelector(arm, arms.label, value)
-            continue
-        missing = ", ".join(f"{{{p}}}" for p in arms.placeholders(arm) if versions.get(p) is None)
-        why = (f"rollout {state.id} does not know the image it replaces (start it with previous_image; the Swarm "
-               "watcher takes it from the update it detected)") if "previous_version" in missing else (
-               f"rollout {state.id}'s actuator ({state.target}) does not know it (only the kubernetes actuator "
-               "reports pod-template-hashes)")
-        unresolved[arm] = (f"the {arm} arm ({arms.label}={getattr(arms, arm)!r}) cannot be selected: {missing} "
-                           f"has no value, because {why}")
-    return selectors, unresolved
-
-
 def _arms_read(check: Any) -> tuple[str, ...]:
     """The arms a check reads: its `arm`, or both (compare checks, and `arm: total`)."""
     arm = getattr(check, "arm", "total")
@@ -158,9 +93,11 @@ def _judge(check: Any, ev: Evidence, t: int, unresolved: dict[str, str]) -> Verd
 
 
 class Guard:
+    alerts_refresh_seconds: float | None = None  # re-read the firing alerts from the store this often (replicas)
+
     def __init__(
         self,
-        store: SQLiteStore,
+        store: StateStore,
         source: MetricSource,
         rulebook: RuleBook,
         actuator_for: Callable[[str], Actuator],
@@ -175,12 +112,14 @@ class Guard:
         self.actuator_for, self.clock, self.config = actuator_for, clock, config
         self.notifier = notifier or LogNotifier()
         self.metrics = metrics or GuardianMetrics()
+        self.alerts = AlertBook(store, rulebook, dict(config.alert_labels), clock,
+                                refresh_seconds=self.alerts_refresh_seconds)
+        self.arms = ArmSelections(actuator_for)
+        self.log_evidence = LogEvidence(actuator_for, clock, window=config.log_window, seconds=config.log_seconds)
         self._locks: dict[str, threading.Lock] = {}
         self._locks_guard = threading.Lock()
         self._evidence: dict[str, Evidence] = {}
         self._verdict_counters: dict[tuple, Any] = {}
-        self._firing: dict[str, StoredAlert] | None = None  # firing alerts by fingerprint, read from the store once
-        self._alerts_lock = threading.Lock()
         self._weighted: set[tuple[str, str]] = set()  # (service, rollout) with a canary-weight series
         self._checked: set[str] = set()  # rollouts checked for a decision lost in a crash, by this process
 
@@ -196,31 +135,19 @@ class Guard:
         model; nothing is stored) or ActuatorError (the start failed; the actuator was then told to
         roll back, and the rollout is recorded as rolled back)."""
         now = self.clock.now()
-        frozen = [a for a in self.firing_alerts() if freezes(a, spec.service, dict(self.config.alert_labels))]
-        if frozen and not spec.force:
-            names = ", ".join(f"{a.name} (firing since {time.strftime('%H:%M:%S', time.localtime(a.starts_at))})"
-                              for a in frozen)
-            raise ReleaseFrozen(f"release freeze: critical alert(s) firing for {spec.service}: {names}; "
-                                "start with force to override")
+        self.alerts.hold_release(spec.service, force=spec.force)  # ReleaseFrozen
         ruleset = self.rulebook.for_service(spec.service)
         models = self.models.freeze(spec.service, ruleset, now)  # frozen here: refits never reach this rollout
-        state = RolloutState(
-            id=spec.id or uuid.uuid4().hex[:12], service=spec.service, image=spec.image, strategy=spec.strategy,
-            steps=spec.steps, target=spec.target, step_seconds=spec.step_seconds,
-            analysis_seconds=spec.analysis_seconds, created_at=now, step_started_at=now, updated_at=now,
-            rules=ruleset.source, previous_image=spec.previous_image,
-            tick_origin=math.ceil(now / spec.step_seconds) * spec.step_seconds if self.config.align_ticks else None,
-        )
+        state = first_state(spec, ruleset, now, align_ticks=self.config.align_ticks)
         self.actuator_for(spec.target)  # an unknown actuator fails here, before anything is stored
-        if (unresolved := arm_selectors(ruleset.rules.arms, state, self._arm_values(state, ruleset))[1]):
+        if (unresolved := self.arms.select(state, ruleset).unresolved):
             logger.warning("rollout {} of {}: {}", state.id, spec.service, "; ".join(unresolved.values()))
         with self._lock(state.id):  # held from the create: a tick must not see it before its START
             self.store.create(state)
             if models:
                 self.store.save_models(state.id, models)
             self._checked.add(state.id)
-            decision = Decision(Action.START, spec.reason or f"start {spec.strategy.value} rollout of {spec.image}",
-                                at=now, source=spec.source)
+            decision = Decision(Action.START, spec.start_reason, at=now, source=spec.source)
             state, outcome = self._act(state, decision)
             self.metrics.decisions.labels(decision.action.value).inc()
             if not outcome.ok:
@@ -248,21 +175,23 @@ class Guard:
 
     def plan(self, states: Sequence[RolloutState]) -> None:
         """Tell the source which fetches the due ticks of `states` will make (a batching source then asks
-        for all of them in its first query); a no-op for sources without `plan`."""
-        plan = getattr(self.source, "plan", None)
-        if plan is None:
+        for all of them in its first query); a no-op for sources that do not plan (Planning). The arms
+        selected here are the ones those ticks fetch (`ArmSelections`: once per tick)."""
+        if not isinstance(self.source, Planning):
             return
-        now, requests = self.clock.now(), []
+        now, requests, selections = self.clock.now(), [], {}
         for state in states:
             t = state.due_tick(now, self.config.evaluation_delay)
             if state.phase.terminal or t <= state.last_tick:
                 continue
             ruleset = self.rulebook.for_service(state.service)
-            selectors, _ = arm_selectors(ruleset.rules.arms, state, self._arm_values(state, ruleset))
+            arms = self.arms.select(state, ruleset)
+            selections[state.id] = (t, arms)
             start, end = state.tick_bounds(t)
             requests += [(SignalQuery(name, q.type, q.promql), state.service, selector, start, end)
-                         for name, q in ruleset.queries.items() for selector in selectors.values()]
-        plan(requests)
+                         for name, q in ruleset.queries.items() for selector in arms.selectors.values()]
+        self.arms.plan(selections)
+        self.source.plan(requests)
 
     def tick(self, rollout_id: str) -> Decision | None:
         """Evaluate the newest due tick of a rollout. Returns its decision, or None if nothing was due."""
@@ -286,25 +215,31 @@ class Guard:
     def forget(self, rollout_id: str) -> None:
         """Drop what is cached for an ended rollout (its history stays in the store)."""
         self._evidence.pop(rollout_id, None)
+        self.arms.forget(rollout_id)
+
+    def close(self) -> None:
+        """Release what the guard holds of its own: the log evidence's workers. (The store, the source and
+        the actuators are closed by whoever made them.)"""
+        self.log_evidence.close()
 
     def _tick(self, state: RolloutState, t: int) -> tuple[Decision, RolloutState]:
         ruleset = self.rulebook.for_service(state.service)
+        arms = self.arms.for_tick(state, ruleset, t)
         ev = self._evidence_of(state, ruleset)
         first = max(state.last_tick + 1, t - self.config.catch_up_ticks + 1)
         while ev.ticks < first:
             ev.append({}, unavailable="not fetched: the guardian was not running")
         for i in range(first, t):  # catch up on ticks missed while the guardian was down: record, don't judge
-            values, unavailable, why = self._fetch(ruleset, state, i)
+            values, unavailable, why = self._fetch(ruleset, state, i, arms)
             ev.append(values, unavailable, why)
             self.store.record_tick(state.evolve(last_tick=i), i, self.clock.now(), values, unavailable, [], None)
         self._reconcile(state)
-        values, unavailable, why = self._fetch(ruleset, state, t)
+        values, unavailable, why = self._fetch(ruleset, state, t, arms)
         ev.append(values, unavailable, why)
         if unavailable:
             self.metrics.source_errors.inc()
-        _, unresolved = arm_selectors(ruleset.rules.arms, state, self._arm_values(state, ruleset))
-        verdicts = [_judge(check, ev, t, unresolved) for check in ruleset.rules.checks]
-        verdicts += self._alert_verdicts(state, ruleset)
+        verdicts = [_judge(check, ev, t, arms.unresolved) for check in ruleset.rules.checks]
+        verdicts += self.alerts.verdicts(state, ruleset)
         for v in verdicts:
             counter = self._verdict_counters.get((v.check, v.result))
             if counter is None:  # prometheus-client's labels() is slow enough to matter in replays
@@ -339,21 +274,9 @@ class Guard:
         self.metrics.decisions.labels(decision.action.value).inc()
         return decision, state
 
-    # -- alerts -------------------------------------------------------------------------------------------
+    # -- alerts (the alert book: engine/alert_book.py) --------------------------------------------------
     def firing_alerts(self) -> list[StoredAlert]:
-        with self._alerts_lock:
-            if self._firing is None:
-                self._firing = {a.fingerprint: a for a in self.store.alerts(firing_only=True)}
-            return list(self._firing.values())
-
-    def _alert_verdicts(self, state: RolloutState, ruleset: RuleSet,
-                        alerts: list[StoredAlert] | None = None) -> list[Verdict]:
-        firing = self.firing_alerts() if alerts is None else alerts
-        if not firing:
-            return []
-        arms = ruleset.rules.arms
-        return verdicts_for(state, firing, ruleset.rules.alerts, dict(self.config.alert_labels),
-                            arm_label=arms.label, baseline=arms.baseline)
+        return self.alerts.firing()
 
     def receive_alerts(self, alerts: list[StoredAlert]) -> dict[str, Any]:
         """Store Alertmanager's alerts (a repeat changes nothing) and act at once on the rollouts that a
@@ -367,31 +290,7 @@ class Guard:
         store transaction for all their alerts, one pass over the rollouts in flight, and each post's own
         answer: its alerts received and changed, and what was done to the rollouts its newly firing
         alerts are about."""
-        self.firing_alerts()  # loaded before the store changes, then kept in step with it
-        with self._alerts_lock:
-            changed = self.store.save_alerts([a for post in posts for a in post])
-            for a in changed:
-                if a.firing:
-                    self._firing[a.fingerprint] = a
-                else:
-                    self._firing.pop(a.fingerprint, None)
-        acted: list[tuple[RolloutState, RuleSet, dict[str, Any]]] = []
-        fresh = [a for a in changed if a.firing]
-        if fresh:
-            for state in self.store.list(active_only=True):
-                ruleset = self.rulebook.for_service(state.service)
-                verdicts = self._alert_verdicts(state, ruleset, fresh)
-                if verdicts and (result := self._react(state.id, verdicts)) is not None:
-                    acted.append((state, ruleset, result))
-        changed_ids = {id(a) for a in changed}  # the store hands back the very objects it was given
-        answers = []
-        for post in posts:
-            mine = [a for a in post if id(a) in changed_ids]
-            mine_fresh = [a for a in mine if a.firing]
-            answers.append({"received": len(post), "changed": len(mine), "acted": [
-                result for state, ruleset, result in acted
-                if len(posts) == 1 or (mine_fresh and self._alert_verdicts(state, ruleset, mine_fresh))]})
-        return answers
+        return self.alerts.receive(posts, self._react)
 
     def _react(self, rollout_id: str, verdicts: list[Verdict]) -> dict[str, Any] | None:
         with self._lock(rollout_id):
@@ -412,17 +311,6 @@ class Guard:
         return {"rollout": rollout_id, "action": decision.action.value, "ok": outcome.ok,
                 "detail": outcome.detail, "reason": decision.reason}
 
-    def _arm_values(self, state: RolloutState, ruleset: RuleSet) -> dict[str, str | None] | None:
-        """Placeholder values the rollout's actuator knows (`arm_values`, optional), when the arms need them."""
-        if not ruleset.rules.arms.templated:
-            return None
-        try:
-            values = getattr(self.actuator_for(state.target), "arm_values", None)
-            return values(state) if values is not None else None
-        except Exception as e:  # noqa: BLE001 - an arm left unresolved is inconclusive, never a pass
-            logger.warning("rollout {}: arm values unavailable: {}", state.id, e)
-            return None
-
     def _evidence_of(self, state: RolloutState, ruleset: RuleSet) -> Evidence:
         counters = frozenset(n for n, q in ruleset.queries.items() if q.type is SignalType.COUNTER)
         ev = self._evidence.get(state.id)
@@ -436,17 +324,17 @@ class Guard:
 
     def _reconcile(self, state: RolloutState) -> None:
         """Before judging a tick, let the actuator put its routing back in line with what runs (the
-        Docker daemon restarted the replicas on new ports, say): only actuators that have `reconcile`;
-        a failure is logged and the tick goes on (its data then tells what is missing)."""
+        Docker daemon restarted the replicas on new ports, say): only Reconciling actuators; a failure
+        is logged and the tick goes on (its data then tells what is missing)."""
         if state.strategy is Strategy.OBSERVE:
             return
         try:
-            fix = getattr(self.actuator_for(state.target), "reconcile", None)
-            if fix is None:
+            actuator = self.actuator_for(state.target)
+            if not isinstance(actuator, Reconciling):
                 return
-            done = fix(ActionRequest(rollout_id=state.id, service=state.service, image=state.image,
-                                     action=Action.CONTINUE, weight=state.weight, key=f"{state.id}:reconcile",
-                                     strategy=state.strategy.value))
+            done = actuator.reconcile(ActionRequest(
+                rollout_id=state.id, service=state.service, image=state.image, action=Action.CONTINUE,
+                weight=state.weight, key=f"{state.id}:reconcile", strategy=state.strategy.value))
         except Exception as e:  # noqa: BLE001 - the daemon may be down: the next tick tries again
             logger.warning("rollout {}: could not check the replicas against the routing: {}", state.id, e)
             return
@@ -455,12 +343,12 @@ class Guard:
             self.store.log_decision(state.id, Decision(Action.NOTIFY, done, at=self.clock.now()), None,
                                     self.clock.now())
 
-    def _fetch(self, ruleset: RuleSet, state: RolloutState, t: int
+    def _fetch(self, ruleset: RuleSet, state: RolloutState, t: int, arms: ArmSelection
                ) -> tuple[dict, str | None, dict[tuple[str, str], str]]:
         """Tick t's values, why the source could not answer at all (None: it did), and why each missing
         (signal, arm) is missing in the source's words (NoData: no series, no value in the window …)."""
         start, end = state.tick_bounds(t)
-        selectors, _ = arm_selectors(ruleset.rules.arms, state, self._arm_values(state, ruleset))
+        selectors = arms.selectors
         values: dict[str, dict[str, float | None]] = {}
         why: dict[tuple[str, str], str] = {}
         unavailable: str | None = None
@@ -491,37 +379,10 @@ class Guard:
         )
         if decision.action in (Action.ROLLBACK, Action.PAUSE) and any(
                 v.result is Result.FAIL for v in decision.verdicts):
-            decision = self._with_log_evidence(state, decision, request)
+            decision = self.log_evidence.attach(state, decision, request)
         self.store.begin_op(state.id, request.key, request.to_dict(), decision, now)
         crash_point("after_begin_op", decision.action.value)
         return self._complete(state, seq, request, decision)
-
-    def _with_log_evidence(self, state: RolloutState, decision: Decision, request: ActionRequest) -> Decision:
-        """Attach the log templates new in, or far more frequent in, the canary than in the baseline,
-        when the actuator can read the arms' logs (LogSource: `arm_logs`). Bounded: the last
-        `log_window` seconds, 2 MB per arm, `log_seconds` of waiting; a failure only loses the evidence."""
-        try:
-            fetch = getattr(self.actuator_for(state.target), "arm_logs", None)
-        except Exception:  # noqa: BLE001 - an unknown target fails in _apply, with its reason
-            return decision
-        if fetch is None:
-            return decision
-        since = max(state.created_at, self.clock.now() - self.config.log_window)
-
-        def mine() -> tuple[dict[str, Any], ...]:
-            from guardian.logmine import diff_logs
-
-            arms = fetch(request, since=since)
-            return tuple(d.to_dict() for d in diff_logs(arms.get("canary", []), arms.get("baseline", [])))
-
-        future = _LOG_POOL.submit(mine)
-        try:
-            logs = future.result(timeout=self.config.log_seconds)
-        except Exception as e:  # noqa: BLE001 - evidence is a bonus: never block or fail the action for it
-            logger.warning("rollout {}: no log evidence: {}", state.id, type(e).__name__ if isinstance(
-                e, TimeoutError) else e)
-            return decision
-        return dataclasses.replace(decision, logs=logs) if logs else decision
 
     def _complete(self, state: RolloutState, seq: int, request: ActionRequest,
                   decision: Decision) -> tuple[RolloutState, Outcome]:
@@ -651,3 +512,6 @@ class Guard:
             elif (s.service, s.id) in self._weighted:
                 self._weighted.discard((s.service, s.id))
                 self.metrics.canary_weight.remove(s.service, s.id)
+
+
+__all__ = ["ACTUATED", "Guard", "GuardConfig", "StartSpec"]  # StartSpec: what `Guard.start` takes (start.py)

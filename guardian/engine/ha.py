@@ -2,18 +2,17 @@
 and the few things a Guard does differently when other replicas share its store."""
 from __future__ import annotations
 
-import time
 from typing import Any
 
 from loguru import logger
 
 from guardian.engine.guard import Guard
 from guardian.engine.leases import Leases, LocalLeases
-from guardian.engine.store import SQLiteStore
+from guardian.engine.store import SQLiteStore, StateStore
 from guardian.errors import LeaseLost
 
 
-def open_store(settings: Any) -> tuple[SQLiteStore, Leases]:
+def open_store(settings: Any) -> tuple[StateStore, Leases]:
     """The store and leases for these settings: PostgreSQL when `database_url` (or a postgresql:// `db_path`)
     is set, else SQLite at `db_path` with single-process leases."""
     from guardian.engine.store_pg import is_postgres_url
@@ -33,19 +32,11 @@ def open_store(settings: Any) -> tuple[SQLiteStore, Leases]:
 
 class ReplicaGuard(Guard):
     """A Guard sharing its store with other replicas: Alertmanager may post to any of them, so the
-    firing alerts are re-read from the store (at most every `alerts_refresh_seconds`), and an alert
-    about a rollout leased to another replica is left to that replica (its next tick judges it)."""
+    firing alerts are re-read from the store (at most every `alerts_refresh_seconds` by the guard's
+    clock: its alert book), and an alert about a rollout leased to another replica is left to that
+    replica (its next tick judges it)."""
 
     alerts_refresh_seconds = 1.0
-
-    def firing_alerts(self):  # type: ignore[override]
-        now = time.monotonic()
-        if now - getattr(self, "_alerts_read", 0.0) >= self.alerts_refresh_seconds:
-            fresh = {a.fingerprint: a for a in self.store.alerts(firing_only=True)}
-            with self._alerts_lock:
-                self._firing = fresh
-            self._alerts_read = now
-        return super().firing_alerts()
 
     def _react(self, rollout_id: str, verdicts: list) -> dict[str, Any] | None:
         try:

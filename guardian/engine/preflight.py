@@ -10,14 +10,15 @@ from __future__ import annotations
 from typing import Any
 
 from guardian.domain import ARMS, RolloutState, Strategy
-from guardian.engine.guard import StartSpec, arm_selectors
-from guardian.sources import ArmSelector
+from guardian.engine.arms import arm_selectors
+from guardian.engine.start import StartSpec
+from guardian.sources import ArmSelector, Introspectable
 from guardian.sources.doctor import Finding, examine
 
 
 def preflight(rulebook: Any, source: Any, spec: StartSpec, now: float) -> list[Finding] | None:
     """The findings for the signals `spec`'s policy reads; None when `source` cannot be introspected."""
-    if not (callable(getattr(source, "instant_result", None)) and callable(getattr(source, "render", None))):
+    if not isinstance(source, Introspectable):
         return None
     ruleset = rulebook.for_service(spec.service)
     draft = RolloutState(id="preflight", service=spec.service, image=spec.image, strategy=spec.strategy,
@@ -43,7 +44,7 @@ def checkup(rulebook: Any, source: Any, service: str, now: float, *, window: flo
         else:
             unresolved[arm] = (f"the {arm}'s {arms.label} value follows the release ({getattr(arms, arm)}): name it "
                                f"with --{arm} VALUE")
-    if not (callable(getattr(source, "instant_result", None)) and callable(getattr(source, "render", None))):
+    if not isinstance(source, Introspectable):
         raise TypeError(f"{type(source).__name__} cannot be asked about its series")
     findings = examine(source, ruleset, service, selectors, now, window=window, unresolved=unresolved)
     return {"service": service, "rules": ruleset.source, "arm_label": arms.label,

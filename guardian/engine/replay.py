@@ -20,10 +20,11 @@ from typing import Any
 from guardian.actuators.noop import NoopActuator
 from guardian.clock import FakeClock
 from guardian.domain import Action, Decision, Phase, Result, Strategy
-from guardian.engine.guard import Guard, GuardConfig, StartSpec
+from guardian.engine.guard import Guard, GuardConfig
+from guardian.engine.start import StartSpec
 from guardian.engine.store import SQLiteStore
 from guardian.errors import ModelMissing, RecordingError
-from guardian.forecast_models import RecordedModels
+from guardian.forecast.model_files import RecordedModels
 from guardian.rules.loader import DEFAULT_RULESET, RuleSet
 from guardian.sources.recording import RecordingSource, load_recording
 
@@ -144,7 +145,7 @@ def explanation(result: ReplayResult) -> dict[str, Any]:
     """The replayed rollout explained as `rollout explain` does, telling the story the replay's decision
     tells: a recording replayed as "promote" reads "was promoted by the replay" (not "is progressing"),
     the image is the recording's own (labels.image), and the policy it was judged with is named."""
-    from guardian.explain import explain
+    from guardian.reporting.explain import explain
 
     rollout = {**(result.rollout or {}), "id": result.file}
     image = result.shown.get("image")

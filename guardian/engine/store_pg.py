@@ -21,8 +21,8 @@ import psycopg
 from psycopg.rows import dict_row
 from psycopg_pool import ConnectionPool
 
-from guardian.alerts import StoredAlert
 from guardian.domain import RolloutState
+from guardian.engine.alerts import StoredAlert
 from guardian.engine.leases import LEASES_SCHEMA, PostgresLeases
 from guardian.engine.store import SQLiteStore, _dumps
 from guardian.errors import RolloutConflict, RolloutNotFound, StoreError

@@ -4,7 +4,8 @@
 
 With k = 0.5 (half the shift to detect, in σ) and h = 4-5 the average run length to detect a 1σ
 shift is about 8-10 samples, against about 44 for a Shewhart 3σ chart (one point beyond 3σ); in
-control (no shift) it is about 170 (h = 4) or 470 (h = 5) samples per side (STATS.md, "CUSUM").
+control (no shift) it is about 170 (h = 4) or 470 (h = 5) samples per side (the project's STATS.md, outside
+this repository: "Methods that hold up", CUSUM).
 
 `clip` (optional) winsorizes each z before it is added, so one huge spike cannot raise the alarm on
 its own: with clip = 2.5, k = 0.5 and h = 5 each sample adds at most 2, so at least three large

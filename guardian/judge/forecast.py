@@ -1,6 +1,6 @@
 """One signal against its seasonal forecast ("the 3σ forecast"), period by period. Pure.
 
-The model (judge/baseline.py, fitted by `guardian baseline fit`) is frozen when the rollout starts:
+The model (guardian/forecast/model.py, fitted by `guardian baseline fit`) is frozen when the rollout starts:
 the guard puts it into `Evidence.models[check.name]` (or the reason there is none) and
 `Evidence.started_at` is the freeze time. Ticks are grouped into periods of `check.period` (default:
 the model's bucket), each period's value is the mean of its ticks — counters as per-second rates,
@@ -25,15 +25,14 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from guardian.domain import Evidence, Result, Verdict
-from guardian.judge.baseline import BaselineMonitor, Observation, SeasonalModel
-from guardian.rules.models import ForecastCheck
-
-ADVISORY = {"scale", "notify"}
+from guardian.forecast.model import SeasonalModel
+from guardian.judge.forecast_monitor import ForecastMonitor, Observation
+from guardian.rules.models import ADVISORY_ACTIONS, ForecastCheck
 
 
 @dataclass
 class _Progress:
-    monitor: BaselineMonitor
+    monitor: ForecastMonitor
     ticks_per_period: int
     periods: list[Observation] = field(default_factory=list)
     present: list[int] = field(default_factory=list)  # ticks answered in each period
@@ -64,7 +63,7 @@ def _progress(check: ForecastCheck, ev: Evidence, model: SeasonalModel) -> _Prog
     key = ("forecast", check.name)
     p = ev.cache.get(key)
     if p is None:
-        monitor = BaselineMonitor(model, k=check.sigma, consecutive=check.consecutive, frozen_at=ev.started_at,
+        monitor = ForecastMonitor(model, k=check.sigma, consecutive=check.consecutive, frozen_at=ev.started_at,
                                   direction=check.direction, recalibrate=0,
                                   cusum_k=check.cusum_k, cusum_h=check.cusum_h if check.cusum else None)
         p = ev.cache[key] = _Progress(monitor, period_ticks(check, model, ev.step_seconds))
@@ -72,7 +71,7 @@ def _progress(check: ForecastCheck, ev: Evidence, model: SeasonalModel) -> _Prog
 
 
 def evaluate(check: ForecastCheck, ev: Evidence, t: int) -> Verdict:
-    advisory = check.action in ADVISORY
+    advisory = check.action in ADVISORY_ACTIONS
     base = {"check": check.name, "action": check.action_enum, "replicas": check.replicas}
     what = f"{check.signal} ({check.arm})"
     model = ev.models.get(check.name)

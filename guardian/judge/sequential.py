@@ -36,7 +36,7 @@ def as_array(values: list[float | None]) -> np.ndarray:
 
 
 @dataclass(frozen=True)
-class Evidence:
+class SequentialResult:
     """What a sequential test concluded at one tick."""
 
     rejected: bool
@@ -46,7 +46,7 @@ class Evidence:
     ticks: int  # ticks since that test started
 
 
-def staggered_mixture(log_lr: np.ndarray, t: int, alpha: float, *, warmup: int, every: int) -> Evidence:
+def staggered_mixture(log_lr: np.ndarray, t: int, alpha: float, *, warmup: int, every: int) -> SequentialResult:
     """log_lr: per tick × alternative (NaN where a tick carries no evidence). Tests start at
     ticks warmup, warmup+every, ...; test j (from 1) has threshold j²·π²/6/α. Returns the test with
     the largest e-value relative to its threshold."""
@@ -66,9 +66,9 @@ def _log_thresholds(alpha: float, n_starts: int) -> np.ndarray:
     return np.log(np.arange(1, n_starts + 1) ** 2 * _BASEL / alpha)
 
 
-def staggered_from_cumulative(cum: np.ndarray, t: int, alpha: float, *, warmup: int, every: int) -> Evidence:
+def staggered_from_cumulative(cum: np.ndarray, t: int, alpha: float, *, warmup: int, every: int) -> SequentialResult:
     if t < warmup:
-        return Evidence(False, 1.0, _BASEL / alpha, None, 0)
+        return SequentialResult(False, 1.0, _BASEL / alpha, None, 0)
     every = max(1, every)
     llr = cum[t + 1] - cum[warmup : t + 1 : every]  # starts × alternatives
     peak = llr.max(axis=1)
@@ -77,7 +77,7 @@ def staggered_from_cumulative(cum: np.ndarray, t: int, alpha: float, *, warmup: 
     margin = log_e - log_thr
     best = int(margin.argmax())
     start = warmup + best * every
-    return Evidence(bool(margin[best] >= 0), float(np.exp(min(log_e[best], 700))), float(np.exp(log_thr[best])),
+    return SequentialResult(bool(margin[best] >= 0), float(np.exp(min(log_e[best], 700))), float(np.exp(log_thr[best])),
                     start, t + 1 - start)
 
 

@@ -36,10 +36,10 @@ from urllib.parse import quote
 import httpx
 from loguru import logger
 
-from guardian.alerts import image_tag
-from guardian.explain import DONE, evidence_line, explain_decision
+from guardian.images import image_version
 from guardian.metrics import GuardianMetrics
 from guardian.redact import redact
+from guardian.reporting.explain import DONE, evidence_line, explain_decision
 
 ENDED = {"promoted": "promoted", "rolled_back": "rolled back"}
 TAGS_LENGTH_MAX = 500  # Grafana's [annotations] tags_length: its default and the minimum it enforces
@@ -55,7 +55,7 @@ def _ms(seconds: float | None) -> int:
 def tags_for(event: dict[str, Any], *extra: str) -> list[str]:
     """guardian, the service, the version (image tag), then `extra` (the action, or rollout/outcome),
     within Grafana's tag limits."""
-    tags = ["guardian", str(event.get("service")), image_tag(str(event.get("image") or ""))]
+    tags = ["guardian", str(event.get("service")), image_version(str(event.get("image") or ""))]
     return fit_tags(tags + [t for t in extra if t])
 
 

@@ -1,4 +1,5 @@
-"""Built-in knowledge: the standard signals (SPEC section 4) and the default policy.
+"""Built-in knowledge: the standard signals (SPEC.md §4, the contract outside this repository; docs/rules.md)
+and the default policy.
 
 A service that exposes `http_requests_total` and `http_request_duration_seconds` with a track
 label needs no rule file: these queries read it, and DEFAULT_RULES judge it.

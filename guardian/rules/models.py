@@ -1,4 +1,5 @@
-"""Rule files as pydantic models (SPEC section 5). Parsing with line numbers lives in loader.py.
+"""Rule files as pydantic models (docs/rules.md; SPEC.md §5, the contract outside this repository). Parsing with
+line numbers lives in loader.py.
 
 A rule file names the service it guards, optionally overrides or adds signal queries, and lists
 checks. Example (the seed's policy)::
@@ -319,6 +320,11 @@ class CompareCheck(_Strict):
     @property
     def action_enum(self) -> Action:
         return Action(self.action)
+
+
+# A forecast check with one of these actions is advisory: it never holds a rollout, and abstains (rather than
+# refusing the rollout's start) when it has no model.
+ADVISORY_ACTIONS = frozenset({"scale", "notify"})
 
 
 class ForecastCheck(_Strict):

@@ -2,11 +2,24 @@
 
 `MetricSource.fetch` returns one number for one signal of one arm over one tick window, or raises
 `NoData` (answered, nothing there) or `SourceUnavailable` (could not ask). Never a made-up zero.
+
+What some sources can do besides `fetch`: each capability a small Protocol, so a caller asks
+`isinstance(source, Planning)` instead of looking for a method by name.
+
+    capability      method                                  who has it
+    Planning        plan(requests)                          batching: the fetches about to be made
+    Pinging         ping()                                  prometheus (and batching): does it answer
+    Closeable       close()                                 prometheus (and batching): its HTTP session
+    Introspectable  render(...), instant_result(...)        prometheus (and batching): `doctor`, preflight
+
+`runtime_checkable` checks that the methods are there, not their signatures: the signatures below are
+the contract a source that declares the capability keeps.
 """
 from __future__ import annotations
 
+from collections.abc import Iterable
 from dataclasses import dataclass
-from typing import Protocol
+from typing import Any, Protocol, runtime_checkable
 
 from guardian.domain import SignalType
 
@@ -42,3 +55,42 @@ class MetricSource(Protocol):
         Raises NoData or SourceUnavailable.
         """
         ...
+
+
+Fetch = tuple[SignalQuery, str, ArmSelector, float, float]  # a fetch's arguments: query, service, arm, window
+
+
+@runtime_checkable
+class Planning(Protocol):
+    def plan(self, requests: Iterable[Fetch]) -> None:
+        """The fetches about to be made (a pass of due ticks): a batching source asks for all of them in
+        its first query per signal and window."""
+        ...
+
+
+@runtime_checkable
+class Pinging(Protocol):
+    def ping(self) -> bool:
+        """Does the source answer (the guardian's readiness shows it)?"""
+        ...
+
+
+@runtime_checkable
+class Closeable(Protocol):
+    def close(self) -> None: ...
+
+
+@runtime_checkable
+class Introspectable(Protocol):
+    """A source that can be asked about its series, not only for a tick's value: `guardian doctor` and the
+    preflight of a start (sources/doctor.py)."""
+
+    def render(self, query: SignalQuery, service: str, arm: ArmSelector, start: float, end: float) -> str:
+        """The query `fetch` would send for these arguments."""
+        ...
+
+    def instant_result(self, promql: str, at: float) -> list[dict[str, Any]]:
+        """The series of `promql` at `at`."""
+        ...
+
+    def fetch(self, query: SignalQuery, service: str, arm: ArmSelector, start: float, end: float) -> float: ...

@@ -30,7 +30,7 @@ from typing import Any
 from loguru import logger
 
 from guardian.domain import SignalType
-from guardian.errors import SourceUnavailable
+from guardian.errors import NotBatchable, SourceUnavailable
 from guardian.rules.promql import _PLACEHOLDER, escape_label_value, format_duration
 from guardian.sources import ArmSelector, SignalQuery
 from guardian.sources.prometheus import PrometheusSource, counter_value, gauge_value
@@ -83,10 +83,6 @@ class BatchShape:
 def regex_escape(value: str) -> str:
     """A literal for Prometheus' (RE2) regex: only its metacharacters escaped (RE2 rejects `\\ `, `\\#`)."""
     return re.sub(r"([\\.+*?()|\[\]{}^$])", r"\\\1", value)
-
-
-class NotBatchable(ValueError):
-    pass
 
 
 def batch_shape(template: str) -> BatchShape:
@@ -262,11 +258,24 @@ class BatchingSource:
         self.batch_queries = 0  # queries this wrapper sent: batched, and per rollout (fallbacks)
         self.single_queries = 0
 
-    def __getattr__(self, name: str) -> Any:  # url, safe_url, timeout, ping, close, render … of the wrapped source
+    def __getattr__(self, name: str) -> Any:  # url, safe_url, timeout … of the wrapped source
         return getattr(self.inner, name)
 
     def __repr__(self) -> str:
         return f"BatchingSource({self.inner!r})"
+
+    # the wrapped source's capabilities (guardian/sources/__init__.py), declared here so that isinstance sees them
+    def ping(self) -> bool:
+        return self.inner.ping()
+
+    def close(self) -> None:
+        self.inner.close()
+
+    def render(self, query: SignalQuery, service: str, arm: ArmSelector, start: float, end: float) -> str:
+        return self.inner.render(query, service, arm, start, end)
+
+    def instant_result(self, promql: str, at: float) -> list[dict[str, Any]]:
+        return self.inner.instant_result(promql, at)
 
     def shape(self, query: SignalQuery) -> BatchShape | None:
         """The signal's batch form (cached), None when it is asked per rollout (logged once, with why)."""

@@ -23,26 +23,18 @@ from __future__ import annotations
 import re
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
-from typing import Any, Literal, Protocol
+from typing import Any, Literal
 
 from guardian.domain import ARMS, SignalType
 from guardian.errors import NoData, SourceUnavailable
 from guardian.rules.loader import RuleSet
 from guardian.rules.promql import escape_label_value
-from guardian.sources import ArmSelector, SignalQuery
+from guardian.sources import ArmSelector, Introspectable, SignalQuery
 
 Status = Literal["ok", "idle", "missing", "abstains", "pending", "unavailable", "unchecked"]
 _SELECTOR = re.compile(r"([a-zA-Z_:][a-zA-Z0-9_:]*)\s*\{([^}]*)\}")
 _LE = re.compile(r'\ble\s*=\s*"([^"]*)"')
 _SHOWN = 12  # label values listed at most
-
-
-class Introspectable(Protocol):
-    """What `examine` needs of a source: PrometheusSource (and BatchingSource, which passes these on)."""
-
-    def render(self, query: SignalQuery, service: str, arm: ArmSelector, start: float, end: float) -> str: ...
-    def instant_result(self, promql: str, at: float) -> list[dict[str, Any]]: ...
-    def fetch(self, query: SignalQuery, service: str, arm: ArmSelector, start: float, end: float) -> float: ...
 
 
 @dataclass(frozen=True)

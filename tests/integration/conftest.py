@@ -1,5 +1,5 @@
 """Fixtures that start real servers on loopback: demo apps and a Prometheus scraping them.
-The servers themselves are in `guardian.demo.stack` (the demo and the benchmarks use them too).
+The servers themselves are in `demo.stack` (the demo and the benchmarks use them too).
 
     def test_x(demo_apps, prometheus):
         apps = demo_apps("baseline", "canary", latency=0.005)          # name -> DemoApp
@@ -18,7 +18,7 @@ from typing import Any
 
 import pytest
 
-from guardian.demo.stack import DemoApp, PrometheusServer, free_port, terminate, wait_until
+from demo.stack import DemoApp, PrometheusServer, free_port, terminate, wait_until
 from tests.pg_fixture import pg_server, pg_url  # noqa: F401 - a real PostgreSQL (session) and a fresh database
 
 REPO = Path(__file__).resolve().parents[2]

@@ -10,8 +10,8 @@ import time
 import httpx
 import pytest
 
-from guardian.demo.alertmanager import AlertmanagerServer
-from guardian.demo.stack import GuardianServer, wait_until
+from demo.stack import GuardianServer, wait_until
+from tests.fixtures.alertmanager import AlertmanagerServer
 
 pytestmark = pytest.mark.skipif(
     not (shutil.which("prometheus-alertmanager") or shutil.which("alertmanager")),

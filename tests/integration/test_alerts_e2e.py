@@ -11,7 +11,7 @@ import pytest
 @pytest.mark.skipif(not (shutil.which("prometheus-alertmanager") or shutil.which("alertmanager")),
                     reason="Alertmanager is not installed (scripts/test.sh installs prometheus-alertmanager)")
 def test_an_alert_rule_firing_rolls_the_rollout_back_within_seconds(tmp_path):
-    from guardian.demo.alert_drill import AlertDrill
+    from tests.fixtures.alert_drill import AlertDrill
 
     with AlertDrill(tmp_path) as drill:
         figures = drill.run()

@@ -23,10 +23,13 @@ import numpy as np
 import pytest
 from typer.testing import CliRunner
 
-from guardian.baseline_cli import baseline_app
-from guardian.baseline_fit import BASELINE_SIGNALS, fit_from_prometheus, query_history, read_model
+from guardian.cli.baseline import baseline_app
 from guardian.errors import NoData, SourceUnavailable
-from guardian.judge.baseline import DAY, BaselineMonitor
+from guardian.forecast.history import FORECAST_SIGNALS as BASELINE_SIGNALS
+from guardian.forecast.history import fit_from_prometheus, query_history
+from guardian.forecast.model import DAY
+from guardian.forecast.model_files import read_model
+from guardian.judge.forecast_monitor import ForecastMonitor as BaselineMonitor
 from guardian.sources.prometheus import PrometheusSource
 
 from .conftest import PrometheusServer, free_port, prometheus_binary

@@ -10,12 +10,12 @@ from collections.abc import Iterator
 
 import pytest
 
-from guardian.demo.fleet import Fleet, serve
 from guardian.errors import NoData, SourceUnavailable
 from guardian.rules.defaults import STANDARD_QUERIES
 from guardian.sources import ArmSelector, SignalQuery
 from guardian.sources.batching import BatchingSource
 from guardian.sources.prometheus import PrometheusSource
+from tests.fixtures.fleet import Fleet, serve
 
 from .conftest import PrometheusServer, free_port, prometheus_binary
 

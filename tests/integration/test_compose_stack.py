@@ -5,7 +5,7 @@ the compose file's own commands, mounts, healthchecks and depends_on conditions.
 
 Nothing can be pulled here, so a compose override swaps the official prometheus, alertmanager and
 nginx images for local stand-ins built from Debian's binaries in the official images' layout
-(guardian/demo/stack_images.py), and shortens the healthchecks' interval to 1 s. Grafana is not
+(demo/stack_images.py), and shortens the healthchecks' interval to 1 s. Grafana is not
 started: no image of it can be built here (tests/integration/test_deploy_files.py checks its part of
 the file). Skipped only when no Docker engine answers. The module's stack is removed with
 `docker-compose down -v` at the end; the images stay (a second session rebuilds nothing).
@@ -25,7 +25,7 @@ from typing import Any
 import httpx
 import pytest
 
-from guardian.demo import stack_images
+from demo import stack_images
 from tests.integration.conftest import REPO, free_port, wait_until
 
 STARTED = ["prometheus", "alertmanager", "guardian", "checkout-baseline", "checkout-canary", "nginx"]

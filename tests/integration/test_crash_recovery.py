@@ -23,8 +23,8 @@ pytestmark = pytest.mark.integration
 
 @pytest.fixture(scope="module")
 def guarded(tmp_path_factory):
+    from demo.dockerstack import GuardedStack
     from guardian.actuators.docker import API_VERSION
-    from guardian.demo.dockerstack import GuardedStack
 
     try:
         client = docker.from_env(version=API_VERSION)

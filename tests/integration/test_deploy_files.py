@@ -180,7 +180,7 @@ def test_compose_images_ports_and_build(compose):
         service = services[name]
         assert service["build"]["context"] == "." and "BASE_IMAGE" in service["build"]["args"], name
         assert service["image"] == services["guardian"]["image"], "one image for the guardian and the demo app"
-    assert services["checkout-baseline"]["entrypoint"][:3] == ["python", "-m", "guardian.demo.app"]
+    assert services["checkout-baseline"]["entrypoint"][:3] == ["python", "-m", "demo.app"]
     for name, service in services.items():
         for port in service.get("ports", []):
             assert port.startswith("127.0.0.1:"), f"{name} publishes beyond loopback: {port}"

@@ -16,7 +16,7 @@ docker = pytest.importorskip("docker")
 
 @pytest.fixture(scope="module")
 def guarded(tmp_path_factory):
-    from guardian.demo.dockerstack import GuardedStack
+    from demo.dockerstack import GuardedStack
 
     try:
         docker.from_env().ping()

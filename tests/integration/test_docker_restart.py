@@ -25,7 +25,7 @@ import pytest
 
 docker = pytest.importorskip("docker")
 
-from guardian.demo.stack import wait_until  # noqa: E402
+from demo.stack import wait_until  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[2]
 pytestmark = [pytest.mark.integration, pytest.mark.serial]
@@ -54,7 +54,7 @@ def restart_dockerd(down_seconds: float = 3.0) -> float:
 
 
 def test_a_docker_daemon_restart_mid_rollout_pauses_then_republishes_and_promotes(tmp_path):
-    from guardian.demo.dockerstack import GuardedStack
+    from demo.dockerstack import GuardedStack
 
     if not _daemon_up():
         pytest.skip("no Docker engine; bash scripts/docker-up.sh starts one")

@@ -11,14 +11,14 @@ import pytest
 
 docker = pytest.importorskip("docker")
 
+from demo.loadgen import LoadGenerator  # noqa: E402
 from guardian.actuators import ActionRequest  # noqa: E402
-from guardian.demo.loadgen import LoadGenerator  # noqa: E402
 from guardian.domain import Action  # noqa: E402
 
 
 @pytest.fixture
 def stack(tmp_path):
-    from guardian.demo.dockerstack import DockerStack
+    from demo.dockerstack import DockerStack
 
     try:
         docker.from_env().ping()
@@ -121,9 +121,9 @@ def test_nginx_t_failing_at_rollback_keeps_the_canary_serving_until_a_retry_succ
 def test_fixed_host_ports_do_not_clash(tmp_path):
     """A service published on a fixed host port: the canary gets a free loopback port of its own
     instead of failing on 'port is already allocated', and the old replica keeps its port."""
+    from demo.stack import free_port
     from guardian.actuators.containers import SERVICE_LABEL, Containers
     from guardian.actuators.docker import DockerActuator
-    from guardian.demo.stack import free_port
 
     client = docker.from_env()
     name, port = f"gport-{uuid.uuid4().hex[:6]}", free_port()

@@ -12,7 +12,7 @@ from threading import Thread
 import pytest
 from prometheus_client import CollectorRegistry, Counter, Histogram, generate_latest
 
-from guardian.demo.stack import free_port
+from demo.stack import free_port
 from guardian.rules.loader import DEFAULT_RULESET
 from guardian.sources import ArmSelector
 from guardian.sources.doctor import examine, needs

@@ -14,8 +14,8 @@ from pathlib import Path
 
 import pytest
 
-from guardian.demo.loadgen import LoadGenerator
-from guardian.demo.stack import DemoApp, GuardianServer, PrometheusServer
+from demo.loadgen import LoadGenerator
+from demo.stack import DemoApp, GuardianServer, PrometheusServer
 from tests.integration.conftest import prometheus_binary
 from tests.peers.argo import ArgoRollout
 from tests.peers.flagger import FlaggerCanary

@@ -5,8 +5,8 @@ from __future__ import annotations
 
 import pytest
 
-from guardian.demo.ha_stack import HAStack
-from guardian.demo.stack import wait_until
+from demo.stack import wait_until
+from tests.fixtures.ha_stack import HAStack
 from tests.integration.conftest import prometheus_binary
 
 pytestmark = pytest.mark.integration

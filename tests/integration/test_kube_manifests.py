@@ -67,9 +67,9 @@ def test_rbac_grants_exactly_the_calls_the_actuator_and_watcher_make(tmp_path):
             assert a.verify(request).ok
         from guardian.api.components import build
         from guardian.clock import FakeClock
-        from guardian.engine.kube_watch import KubeWatcher
         from guardian.settings import Settings
         from guardian.sources.recording import RecordingSource
+        from guardian.watchers.kubernetes import KubeWatcher
         from tests.unit.recordings import steady_recording
 
         settings = Settings(db_path=str(tmp_path / "g.db"), rules=[], recordings_dir="", kube_host=stub.url)

@@ -16,9 +16,9 @@ from guardian.actuators.kubernetes import KubeConnection, KubeError, KubernetesA
 from guardian.api.components import build
 from guardian.clock import FakeClock
 from guardian.domain import Action, Phase, RolloutState, Strategy
-from guardian.engine.kube_watch import KubeWatcher
 from guardian.settings import Settings
 from guardian.sources.recording import RecordingSource
+from guardian.watchers.kubernetes import KubeWatcher
 from tests.stubs.kube_stub import REVISION, KubeStub, template_hash
 from tests.unit.recordings import steady_recording
 from tests.unit.test_api_contract import clean_env  # noqa: F401  (autouse: no GUARDIAN_* from outside)

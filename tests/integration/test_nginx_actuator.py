@@ -19,6 +19,8 @@ from typing import Any
 import httpx
 import pytest
 
+from demo.nginx import NginxServer
+from demo.stack import free_port
 from guardian.actuators import ActionRequest, registry
 from guardian.actuators.nginx import (
     Backend,
@@ -30,8 +32,6 @@ from guardian.actuators.nginx import (
     server_weights,
 )
 from guardian.actuators.nginx import router as nginx_mod
-from guardian.demo.nginx import NginxServer
-from guardian.demo.stack import free_port
 from guardian.domain import Action
 from guardian.errors import ActuatorError
 

@@ -23,14 +23,14 @@ import pytest
 docker = pytest.importorskip("docker")
 
 from benchmarks import crash_harness as harness  # noqa: E402
-from guardian.demo.stack import free_port, wait_until  # noqa: E402
+from demo.stack import free_port, wait_until  # noqa: E402
 
 pytestmark = pytest.mark.integration
 
 
 @pytest.fixture(scope="module")
 def guarded(tmp_path_factory):
-    from guardian.demo.dockerstack import GuardedStack
+    from demo.dockerstack import GuardedStack
 
     try:
         docker.from_env().ping()

@@ -11,8 +11,8 @@ from pathlib import Path
 
 import pytest
 
-from guardian.demo.loadgen import LoadGenerator
-from guardian.demo.stack import DemoApp, GuardianServer, PrometheusServer, wait_until
+from demo.loadgen import LoadGenerator
+from demo.stack import DemoApp, GuardianServer, PrometheusServer, wait_until
 from guardian.engine.replay import replay_recording
 from guardian.rules.loader import RuleSet, parse_text
 from tests.integration.conftest import REPO, prometheus_binary

@@ -15,7 +15,7 @@ from pathlib import Path
 import httpx
 import pytest
 
-from guardian.demo.stack import GuardianServer, terminate
+from demo.stack import GuardianServer, terminate
 from guardian.rules.promql import render
 from tests.integration.conftest import REPO, PrometheusServer, prometheus_binary, wait_until
 from tests.unit.test_api_contract import clean_env  # noqa: F401  (autouse: no GUARDIAN_* from outside)

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import pytest
 
-from guardian.alerts import StoredAlert
 from guardian.domain import Action, Decision, Outcome, Phase, Result, RolloutState, Strategy, Verdict
+from guardian.engine.alerts import StoredAlert
 from guardian.engine.store import SQLiteStore
 from guardian.engine.store_pg import PostgresStore, redact
 from guardian.errors import RolloutConflict, RolloutNotFound, StoreError

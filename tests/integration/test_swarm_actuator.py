@@ -39,7 +39,7 @@ def client() -> Iterator[docker.DockerClient]:
         c.ping()
     except ENGINE_ERRORS as e:
         pytest.skip(f"no Docker engine answers ({e}); scripts/docker-up.sh starts one")
-    from guardian.demo.images import ensure_images
+    from demo.images import ensure_images
 
     ensure_images(c, log=lambda *a, **k: None)  # builds whatever demo image is missing; pulls nothing
     swarm = c.info().get("Swarm") or {}

@@ -16,9 +16,9 @@ from guardian.actuators.pool import ActuatorPool
 from guardian.api.components import Components, build
 from guardian.clock import SystemClock
 from guardian.domain import Phase, Strategy
-from guardian.engine.guard import arm_selectors
-from guardian.engine.swarm_watch import SwarmWatcher
+from guardian.engine.arms import arm_selectors
 from guardian.settings import Settings
+from guardian.watchers.swarm import SwarmWatcher
 from tests.integration.test_swarm_actuator import FAST, PREFIX, V1, V2, client, serving, wait_for
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(90)]

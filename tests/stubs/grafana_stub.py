@@ -40,7 +40,7 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 from urllib.parse import parse_qs, urlsplit
 
-from guardian.demo.stack import free_port
+from demo.stack import free_port
 
 ALL_PERMISSIONS = frozenset({"annotations:create", "annotations:write", "annotations:read", "dashboards:read"})
 TAG_COLUMN = 100  # tag.key and tag.value are VARCHAR(100) (value 512 since Grafana's newest tag migration)

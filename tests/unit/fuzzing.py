@@ -101,7 +101,7 @@ class ApiHarness:
     def seed(self) -> None:
         """Rollouts in several phases, so path parameters can name real ones."""
         from guardian.domain import Action
-        from guardian.engine.guard import start_spec
+        from guardian.engine.start import start_spec
 
         for service, then in (("checkout", None), ("payments", Action.PAUSE), ("search", Action.ROLLBACK)):
             state = self.c.guard.start(start_spec(self.c.settings, service=service, image=f"{service}:2"))

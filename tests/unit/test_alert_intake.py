@@ -10,8 +10,8 @@ from concurrent.futures import ThreadPoolExecutor
 
 import pytest
 
-from guardian.alerts import StoredAlert
 from guardian.api.intake import AlertIntake
+from guardian.engine.alerts import StoredAlert
 from tests.unit.test_alerts import TOKEN, alert, payload, post, state
 from tests.unit.test_api_contract import Harness, clean_env, make_harness  # noqa: F401
 

@@ -11,8 +11,9 @@ from collections.abc import Iterator
 
 import pytest
 
-from guardian.alerts import DEFAULT_LABELS, StoredAlert, image_tag, matches, route, verdicts_for
 from guardian.domain import Action, Phase, Result, RolloutState, Strategy
+from guardian.engine.alerts import DEFAULT_LABELS, StoredAlert, matches, route, verdicts_for
+from guardian.images import image_version as image_tag
 from guardian.rules.models import AlertRoute
 from tests.unit.test_api_contract import Harness, assert_error, clean_env, make_harness  # noqa: F401
 
@@ -224,7 +225,7 @@ def test_guardian_alerts_lists_them_with_what_they_do(api, monkeypatch):
     """`guardian alerts` against the app (its HTTP calls routed into the TestClient)."""
     from typer.testing import CliRunner
 
-    import guardian.cli as cli
+    from guardian.cli import remote as cli
 
     r = api.start()
     post(api, payload(alert(severity="warning"), alert(fingerprint="f2", service="payments", severity="critical")))

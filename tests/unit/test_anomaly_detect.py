@@ -11,9 +11,9 @@ import numpy as np
 import pytest
 from typer.testing import CliRunner
 
+from guardian.anomaly.detect import DetectInputError, detect_file, detect_series, load_params, read_series
+from guardian.anomaly.detector import AnomalyDetector, Params
 from guardian.cli import app
-from guardian.detect import DetectInputError, detect_file, detect_series, load_params, read_series
-from guardian.judge.anomaly import AnomalyDetector, Params
 
 REPO = Path(__file__).resolve().parents[2]
 STEP = 300.0  # 5-minute rows, as NAB: a daily period of 288 rows
@@ -241,7 +241,7 @@ def test_empty_values_are_missing_rows_kept_in_the_output(tmp_path, capsys):
     assert f"{src}:102:" in err and f"{src}:402:" in err and "empty value" in err
     with open(out) as f:
         got = list(csv.DictReader(f))
-    assert len(got) == n  # one row per input row (SPEC section 1)
+    assert len(got) == n  # one row per input row (SPEC.md §1, outside this repository)
     assert got[100]["value"] == "" and got[100]["anomaly"] == "0" and 0.0 <= float(got[100]["score"]) <= 1.0
     # the missing row is not fed to the detector: the other rows score as if it were not there
     full_scores, _ = detect_series(times(n)[np.arange(n) != 100][:300], v[np.arange(n) != 100][:300])

@@ -1,5 +1,5 @@
-"""The HTTP API contract (SPEC section 2), in process: the real app, store, rules and guard, with a recording
-as the metric source, a fake clock and the noop actuator. No server, no sleeps."""
+"""The HTTP API contract (SPEC.md §2, outside this repository), in process: the real app, store, rules and
+guard, with a recording as the metric source, a fake clock and the noop actuator. No server, no sleeps."""
 from __future__ import annotations
 
 import os

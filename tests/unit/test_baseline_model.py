@@ -1,4 +1,5 @@
-"""The seasonal robust baseline (guardian/judge/baseline.py) and CUSUM (guardian/judge/cusum.py): pure, fast."""
+"""The seasonal forecast (guardian/forecast/model.py, fitting.py, model_files.py; judge/forecast_monitor.py) and CUSUM
+(guardian/judge/cusum.py): pure, fast."""
 from __future__ import annotations
 
 import json
@@ -7,18 +8,12 @@ import math
 import numpy as np
 import pytest
 
-from guardian.baseline_fit import model_path, read_model, write_model
-from guardian.judge.baseline import (
-    DAY,
-    FORMAT,
-    WEEK,
-    BaselineMonitor,
-    InsufficientHistory,
-    ModelFormatError,
-    SeasonalModel,
-    fit,
-)
+from guardian.errors import InsufficientHistory, ModelFormatError
+from guardian.forecast.fitting import fit
+from guardian.forecast.model import DAY, FORMAT, WEEK, SeasonalModel
+from guardian.forecast.model_files import model_path, read_model, write_model
 from guardian.judge.cusum import Cusum
+from guardian.judge.forecast_monitor import ForecastMonitor as BaselineMonitor
 
 END = 1_767_225_600.0  # 2026-01-01T00:00:00Z, on a 5-min boundary
 STEP = 300.0

@@ -1,4 +1,5 @@
-"""The `guardian` command (SPEC section 1): rules check, replay, the rollout commands and their exit codes.
+"""The `guardian` command (SPEC.md §1, outside this repository): rules check, replay, the rollout commands and
+their exit codes.
 
 The rollout commands are run against the real app in process (the CLI's HTTP client is swapped for a
 TestClient), so the CLI and the API are checked together without a server."""
@@ -16,10 +17,10 @@ import pytest
 from fastapi.testclient import TestClient
 from typer.testing import CliRunner
 
-from guardian import cli
 from guardian.api.app import create_app
 from guardian.api.components import Components, build
 from guardian.cli import app
+from guardian.cli import remote as cli
 from guardian.clock import FakeClock
 from guardian.errors import RuleError
 from guardian.rules.loader import load_paths

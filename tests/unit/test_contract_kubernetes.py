@@ -23,9 +23,9 @@ from guardian.actuators.kubernetes import KubeConnection, KubernetesActuator
 from guardian.api.components import build
 from guardian.clock import FakeClock
 from guardian.domain import Action
-from guardian.engine.kube_watch import KubeWatcher
 from guardian.settings import Settings
 from guardian.sources.recording import RecordingSource
+from guardian.watchers.kubernetes import KubeWatcher
 from tests.stubs.kube_stub import PATCH_TYPES, KubeStub
 from tests.unit.recordings import steady_recording
 from tests.unit.test_api_contract import clean_env  # noqa: F401  (autouse: no GUARDIAN_* from outside)

@@ -10,8 +10,8 @@ import pytest
 from rich.console import Console
 from typer.testing import CliRunner
 
-import guardian.cli as cli
-from guardian.explain import evidence_line, explain, render_text
+from guardian.cli import remote as cli
+from guardian.reporting.explain import evidence_line, explain, render_text
 from tests.unit.test_alerts import alert, payload, post
 from tests.unit.test_api_contract import assert_error, clean_env, make_harness  # noqa: F401
 

@@ -18,8 +18,8 @@ from guardian.engine.guard import Guard, GuardConfig, StartSpec
 from guardian.engine.replay import replay_recording
 from guardian.engine.store import SQLiteStore
 from guardian.errors import ModelMissing, RuleError
-from guardian.forecast_models import ModelDirectory
-from guardian.judge.baseline import SeasonalModel
+from guardian.forecast.model import SeasonalModel
+from guardian.forecast.model_files import ModelDirectory
 from guardian.judge.forecast import evaluate
 from guardian.rules.book import RuleBook
 from guardian.rules.loader import RuleSet, parse_text

@@ -10,7 +10,7 @@ import pytest
 from prometheus_client import Counter, Gauge, Histogram
 from ruamel.yaml import YAML
 
-from guardian.demo.app import DemoState
+from demo.app import DemoState
 from guardian.metrics import GuardianMetrics
 
 REPO = Path(__file__).resolve().parents[2]
@@ -128,7 +128,7 @@ def test_panels_group_the_arms_by_service_and_track(dashboard):
 
 
 def test_the_slow_ratio_uses_the_guardians_latency_objective(dashboard):
-    from guardian.demo.app import BUCKETS
+    from demo.app import BUCKETS
     from guardian.rules.defaults import SLOW_OBJECTIVE_LE
 
     (slow,) = [p for p in _panels(dashboard) if p["title"].lower().startswith("slow ratio")]

@@ -65,8 +65,8 @@ def test_a_slow_or_broken_log_source_costs_little_and_never_the_rollback(rules):
 
 
 def test_the_notifier_and_the_report_get_the_log_evidence(rules, tmp_path):  # noqa: F811
-    from guardian.explain import explain
-    from guardian.report import render
+    from guardian.reporting.explain import explain
+    from guardian.reporting.report import render
 
     seen = []
     actuator = LoggingActuator()

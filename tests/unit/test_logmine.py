@@ -1,4 +1,4 @@
-"""The log template miner (guardian/logmine.py): masking, Drain clustering, bad input, bounded memory,
+"""The log template miner (guardian/engine/logmine.py): masking, Drain clustering, bad input, bounded memory,
 and the canary-versus-baseline comparison that becomes a failing decision's log evidence."""
 from __future__ import annotations
 
@@ -7,7 +7,7 @@ import random
 
 import pytest
 
-from guardian.logmine import Miner, TemplateDiff, clean, compare, diff_logs, mask
+from guardian.engine.logmine import Miner, TemplateDiff, clean, compare, diff_logs, mask
 
 
 @pytest.mark.parametrize(("line", "masked"), [

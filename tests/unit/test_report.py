@@ -11,8 +11,8 @@ import numpy as np
 import pytest
 from matplotlib.figure import Figure
 
-from guardian.explain import explain
-from guardian.report import figure_png, render
+from guardian.reporting.explain import explain
+from guardian.reporting.report import figure_png, render
 from guardian.sources.recording import parse_start
 from tests.unit.recordings import steady_recording
 

@@ -1,5 +1,6 @@
-"""Rule files (SPEC section 5): the shipped rules, every kind of mistake as `FILE:LINE: field.path: message`,
-duration and limit parsing, PromQL rendering, and the rule book's keep-the-last-good-rules reload."""
+"""Rule files (docs/rules.md; SPEC.md §5, outside this repository): the shipped rules, every kind of mistake
+as `FILE:LINE: field.path: message`, duration and limit parsing, PromQL rendering, and the rule book's
+keep-the-last-good-rules reload."""
 from __future__ import annotations
 
 import os

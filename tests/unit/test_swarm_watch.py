@@ -19,16 +19,17 @@ from guardian.api.app import create_app
 from guardian.api.components import build
 from guardian.clock import FakeClock
 from guardian.domain import Action, Phase, Result, RolloutState, Strategy
-from guardian.engine.guard import Guard, GuardConfig, StartSpec, arm_selectors
+from guardian.engine.arms import arm_selectors
+from guardian.engine.guard import Guard, GuardConfig, StartSpec
 from guardian.engine.replay import replay_recording
 from guardian.engine.store import SQLiteStore
-from guardian.engine.swarm_watch import SwarmWatcher, active_services, plan
 from guardian.errors import RuleError
 from guardian.rules.book import RuleBook
 from guardian.rules.loader import RuleSet, parse_text
 from guardian.rules.models import Arms
 from guardian.settings import Settings, load_settings
 from guardian.sources.recording import RecordingSource
+from guardian.watchers.swarm import SwarmWatcher, active_services, plan
 from tests.unit.recordings import steady_recording
 
 V1, V2 = "app:v1", "app:v2"

@@ -1,6 +1,6 @@
 """Issue 17, defect 5: every refused token is logged (without the secret) — the operator's endpoints (no
-token, a wrong one, a CLI call without one), the alert webhook and the gates — as the README's Security
-section says. In process: the real app with a token, its log captured through loguru."""
+token, a wrong one, a CLI call without one), the alert webhook and the gates — as docs/operations.md's
+Security section says. In process: the real app with a token, its log captured through loguru."""
 from __future__ import annotations
 
 from collections.abc import Iterator

@@ -13,7 +13,6 @@ import docker
 from guardian.actuators.base import MAX_REMEMBERED_KEYS, ActionRequest, BaseActuator, Remembered
 from guardian.actuators.swarm import spec as specs
 from guardian.actuators.swarm.client import SwarmClient, SwarmError
-from guardian.actuators.swarm.images import normalise_image
 from guardian.actuators.swarm.spec import (
     HOLD_CONSTRAINT,
     PREVIOUS_LABEL,
@@ -25,6 +24,7 @@ from guardian.actuators.swarm.spec import (
 from guardian.actuators.swarm.state import IN_PROGRESS, SWARM_PAUSED, Snapshot, TaskInfo, UpdateInfo, update_info
 from guardian.actuators.swarm.target import validate_target
 from guardian.domain import Action, Outcome, Strategy
+from guardian.images import normalise_image
 
 MAX_PROGRESS = 60  # progress entries kept in an Outcome's data
 

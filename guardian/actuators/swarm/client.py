@@ -12,10 +12,10 @@ import docker
 import requests
 
 from guardian.actuators.docker_engine import API_VERSION, ENGINE_ERRORS
-from guardian.actuators.swarm.images import image_version, normalise_image
 from guardian.actuators.swarm.spec import VERSION_LABEL
 from guardian.actuators.swarm.state import Snapshot, TaskInfo
 from guardian.errors import ActuatorError
+from guardian.images import image_version, normalise_image
 
 
 class SwarmError(ActuatorError):

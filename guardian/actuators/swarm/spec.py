@@ -6,7 +6,7 @@ import copy
 from dataclasses import dataclass
 from typing import Any
 
-from guardian.actuators.swarm.images import image_version, normalise_image
+from guardian.images import image_version, normalise_image
 
 Spec = dict[str, Any]
 

@@ -6,8 +6,8 @@ from dataclasses import asdict, dataclass
 from datetime import datetime
 from typing import Any
 
-from guardian.actuators.swarm.images import normalise_image
 from guardian.actuators.swarm.spec import PREVIOUS_LABEL, ROLLOUT_LABEL, image_of, is_held
+from guardian.images import normalise_image
 
 IN_PROGRESS = frozenset({"updating", "rollback_started"})
 SWARM_PAUSED = frozenset({"paused", "rollback_paused"})

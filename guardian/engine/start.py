@@ -1,0 +1,76 @@
+"""How a rollout starts: the request (`StartSpec`), its defaults (`start_spec`), and the state it starts in
+(`first_state`). `POST /v1/rollouts`, the gates and the watchers all make a StartSpec with `start_spec` and
+hand it to `Guard.start`, which checks the release freeze, freezes the forecast models, stores this first
+state and carries out its START."""
+from __future__ import annotations
+
+import math
+import uuid
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Protocol
+
+from guardian.domain import RolloutState, Strategy
+from guardian.rules.loader import RuleSet
+
+
+@dataclass(frozen=True)
+class StartSpec:
+    service: str
+    image: str
+    strategy: Strategy = Strategy.CANARY
+    steps: tuple[int, ...] = (10, 25, 50, 100)
+    target: str = "noop"
+    step_seconds: float = 10.0
+    analysis_seconds: float = 60.0
+    id: str | None = None
+    previous_image: str | None = None  # the image the new one replaces, if known (arms' {previous_version})
+    reason: str | None = None  # why the rollout starts (default: "start STRATEGY rollout of IMAGE")
+    source: str = "user"  # who started it: "user", or "guardian" (the Swarm watcher)
+    force: bool = False  # start even while a critical alert freezes the service's releases
+
+    @property
+    def start_reason(self) -> str:
+        """The reason its START decision carries."""
+        return self.reason or f"start {self.strategy.value} rollout of {self.image}"
+
+
+class StartDefaults(Protocol):
+    """What a start request may leave out: the Settings carry these."""
+
+    steps: list[int]
+    default_target: str
+    tick_seconds: float
+    analysis_seconds: float
+
+
+def start_spec(defaults: StartDefaults, *, service: str, image: str, strategy: Strategy = Strategy.CANARY,
+               steps: Sequence[int] | None = None, target: str | None = None, step_seconds: float | None = None,
+               analysis_seconds: float | None = None, previous_image: str | None = None, reason: str | None = None,
+               source: str = "user", force: bool = False) -> StartSpec:
+    """A start request as a StartSpec, what it leaves out taken from `defaults`. The one way a rollout is
+    started: `POST /v1/rollouts` and the watchers both call this, then `Guard.start`."""
+    if not steps:
+        steps = defaults.steps if strategy in (Strategy.CANARY, Strategy.ROLLING) else [100]
+    return StartSpec(
+        service=service, image=image, strategy=strategy, steps=tuple(steps), target=target or defaults.default_target,
+        step_seconds=step_seconds or defaults.tick_seconds,
+        analysis_seconds=defaults.analysis_seconds if analysis_seconds is None else analysis_seconds,
+        previous_image=previous_image, reason=reason, source=source, force=force,
+    )
+
+
+def first_state(spec: StartSpec, ruleset: RuleSet, now: float, *, align_ticks: bool = False) -> RolloutState:
+    """The rollout `spec` starts, as it is before its START: a new id unless the spec names one, the rules it
+    runs under, and with `align_ticks` its ticks on the grid of its tick length (the next multiple of
+    `step_seconds` since the epoch, so rollouts with the same tick length share tick windows)."""
+    return RolloutState(
+        id=spec.id or uuid.uuid4().hex[:12], service=spec.service, image=spec.image, strategy=spec.strategy,
+        steps=spec.steps, target=spec.target, step_seconds=spec.step_seconds,
+        analysis_seconds=spec.analysis_seconds, created_at=now, step_started_at=now, updated_at=now,
+        rules=ruleset.source, previous_image=spec.previous_image,
+        tick_origin=math.ceil(now / spec.step_seconds) * spec.step_seconds if align_ticks else None,
+    )
+
+
+__all__ = ["StartDefaults", "StartSpec", "first_state", "start_spec"]
