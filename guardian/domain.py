@@ -32,6 +32,7 @@ class Action(str, Enum):
     CONTINUE = "continue"  # stay at this step and keep watching
     ADVANCE = "advance"  # go to the next traffic step
     PROMOTE = "promote"  # the new version becomes stable
+    BAKE = "bake"  # all traffic on the new version, the previous one kept warm out of rotation, still judged
     PAUSE = "pause"  # hold traffic where it is; resumes when the evidence is conclusive again
     RESUME = "resume"
     SCALE = "scale"  # add (or remove) replicas of the stable version
@@ -42,12 +43,14 @@ class Action(str, Enum):
 class Phase(str, Enum):
     PROGRESSING = "progressing"
     PAUSED = "paused"
+    BAKING = "baking"  # at 100% after the last step, the previous version warm, until the bake passes
     PROMOTED = "promoted"
     ROLLED_BACK = "rolled_back"
+    ENDED = "ended"  # a watch (Strategy.WATCH) that ended: a rollout of its service started, or it is no longer watched
 
     @property
     def terminal(self) -> bool:
-        return self in (Phase.PROMOTED, Phase.ROLLED_BACK)
+        return self in (Phase.PROMOTED, Phase.ROLLED_BACK, Phase.ENDED)
 
 
 class Strategy(str, Enum):
@@ -55,6 +58,7 @@ class Strategy(str, Enum):
     ROLLING = "rolling"
     BLUE_GREEN = "blue-green"
     OBSERVE = "observe"
+    WATCH = "watch"  # the service between rollouts (engine/watches.py, judge/steady.py): judged, scaled, never paused
 
 
 @dataclass(frozen=True)
@@ -148,6 +152,10 @@ class Growing:
         return self._buf[: self._n]
 
 
+# the key of the bake's reference in a rollout's frozen models snapshot (and a recording's `models`)
+BAKE_REFERENCE_KEY = "#bake"
+
+
 @dataclass
 class Evidence:
     """Everything fetched so far for one rollout, tick by tick (the body of a recording).
@@ -162,6 +170,9 @@ class Evidence:
     counters: frozenset[str] = frozenset()  # signals recorded as increments (summed over a window)
     started_at: float = 0.0  # Unix time of tick 0's start (the rollout's start: forecasts are frozen there)
     models: dict[str, Any] = field(default_factory=dict)  # check name -> its frozen forecast model, or why none
+    # the bake's reference (judge/bake.py): {"from_tick": the bake's first tick or None, "before": {signal: the
+    # pre-rollout window's value}, "window": [start, end]}; None: no bake
+    bake: dict[str, Any] | None = None
     # why the latest value of (signal, arm) is missing, in the source's words ("no series for …"); live only
     # (recordings hold values, not reasons), cleared when a value arrives
     missing_why: dict[tuple[str, str], str] = field(default_factory=dict)
@@ -257,6 +268,28 @@ class RolloutState:
     previous_image: str | None = None  # the image the new one replaces, if known (arms' {previous_version})
     # tick 0's start when the guard aligned it to the tick grid (GuardConfig.align_ticks); None: created_at
     tick_origin: float | None = None
+    # the bake (rule file `bake:`): after the last step, this long at 100% with the previous version warm,
+    # counted in ticks that passed (a tick without the evidence to pass stops the bake's clock); 0: no bake
+    bake_seconds: float = 0.0
+    bake_tick: int | None = None  # the first tick judged in the bake (set when its BAKE took effect)
+    baked_ticks: int = 0  # ticks of the bake that passed so far
+    # a watch (Strategy.WATCH; judge/steady.py): `image` is the release running, `previous_image` the one it replaced
+    replicas: int | None = None  # its replicas now: as the actuator last reported them, else tracked by each scale
+    replicas_at_start: int | None = None  # what they were when the watch started (a replay starts there)
+    replicas_reported: bool = False  # the actuator reported `replicas` (else tracked from the rule's count)
+    calm_since: float | None = None  # since when every scaling check has passed (scale-in waits `scale_in_after`)
+    refused_at: float | None = None  # when a scale beyond min/max was last refused (said again after `cooldown`)
+    suspect: str | None = None  # the rollout that promoted `image`: a breach within `attribution` names it
+    promoted_at: float | None = None  # when that rollout was promoted
+
+    @property
+    def baking(self) -> bool:
+        """In the bake: BAKING, or paused (or held) after its BAKE took effect."""
+        return self.bake_tick is not None and not self.phase.terminal
+
+    @property
+    def baked_seconds(self) -> float:
+        return self.baked_ticks * self.step_seconds
 
     @property
     def origin(self) -> float:
@@ -265,7 +298,7 @@ class RolloutState:
 
     @property
     def weight(self) -> int:
-        if self.phase == Phase.PROMOTED:
+        if self.phase in (Phase.PROMOTED, Phase.BAKING) or self.baking:
             return 100
         if self.phase == Phase.ROLLED_BACK:
             return 0

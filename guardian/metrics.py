@@ -27,6 +27,9 @@ class GuardianMetrics:
         self.canary_weight = Gauge("guardian_rollout_canary_weight",
                                    "Traffic percent on the new version, per rollout in flight",
                                    ["service", "rollout"], registry=r)
+        self.watch_replicas = Gauge("guardian_watch_replicas", "Replicas of each watched service between rollouts, "
+                                    "as its watch knows them (reported by the actuator, else tracked)",
+                                    ["service", "watch"], registry=r)
         self.annotations = Counter("guardian_annotations_total", "Grafana annotations by result (sent, failed, "
                                    "dropped)", ["result"], registry=r)
         self.grafana_dashboard = Gauge(

@@ -62,6 +62,10 @@ class Settings(BaseSettings):
     default_target: str = "noop"
     max_scale: int = Field(3, ge=0)
     on_inconclusive: Literal["pause", "continue"] = "pause"
+    # the steady-state guard (engine/watches.py): these services are judged between rollouts too, with their rule
+    # file's threshold and baseline checks (its `watch:` section, if any, says how; `watch: {enabled: false}` opts out)
+    watch_services: list[str] = Field([], description="services judged between rollouts (a watch each; docs/rules.md, "
+                                      "\"Watch\")")
     watch_swarm: bool = False  # start an `observe` rollout for each `docker service update` of a watched service
     watch_label: str = Field("guardian.watch", min_length=1,
                              description="the service label (or label=value) that marks a Swarm service as watched")

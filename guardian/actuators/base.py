@@ -28,7 +28,7 @@ class ActionRequest:
     rollout_id: str
     service: str
     image: str
-    action: Action  # ADVANCE, PROMOTE, ROLLBACK, PAUSE, RESUME, SCALE (and START for the first step)
+    action: Action  # ADVANCE, BAKE, PROMOTE, ROLLBACK, PAUSE, RESUME, SCALE (and START for the first step)
     weight: int  # canary traffic percent after the action
     key: str  # idempotency key: "<rollout_id>:<seq>:<action>"
     strategy: str = "canary"

@@ -22,11 +22,20 @@ Strategies (request.strategy):
               step's share (normally 100%) to green; blue stays up, idle, for an instant switch back.
 - observe:    someone else deploys; START only checks the service exists; ROLLBACK replaces the
               replicas running I by the previous version.
+BAKE (after the last step): new replicas until the new version has N, all traffic to them, and the
+old ones kept RUNNING and WARM, out of rotation: in nginx as `backup` servers (nginx has no weight 0: a
+backup gets requests only when no new replica answers), in Prometheus as the baseline arm. Rolling
+replaced every old replica on the way: one of the previous version is started again (from the image the
+new replicas record) and kept warm. Observe starts nothing: the arms are published as they run. A
+ROLLBACK during the bake is then one nginx reload back to them; a PROMOTE after it removes them as
+PROMOTE always does. See docs/actuators.md#bake.
 PROMOTE (all strategies): new replicas until the new version has N, all traffic to them, the old
 drained (out of nginx, `drain_seconds` for in-flight requests) and removed one at a time.
 ROLLBACK: old replicas back to N if any were replaced, all traffic to them, canaries drained and
 removed. SCALE: ±`replicas` of the stable version (never below one). PAUSE / RESUME change nothing:
-traffic stays where it is. Capacity never drops below N healthy replicas in nginx.
+traffic stays where it is. Capacity never drops below N healthy replicas in nginx. Whenever the new
+version has all of the traffic (a step at 100%, the bake), the old replicas still running are nginx
+`backup` servers, never `down` ones.
 
 Failures (image missing, container exits, healthcheck never passes, port clash, daemon unreachable,
 `nginx -t` failing) come back as Outcome(ok=False) with the reason; whatever was started for the
@@ -38,7 +47,7 @@ import json
 import math
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Any, Protocol, runtime_checkable
 from urllib.parse import parse_qs
 
 import docker
@@ -58,9 +67,19 @@ class TrafficRouter(Protocol):
     def route(self, members: list[tuple[str, str]], weights: dict[str, int]) -> Outcome: ...
 
 
+@runtime_checkable
+class ShowsRoutes(Protocol):
+    """A TrafficRouter that can say how it routes each address now (`verify` checks a bake with it)."""
+
+    def routes(self) -> dict[str, str] | None:
+        """address -> 'up', 'backup' or 'down' as the router serves them; None when it cannot tell."""
+        ...
+
+
 class NginxTrafficRouter:
     """`TrafficRouter` over nginx (guardian/actuators/nginx/): weights per track, `nginx -t`, reload,
-    and confirmation that the new upstream is live; a refused config is put back as it was."""
+    and confirmation that the new upstream is live; a refused config is put back as it was. The baseline
+    at 0% stays in the upstream as `backup` servers: warm, out of rotation (ShowsRoutes too)."""
 
     def __init__(self, upstream_file: str | Path, conf_file: str | Path, *, upstream_name: str,
                  status_port: int | None = None):
@@ -76,7 +95,14 @@ class NginxTrafficRouter:
         if sum(asked.values()) != 100:  # a track without servers: the others share all of the traffic
             only = next(iter(tracks))
             asked = {t: (100 if t == only else 0) for t in tracks} if len(tracks) == 1 else asked
-        return self.nginx.apply([Backend(addr, track) for addr, track in members], asked)
+        return self.nginx.apply([Backend(addr, track) for addr, track in members], asked, standby={BASELINE})
+
+    def routes(self) -> dict[str, str] | None:
+        state = self.nginx.live() or self.nginx.current()
+        if state is None:
+            return None
+        return {s["address"]: "backup" if s.get("backup") else "down" if s.get("down") else "up"
+                for s in state.servers}
 
 
 class TargetsFile:
@@ -113,6 +139,8 @@ class DockerActuator(BaseActuator):
     and a reconcile never overlap either."""
 
     name = "docker"
+    supports = frozenset({Action.START, Action.ADVANCE, Action.BAKE, Action.PROMOTE, Action.ROLLBACK, Action.PAUSE,
+                          Action.RESUME, Action.SCALE})
 
     def __init__(self, containers: Containers, router: TrafficRouter | None = None,
                  targets: TargetsFile | None = None):
@@ -160,6 +188,8 @@ class DockerActuator(BaseActuator):
                             f"and {len(v.canary)}")
         if a in (Action.START, Action.ADVANCE) and request.strategy != "observe" and not v.canary:
             problems.append(f"no replica of {request.image} is running")
+        if a is Action.BAKE and request.strategy != "observe":
+            problems += self._bake_problems(request, v)
         if problems:
             return Outcome(False, a.value, "; ".join(problems))
         return Outcome(True, a.value, f"{len(v.canary)} new and {len(v.stable)} old replicas running")
@@ -175,7 +205,8 @@ class DockerActuator(BaseActuator):
                              if r.address)
             if not members or self.targets is None or members == self.targets.read(request.service):
                 return ""
-            self._publish(request, v, None if request.strategy == "rolling" else request.weight)
+            rolling_step = request.strategy == "rolling" and 0 < request.weight < 100  # weights by replica count
+            self._publish(request, v, None if rolling_step else request.weight)
             return f"replica addresses changed under the guardian: published again ({len(members)} replicas)"
 
     def arm_logs(self, request: ActionRequest, *, since: float, max_bytes: int = 2_000_000) -> dict[str, list[bytes]]:
@@ -211,6 +242,8 @@ class DockerActuator(BaseActuator):
             return f"{a.value}: traffic left as it is", self._data(v)
         if a is Action.SCALE:
             return self._scale(request, v)
+        if a is Action.BAKE:
+            return self._bake(request, v)
         if a in (Action.ROLLBACK, Action.PROMOTE):  # the end: also clear what an interrupted step left
             detail, data = (self._rollback if a is Action.ROLLBACK else self._promote)(request, v)
             if gone := self.containers.remove_leftovers(request.service):
@@ -238,12 +271,13 @@ class DockerActuator(BaseActuator):
             v = _View(v.canary + [new], v.stable, v.capacity)
         return v
 
-    def _replace_until(self, request: ActionRequest, v: _View, want: int) -> _View:
-        """Rolling: one new replica up and in nginx, then one old one out and removed, until `want` are new."""
+    def _replace_until(self, request: ActionRequest, v: _View, want: int, *, keep_old: int = 0) -> _View:
+        """Rolling: one new replica up and in nginx, then one old one out and removed, until `want` are new
+        (the last `keep_old` old ones are never removed)."""
         while len(v.canary) < want:
             v = self._start_until(request, v, len(v.canary) + 1)
             self._publish(request, v, None)
-            if len(v.canary) + len(v.stable) > v.capacity and v.stable:
+            if len(v.canary) + len(v.stable) > v.capacity and len(v.stable) > keep_old:
                 old, v = v.stable[0], _View(v.canary, v.stable[1:], v.capacity)
                 self._publish(request, v, None)
                 self.containers.drain_pause()
@@ -259,6 +293,61 @@ class DockerActuator(BaseActuator):
             self.containers.remove(old.id)
         return f"promoted: {len(v.canary)} replica(s) of {request.image}, old ones drained and removed", \
             self._data(_View([], v.canary, v.capacity))
+
+    def _bake(self, request: ActionRequest, v: _View) -> tuple[str, dict[str, Any]]:
+        """All traffic on N new replicas; the old ones (at least one) kept running, out of rotation."""
+        observe = request.strategy == "observe"  # someone else deploys: publish the arms as they are
+        if request.strategy == "rolling":
+            v = self._replace_until(request, v, v.capacity, keep_old=1)
+        elif not observe:
+            v = self._start_until(request, v, v.capacity)
+        if not observe:
+            v = self._keep_one_warm(request, v)
+        self._publish(request, v, 100)
+        detail = f"all traffic on {request.image} ({len(v.canary)} replica(s)); {self._warm_words(v)}"
+        return (f"observing: {detail} (the guardian starts nothing here)" if observe else detail,
+                {**self._data(v), "warm": self._warm(v)})
+
+    def _keep_one_warm(self, request: ActionRequest, v: _View) -> _View:
+        """At least one replica of the previous version running: started again if none is left (a rolling
+        rollout that reached 100% replaced them all). Not in nginx until published."""
+        if v.stable:
+            return v
+        if not v.canary:
+            raise ActuatorError(f"no replica of {request.image} runs: nothing to bake (START it first)")
+        warm = self._clone(v.canary[0], self._previous_image(v), request, None, rollout=f"warm-{request.rollout_id}")
+        return _View(v.canary, [warm], v.capacity)
+
+    def _warm(self, v: _View) -> dict[str, Any]:
+        """What a bake keeps warm, for Outcome.data["warm"]."""
+        return {"image": ", ".join(sorted({r.image for r in v.stable})) or None,
+                "replicas": [r.name for r in v.stable], "weight": 0,
+                "routing": "nginx backup" if self.router is not None else "none (no traffic router)"}
+
+    def _warm_words(self, v: _View) -> str:
+        if not v.stable:
+            return "nothing of the previous version runs: nothing kept warm"
+        old = ", ".join(sorted({r.image for r in v.stable}))
+        how = " (nginx `backup`: passed requests only when no new replica answers)" if self.router else ""
+        return f"{old} kept warm out of rotation: {len(v.stable)} replica(s) at weight 0{how}"
+
+    def _bake_problems(self, request: ActionRequest, v: _View) -> list[str]:
+        """Why what runs and what nginx serves is not a bake: N new replicas in rotation, old ones as backup."""
+        problems = []
+        if len(v.canary) < max(1, v.capacity):
+            problems.append(f"expected {v.capacity} replicas of {request.image}, found {len(v.canary)}")
+        if not v.stable:
+            problems.append("no replica of the previous version is kept warm")
+        if not isinstance(self.router, ShowsRoutes):
+            return problems
+        routes = self.router.routes()
+        if routes is None:
+            return [*problems, "cannot read the routing nginx serves"]
+        for r in v.canary + v.stable:
+            want = "up" if r in v.canary else "backup"
+            if r.address and routes.get(r.address) != want:
+                problems.append(f"{r.name} ({r.address}) is {routes.get(r.address, 'not in nginx')}, not {want}")
+        return problems
 
     def _rollback(self, request: ActionRequest, v: _View) -> tuple[str, dict[str, Any]]:
         while len(v.stable) < v.capacity:  # rolling / observe replaced some: bring the old version back

@@ -15,6 +15,11 @@ every write is a patch of what it changes, as `kubectl` sends it, never a whole-
             Then it waits (at most `settle_timeout` seconds) for the controller and fixes the arms.
 - PAUSE     `spec.paused: true`; RESUME / ADVANCE / PROMOTE `spec.paused: false` (merge patches carrying
             the resourceVersion read).
+- BAKE      `spec.paused: false` too (the Deployment completes at 100%), once it has checked that the previous
+            ReplicaSet is kept for a rollback: `spec.revisionHistoryLimit` >= 1 (0 makes the controller delete
+            it as the update completes: BAKE is refused, the Deployment untouched). Kept at 0 replicas, not
+            warm: the controller scales every old ReplicaSet down and would undo any other count (see
+            docs/kubernetes.md, "Bake").
 - ROLLBACK  `kubectl rollout undo`'s JSON patch to the target ReplicaSet's template (the rollout's baseline
             arm, else the newest one running neither the Deployment's template nor the rollout's image), with
             /metadata/resourceVersion and, for a paused Deployment, /spec/paused false in the same patch.
@@ -85,6 +90,9 @@ def split_target(rest: str) -> tuple[str | None, str | None]:
 
 def validate_target(rest: str) -> str | None:
     namespace, name = split_target(rest)
+    if "?" in rest:
+        return ("a kubernetes target takes no options (warm=N cannot be done: the deployment controller scales "
+                f"the previous ReplicaSet to 0; see docs/kubernetes.md, Bake); {_HINT}")
     for what, value in (("namespace", namespace), ("Deployment name", name)):
         if value is not None and not _DNS.fullmatch(value):
             return f"{value!r} is not a valid {what} (lower-case letters, digits, '-', '.'); {_HINT}"
@@ -213,6 +221,12 @@ def controller_caught_up(dep: dict[str, Any], sets: list[dict[str, Any]]) -> boo
     first) runs its pod template. Before that the ReplicaSets are a revision behind."""
     observed = int((dep.get("status") or {}).get("observedGeneration") or 0)
     return observed >= int(dep["metadata"].get("generation") or 0) and bool(sets) and same_template(sets[0], dep)
+
+
+def history_limit(dep: dict[str, Any]) -> int:
+    """spec.revisionHistoryLimit: the old ReplicaSets the controller keeps (apps/v1 defaults it to 10)."""
+    limit = dep["spec"].get("revisionHistoryLimit")
+    return 10 if limit is None else int(limit)
 
 
 def undo_patch(dep: dict[str, Any], rs: dict[str, Any]) -> list[dict[str, Any]]:
@@ -423,11 +437,15 @@ class KubernetesActuator(BaseActuator):
     def carry_out(self, request: ActionRequest) -> Outcome:
         namespace, name = self.where(request)
         a = request.action
+        data: dict[str, Any] = {}
         try:
-            detail = self._apply(request, namespace, name)
+            if a is Action.BAKE:
+                detail, data = self._bake(request, namespace, name)
+            else:
+                detail = self._apply(request, namespace, name)
         except KubeError as e:
             return Outcome(False, a.value, f"kubernetes: {namespace}/{name}: {e}", data={"status": e.status})
-        return Outcome(True, a.value, f"kubernetes: {namespace}/{name}: {detail}")
+        return Outcome(True, a.value, f"kubernetes: {namespace}/{name}: {detail}", data=data)
 
     def _apply(self, request: ActionRequest, namespace: str, name: str) -> str:
         a = request.action
@@ -445,6 +463,32 @@ class KubernetesActuator(BaseActuator):
             want = self._retrying(namespace, name, "scales", lambda: self._scale(namespace, name, request.replicas))
             return f"scaled to {want} replicas"
         return f"nothing to do for {a.value}"
+
+    def _bake(self, request: ActionRequest, namespace: str, name: str) -> tuple[str, dict[str, Any]]:
+        """The Deployment completes at 100% (unpaused), its previous ReplicaSet kept for a ROLLBACK: refused,
+        changing nothing, when the controller would delete it (revisionHistoryLimit 0) or it is gone."""
+        dep = self.read(namespace, name)
+        limit = history_limit(dep)
+        if limit == 0:
+            raise KubeError(
+                "refusing to bake: spec.revisionHistoryLimit is 0, so the deployment controller deletes the previous "
+                "ReplicaSet as soon as the update completes and a ROLLBACK during the bake would have no revision "
+                f"to go back to. Set it to 1 or more (kubectl -n {namespace} patch deployment {name} -p "
+                "'{\"spec\":{\"revisionHistoryLimit\":1}}'), or give the rule file no `bake`")
+        sets = self.replicasets(dep)
+        previous = self._rollback_target(request, dep, sets)
+        if previous is None:
+            raise KubeError("refusing to bake: no previous ReplicaSet is left to roll back to (was it deleted?); "
+                            "PROMOTE instead, or roll back now")
+        self._patch_spec(namespace, name, {"paused": False})
+        warm = {"replicaset": previous["metadata"]["name"], "pod_template_hash": hash_of(previous),
+                "revision": revision(previous), "image": images(previous["spec"]["template"]),
+                "replicas": int(previous["spec"].get("replicas") or 0), "revision_history_limit": limit}
+        return (f"all traffic on {images(dep['spec']['template'])}: the rolling update completes (spec.paused: "
+                f"false); the previous ReplicaSet {warm['replicaset']} (revision {warm['revision']}, {warm['image']}) "
+                f"kept by revisionHistoryLimit {limit} for a ROLLBACK (`rollout undo` to it), not warm: the "
+                f"controller scales it to 0 (now {warm['replicas']}) and its pods start again on a rollback",
+                {"warm": warm})
 
     def _start(self, request: ActionRequest, namespace: str, name: str) -> str:
         """Sets the image (unless observing), waits for the controller, fixes the arms if it caught up."""
@@ -535,9 +579,21 @@ class KubernetesActuator(BaseActuator):
         paused = bool(dep["spec"].get("paused"))
         if a is Action.PAUSE and not paused:
             return Outcome(False, a.value, f"kubernetes: {namespace}/{name} is not paused")
-        if a in (Action.RESUME, Action.ADVANCE, Action.PROMOTE, Action.ROLLBACK) and paused:
+        if a in (Action.RESUME, Action.ADVANCE, Action.PROMOTE, Action.BAKE, Action.ROLLBACK) and paused:
             return Outcome(False, a.value, f"kubernetes: {namespace}/{name} is still paused")
+        if a is Action.BAKE and (problem := self._bake_problem(request, dep)):
+            return Outcome(False, a.value, f"kubernetes: {namespace}/{name}: {problem}")
         return Outcome(True, a.value, f"kubernetes: {namespace}/{name} as asked (revision {revision(dep)})")
+
+    def _bake_problem(self, request: ActionRequest, dep: dict[str, Any]) -> str:
+        """Why the previous ReplicaSet is not kept for a rollback during the bake ('' when it is)."""
+        if history_limit(dep) == 0:
+            return "spec.revisionHistoryLimit is 0: the previous ReplicaSet is not kept"
+        try:
+            previous = self._rollback_target(request, dep, self.replicasets(dep))
+        except KubeError as e:
+            return f"cannot list its ReplicaSets: {e}"
+        return "" if previous is not None else "no previous ReplicaSet is left to roll back to"
 
     def close(self) -> None:
         if self._owns and self._client is not None:

@@ -9,6 +9,8 @@ from __future__ import annotations
 from guardian.actuators.base import ActionRequest, BaseActuator
 from guardian.domain import Action, Outcome
 
+NOTHING_WARM = "noop: nothing kept warm (no actuator)"  # BAKE's detail
+
 
 class NoopActuator(BaseActuator):
     name = "noop"
@@ -20,10 +22,13 @@ class NoopActuator(BaseActuator):
     def carry_out(self, request: ActionRequest) -> Outcome:
         """Record the request (`apply`: a key seen before returns its first Outcome and records nothing)."""
         detail = f"noop: would {request.action.value} {request.service} to weight {request.weight}"
+        data: dict[str, object] = {"key": request.key}
         if request.action == Action.SCALE:
             detail += f" (replicas {request.replicas:+d})"
+        if request.action == Action.BAKE:  # nothing runs behind a noop, so nothing can be kept warm
+            detail, data["warm"] = NOTHING_WARM, None
         self.applied.append(request)
-        return Outcome(ok=True, action=request.action.value, detail=detail, data={"key": request.key})
+        return Outcome(ok=True, action=request.action.value, detail=detail, data=data)
 
     def verify(self, request: ActionRequest) -> Outcome:
         """Nothing was changed, so there is nothing that could have drifted: always ok."""

@@ -95,7 +95,7 @@ def gate_rollout(c: Components, service: str, revision: str, previous: str | Non
         for _ in range(3):
             states = sorted((s for s in c.store.list() if s.service == service), key=lambda s: s.created_at,
                             reverse=True)
-            active = next((s for s in states if not s.phase.terminal), None)
+            active = next((s for s in states if not s.phase.terminal and s.strategy is not Strategy.WATCH), None)
             if active is not None and active.target == GATE_TARGET and active.image != image:
                 close(c, active, f"superseded by revision {revision}")
                 continue

@@ -35,6 +35,9 @@ class StartRollout(BaseModel):
         "swarm:SERVICE"))
     step_seconds: float | None = Field(None, ge=0.5, le=3600, description="tick length (default from settings)")
     analysis_seconds: float | None = Field(None, ge=0, le=86400, description="how long each step must pass")
+    bake_seconds: float | None = Field(None, ge=0, le=7 * 86400, description=(
+        "after the last step, this many seconds at 100% with the previous version kept warm, still judged, "
+        "before the rollout is promoted (default: the rule file's `bake`, 0 when it has none)"))
     force: bool = Field(False, description="start even while a critical alert freezes the service's releases")
     allow_missing: bool = Field(False, description=(
         "start even when a signal the policy needs has no series (the preflight's findings): the rollout then "
@@ -47,6 +50,15 @@ class StartRollout(BaseModel):
     def _service(cls, v: str) -> str:
         if not _SERVICE.match(v):
             raise ValueError("service must be 1-253 letters, digits, '.', '_' or '-', starting with a letter or digit")
+        return v
+
+    @field_validator("strategy")
+    @classmethod
+    def _not_a_watch(cls, v: Strategy) -> Strategy:
+        if v is Strategy.WATCH:
+            raise ValueError("a watch is not started through the API: it comes from a rule file's `watch:` section or "
+                             "the watch_services setting, and runs whenever no rollout of the service is in flight "
+                             "(docs/rules.md, \"Watch\")")
         return v
 
     @field_validator("steps")
@@ -75,6 +87,8 @@ def rollout_view(c: Components, rollout_id: str) -> dict[str, Any]:
         max(0.0, state.analysis_seconds - (now - state.step_started_at))
         if state.phase is Phase.PROGRESSING and not state.open_ended else None  # open-ended: no end to count to
     )
+    view["bake_left"] = (max(0.0, state.bake_seconds - state.baked_seconds)  # passing ticks still to bake
+                         if state.baking else None)
     view["next_tick_at"] = (state.tick_bounds(state.last_tick + 1)[1] + c.settings.evaluation_delay
                             if not state.phase.terminal else None)
     view["latest_tick"] = latest

@@ -31,6 +31,7 @@ from guardian.cli.console import (
 )
 from guardian.cli.root import app, rollout_app
 from guardian.errors import RuleError
+from guardian.rules.models import parse_duration
 
 
 def _client(api: str, token: str | None) -> httpx.Client:
@@ -127,6 +128,9 @@ def rollout_start(
                                                        help="tick length in seconds")] = None,
     analysis_seconds: Annotated[float | None, typer.Option(show_default="the guardian's `analysis_seconds`: 60",
                                                            help="seconds each step must pass")] = None,
+    bake: Annotated[str | None, typer.Option(show_default="the rule file's `bake`: 0 unless it says", help=(
+        "after the last step, this long at 100% with the previous version warm, still judged, before it is "
+        "promoted (e.g. 10m, 90s; 0: none)"))] = None,
     wait: Annotated[bool, typer.Option("--wait", show_default="off", help=(
         "follow it until it ends (a line when something changes); exit 0 promoted, 1 rolled back, 3 paused or "
         "inconclusive, 4 still progressing at --timeout"))] = False,
@@ -152,6 +156,7 @@ def rollout_start(
         guardian rollout start checkout --image registry.local/checkout:v2 --steps 10,50,100 \\
             --target webhook+http://127.0.0.1:9100/weights --wait --timeout 600
         guardian rollout start checkout --image checkout:v3 --strategy observe   # someone else deploys
+        guardian rollout start checkout --image checkout:v4 --bake 10m --wait   # judged 10 min at 100%
     """
     body: dict[str, Any] = {"service": service, "image": image, "strategy": strategy}
     if force:
@@ -166,6 +171,11 @@ def rollout_start(
     for key, value in (("target", target), ("step_seconds", step_seconds), ("analysis_seconds", analysis_seconds)):
         if value is not None:
             body[key] = value
+    if bake is not None:
+        try:
+            body["bake_seconds"] = parse_duration(bake)
+        except ValueError as e:
+            raise fail(f"--bake: {e} (e.g. 10m, 90s, 0)") from None
     r = _call(api, token, "POST", "/v1/rollouts", json=body)
     out.print(f"started rollout [bold]{r['id']}[/bold] of {r['service']} → {r['image']} "
               f"({r['strategy']}, steps {r['steps']}, target {r['target']})")

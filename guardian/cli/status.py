@@ -237,7 +237,13 @@ def step_text(r: dict[str, Any]) -> str:
 
 
 def state_line(r: dict[str, Any], *, time_left: bool = True) -> str:
-    parts = [f"{r['id']} {r['service']}", phase_text(r), step_text(r)]
+    parts = [f"{r['id']} {r['service']}", phase_text(r)]
+    if r.get("bake_tick") is not None and r.get("phase") not in ("promoted", "rolled_back"):
+        parts.append(f"baking at 100% for {seconds(r.get('bake_seconds') or 0)}, the previous version warm")
+        if time_left and r.get("bake_left") is not None:
+            parts.append(f"{seconds(r['bake_left'])} of passing ticks left")
+        return " · ".join(parts)
+    parts.append(step_text(r))
     left = r.get("time_left_in_step")
     if time_left and left is not None:
         parts.append(f"{seconds(left)} left in step")

@@ -44,22 +44,26 @@ from guardian.domain import (
 from guardian.engine.alert_book import AlertBook
 from guardian.engine.alerts import DEFAULT_LABELS, StoredAlert
 from guardian.engine.arms import ArmSelection, ArmSelections
+from guardian.engine.bake_reference import BAKE_KEY, BakeReference
 from guardian.engine.log_evidence import LogEvidence
 from guardian.engine.start import StartSpec, first_state
 from guardian.engine.store import StateStore
 from guardian.engine.transitions import transition, weight_after
+from guardian.engine.watches import end_watches, watch_gauges, watch_request, watch_rules, watch_ruleset
 from guardian.errors import ActuatorError, NoData, RolloutConflict, SourceUnavailable
 from guardian.files import atomic_write
 from guardian.forecast.model_files import ModelDirectory, ModelLoader, thaw
+from guardian.judge import steady
 from guardian.judge.checks import evaluate
-from guardian.judge.policy import Policy, decide
+from guardian.judge.policy import Policy, bake_counts, decide
 from guardian.metrics import GuardianMetrics
 from guardian.notifiers import LogNotifier, Notifier
 from guardian.rules.book import RuleBook
 from guardian.rules.loader import RuleSet
 from guardian.sources import MetricSource, Planning, SignalQuery
 
-ACTUATED = {Action.START, Action.ADVANCE, Action.PROMOTE, Action.ROLLBACK, Action.PAUSE, Action.RESUME, Action.SCALE}
+ACTUATED = {Action.START, Action.ADVANCE, Action.BAKE, Action.PROMOTE, Action.ROLLBACK, Action.PAUSE, Action.RESUME,
+            Action.SCALE}
 
 
 @dataclass(frozen=True)
@@ -116,6 +120,7 @@ class Guard:
                                 refresh_seconds=self.alerts_refresh_seconds)
         self.arms = ArmSelections(actuator_for)
         self.log_evidence = LogEvidence(actuator_for, clock, window=config.log_window, seconds=config.log_seconds)
+        self.bake_reference = BakeReference(source)
         self._locks: dict[str, threading.Lock] = {}
         self._locks_guard = threading.Lock()
         self._evidence: dict[str, Evidence] = {}
@@ -140,9 +145,13 @@ class Guard:
         models = self.models.freeze(spec.service, ruleset, now)  # frozen here: refits never reach this rollout
         state = first_state(spec, ruleset, now, align_ticks=self.config.align_ticks)
         self.actuator_for(spec.target)  # an unknown actuator fails here, before anything is stored
-        if (unresolved := self.arms.select(state, ruleset).unresolved):
+        arms = self.arms.select(state, ruleset)
+        if (unresolved := arms.unresolved):
             logger.warning("rollout {} of {}: {}", state.id, spec.service, "; ".join(unresolved.values()))
+        if state.bake_seconds > 0 and BAKE_KEY not in models:  # the service before it, for the bake (judge/bake.py)
+            models[BAKE_KEY] = self.bake_reference.before(state, ruleset, arms.selectors.get("baseline"))
         with self._lock(state.id):  # held from the create: a tick must not see it before its START
+            end_watches(self, spec.service, f"ended: rollout {state.id} started")  # a watch gives way (watches.py)
             self.store.create(state)
             if models:
                 self.store.save_models(state.id, models)
@@ -224,6 +233,8 @@ class Guard:
 
     def _tick(self, state: RolloutState, t: int) -> tuple[Decision, RolloutState]:
         ruleset = self.rulebook.for_service(state.service)
+        if state.strategy is Strategy.WATCH:  # a watch judges its threshold and baseline checks (engine/watches.py)
+            ruleset = watch_ruleset(ruleset)
         arms = self.arms.for_tick(state, ruleset, t)
         ev = self._evidence_of(state, ruleset)
         first = max(state.last_tick + 1, t - self.config.catch_up_ticks + 1)
@@ -250,6 +261,8 @@ class Guard:
         if state.phase is Phase.PAUSED and state.paused_by == "user":
             decision = Decision(Action.CONTINUE, "paused by a user: watching, not acting", tick=t, at=now,
                                 verdicts=tuple(verdicts))
+        elif state.strategy is Strategy.WATCH:  # between rollouts: scale, notify, attribute (judge/steady.py)
+            decision, state = steady.step(verdicts, state, now, watch_rules(ruleset), tick=t)
         else:
             decision = decide(verdicts, state, now, self.config.policy, tick=t, last_scale_at=state.last_scale_at)
         failing = [v for v in decision.verdicts if v.result is Result.FAIL]
@@ -259,10 +272,14 @@ class Guard:
         if decision.action is Action.PAUSE and state.phase is Phase.PAUSED:
             decision = Decision(Action.CONTINUE, f"still paused: {decision.reason}", tick=t, at=now,
                                 verdicts=decision.verdicts)
-        if decision.action is Action.SCALE and state.scaled_replicas >= self.config.max_scale:
+        if decision.action is Action.SCALE and state.scaled_replicas >= self.config.max_scale and (
+                state.strategy is not Strategy.WATCH):  # a watch keeps its own min/max
             decision = Decision(Action.NOTIFY, f"scale-out limit ({self.config.max_scale}) reached: {decision.reason}",
                                 tick=t, at=now, verdicts=decision.verdicts)
         state = state.evolve(last_tick=t, updated_at=now)
+        if state.phase is Phase.BAKING and decision.action in (Action.CONTINUE, Action.PROMOTE) and bake_counts(
+                verdicts):
+            state = state.evolve(baked_ticks=state.baked_ticks + 1)  # the bake's clock: passing ticks only
         self.store.record_tick(state, t, now, values, unavailable, verdicts, decision)
         crash_point("after_record_tick", decision.action.value)
         self._write_recording(state)
@@ -296,7 +313,7 @@ class Guard:
         with self._lock(rollout_id):
             self._resume_pending_ops(rollout_id)
             state = self.store.get(rollout_id)
-            if state.phase.terminal:
+            if state.phase.terminal or state.strategy is Strategy.WATCH:  # a watch: its next tick judges the alert
                 return None
             decision = decide(verdicts, state, self.clock.now(), self.config.policy)
             if decision.action not in (Action.ROLLBACK, Action.PAUSE) or (
@@ -317,10 +334,22 @@ class Guard:
         if ev is None or ev.ticks != state.last_tick + 1:
             ev = self.store.evidence(state.id, state.step_seconds, counters)
             ev.started_at = state.origin
-            ev.models = thaw(self.store.models(state.id))
+            snapshot = dict(self.store.models(state.id))
+            ev.bake = snapshot.pop(BAKE_KEY, None)
+            ev.models = thaw(snapshot)
             self._evidence[state.id] = ev
         ev.counters = counters
         return ev
+
+    def _bake_begins(self, state: RolloutState) -> None:
+        """The bake's BAKE took effect: from its first tick on, compare checks also judge against the service
+        before the rollout (frozen with the models, so a replay of the recording judges the same)."""
+        snapshot = dict(self.store.models(state.id))
+        snapshot[BAKE_KEY] = {**(snapshot.get(BAKE_KEY) or {}), "from_tick": state.bake_tick,
+                              "ticks": max(1, round(state.bake_seconds / state.step_seconds))}
+        self.store.save_models(state.id, snapshot)
+        if (ev := self._evidence.get(state.id)) is not None:
+            ev.bake = snapshot[BAKE_KEY]
 
     def _reconcile(self, state: RolloutState) -> None:
         """Before judging a tick, let the actuator put its routing back in line with what runs (the
@@ -377,6 +406,8 @@ class Guard:
             weight=weight_after(state, decision.action), key=f"{state.id}:{seq}:{decision.action.value}",
             strategy=state.strategy.value, replicas=decision.replicas, reason=decision.reason,
         )
+        if state.strategy is Strategy.WATCH:
+            request = watch_request(request)  # in the actuators' words: observe what runs (engine/watches.py)
         if decision.action in (Action.ROLLBACK, Action.PAUSE) and any(
                 v.result is Result.FAIL for v in decision.verdicts):
             decision = self.log_evidence.attach(state, decision, request)
@@ -391,6 +422,10 @@ class Guard:
         now = self.clock.now()
         if outcome.ok:
             new_state = transition(state, decision, now, self.config.max_scale)
+            if request.action is Action.BAKE:
+                self._bake_begins(new_state)
+            if state.strategy is Strategy.WATCH:  # its replicas as reported, else tracked (judge/steady.py)
+                new_state = steady.after_action(state, new_state, decision, outcome, now)
         else:
             self.metrics.actuator_failures.labels(request.action.value).inc()
             new_state = state.evolve(updated_at=now, reason=f"{request.action.value} failed: {outcome.detail}")
@@ -470,6 +505,8 @@ class Guard:
                 return state
             if action is Action.RESUME and state.phase is not Phase.PAUSED:
                 raise RolloutConflict(f"rollout {rollout_id} is not paused")
+            if action is Action.PROMOTE and state.strategy is Strategy.WATCH:
+                raise RolloutConflict(f"{rollout_id} is a watch: it has nothing to promote")
             decision = Decision(action, reason or f"{action.value} by a user", at=self.clock.now(), source=source)
             new_state, outcome = self._act(state, decision)
             self.metrics.decisions.labels(decision.action.value).inc()
@@ -500,7 +537,7 @@ class Guard:
 
     def _refresh_gauges(self) -> None:
         counts = {p: 0 for p in Phase}
-        states = self.store.list()
+        states = [s for s in self.store.list() if not watch_gauges(self.metrics, s)]  # a watch: its own gauge
         for s in states:
             counts[s.phase] += 1
         for phase, n in counts.items():

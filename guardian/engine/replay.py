@@ -11,7 +11,9 @@ says so ("no check failed in 40 ticks (400 s) …"), and `explanation` tells the
 """
 from __future__ import annotations
 
+import dataclasses
 import os
+from collections import Counter
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -19,7 +21,7 @@ from typing import Any
 
 from guardian.actuators.noop import NoopActuator
 from guardian.clock import FakeClock
-from guardian.domain import Action, Decision, Phase, Result, Strategy
+from guardian.domain import OPEN_ENDED_ANALYSIS, Action, Decision, Phase, Result, RolloutState, Strategy
 from guardian.engine.guard import Guard, GuardConfig
 from guardian.engine.start import StartSpec
 from guardian.engine.store import SQLiteStore
@@ -45,7 +47,7 @@ class _FixedRules:
 @dataclass(frozen=True)
 class ReplayResult:
     file: str
-    decision: str  # "rollback" | "promote" | "pause"
+    decision: str  # "rollback" | "promote" | "pause"; a watch's recording: "rollback" | "watch"
     tick: int | None
     reason: str
     decisions: tuple[dict[str, Any], ...] = ()
@@ -56,7 +58,11 @@ class ReplayResult:
     ended_at: float | None = None  # the end of the recording's last tick
 
     def to_json(self) -> dict[str, Any]:
-        return {"file": self.file, "decision": self.decision, "tick": self.tick, "reason": self.reason}
+        out = {"file": self.file, "decision": self.decision, "tick": self.tick, "reason": self.reason}
+        if (self.rollout or {}).get("strategy") == Strategy.WATCH.value:  # what the watch did, tick by tick
+            out["actions"] = [{"tick": d.get("tick"), "action": d["action"], "replicas": d.get("replicas", 0)}
+                              for d in self.decisions if d["action"] not in ("start", "continue")]
+        return out
 
 
 class _RecordedArms(NoopActuator):
@@ -66,7 +72,9 @@ class _RecordedArms(NoopActuator):
         return {"pod_template_hash": "recorded", "previous_pod_template_hash": "recorded"}
 
 
-def replay_recording(recording: dict[str, Any], name: str, ruleset: RuleSet = DEFAULT_RULESET) -> ReplayResult:
+def _replaying_guard(recording: dict[str, Any], ruleset: RuleSet
+                     ) -> tuple[RecordingSource, FakeClock, SQLiteStore, Guard]:
+    """The live engine on the recording: its source, a fake clock at its start, a store in memory, the noop."""
     source = RecordingSource(recording)
     clock = FakeClock(source.start)
     store = SQLiteStore(":memory:")
@@ -74,12 +82,20 @@ def replay_recording(recording: dict[str, Any], name: str, ruleset: RuleSet = DE
     guard = Guard(store, source, _FixedRules(ruleset), lambda target: noop, clock,
                   GuardConfig(evaluation_delay=0.0, catch_up_ticks=1), notifier=_Silent(),
                   models=RecordedModels(recording.get("models")))
+    return source, clock, store, guard
+
+
+def replay_recording(recording: dict[str, Any], name: str, ruleset: RuleSet = DEFAULT_RULESET) -> ReplayResult:
+    if isinstance(recording.get("watch"), dict):  # a watch's recording: judged as the watch was (judge/steady.py)
+        return replay_watch(recording, name, ruleset)
+    source, clock, store, guard = _replaying_guard(recording, ruleset)
     horizon = source.ticks * source.step
     # the recording holds each arm by name, so arms whose label values follow the release ({version},
     # {previous_version}) are read all the same: both images are stand-ins
     state = guard.start(StartSpec(service=recording.get("service") or name, image="recorded", strategy=Strategy.OBSERVE,
                                   steps=(100,), step_seconds=source.step, analysis_seconds=horizon + source.step,
-                                  id="replay", previous_image="recorded"))
+                                  id="replay", previous_image="recorded",
+                                  bake_seconds=0.0))  # a baked rollout's bake comes with its recording's models
     labels = recording.get("labels") if isinstance(recording.get("labels"), dict) else {}
     shown = {k: labels[k] for k in ("image", "previous_image", "rules", "rollout_id")
              if isinstance(labels.get(k), str) and labels[k]}  # for the eyes only: nothing below reads them
@@ -106,6 +122,61 @@ def replay_recording(recording: dict[str, Any], name: str, ruleset: RuleSet = DE
     last_verdicts = tuple(v.to_dict() for v in last.verdicts) if last is not None else ()
     return ReplayResult(name, "promote", None, _promote_reason(last, source.ticks, source.step), decisions,
                         final.to_dict(), **common, last_verdicts=last_verdicts, ended_at=clock.t)
+
+
+def replay_watch(recording: dict[str, Any], name: str, ruleset: RuleSet = DEFAULT_RULESET) -> ReplayResult:
+    """Replay a watch's recording: the watch starts where its recording's `watch` says it started (what ran, the
+    suspect and its promotion time, the replicas, the actuator kind; its `rules` when `ruleset` has no `watch:`
+    section) and is ticked through the recording. Its replicas are tracked by each scaling's delta (the
+    actuator is noop): the same as live unless something else scaled the service meanwhile. "rollback" at the
+    tick it rolled the suspect back, else "watch" with what it did."""
+    from guardian.engine.watches import begin_watch, watch_ruleset
+    from guardian.rules.models import Watch
+
+    started = recording["watch"]
+    if ruleset.rules.watch is None and isinstance(started.get("rules"), dict):
+        try:
+            ruleset = dataclasses.replace(ruleset, rules=ruleset.rules.model_copy(
+                update={"watch": Watch.model_validate(started["rules"])}))
+        except ValueError as e:
+            raise RecordingError(f"{name}: watch.rules: {e}") from None
+    source, clock, store, guard = _replaying_guard(recording, ruleset)
+    judged = watch_ruleset(ruleset)
+
+    def number(key: str) -> float | None:
+        value = started.get(key)
+        return float(value) if isinstance(value, int | float) and not isinstance(value, bool) else None
+
+    replicas = started.get("replicas") if isinstance(started.get("replicas"), int) else None
+    state = RolloutState(
+        id="replay", service=recording.get("service") or name, image=str(started.get("image") or "recorded"),
+        strategy=Strategy.WATCH, steps=(100,), target=str(started.get("target") or "noop"),
+        step_seconds=source.step, analysis_seconds=OPEN_ENDED_ANALYSIS, created_at=source.start,
+        step_started_at=source.start, updated_at=source.start, rules=judged.source,
+        previous_image=started.get("previous_image") or None, replicas=replicas, replicas_at_start=replicas,
+        replicas_reported=bool(started.get("replicas_reported")), suspect=started.get("suspect") or None,
+        promoted_at=number("promoted_at"), scaled_replicas=int(started.get("scaled_replicas") or 0),
+        last_scale_at=number("last_scale_at"))
+    models = guard.models.freeze(state.service, judged, source.start)
+    state, _ = begin_watch(guard, state, judged, models, "replay of a watch's recording")
+    labels = recording.get("labels") if isinstance(recording.get("labels"), dict) else {}
+    shown = {k: labels[k] for k in ("image", "previous_image", "rules", "rollout_id")
+             if isinstance(labels.get(k), str) and labels[k]}
+    common = {"policy": ruleset.source, "shown": shown}
+    for t in range(source.ticks):
+        clock.t = source.start + (t + 1) * source.step
+        decision = guard.tick(state.id)
+        if decision is not None and decision.action is Action.ROLLBACK:
+            return ReplayResult(name, "rollback", t, decision.reason, tuple(store.decisions(state.id)),
+                                store.get(state.id).to_dict(), **common)
+    final = store.get(state.id)
+    decisions = tuple(store.decisions(state.id))
+    store.close()
+    did = Counter(d["action"] for d in decisions if d["action"] not in ("start", "continue"))
+    summary = ", ".join(f"{n} {action}" for action, n in sorted(did.items())) or "nothing but watching"
+    return ReplayResult(name, "watch", None, f"watched {source.ticks} ticks ({source.ticks * source.step:g} s): "
+                        f"{summary}; replicas {final.replicas}", decisions, final.to_dict(), **common,
+                        ended_at=clock.t)
 
 
 def _promote_reason(last: Decision | None, ticks: int, step: float) -> str:

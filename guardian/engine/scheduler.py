@@ -10,7 +10,8 @@ Ticks run in the scheduler's own pool of `max_concurrent_ticks` threads, so one 
 actuator or webhook holds up one thread, not the others. Due rollouts start oldest-due first; when the
 pool is full the rest wait for the next pass (their lag is measured, guardian_tick_lag_seconds). Before
 starting a pass's ticks the guard tells the source what they will fetch (`Guard.plan`: a batching
-source asks for all of them in one query per signal).
+source asks for all of them in one query per signal). Each pass also lets the watch keeper start the watches
+of watched services with nothing in flight (engine/watches.py): they are ticked from the next pass on.
 """
 from __future__ import annotations
 
@@ -23,14 +24,16 @@ from loguru import logger
 
 from guardian.engine.guard import Guard
 from guardian.engine.leases import Leases, LocalLeases
+from guardian.engine.watches import WatchKeeper
 from guardian.errors import LeaseLost
 from guardian.rules.book import RuleBook
 
 
 class Scheduler:
     def __init__(self, guard: Guard, rulebook: RuleBook, *, poll_seconds: float = 0.2,
-                 rules_check_seconds: float = 2.0, leases: Leases | None = None, max_concurrent_ticks: int = 32):
-        self.guard, self.rulebook = guard, rulebook
+                 rules_check_seconds: float = 2.0, leases: Leases | None = None, max_concurrent_ticks: int = 32,
+                 watches: WatchKeeper | None = None):
+        self.guard, self.rulebook, self.watches = guard, rulebook, watches
         self.leases = leases or LocalLeases()
         self.poll_seconds, self.rules_check_seconds = poll_seconds, rules_check_seconds
         self._running: dict[str, asyncio.Task] = {}
@@ -61,6 +64,11 @@ class Scheduler:
             self._last_rules_check = time.monotonic()
             await asyncio.to_thread(self.rulebook.reload, only_if_changed=True)
         states = await asyncio.to_thread(self.guard.store.list, active_only=True)
+        if self.watches is not None:
+            try:
+                await asyncio.to_thread(self.watches.run_once, states)
+            except Exception as e:  # noqa: BLE001 - the rollouts' ticks go on
+                logger.exception("watch keeper pass failed: {}", e)
         await asyncio.to_thread(self._keep_leases, {s.id for s in states})
         due = [s for s in states if s.id not in self._running and self.guard.due(s)]
         due.sort(key=lambda s: self.guard.due_at(s, s.last_tick + 1))  # the longest waiting first

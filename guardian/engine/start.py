@@ -10,7 +10,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Protocol
 
-from guardian.domain import RolloutState, Strategy
+from guardian.domain import OPEN_ENDED_ANALYSIS, RolloutState, Strategy
 from guardian.rules.loader import RuleSet
 
 
@@ -28,6 +28,12 @@ class StartSpec:
     reason: str | None = None  # why the rollout starts (default: "start STRATEGY rollout of IMAGE")
     source: str = "user"  # who started it: "user", or "guardian" (the Swarm watcher)
     force: bool = False  # start even while a critical alert freezes the service's releases
+    bake_seconds: float | None = None  # the bake after the last step; None: the rule file's `bake`
+
+    @property
+    def open_ended(self) -> bool:
+        """A gate's rollout: judged until ended from outside, never baked."""
+        return self.analysis_seconds >= OPEN_ENDED_ANALYSIS
 
     @property
     def start_reason(self) -> str:
@@ -47,7 +53,7 @@ class StartDefaults(Protocol):
 def start_spec(defaults: StartDefaults, *, service: str, image: str, strategy: Strategy = Strategy.CANARY,
                steps: Sequence[int] | None = None, target: str | None = None, step_seconds: float | None = None,
                analysis_seconds: float | None = None, previous_image: str | None = None, reason: str | None = None,
-               source: str = "user", force: bool = False) -> StartSpec:
+               source: str = "user", force: bool = False, bake_seconds: float | None = None) -> StartSpec:
     """A start request as a StartSpec, what it leaves out taken from `defaults`. The one way a rollout is
     started: `POST /v1/rollouts` and the watchers both call this, then `Guard.start`."""
     if not steps:
@@ -56,7 +62,7 @@ def start_spec(defaults: StartDefaults, *, service: str, image: str, strategy: S
         service=service, image=image, strategy=strategy, steps=tuple(steps), target=target or defaults.default_target,
         step_seconds=step_seconds or defaults.tick_seconds,
         analysis_seconds=defaults.analysis_seconds if analysis_seconds is None else analysis_seconds,
-        previous_image=previous_image, reason=reason, source=source, force=force,
+        previous_image=previous_image, reason=reason, source=source, force=force, bake_seconds=bake_seconds,
     )
 
 
@@ -70,6 +76,8 @@ def first_state(spec: StartSpec, ruleset: RuleSet, now: float, *, align_ticks: b
         analysis_seconds=spec.analysis_seconds, created_at=now, step_started_at=now, updated_at=now,
         rules=ruleset.source, previous_image=spec.previous_image,
         tick_origin=math.ceil(now / spec.step_seconds) * spec.step_seconds if align_ticks else None,
+        bake_seconds=0.0 if spec.open_ended else (
+            ruleset.rules.bake if spec.bake_seconds is None else spec.bake_seconds),
     )
 
 

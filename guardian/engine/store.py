@@ -23,24 +23,31 @@ from typing import Any, Protocol
 
 import orjson
 
-from guardian.domain import ARMS, Decision, Evidence, Outcome, RolloutState, Verdict
+from guardian.domain import ARMS, Decision, Evidence, Outcome, Phase, RolloutState, Verdict
 from guardian.engine.alerts import StoredAlert
 from guardian.errors import RolloutConflict, RolloutNotFound
 from guardian.redact import redact
 
 RECORDING_FORMAT = "guardian-recording/v1"
+# a watch's frozen snapshot (`models` table) also holds what it started from under this key; its recording carries
+# that as `watch` (engine/watches.py `watch_snapshot`), so a replay starts the watch where it started live
+WATCH_KEY = "#watch"
 
 
 def _dumps(obj: Any) -> str:
     """JSON text for a column (orjson: the tick rows are written on every tick of every rollout)."""
     return orjson.dumps(obj, option=orjson.OPT_SERIALIZE_NUMPY).decode()
 
+# the phases of a rollout in flight (not ended): at most one per service, the scheduler's to tick
+IN_FLIGHT_SQL = "(" + ", ".join(f"'{p.value}'" for p in Phase if not p.terminal) + ")"
+
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS rollouts (
     id TEXT PRIMARY KEY, service TEXT NOT NULL, phase TEXT NOT NULL,
     state TEXT NOT NULL, created_at REAL NOT NULL, updated_at REAL NOT NULL);
-CREATE UNIQUE INDEX IF NOT EXISTS one_in_flight_per_service
-    ON rollouts(service) WHERE phase IN ('progressing', 'paused');
+DROP INDEX IF EXISTS one_in_flight_per_service;
+CREATE UNIQUE INDEX IF NOT EXISTS one_in_flight_per_service_v2
+    ON rollouts(service) WHERE phase IN """ + IN_FLIGHT_SQL + """;
 CREATE TABLE IF NOT EXISTS ticks (
     rollout_id TEXT NOT NULL, tick INTEGER NOT NULL, at REAL NOT NULL,
     "values" TEXT NOT NULL, unavailable TEXT, verdicts TEXT NOT NULL, decision TEXT,
@@ -204,7 +211,7 @@ class SQLiteStore:
     def list(self, *, active_only: bool = False) -> list[RolloutState]:
         sql = "SELECT state FROM rollouts"
         if active_only:
-            sql += " WHERE phase IN ('progressing', 'paused')"
+            sql += " WHERE phase IN " + IN_FLIGHT_SQL
         with self._lock:
             rows = self._db.execute(sql + " ORDER BY created_at").fetchall()
         return [RolloutState.from_dict(orjson.loads(r["state"])) for r in rows]
@@ -369,6 +376,9 @@ class SQLiteStore:
         }
         if state.previous_image:  # labels are free-form: a recording without it reads as before
             doc["labels"]["previous_image"] = state.previous_image
-        if models := self.models(rollout_id):
+        models = dict(self.models(rollout_id))
+        if isinstance(watch := models.pop(WATCH_KEY, None), dict):  # a watch: what it started from (docs/rules.md)
+            doc["watch"] = watch
+        if models:
             doc["models"] = models  # the frozen forecast models, so a replay judges against the same ones
         return redact(doc)  # no token or URL credentials in a recording (guardian/redact.py)

@@ -24,15 +24,16 @@ from psycopg_pool import ConnectionPool
 from guardian.domain import RolloutState
 from guardian.engine.alerts import StoredAlert
 from guardian.engine.leases import LEASES_SCHEMA, PostgresLeases
-from guardian.engine.store import SQLiteStore, _dumps
+from guardian.engine.store import IN_FLIGHT_SQL, SQLiteStore, _dumps
 from guardian.errors import RolloutConflict, RolloutNotFound, StoreError
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS rollouts (
     id TEXT PRIMARY KEY, service TEXT NOT NULL, phase TEXT NOT NULL,
     state TEXT NOT NULL, created_at DOUBLE PRECISION NOT NULL, updated_at DOUBLE PRECISION NOT NULL);
-CREATE UNIQUE INDEX IF NOT EXISTS one_in_flight_per_service
-    ON rollouts(service) WHERE phase IN ('progressing', 'paused');
+DROP INDEX IF EXISTS one_in_flight_per_service;
+CREATE UNIQUE INDEX IF NOT EXISTS one_in_flight_per_service_v2
+    ON rollouts(service) WHERE phase IN """ + IN_FLIGHT_SQL + """;
 CREATE TABLE IF NOT EXISTS ticks (
     rollout_id TEXT NOT NULL, tick BIGINT NOT NULL, at DOUBLE PRECISION NOT NULL,
     "values" TEXT NOT NULL, unavailable TEXT, verdicts TEXT NOT NULL, decision TEXT,
@@ -180,7 +181,7 @@ class PostgresStore(SQLiteStore):
     def list(self, *, active_only: bool = False) -> list[RolloutState]:
         sql = "SELECT state FROM rollouts"
         if active_only:
-            sql += " WHERE phase IN ('progressing', 'paused')"
+            sql += " WHERE phase IN " + IN_FLIGHT_SQL
         with self._read() as db:
             rows = db.execute(sql + " ORDER BY created_at").fetchall()
         return [RolloutState.from_dict(orjson.loads(r["state"])) for r in rows]

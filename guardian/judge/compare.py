@@ -12,6 +12,7 @@ import statistics
 import numpy as np
 
 from guardian.domain import Evidence, Growing, Result, Verdict
+from guardian.judge.bake import bake_rate, bake_sign
 from guardian.judge.sequential import (
     collapse_p_value,
     cumulative,
@@ -95,7 +96,14 @@ def evaluate(check: CompareCheck, ev: Evidence, t: int) -> Verdict:
                        reason=f"abstains: neither arm reports {' or '.join(check.signals)} (an optional check)")
     test = check.kind_of_test
     judge = {"rate": _rate, "sign": _sign, "collapse": _collapse, "trend": _trend}[test]
-    return judge(check, ev, t, base)
+    verdict = judge(check, ev, t, base)
+    if ev.bake is None:
+        return verdict
+    if test == "rate":  # in the bake, also against the service before the rollout (judge/bake.py)
+        return bake_rate(verdict, ev, t, *check.signals, tolerance=check.effective_tolerance, alpha=check.alpha)
+    if test == "sign":
+        return bake_sign(verdict, ev, t, check.signal or "", margin=check.effective_tolerance, alpha=check.alpha)
+    return verdict
 
 
 def _rate(check: CompareCheck, ev: Evidence, t: int, base: dict) -> Verdict:

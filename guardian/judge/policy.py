@@ -5,9 +5,11 @@ Order of precedence:
 2. any ERROR, or INCONCLUSIVE without a breach -> PAUSE (missing data is never a pass);
 3. any INCONCLUSIVE breach whose `for:` is still running, or a check still filling its first
    window (warming up) -> CONTINUE (hold the step);
-4. all PASS -> ADVANCE, or PROMOTE on the last step, once the step has been analysed long enough; an
-   open-ended rollout (a gate's: RolloutState.open_ended) never completes its analysis: it CONTINUEs,
-   judged every tick, until its client ends it.
+4. all PASS -> ADVANCE, or on the last step BAKE (a rollout with a bake) or PROMOTE, once the step has
+   been analysed long enough; an open-ended rollout (a gate's: RolloutState.open_ended) never completes
+   its analysis: it CONTINUEs, judged every tick, until its client ends it.
+5. in the bake, all PASS -> CONTINUE until `bake_seconds` of passing ticks, then PROMOTE. Only a tick
+   that passes counts (`bake_counts`): missing data or a pending `for:` stops the bake's clock.
 An optional check whose signal neither arm reports abstains (visibly, in the evidence) and is left
 out; with no check left, nothing is known and the rollout pauses.
 A rollout the guardian (or an Alertmanager alert) paused is RESUMEd when the evidence is conclusive
@@ -27,6 +29,12 @@ SEVERITY = {Action.ROLLBACK: 4, Action.PAUSE: 3, Action.SCALE: 2, Action.NOTIFY:
 class Policy:
     on_inconclusive: Action = Action.PAUSE  # or CONTINUE: hold without pausing
     scale_cooldown_seconds: float = 60.0
+
+
+def bake_counts(verdicts: Sequence[Verdict]) -> bool:
+    """Does this tick count towards the bake? Only when every check that judges passed."""
+    judged = [v for v in verdicts if not v.abstained]
+    return bool(judged) and all(v.result is Result.PASS for v in judged)
 
 
 def _names(verdicts: Sequence[Verdict]) -> str:
@@ -73,6 +81,14 @@ def decide(
         return make(Action.CONTINUE, _names(holding))
     if state.phase is Phase.PAUSED and state.paused_by in ("guardian", "alertmanager"):
         return make(Action.RESUME, "all checks pass again: " + _names(vs))
+    if state.baking:
+        baked = (state.baked_ticks + 1) * state.step_seconds  # this tick passed: it counts
+        if baked >= state.bake_seconds:
+            return make(Action.PROMOTE, f"the bake passed: {baked:g}s at 100% with every check passing: "
+                                        + _names(vs))
+        return make(Action.CONTINUE, f"baking at 100%: {baked:g}s of {state.bake_seconds:g}s passed "
+                                     f"({state.bake_seconds - baked:g}s left), the previous version warm: "
+                                     + _names(vs))
     analysed = now - state.step_started_at
     if state.open_ended:
         return make(Action.CONTINUE, f"all checks pass ({analysed:.0f}s judged); judging on until the rollout is "
@@ -81,6 +97,9 @@ def decide(
         left = state.analysis_seconds - analysed
         return make(Action.CONTINUE, f"all checks pass; step {state.step_index + 1}/{len(state.steps)} "
                                      f"analysed {analysed:.0f}s of {state.analysis_seconds:g}s ({left:.0f}s left)")
+    if state.last_step and state.bake_seconds > 0:
+        return make(Action.BAKE, f"all checks passed on every step: baking at 100% for {state.bake_seconds:g}s, "
+                                 "the previous version kept warm: " + _names(vs))
     if state.last_step:
         return make(Action.PROMOTE, "all checks passed on every step: " + _names(vs))
     return make(Action.ADVANCE, f"all checks passed for {analysed:.0f}s at {state.weight}%: " + _names(vs))

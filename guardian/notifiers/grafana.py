@@ -41,7 +41,7 @@ from guardian.metrics import GuardianMetrics
 from guardian.redact import redact
 from guardian.reporting.explain import DONE, evidence_line, explain_decision
 
-ENDED = {"promoted": "promoted", "rolled_back": "rolled back"}
+ENDED = {"promoted": "promoted", "rolled_back": "rolled back", "ended": "ended"}  # "ended": a watch
 TAGS_LENGTH_MAX = 500  # Grafana's [annotations] tags_length: its default and the minimum it enforces
 TAG_PART_MAX = 100  # Grafana's tag.key and tag.value columns are VARCHAR(100)
 TAG_CUT_MIN = 16  # a tag shortened to fit keeps at least this many bytes before tags are dropped

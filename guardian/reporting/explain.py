@@ -15,11 +15,12 @@ from typing import Any
 
 DROVE = {"rollback": ("fail",), "pause": ("fail", "inconclusive", "error"), "scale": ("fail",),
          "notify": ("fail",)}
-DONE = {"start": "started", "advance": "advanced", "promote": "promoted", "rollback": "rolled back",
+DONE = {"start": "started", "advance": "advanced", "bake": "began its bake", "promote": "promoted",
+        "rollback": "rolled back",
         "pause": "paused", "resume": "resumed", "scale": "scaled out", "notify": "notified"}
 WHO = {"guardian": "the guardian", "user": "a user", "alertmanager": "an Alertmanager alert",
        "replay": "the replay"}
-MOVES = ("start", "advance", "promote", "rollback")  # the actions that change the canary's weight
+MOVES = ("start", "advance", "bake", "promote", "rollback")  # the actions that change the canary's weight
 
 
 def _num(x: Any) -> str:
@@ -81,9 +82,10 @@ def explain_decision(d: dict[str, Any], start: float | None = None,
     why = ""
     if action in ("rollback", "pause") and drove:
         why = " because " + "; ".join(evidence_line(v) for v in drove[:3])
-    elif action in ("advance", "promote", "resume") and verdicts:
+    elif action in ("advance", "bake", "promote", "resume") and verdicts:
         why = _all_passed(verdicts, action)
-    words = f"{DONE.get(action, action)}{moved} by {who}"
+    done_words = "scaled in" if action == "scale" and (d.get("replicas") or 0) < 0 else DONE.get(action, action)
+    words = f"{done_words}{moved} by {who}"
     headline = f"{words}{why if action != 'rollback' and action != 'pause' else ''} ({done})"
     words += why
     actuator = ""
@@ -115,7 +117,7 @@ def _weights(rollout: dict[str, Any], decisions: Sequence[dict[str, Any]]) -> li
             out.append(None)
             continue
         after_index = {"start": 0, "advance": min(index + 1, len(steps) - 1)}.get(action, index)
-        after = {"promote": 100, "rollback": 0}.get(action, steps[max(after_index, 0)])
+        after = {"promote": 100, "bake": 100, "rollback": 0}.get(action, steps[max(after_index, 0)])
         out.append((weight, after))
         if (d.get("outcome") or {"ok": True}).get("ok"):
             weight, index = after, after_index
@@ -128,6 +130,8 @@ def explain(rollout: dict[str, Any], decisions: Sequence[dict[str, Any]], *, hea
     start = rollout.get("created_at")
     timeline = [explain_decision(d, start, w) for d, w in zip(decisions, _weights(rollout, decisions), strict=True)]
     phase = rollout.get("phase", "?")
+    if rollout.get("strategy") == "watch":
+        return _explain_watch(rollout, timeline, head)
     head = head or (f"Rollout {rollout.get('id')} of {rollout.get('service')} to {rollout.get('image')} "
                     f"({rollout.get('strategy')}, steps {rollout.get('steps')})")
     final = next((t for t in reversed(timeline) if t["action"] in ("rollback", "promote")), None)
@@ -138,6 +142,33 @@ def explain(rollout: dict[str, Any], decisions: Sequence[dict[str, Any]], *, hea
     else:
         last = timeline[-1]["words"] if timeline else "no decision yet"
         summary = f"{head} is {phase} at {rollout.get('weight')}%; last: {last}."
+    logs = next((t["logs"] for t in reversed(timeline) if t["logs"]), [])
+    return {"id": rollout.get("id"), "service": rollout.get("service"), "image": rollout.get("image"),
+            "phase": phase, "summary": summary, "timeline": timeline, "logs": logs}
+
+
+def _explain_watch(rollout: dict[str, Any], timeline: list[dict[str, Any]], head: str | None) -> dict[str, Any]:
+    """A watch's story (engine/watches.py): what ran, the suspect, the replicas, and every scaling, notice and
+    rollback with its reason (which names the suspect within the attribution window)."""
+    for t in timeline:
+        if t["action"] in ("scale", "notify") and t["reason"]:
+            t["headline"] = f"{t['headline']}: {t['reason']}"
+            t["words"] = f"{t['words']}: {t['reason']}"
+    suspect = f", promoted by rollout {rollout['suspect']}" if rollout.get("suspect") else ""
+    head = head or (f"Watch {rollout.get('id')} of {rollout.get('service')} (running "
+                    f"{rollout.get('image') or 'a version not known'}{suspect})")
+    phase = rollout.get("phase", "?")
+    replicas = rollout.get("replicas")
+    count = "" if replicas is None else f" with {replicas} replica(s)" + (
+        "" if rollout.get("replicas_reported") else " (tracked: the actuator has not reported them)")
+    final = next((t for t in reversed(timeline) if t["action"] == "rollback"), None)
+    if phase == "rolled_back" and final is not None:
+        summary = f"{head} rolled it back: {final['reason']}{final['actuator']}."
+    elif phase == "ended":
+        summary = f"{head} {rollout.get('reason') or 'ended'}{count}."
+    else:
+        last = timeline[-1]["words"] if timeline else "no decision yet"
+        summary = f"{head} is {'watching' if phase == 'progressing' else phase}{count}; last: {last}."
     logs = next((t["logs"] for t in reversed(timeline) if t["logs"]), [])
     return {"id": rollout.get("id"), "service": rollout.get("service"), "image": rollout.get("image"),
             "phase": phase, "summary": summary, "timeline": timeline, "logs": logs}

@@ -18,7 +18,7 @@ from ruamel.yaml.reader import ReaderError
 
 from guardian.errors import Problem, RuleError
 from guardian.rules.defaults import DEFAULT_RULES, STANDARD_QUERIES
-from guardian.rules.models import AlertRoute, Arms, CompareCheck, ForecastCheck, Query, RuleFile, ThresholdCheck
+from guardian.rules.models import AlertRoute, Arms, CompareCheck, ForecastCheck, Query, RuleFile, ThresholdCheck, Watch
 
 RULE_SUFFIXES = (".yaml", ".yml")
 
@@ -110,6 +110,8 @@ def _model_at(parent: Sequence[int | str]) -> type | None:
         return Query
     if head == "alerts" and depth == 2:
         return AlertRoute
+    if head == "watch" and depth == 1:
+        return Watch
     if head == "checks" and depth == 3:
         return CHECK_KINDS.get(str(parent[2]))
     return None
@@ -173,6 +175,27 @@ def _semantic_problems(data: dict[str, Any]) -> list[tuple[tuple[int | str, ...]
                          f"unknown signal {signal!r}; define it under 'queries' or use one of: "
                          + ", ".join(sorted(known)))
                     )
+    return problems + _watch_problems(data, checks if isinstance(checks, list) else [])
+
+
+def _watch_problems(data: dict[str, Any], checks: list[Any]) -> list[tuple[tuple[int | str, ...], str]]:
+    """`watch.checks` must name checks of this file that can run between rollouts (threshold and baseline:
+    a compare check needs a canary beside the baseline)."""
+    watch = data.get("watch")
+    names = watch.get("checks") if isinstance(watch, dict) else None
+    if not isinstance(names, list):
+        return []
+    kinds = {c.get("name"): c.get("kind", "threshold") for c in checks if isinstance(c, dict)}
+    problems: list[tuple[tuple[int | str, ...], str]] = []
+    for i, name in enumerate(names):
+        if not isinstance(name, str):
+            continue
+        if name not in kinds:
+            problems.append((("watch", "checks", i), f"unknown check {name!r}; this file's checks: "
+                             + (", ".join(str(k) for k in kinds) or "none")))
+        elif kinds[name] == "compare":
+            problems.append((("watch", "checks", i), f"check {name!r} is a compare check: it needs a canary beside "
+                             "the baseline, and between rollouts there is none (use threshold or baseline checks)"))
     return problems
 
 
@@ -312,6 +335,11 @@ def describe(ruleset: RuleSet) -> list[str]:
         default = "" if "action" in route.model_fields_set else " (no action given: the default)"
         match = ", ".join(f"{k}={v}" for k, v in route.match.items())
         lines.append(f"alert {{{match}}} -> {route.action}{default}")
+    if (w := ruleset.rules.watch) is not None:
+        judged = ", ".join(w.checks) if w.checks is not None else "every threshold and baseline check"
+        lines.append(f"watch between rollouts{'' if w.enabled else ' (disabled)'}: {judged}; replicas "
+                     f"{w.min_replicas}..{w.max_replicas}, cooldown {w.cooldown:g}s, scale in after "
+                     f"{w.scale_in_after:g}s, attribution {w.attribution:g}s")
     return lines
 
 

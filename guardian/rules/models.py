@@ -445,12 +445,67 @@ class Arms(_Strict):
         return _ARM_PLACEHOLDER.sub(lambda m: str(values[m.group(1)]), getattr(self, arm))
 
 
+class Watch(_Strict):
+    """The steady-state guard (`watch:`): the service judged between rollouts (engine/watches.py,
+    judge/steady.py). Its threshold and baseline (forecast) checks run every tick with no rollout in
+    flight; a failing `scale` check scales it out by the check's `replicas` (within `min_replicas` ..
+    `max_replicas`, at most once per `cooldown`) and back in once every scaling check has passed for
+    `scale_in_after`; a breach within `attribution` of a promotion names that release, and a failing
+    `rollback` check rolls it back to the version it replaced when that can still be had. Example::
+
+        watch:
+          min_replicas: 2
+          max_replicas: 6
+          scale_in_after: 5m
+          cooldown: 2m
+          attribution: 30m
+    """
+
+    enabled: bool = True
+    target: str | None = None  # the actuator that scales / rolls back (default: the settings' default_target)
+    checks: list[str] | None = None  # the checks it runs (default: every threshold and baseline check)
+    replicas: int | None = Field(None, ge=1)  # the replicas when it starts, for an actuator that does not report them
+    min_replicas: int = Field(1, ge=1)
+    max_replicas: int = Field(10, ge=1)
+    scale_in_after: Duration = 300.0  # every scaling check passing this long before scaling back in
+    scale_in_within: float | None = Field(None, gt=0)  # and its forecast within this many σ (stricter than `sigma`)
+    cooldown: Duration = 300.0  # at least this long between two scalings (and between two refusals said)
+    attribution: Duration = 1800.0  # a breach this soon after a promotion names that release as the suspect
+
+    @field_validator("scale_in_after", "cooldown", "attribution", mode="before")
+    @classmethod
+    def _duration(cls, v: object) -> float:
+        return parse_duration(v)
+
+    @model_validator(mode="after")
+    def _bounds(self) -> Watch:
+        if self.min_replicas > self.max_replicas:
+            raise ValueError(f"min_replicas ({self.min_replicas}) is above max_replicas ({self.max_replicas})")
+        if self.replicas is not None and not self.min_replicas <= self.replicas <= self.max_replicas:
+            raise ValueError(f"replicas ({self.replicas}) must lie within min_replicas ({self.min_replicas}) and "
+                             f"max_replicas ({self.max_replicas})")
+        return self
+
+
 class RuleFile(_Strict):
     service: str = Field(min_length=1)
     arms: Arms = Arms()
     queries: dict[str, Query] = {}
     checks: list[Check] = Field(default_factory=list)
     alerts: list[AlertRoute] = []
+    # after the last step: this long at 100% with the previous version warm, still judged (docs/rules.md, "Bake");
+    # 0 (the default): promoted at the end of the last step, as before bakes existed
+    bake: Duration = 0.0
+    # the pre-rollout window a bake compares the new version with, beside the previous version's own ticks
+    bake_before: Duration = 600.0
+    # between rollouts: the steady-state guard (docs/rules.md, "Watch"); absent: not watched (unless the settings'
+    # watch_services name the service)
+    watch: Watch | None = None
+
+    @field_validator("bake", "bake_before", mode="before")
+    @classmethod
+    def _bake_duration(cls, v: object) -> float:
+        return parse_duration(v)
 
     @field_validator("queries")
     @classmethod

@@ -39,7 +39,7 @@ from guardian.actuators.kubernetes import (
 )
 from guardian.actuators.targets import parse_target
 from guardian.clock import Clock
-from guardian.domain import Action, RolloutState
+from guardian.domain import Action, RolloutState, Strategy
 from guardian.engine.guard import Guard
 from guardian.engine.start import StartDefaults
 from guardian.errors import ActuatorError, RolloutConflict
@@ -70,7 +70,8 @@ def kube_deployment(target: str) -> tuple[str, str] | None:
 
 
 def active_deployments(states: list[RolloutState]) -> dict[tuple[str, str], str]:
-    return {d: s.id for s in states if not s.phase.terminal and (d := kube_deployment(s.target)) is not None}
+    return {d: s.id for s in states if not s.phase.terminal and s.strategy is not Strategy.WATCH  # a watch gives way
+            and (d := kube_deployment(s.target)) is not None}
 
 
 class KubeWatcher(Watcher):

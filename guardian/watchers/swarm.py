@@ -38,7 +38,7 @@ import docker
 from guardian.actuators.swarm import ENGINE_ERRORS, SwarmActuator, SwarmError, UpdateInfo, target_service
 from guardian.actuators.targets import parse_target
 from guardian.clock import Clock
-from guardian.domain import RolloutState
+from guardian.domain import RolloutState, Strategy
 from guardian.engine.guard import Guard
 from guardian.engine.start import StartDefaults
 from guardian.watchers.base import PlannedStart, Watcher
@@ -90,7 +90,7 @@ def active_services(states: Iterable[RolloutState]) -> dict[str, str]:
     service its `swarm:NAME` target acts on."""
     active: dict[str, str] = {}
     for state in states:
-        if state.phase.terminal:
+        if state.phase.terminal or state.strategy is Strategy.WATCH:  # a watch gives way to a rollout's start
             continue
         active.setdefault(state.service, state.id)
         if (named := swarm_service(state.target)) is not None:

@@ -208,3 +208,44 @@ def test_a_service_without_rules_is_judged_by_the_sequential_default_policy(fres
     assert v["value"] > 5 and "e_value" in v["statistic"] and v["sample_size"] > 0
     print(f"\ndefault policy: error injection -> rollback decision: {rollback['at'] - injected:.1f} s")
     assert rollback["at"] - injected < 30
+
+
+def test_a_regression_in_the_bake_rolls_back_to_the_warm_previous_version(fresh):
+    """payments (the built-in default policy) with a 60 s bake: the canary walks 50% -> 100%, bakes with the
+    baseline warm at weight 0, then turns bad; the bake's before/after test rolls it back and the webhook router
+    sends all traffic back to the baseline."""
+    target = f"webhook+http://127.0.0.1:{fresh.control_port}/weights"
+    created = fresh.guardian.api("POST", "/v1/rollouts", json={
+        "service": "payments", "image": "demo:v4", "steps": [50, 100], "target": target,
+        "bake_seconds": 60}).raise_for_status().json()
+    rollout_id = created["id"]
+    r = wait_until(lambda: (x := fresh.guardian.rollout(rollout_id))["phase"] == "baking" and x, 120, 0.2,
+                   "the bake")
+    assert r["weight"] == 100 and r["bake_left"] is not None and r["bake_left"] <= 60
+    bake = next(d for d in r["decisions"] if d["action"] == "bake")
+    assert bake["outcome"]["ok"] and "baking at 100% for 60s" in bake["reason"]
+    assert fresh.load.weights[fresh.canary.url] == 100
+    try:
+        wait_until(lambda: fresh.guardian.rollout(rollout_id)["baked_ticks"] >= 3, 30, 0.2, "three baked ticks")
+    except TimeoutError:
+        r = fresh.guardian.rollout(rollout_id)
+        raise AssertionError(f"{r['phase']}: {r['reason']}; " + "; ".join(
+            f"{v['check']} {v['result']}: {v['reason']}" for v in r["verdicts"])) from None
+    fresh.canary.control(error_ratio=0.1)
+    injected = time.time()
+    r = wait_until(lambda: (x := fresh.guardian.rollout(rollout_id))["phase"] == "rolled_back" and x, 60, 0.2,
+                   "the rollback in the bake")
+    rollback = r["decisions"][-1]
+    assert rollback["action"] == "rollback" and rollback["outcome"]["ok"]
+    failed = [v for v in rollback["verdicts"] if v["result"] == "fail"]
+    assert "errors-vs-baseline" in [v["check"] for v in failed]
+    errors = next(v for v in failed if v["check"] == "errors-vs-baseline")
+    assert "the service before the rollout" in errors["reason"] and errors["sample_size"] > 0
+    print(f"\nerrors in the bake -> rollback decision: {rollback['at'] - injected:.1f} s")
+    assert rollback["at"] - injected < 20
+    assert fresh.load.weights[fresh.canary.url] == 0  # all traffic back on the warm previous version
+    recording = fresh.guardian.api("GET", f"/v1/rollouts/{rollout_id}/recording").json()
+    assert recording["models"]["#bake"]["from_tick"] == r["bake_tick"]
+    from guardian.rules.loader import DEFAULT_RULESET
+    replayed = replay_recording(recording, "baked.json", DEFAULT_RULESET)
+    assert (replayed.decision, replayed.tick) == ("rollback", rollback["tick"])

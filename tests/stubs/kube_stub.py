@@ -26,7 +26,9 @@ OpenAPI document by tests/unit/test_contract_kubernetes.py):
   (`deployment.kubernetes.io/revision` on both); the Deployment's annotations are copied to it (without
   kubectl's skipped ones); a paused Deployment gets no new ReplicaSet; then status, with
   `status.observedGeneration` = the generation it saw. `progress()` moves replicas from old ReplicaSets to
-  the new one, one per call, unless the Deployment is paused.
+  the new one, one per call, unless the Deployment is paused; once the update is complete it deletes the
+  old ReplicaSets at 0 replicas beyond `spec.revisionHistoryLimit` (10 when absent), oldest revision first,
+  as the controller's cleanupDeployment does (so with 0, the previous ReplicaSet is gone).
 - Optimistic concurrency: a write whose body (PUT) or patch result carries a different
   `metadata.resourceVersion` is refused with 409 Conflict, the Scale subresource's too; `conflicts` makes
   the next N writes race a concurrent writer.
@@ -254,9 +256,22 @@ class KubeStub:
                     old[0]["spec"]["replicas"] -= 1
             for rs in self._owned(namespace, name):
                 rs["status"]["replicas"] = rs["spec"]["replicas"]
+            self._clean_up(namespace, name, new)
             self._status(namespace, name)
             dep["metadata"]["resourceVersion"] = self._next_rv()
             self._event("MODIFIED", namespace, dep)
+
+    def _clean_up(self, namespace: str, name: str, new: dict[str, Any]) -> None:
+        """The controller's cleanupDeployment once the update is complete (every replica on `new`): the old
+        ReplicaSets at 0 replicas beyond spec.revisionHistoryLimit are deleted, oldest revision first."""
+        dep = self.deployments[(namespace, name)]
+        old = [rs for rs in self._owned(namespace, name) if rs is not new]
+        if new["spec"]["replicas"] < dep["spec"]["replicas"] or any(rs["spec"]["replicas"] for rs in old):
+            return
+        limit = dep["spec"].get("revisionHistoryLimit")
+        extra = len(old) - (10 if limit is None else int(limit))
+        for rs in sorted(old, key=lambda rs: int(rs["metadata"]["annotations"][REVISION]))[:max(0, extra)]:
+            del self.replicasets[(namespace, rs["metadata"]["name"])]
 
     # -- the API server's side of a write -------------------------------------------------------------------
     def _store(self, namespace: str, name: str, dep: dict[str, Any], new: dict[str, Any]) -> dict[str, Any]:

@@ -4,6 +4,7 @@ from __future__ import annotations
 import subprocess
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from typing import Any
 
 import httpx
 
@@ -13,7 +14,7 @@ from guardian.actuators.nginx.target import parse_nginx_target
 from guardian.actuators.nginx.upstream import CANARY, STABLE, Backend, server_weights, upstream_meta
 from guardian.domain import Action, Outcome
 
-TRAFFIC_ACTIONS = frozenset({Action.START, Action.ADVANCE, Action.PROMOTE, Action.ROLLBACK})
+TRAFFIC_ACTIONS = frozenset({Action.START, Action.ADVANCE, Action.BAKE, Action.PROMOTE, Action.ROLLBACK})
 
 
 @dataclass(frozen=True)
@@ -32,6 +33,10 @@ class NginxActuator(BaseActuator):
     PAUSE, RESUME, SCALE (and CONTINUE, NOTIFY) change no traffic and succeed. Blue-green is the same
     code with a single 0 -> 100 step. Idempotent by `request.key`, and by content (see NginxRouter).
     One traffic change at a time (the router serialises too).
+
+    BAKE is 100 too, but the stable servers stay in the upstream as `backup` (nginx rejects weight=0; a
+    backup gets requests only when no canary server answers) where PROMOTE marks them `down`: warm and
+    out of rotation, so a ROLLBACK during the bake is one reload back to them (a reload drops nothing).
     """
 
     name = "nginx"
@@ -55,13 +60,25 @@ class NginxActuator(BaseActuator):
     @staticmethod
     def canary_weight(request: ActionRequest) -> int | None:
         """The canary percent `request` asks for; None when the action moves no traffic."""
-        if request.action is Action.PROMOTE:
+        if request.action in (Action.PROMOTE, Action.BAKE):
             return 100
         if request.action is Action.ROLLBACK:
             return 0
         if request.action in TRAFFIC_ACTIONS:
             return request.weight
         return None
+
+    @staticmethod
+    def standby(request: ActionRequest) -> frozenset[str]:
+        """The tracks `request` keeps in the upstream as `backup` at 0%: the stable one during a bake."""
+        return frozenset({STABLE}) if request.action is Action.BAKE else frozenset()
+
+    def kept_warm(self) -> tuple[str, dict[str, Any]]:
+        """What a bake keeps warm: the detail's words and Outcome.data["warm"]."""
+        stable = [b.address for b in self.backends if b.track == STABLE]
+        words = (f"all traffic on the canary; the stable servers ({', '.join(stable)}) kept warm out of rotation: "
+                 f"{len(stable)} at weight 0 (nginx `backup`: passed requests only when no canary server answers)")
+        return words, {"track": STABLE, "servers": stable, "weight": 0, "as": "backup"}
 
     def carry_out(self, request: ActionRequest) -> Outcome:
         """Set the weights (`apply`: a key already applied OK returns its Outcome without touching nginx;
@@ -77,9 +94,14 @@ class NginxActuator(BaseActuator):
         if isinstance(weight, bool) or not isinstance(weight, int) or not 0 <= weight <= 100:
             return Outcome(False, action, f"nginx: {action} {request.service}: weight {weight!r} is not 0..100",
                            data=base)
-        result = self.router.apply(self.backends, {CANARY: weight, STABLE: 100 - weight})
+        result = self.router.apply(self.backends, {CANARY: weight, STABLE: 100 - weight},
+                                   standby=self.standby(request))
         detail = f"nginx: {action} {request.service}: " + result.detail.removeprefix("nginx: ")
-        return Outcome(result.ok, action, detail, data={**result.data, **base})
+        data = {**result.data, **base}
+        if request.action is Action.BAKE and result.ok:
+            words, data["warm"] = self.kept_warm()
+            detail += f"; {words}"
+        return Outcome(result.ok, action, detail, data=data)
 
     def verify(self, request: ActionRequest) -> Outcome:
         """Do the weights nginx serves (its status endpoint; the file when there is none) equal the
@@ -90,7 +112,8 @@ class NginxActuator(BaseActuator):
             return Outcome(True, action, f"nginx: {action} changes no traffic, nothing to verify")
         wanted = {CANARY: weight, STABLE: 100 - weight}
         try:
-            digest = upstream_meta(self.router.upstream_name, self.backends, wanted, self.router.status_port)["digest"]
+            digest = upstream_meta(self.router.upstream_name, self.backends, wanted, self.router.status_port,
+                                   self.standby(request))["digest"]
         except ValueError as exc:
             return Outcome(False, action, f"nginx: {request.key} asked for an impossible split: {exc}")
         if self.router.status_port is not None:
@@ -102,10 +125,13 @@ class NginxActuator(BaseActuator):
         if seen is None:
             return Outcome(False, action, f"nginx: cannot read the weights {where}")
         data = {"key": request.key, "weights": seen.weights, "servers": seen.servers, "generation": seen.generation}
+        asked = f"{wanted}" + (" with the stable servers as backup" if self.standby(request) else "")
         if seen.digest != digest:
-            return Outcome(False, action, f"nginx: {request.key} asked for {wanted}, but {seen.weights} "
-                           f"(generation {seen.generation}) is {where}", data=data)
-        return Outcome(True, action, f"nginx: {wanted} is {where} (generation {seen.generation})", data=data)
+            backups = [s["address"] for s in seen.servers if s.get("backup")]
+            return Outcome(False, action, f"nginx: {request.key} asked for {asked}, but {seen.weights} "
+                           f"(backup servers: {', '.join(backups) or 'none'}; generation {seen.generation}) is {where}",
+                           data=data)
+        return Outcome(True, action, f"nginx: {asked} is {where} (generation {seen.generation})", data=data)
 
     def close(self) -> None:
         self.router.close()

@@ -29,10 +29,10 @@ import re
 import subprocess
 import threading
 import time
-from collections.abc import Callable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Collection, Iterator, Mapping, Sequence
 from dataclasses import replace
 from pathlib import Path
-from typing import Self
+from typing import Any, Self
 
 import httpx
 from loguru import logger
@@ -152,8 +152,10 @@ class NginxRouter:
         return Path(default.group(1)) if default else None
 
     # -- writing ---------------------------------------------------------------------------------------
-    def apply(self, backends: Sequence[Backend], weights_by_track: Mapping[str, int]) -> Outcome:
-        """Make nginx route `weights_by_track` percent of traffic to each track's backends.
+    def apply(self, backends: Sequence[Backend], weights_by_track: Mapping[str, int], *,
+              standby: Collection[str] = ()) -> Outcome:
+        """Make nginx route `weights_by_track` percent of traffic to each track's backends; the servers of
+        a `standby` track at 0% stay in the upstream as `backup` (out of rotation, warm) instead of `down`.
 
         ok: the new config is live (data: weights, servers, generation, digest, reloaded). Not ok: the
         detail says why, and the file holds its previous bytes again; nothing is half-applied."""
@@ -161,7 +163,7 @@ class NginxRouter:
         with self._lock:
             try:
                 with self._directory_lock():
-                    outcome = self._apply(list(backends), dict(weights_by_track))
+                    outcome = self._apply(list(backends), dict(weights_by_track), frozenset(standby))
             except _Failed as exc:
                 outcome = Outcome(False, "apply", f"nginx: {exc}")
             except OSError as exc:
@@ -180,9 +182,9 @@ class NginxRouter:
         finally:
             os.close(fd)  # releases the lock
 
-    def _apply(self, backends: list[Backend], weights: dict[str, int]) -> Outcome:
+    def _apply(self, backends: list[Backend], weights: dict[str, int], standby: frozenset[str]) -> Outcome:
         try:
-            wanted = upstream_meta(self.upstream_name, backends, weights, self.status_port)
+            wanted = upstream_meta(self.upstream_name, backends, weights, self.status_port, standby)
         except ValueError as exc:
             raise _Failed(f"cannot route {weights}: {exc}") from None
         try:
@@ -196,13 +198,13 @@ class NginxRouter:
                           f"(no '{MARKER.strip()}' first line); move it away or empty it")
         data = {"weights": dict(sorted(weights.items())), "servers": wanted["servers"], "digest": wanted["digest"]}
         if old is not None and old.digest == wanted["digest"] and self._is_live(old):
-            return Outcome(True, "apply", f"nginx: {self._describe(weights)} already live "
+            return Outcome(True, "apply", f"nginx: {self._describe(weights, wanted)} already live "
                            f"(generation {old.generation}), not reloaded",
                            data={**data, "generation": old.generation, "reloaded": False})
         generation = (old.generation if old else 0) + 1
         try:
             text = render_upstream(self.upstream_name, backends, weights, status_port=self.status_port,
-                                   generation=generation)
+                                   generation=generation, standby=standby)
         except ValueError as exc:
             raise _Failed(f"cannot route {weights}: {exc}") from None
         atomic_write(self.upstream_file, text.encode(), mode=mode)
@@ -219,12 +221,14 @@ class NginxRouter:
                 raise _Failed(f"{exc}; restored the previous {self.upstream_file.name}") from None
             raise
         self._confirmed = wanted["digest"]
-        return Outcome(True, "apply", f"nginx: {self._describe(weights)} live (generation {generation})",
+        return Outcome(True, "apply", f"nginx: {self._describe(weights, wanted)} live (generation {generation})",
                        data={**data, "generation": generation, "reloaded": True})
 
-    def _describe(self, weights: Mapping[str, int]) -> str:
+    def _describe(self, weights: Mapping[str, int], meta: Mapping[str, Any]) -> str:
         split = " / ".join(f"{track} {pct}%" for track, pct in sorted(weights.items()))
-        return f"upstream {self.upstream_name}: {split}"
+        backups = sum(1 for s in meta["servers"] if s.get("backup"))
+        kept = f" ({backups} server(s) kept as backup)" if backups else ""
+        return f"upstream {self.upstream_name}: {split}{kept}"
 
     def _nginx(self, *args: str, action: str) -> None:
         cmd = [self.nginx_binary, *args, "-c", str(self.conf_file)]

@@ -3,7 +3,10 @@
 Traffic per track follows the percentages whatever the number of servers per track: each server
 gets `track% × its share of the track`, scaled to integers and reduced by their gcd (10% canary on
 one server, 90% stable on three -> weights 1, 3, 3, 3). nginx rejects `weight=0`, so a track at 0%
-has its servers marked `down`. The file's first line carries the state as JSON (generation, digest,
+has its servers marked `down` — or `backup` when the track is a *standby* one (a bake keeps the previous
+version there: out of rotation, still in the upstream, and nginx passes it requests only when no primary
+server answers; nginx's docs: `backup` "will be passed requests when the primary servers are unavailable").
+The file's first line carries the state as JSON (generation, digest,
 weights, servers), so `UpstreamState.parse` reads back exactly what was written, after a restart too.
 """
 from __future__ import annotations
@@ -11,7 +14,7 @@ from __future__ import annotations
 import hashlib
 import json
 import re
-from collections.abc import Mapping, Sequence
+from collections.abc import Collection, Mapping, Sequence
 from dataclasses import dataclass, field
 from fractions import Fraction
 from math import gcd, lcm
@@ -84,13 +87,22 @@ def server_weights(backends: Sequence[Backend], weights_by_track: Mapping[str, i
     return [w // common if w else None for w in scaled]
 
 
+def _server(backend: Backend, weight: int | None, standby: Collection[str]) -> dict[str, Any]:
+    """One server's line, as data: weighted, `down`, or (a standby track at 0%) `backup`. The `backup` key
+    is only written when true, so the digests of files without standby servers stay what they were."""
+    server = {"address": backend.address, "track": backend.track, "weight": weight, "down": weight is None}
+    if weight is None and backend.track in standby:
+        server |= {"down": False, "backup": True}
+    return server
+
+
 def upstream_meta(name: str, backends: Sequence[Backend], weights_by_track: Mapping[str, int],
-                  status_port: int | None) -> dict[str, Any]:
+                  status_port: int | None, standby: Collection[str] = ()) -> dict[str, Any]:
     """What a file for these servers and weights says about itself (no generation): its servers with their
-    nginx weights, and a digest of it all, by which a router tells whether the same is live already."""
+    nginx weights, and a digest of it all, by which a router tells whether the same is live already.
+    `standby`: tracks whose servers, at 0%, stay in the upstream as `backup` instead of `down`."""
     weights = server_weights(backends, weights_by_track)
-    servers = [{"address": b.address, "track": b.track, "weight": w, "down": w is None}
-               for b, w in zip(backends, weights, strict=True)]
+    servers = [_server(b, w, standby) for b, w in zip(backends, weights, strict=True)]
     content = {"upstream": name, "weights": dict(sorted(weights_by_track.items())), "servers": servers,
                "status_port": status_port}
     digest = hashlib.sha256(json.dumps(content, sort_keys=True).encode()).hexdigest()[:16]
@@ -98,20 +110,21 @@ def upstream_meta(name: str, backends: Sequence[Backend], weights_by_track: Mapp
 
 
 def render_upstream(name: str, backends: Sequence[Backend], weights_by_track: Mapping[str, int], *,
-                    status_port: int | None = None, generation: int = 1) -> str:
+                    status_port: int | None = None, generation: int = 1, standby: Collection[str] = ()) -> str:
     """The file's text: a state line, `upstream NAME {...}`, and a status `server` when `status_port`
-    is set, whose `GET /guardian/upstream` answers the generation, digest and weights as JSON."""
+    is set, whose `GET /guardian/upstream` answers the generation, digest and weights as JSON.
+    `standby`: tracks whose servers, at 0%, are written `backup` instead of `down` (see the module)."""
     check_name(name)
     if status_port is not None and not 0 < status_port < 65536:
         raise ValueError(f"status port {status_port} is not 1..65535")
-    meta = {"generation": generation, **upstream_meta(name, backends, weights_by_track, status_port)}
+    meta = {"generation": generation, **upstream_meta(name, backends, weights_by_track, status_port, standby)}
     lines = [
         MARKER + json.dumps(meta, sort_keys=True),
         "# Written by Release Guardian at each traffic change: edits here are overwritten.",
         f"upstream {name} {{",
     ]
     for s in meta["servers"]:
-        state = "down" if s["down"] else f"weight={s['weight']}"
+        state = "backup" if s.get("backup") else "down" if s["down"] else f"weight={s['weight']}"
         lines.append(f"    server {s['address']} {state};  # {s['track']}")
     lines.append("}")
     if status_port is not None:

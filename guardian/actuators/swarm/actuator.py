@@ -1,5 +1,6 @@
 """The `swarm` actuator: guards Docker Swarm's own rolling update of a service (START starts it, start-first;
-PAUSE holds it; PROMOTE waits for it; ROLLBACK reverses it, with Swarm's rollback=previous when it can).
+PAUSE holds it; PROMOTE waits for it; BAKE waits for it and keeps the previous spec for a rollback; ROLLBACK
+reverses it, with Swarm's rollback=previous when it can).
 What each action does, the labels, Prometheus and the watcher: docs/actuators.md#swarm."""
 from __future__ import annotations
 
@@ -116,6 +117,8 @@ class SwarmActuator(BaseActuator):
             return self._pause(request, service)
         if a is Action.PROMOTE:
             return self._promote(request, service, progress)
+        if a is Action.BAKE:
+            return self._bake(request, service, progress, observe=observe)
         if a is Action.ROLLBACK:
             return self._rollback(request, service, progress, native_only=observe)
         if a is Action.SCALE:
@@ -288,18 +291,53 @@ class SwarmActuator(BaseActuator):
                           f"the update to {image} to complete", progress)
         return f"{service} runs {image} on all {snap.serving()} tasks (update completed)", self._state_data(snap)
 
+    # -- BAKE --------------------------------------------------------------------------------------
+    def _bake(self, request: ActionRequest, service: str, progress: list[dict[str, Any]], *,
+              observe: bool) -> tuple[str, dict[str, Any]]:
+        """PROMOTE's wait (the update completes: every task on the new image) while the previous version
+        stays where a ROLLBACK finds it: Swarm's PreviousSpec (rollback=previous) as long as no spec was
+        posted since START, else the template START kept. Swarm has no weights: its old tasks cannot run
+        out of rotation (every running task of a service is behind its VIP), so they stop as the update
+        completes, and a ROLLBACK starts them again, start-first, from the image on the node."""
+        snap = self.engine.snapshot(service)
+        if self._rollback_target(request, snap, native_only=observe)[0] is None:
+            raise SwarmError(f"nothing to go back to during a bake: rollout {request.rollout_id} never changed "
+                             f"{service} and Swarm keeps no PreviousSpec for it; PROMOTE instead, or START first")
+        detail, data = self._promote(request, service, progress)
+        snap = self.engine.snapshot(service)
+        target, _ = self._rollback_target(request, snap, native_only=observe)
+        how = ("Swarm's rollback=previous (PreviousSpec)" if self._native_rollback(snap, target)
+               else "an update back to the template START kept")
+        warm = {"previous_image": target, "rollback": how, "running": snap.serving(target) if target else 0}
+        return (f"{detail}; {target} kept for a rollback during the bake by {how}, start-first: its tasks are "
+                "stopped, not warm (Swarm has no out-of-rotation task), and start again from the local image",
+                {**data, "warm": warm, "previous_image": target})
+
     # -- ROLLBACK ----------------------------------------------------------------------------------
+    def _rollback_target(self, request: ActionRequest, snap: Snapshot, *,
+                         native_only: bool) -> tuple[str | None, bool]:
+        """The image a ROLLBACK goes back to (None: none known), and whether this rollout changed the
+        service at all (False: it never did, and there is nothing of its own to roll back)."""
+        kept = self._previous.get((snap.name, request.rollout_id))
+        if native_only:
+            return snap.previous_image, True
+        if kept is not None:
+            return image_of({"TaskTemplate": kept}), True
+        if snap.labels.get(ROLLOUT_LABEL) == request.rollout_id and snap.labels.get(PREVIOUS_LABEL):
+            return normalise_image(snap.labels[PREVIOUS_LABEL]), True  # kept in the service: survives a restart
+        return None, False
+
+    @staticmethod
+    def _native_rollback(snap: Snapshot, target: str | None) -> bool:
+        """Whether Swarm's own rollback=previous goes back to `target` (PreviousSpec runs it)."""
+        return target is not None and snap.previous_image == target and not snap.held and snap.image != target
+
     def _rollback(self, request: ActionRequest, service: str, progress: list[dict[str, Any]], *,
                   native_only: bool) -> tuple[str, dict[str, Any]]:
         snap = self.engine.snapshot(service)
         kept = self._previous.get((snap.name, request.rollout_id))
-        if native_only:
-            target = snap.previous_image
-        elif kept is not None:
-            target = image_of({"TaskTemplate": kept})
-        elif snap.labels.get(ROLLOUT_LABEL) == request.rollout_id and snap.labels.get(PREVIOUS_LABEL):
-            target = normalise_image(snap.labels[PREVIOUS_LABEL])  # kept in the service: survives a restart
-        else:
+        target, changed = self._rollback_target(request, snap, native_only=native_only)
+        if not changed:
             return (f"nothing to roll back: rollout {request.rollout_id} never changed {service} (it runs "
                     f"{snap.running()})", {**self._state_data(snap), "previous_image": snap.image})
         if target is None:
@@ -308,7 +346,7 @@ class SwarmActuator(BaseActuator):
             return (f"nothing to roll back: {service} already runs {target}",
                     {**self._state_data(snap), "previous_image": target})
 
-        native = snap.previous_image == target and not snap.held and snap.image != target
+        native = self._native_rollback(snap, target)
         if native:
             self.engine.update(service, lambda s: copy.deepcopy(s.spec) if s.previous_image == target else None,
                                rollback=True)
@@ -372,9 +410,11 @@ class SwarmActuator(BaseActuator):
                 problem = f"the spec runs {snap.image}, not {image}"
             elif snap.replicas and snap.serving(image) < 1:
                 problem = f"no task of {image} is running"
-        elif a is Action.PROMOTE:
+        elif a in (Action.PROMOTE, Action.BAKE):
             if snap.image != image or not snap.converged_on(image):
                 problem = f"expected {snap.replicas} tasks of {image} only"
+            elif a is Action.BAKE and self._rollback_target(request, snap, native_only=observe)[0] is None:
+                problem = "nothing is kept to roll back to (no PreviousSpec, no template START kept)"
         elif a is Action.ROLLBACK:
             last = self.outcomes.done(request.key)
             target = (last.data.get("previous_image") if last else None) or (

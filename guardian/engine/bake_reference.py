@@ -1,0 +1,85 @@
+"""What a bake compares the new version with: the service before the rollout (judge/bake.py).
+
+At the start of a rollout with a bake the guard asks the source, once, for the signals its compare checks
+read over the rule file's `bake_before` window that ends at the start, from the baseline arm (before a
+rollout every instance is the previous version). The answer is frozen with the rollout's forecast models
+(the models snapshot, key BAKE_REFERENCE_KEY) so a recording carries it and a replay judges the same; the
+bake's first tick is added when its BAKE takes effect (Guard._bake_begins).
+
+A bake that could never be judged is refused at the start (ModelMissing, 422 like a forecast check without
+its model): a gating compare check with no pre-rollout data whose rollout has no step below 100%, so the
+previous version never serves beside the new one before the bake either. With a step below 100% the
+previous version's own ticks are the reference, and a missing pre-rollout window is only noted.
+"""
+from __future__ import annotations
+
+from typing import Any
+
+from loguru import logger
+
+from guardian.domain import BAKE_REFERENCE_KEY, RolloutState
+from guardian.errors import ModelMissing, NoData, SourceUnavailable
+from guardian.rules.loader import RuleSet
+from guardian.rules.models import ADVISORY_ACTIONS, CompareCheck
+from guardian.sources import ArmSelector, MetricSource, SignalQuery
+
+BAKE_KEY = BAKE_REFERENCE_KEY
+
+
+def bake_signals(ruleset: RuleSet) -> dict[str, list[CompareCheck]]:
+    """signal -> the compare checks (rate and sign tests) whose bake reads it."""
+    out: dict[str, list[CompareCheck]] = {}
+    for check in ruleset.rules.checks:
+        if isinstance(check, CompareCheck) and check.kind_of_test in ("rate", "sign"):
+            for signal in check.signals:
+                out.setdefault(signal, []).append(check)
+    return out
+
+
+class BakeReference:
+    def __init__(self, source: MetricSource):
+        self.source = source
+
+    def before(self, state: RolloutState, ruleset: RuleSet, baseline: ArmSelector | None) -> dict[str, Any]:
+        """The pre-rollout window's value of each signal a bake judges (None where the source had none), and
+        why any is missing. Raises ModelMissing when a gating check's bake could never be judged."""
+        end = state.created_at
+        start = end - ruleset.rules.bake_before
+        values: dict[str, float | None] = {}
+        missing: dict[str, str] = {}
+        for signal in bake_signals(ruleset):
+            values[signal] = None
+            q = ruleset.queries.get(signal)
+            if q is None:
+                missing[signal] = "no query"
+                continue
+            if baseline is None or start >= end:
+                missing[signal] = "no baseline arm to read" if baseline is None else "bake_before is 0s"
+                continue
+            try:
+                values[signal] = self.source.fetch(SignalQuery(signal, q.type, q.promql), state.service, baseline,
+                                                   start, end)
+            except NoData as e:
+                missing[signal] = str(e) or "no data"
+            except SourceUnavailable as e:
+                missing[signal] = f"the source did not answer: {e}"
+            except ValueError as e:
+                missing[signal] = str(e)
+        if missing:
+            self._refuse_or_note(state, ruleset, missing)
+        return {"from_tick": None, "window": [start, end], "before": values, "missing": missing}
+
+    @staticmethod
+    def _refuse_or_note(state: RolloutState, ruleset: RuleSet, missing: dict[str, str]) -> None:
+        said = "; ".join(f"{signal}: {why}" for signal, why in missing.items())
+        side_by_side = any(w < 100 for w in state.steps)
+        gating = sorted({c.name for signal in missing for c in bake_signals(ruleset)[signal]
+                         if not c.optional and c.action not in ADVISORY_ACTIONS})
+        if gating and not side_by_side:
+            raise ModelMissing(
+                f"the bake ({state.bake_seconds:g}s) of {', '.join(gating)} cannot be judged: no data from the "
+                f"service in the {ruleset.rules.bake_before:g}s before the rollout ({said}), and no step below "
+                "100% lets the previous version serve beside the new one; give steps below 100, a longer "
+                "bake_before, or bake: 0")
+        logger.info("rollout {} of {}: the bake compares with the previous version's own ticks; the pre-rollout "
+                    "window had no data ({})", state.id, state.service, said)
