@@ -49,7 +49,7 @@ from guardian.engine.log_evidence import LogEvidence
 from guardian.engine.start import StartSpec, first_state
 from guardian.engine.store import StateStore
 from guardian.engine.transitions import transition, weight_after
-from guardian.engine.watches import end_watches, watch_gauges, watch_request, watch_rules, watch_ruleset
+from guardian.engine.watch_rules import WatchRulesets, watch_gauges, watch_request, watch_rules
 from guardian.errors import ActuatorError, NoData, RolloutConflict, SourceUnavailable
 from guardian.files import atomic_write
 from guardian.forecast.model_files import ModelDirectory, ModelLoader, thaw
@@ -62,6 +62,7 @@ from guardian.rules.book import RuleBook
 from guardian.rules.loader import RuleSet
 from guardian.sources import MetricSource, Planning, SignalQuery
 
+GIVE_WAY_SECONDS = 10.0  # after a rollout's start ended a watch, no new watch of the service for this long
 ACTUATED = {Action.START, Action.ADVANCE, Action.BAKE, Action.PROMOTE, Action.ROLLBACK, Action.PAUSE, Action.RESUME,
             Action.SCALE}
 
@@ -121,6 +122,9 @@ class Guard:
         self.arms = ArmSelections(actuator_for)
         self.log_evidence = LogEvidence(actuator_for, clock, window=config.log_window, seconds=config.log_seconds)
         self.bake_reference = BakeReference(source)
+        self.watch_ruleset = WatchRulesets()
+        # service -> monotonic time until which no new watch of it starts (a rollout's start ended its watch)
+        self.giving_way: dict[str, float] = {}
         self._locks: dict[str, threading.Lock] = {}
         self._locks_guard = threading.Lock()
         self._evidence: dict[str, Evidence] = {}
@@ -151,7 +155,7 @@ class Guard:
         if state.bake_seconds > 0 and BAKE_KEY not in models:  # the service before it, for the bake (judge/bake.py)
             models[BAKE_KEY] = self.bake_reference.before(state, ruleset, arms.selectors.get("baseline"))
         with self._lock(state.id):  # held from the create: a tick must not see it before its START
-            end_watches(self, spec.service, f"ended: rollout {state.id} started")  # a watch gives way (watches.py)
+            self.end_watches(spec.service, f"ended: rollout {state.id} started")  # a watch gives way (watches.py)
             self.store.create(state)
             if models:
                 self.store.save_models(state.id, models)
@@ -234,7 +238,7 @@ class Guard:
     def _tick(self, state: RolloutState, t: int) -> tuple[Decision, RolloutState]:
         ruleset = self.rulebook.for_service(state.service)
         if state.strategy is Strategy.WATCH:  # a watch judges its threshold and baseline checks (engine/watches.py)
-            ruleset = watch_ruleset(ruleset)
+            ruleset = self.watch_ruleset(ruleset)
         arms = self.arms.for_tick(state, ruleset, t)
         ev = self._evidence_of(state, ruleset)
         first = max(state.last_tick + 1, t - self.config.catch_up_ticks + 1)
@@ -490,6 +494,48 @@ class Guard:
             logger.warning("rollout {}: resuming interrupted {} (key {})", rollout_id, request.action.value,
                            request.key)
             self._complete(state, op["seq"], request, decision)
+
+    # -- watches (engine/watches.py keeps them running) -------------------------------------------------------
+    def begin_watch(self, state: RolloutState, models: dict[str, Any], reason: str) -> tuple[RolloutState, Outcome]:
+        """Store a watch's row and its frozen models (what it starts from among them), and carry out its START."""
+        with self._lock(state.id):
+            self.store.create(state)
+            self.store.save_models(state.id, models)
+            self._checked.add(state.id)
+            decision = Decision(Action.START, reason, at=self.clock.now(), source="guardian")
+            started, outcome = self._act(state, decision)
+            self.metrics.decisions.labels(decision.action.value).inc()
+        return started, outcome
+
+    def end_watch(self, watch_id: str, reason: str) -> RolloutState | None:
+        """End one watch (phase ENDED, a NOTIFY decision with `reason`), after finishing an action a crash left
+        half done. None if it had ended already."""
+        with self._lock(watch_id):
+            self._resume_pending_ops(watch_id)
+            state = self.store.get(watch_id)
+            if state.phase.terminal or state.strategy is not Strategy.WATCH:
+                return None
+            now = self.clock.now()
+            ended = state.evolve(phase=Phase.ENDED, paused_by=None, reason=reason, updated_at=now)
+            decision = Decision(Action.NOTIFY, reason, at=now, source="guardian")
+            self.store.log_decision(watch_id, decision, None, now, state=ended)
+            self.metrics.decisions.labels(decision.action.value).inc()
+        self._write_recording(ended)
+        self._notify(ended, decision, None)
+        self.forget(watch_id)
+        self._refresh_gauges()
+        logger.info("watch {} of {} {}", watch_id, state.service, reason)
+        return ended
+
+    def end_watches(self, service: str, reason: str) -> list[RolloutState]:
+        """End the service's watch in flight, if any (start: a rollout of the service begins); no new watch of
+        it starts for GIVE_WAY_SECONDS, so the rollout's row can be created."""
+        watches = [s for s in self.store.list(active_only=True) if s.service == service
+                   and s.strategy is Strategy.WATCH]
+        if not watches:
+            return []
+        self.giving_way[service] = time.monotonic() + GIVE_WAY_SECONDS
+        return [ended for s in watches if (ended := self.end_watch(s.id, reason)) is not None]
 
     # -- manual overrides -------------------------------------------------------------------------------
     def override(self, rollout_id: str, action: Action, reason: str = "", *, source: str = "user") -> RolloutState:

@@ -130,7 +130,8 @@ def replay_watch(recording: dict[str, Any], name: str, ruleset: RuleSet = DEFAUL
     section) and is ticked through the recording. Its replicas are tracked by each scaling's delta (the
     actuator is noop): the same as live unless something else scaled the service meanwhile. "rollback" at the
     tick it rolled the suspect back, else "watch" with what it did."""
-    from guardian.engine.watches import begin_watch, watch_ruleset
+    from guardian.engine.watch_rules import watch_ruleset
+    from guardian.engine.watches import begin_watch
     from guardian.rules.models import Watch
 
     started = recording["watch"]

@@ -4,7 +4,7 @@ explain` treat it as any rollout; only its decision differs (judge/steady.py, ca
 
 `WatchKeeper.run_once` (each scheduler pass) makes sure every watched service — a rule file with a `watch:`
 section, or one the settings' `watch_services` name — has a watch in flight whenever no rollout of it is. A
-rollout's start ends the service's watch first (`end_watches`, from Guard.start: the store refuses two rows in
+rollout's start ends the service's watch first (`Guard.end_watches`, from Guard.start: the store refuses two rows in
 flight for one service), phase ENDED, "ended: rollout X started"; when the rollout ends the next watch starts,
 carrying what runs (`carried`): the promoted rollout's image, the image it replaced, its id and promotion time
 (the attribution), and the replicas the last watch knew.
@@ -13,38 +13,33 @@ A watch that cannot be evaluated says so when it would start: a gating forecast 
 its model refuses it (ModelMissing, logged, tried again every `retry_seconds` or when the rules change), an
 advisory one abstains, named in the START decision's reason; so does a watch with no check to run.
 
-Actions reach the actuator as strategy `observe` (`watch_request`): someone else deployed what runs. A START
-and a SCALE name no image (every replica is the stable version: docker scales them all, publishes none as a
-canary), a ROLLBACK names the suspect's image (the release to undo; the actuator restores the one it replaced).
+Actions reach the actuator as strategy `observe` (`watch_request`, in watch_rules.py): someone else deployed
+what runs. A START and a SCALE name no image (every replica is the stable version: docker scales them all,
+publishes none as a canary), a ROLLBACK names the suspect's image (the release to undo; the actuator restores
+the one it replaced).
 """
 from __future__ import annotations
 
-import contextlib
-import dataclasses
 import math
-import threading
 import time
 import uuid
-import weakref
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Protocol
 
 from loguru import logger
 
-from guardian.actuators import ActionRequest
-from guardian.domain import OPEN_ENDED_ANALYSIS, Action, Decision, Outcome, Phase, RolloutState, Strategy
+from guardian.domain import OPEN_ENDED_ANALYSIS, Action, Outcome, Phase, RolloutState, Strategy
 from guardian.engine.store import WATCH_KEY
+from guardian.engine.watch_rules import watch_rules, watch_ruleset
 from guardian.errors import ActuatorError, LeaseLost, ModelMissing, RolloutConflict
-from guardian.judge.steady import DEFAULT_WATCH, ago
-from guardian.metrics import GuardianMetrics
+from guardian.judge.steady import ago
 from guardian.rules.loader import RuleSet
-from guardian.rules.models import ForecastCheck, ThresholdCheck, Watch
+from guardian.rules.models import Watch
 
 if TYPE_CHECKING:
     from guardian.engine.guard import Guard
     from guardian.rules.book import RuleBook
 
-GIVE_WAY_SECONDS = 10.0  # after a rollout's start ended a watch, no new watch of the service for this long
 # a watch older than this is ended and the next one carries on from it (its replicas, its scalings, what runs and
 # the suspect): its recording, rebuilt after every tick, and its evidence in memory stay bounded
 ROTATE_SECONDS = 86400.0
@@ -58,94 +53,6 @@ class WatchDefaults(Protocol):
     default_target: str
     tick_seconds: float
     watch_services: list[str]
-
-
-# -- what a watch judges and how it asks --------------------------------------------------------------------
-def watch_rules(ruleset: RuleSet) -> Watch:
-    """The rule file's `watch:` section, or the defaults (a service the settings' watch_services name)."""
-    return ruleset.rules.watch or DEFAULT_WATCH
-
-
-_filtered: dict[int, tuple[RuleSet, RuleSet]] = {}
-_filtered_lock = threading.Lock()
-
-
-def watch_ruleset(ruleset: RuleSet) -> RuleSet:
-    """`ruleset` with only the checks a watch runs: `watch.checks`, else every threshold and baseline check (a
-    compare check needs a canary beside the baseline). The same object for the same rule set (the arms are
-    kept, so a planned selection is taken by the tick)."""
-    with _filtered_lock:
-        hit = _filtered.get(id(ruleset))
-        if hit is not None and hit[0] is ruleset:
-            return hit[1]
-    names = watch_rules(ruleset).checks
-    kept = [c for c in ruleset.rules.checks
-            if (c.name in names if names is not None else isinstance(c, ThresholdCheck | ForecastCheck))]
-    filtered = dataclasses.replace(ruleset, rules=ruleset.rules.model_copy(update={"checks": kept}))
-    with _filtered_lock:
-        if len(_filtered) > 256:
-            _filtered.clear()
-        _filtered[id(ruleset)] = (ruleset, filtered)
-    return filtered
-
-
-def watch_request(request: ActionRequest) -> ActionRequest:
-    """A watch's action in the words the actuators know (module docstring): strategy observe; only a ROLLBACK
-    names an image, the suspect's."""
-    return dataclasses.replace(request, strategy=Strategy.OBSERVE.value,
-                               image=request.image if request.action is Action.ROLLBACK else "")
-
-
-def watch_gauges(metrics: GuardianMetrics, state: RolloutState) -> bool:
-    """For a watch: its replicas on /metrics (`guardian_watch_replicas`) while it is in flight, the series removed
-    once it ended; True. A watch is counted there, not among the rollouts (`guardian_rollouts`, the canary's
-    weight). False for a rollout."""
-    if state.strategy is not Strategy.WATCH:
-        return False
-    if not state.phase.terminal and state.replicas is not None:
-        metrics.watch_replicas.labels(state.service, state.id).set(state.replicas)
-    else:
-        with contextlib.suppress(KeyError):
-            metrics.watch_replicas.remove(state.service, state.id)
-    return True
-
-
-# -- ending -------------------------------------------------------------------------------------------------
-# per guard: service -> monotonic time until which no new watch of it starts (a rollout's start ended its watch)
-_giving_way: weakref.WeakKeyDictionary[Guard, dict[str, float]] = weakref.WeakKeyDictionary()
-_giving_way_lock = threading.Lock()
-
-
-def end_watch(guard: Guard, watch_id: str, reason: str) -> RolloutState | None:
-    """End one watch (phase ENDED, a NOTIFY decision with `reason`), after finishing an action a crash left
-    half done. None if it had ended already."""
-    with guard._lock(watch_id):
-        guard._resume_pending_ops(watch_id)
-        state = guard.store.get(watch_id)
-        if state.phase.terminal or state.strategy is not Strategy.WATCH:
-            return None
-        now = guard.clock.now()
-        ended = state.evolve(phase=Phase.ENDED, paused_by=None, reason=reason, updated_at=now)
-        decision = Decision(Action.NOTIFY, reason, at=now, source="guardian")
-        guard.store.log_decision(watch_id, decision, None, now, state=ended)
-        guard.metrics.decisions.labels(decision.action.value).inc()
-    guard._write_recording(ended)
-    guard._notify(ended, decision, None)
-    guard.forget(watch_id)
-    guard._refresh_gauges()
-    logger.info("watch {} of {} {}", watch_id, state.service, reason)
-    return ended
-
-
-def end_watches(guard: Guard, service: str, reason: str) -> list[RolloutState]:
-    """End the service's watch in flight, if any (Guard.start: a rollout of the service begins); no new watch
-    of it starts for GIVE_WAY_SECONDS, so the rollout's row can be created."""
-    watches = [s for s in guard.store.list(active_only=True) if s.service == service and s.strategy is Strategy.WATCH]
-    if not watches:
-        return []
-    with _giving_way_lock:
-        _giving_way.setdefault(guard, {})[service] = time.monotonic() + GIVE_WAY_SECONDS
-    return [ended for s in watches if (ended := end_watch(guard, s.id, reason)) is not None]
 
 
 # -- starting -----------------------------------------------------------------------------------------------
@@ -257,15 +164,10 @@ def begin_watch(guard: Guard, state: RolloutState, ruleset: RuleSet, models: dic
                 ) -> tuple[RolloutState, Outcome]:
     """Store the watch, its frozen models and what it starts from, and carry out its START (Guard.start's part,
     for a watch: `start_watch` live, engine/replay.py for a recording)."""
-    with guard._lock(state.id):
-        guard.store.create(state)
-        guard.store.save_models(state.id, {**models, WATCH_KEY: watch_snapshot(state, watch_rules(ruleset))})
-        guard._checked.add(state.id)
-        decision = Decision(Action.START, reason, at=guard.clock.now(), source="guardian")
-        started, outcome = guard._act(state, decision)
-        guard.metrics.decisions.labels(decision.action.value).inc()
-        if started.replicas_at_start != state.replicas_at_start:  # its START reported them: a replay starts there
-            guard.store.save_models(state.id, {**models, WATCH_KEY: watch_snapshot(started, watch_rules(ruleset))})
+    started, outcome = guard.begin_watch(state, {**models, WATCH_KEY: watch_snapshot(state, watch_rules(ruleset))},
+                                         reason)
+    if started.replicas_at_start != state.replicas_at_start:  # its START reported them: a replay starts there
+        guard.store.save_models(state.id, {**models, WATCH_KEY: watch_snapshot(started, watch_rules(ruleset))})
     return started, outcome
 
 
@@ -287,7 +189,7 @@ def start_watch(guard: Guard, service: str, ruleset: RuleSet, defaults: WatchDef
     reason = start_reason(state, judged, models, carry, now)
     state, outcome = begin_watch(guard, state, judged, models, reason)
     if not outcome.ok:
-        end_watch(guard, state.id, f"ended: its start failed: {outcome.detail}")
+        guard.end_watch(state.id, f"ended: its start failed: {outcome.detail}")
         raise ActuatorError(f"its start failed: {outcome.detail}")
     logger.info("watch {} of {} started: {}", state.id, service, reason)
     return state
@@ -327,21 +229,19 @@ class WatchKeeper:
                 why = f"{ROTATED} after {ago(self.rotate_seconds)}: the next watch carries on from it"
             if why:
                 try:
-                    if end_watch(self.guard, s.id, why) is not None and s.service in watched:
+                    if self.guard.end_watch(s.id, why) is not None and s.service in watched:
                         busy.discard(s.service)
                 except LeaseLost as e:  # another replica holds it: that one ends it
                     logger.debug("watch {} left to its lease holder: {}", s.id, e)
             elif s.strategy is not Strategy.WATCH:
-                with _giving_way_lock:
-                    _giving_way.get(self.guard, {}).pop(s.service, None)  # its rollout's row exists: given way
+                self.guard.giving_way.pop(s.service, None)  # its rollout's row exists: given way
         started = []
         now = time.monotonic()
         for service, ruleset in sorted(watched.items()):
             if service in busy:
                 continue
-            with _giving_way_lock:
-                if _giving_way.get(self.guard, {}).get(service, 0.0) > now:
-                    continue
+            if self.guard.giving_way.get(service, 0.0) > now:
+                continue
             refused = self._refused.get(service)
             if refused is not None and refused[0] is ruleset and (
                     self.guard.clock.now() - refused[2] < self.retry_seconds):
@@ -371,6 +271,5 @@ class WatchKeeper:
         return {service: why for service, (_, why, _) in self._refused.items()}
 
 
-__all__ = ["GIVE_WAY_SECONDS", "ROTATE_SECONDS", "Carried", "WatchDefaults", "WatchKeeper", "begin_watch", "carried",
-           "end_watch", "end_watches", "start_watch", "watch_gauges", "watch_request", "watch_rules", "watch_ruleset",
+__all__ = ["ROTATE_SECONDS", "Carried", "WatchDefaults", "WatchKeeper", "begin_watch", "carried", "start_watch",
            "watch_snapshot"]
