@@ -1,17 +1,20 @@
 """A tiny demo HTTP service with the standard metrics, whose behaviour can be changed while it runs.
 
     python -m demo.app --port 8001 [--error-ratio 0.0] [--latency 0.01] [--version v1]
+                       [--fail-after SECONDS --fail-ratio 0.1]
 
 `GET /` (and any path but the ones below) sleeps about `latency` seconds and answers 200, or 500 with
 probability `error_ratio`, counting `http_requests_total{code,method}` and observing
 `http_request_duration_seconds`. `GET /metrics` is the exposition, `GET|POST /control` reads or
 changes `{"error_ratio": x, "latency": y}` live (so a test or demo can make a canary go bad), and
-`GET /healthz` is liveness. There is no service or track label here on purpose: Prometheus adds
-them from its scrape config, exactly as it would for a real deployment.
+`GET /healthz` is liveness. With `--fail-after S` the app degrades by itself: from S seconds after it
+started, it answers 5xx to at least `--fail-ratio` of the requests (a release that passes its canary
+steps and goes bad later: the demo's v4, caught in its bake). There is no service or track label here
+on purpose: Prometheus adds them from its scrape config, exactly as it would for a real deployment.
 
 Each request served writes one log line to stdout, as a real service's would (the guardian mines
 them into templates when a canary fails): an access line, and for an injected 5xx an ERROR line
-saying what "broke" — the fault the log evidence should find.
+saying what "broke" — the fault the log evidence should find (a degraded app names another fault).
 
 Stdlib `ThreadingHTTPServer` keeps it dependency-light and lets slow requests overlap; it has its
 own `CollectorRegistry` so tests can build several apps in one process.
@@ -46,11 +49,18 @@ SPECIAL = ("/metrics", "/control", "/healthz")
 class DemoState:
     """The live settings and the metrics of one app instance."""
 
-    def __init__(self, error_ratio: float = 0.0, latency: float = 0.01, version: str = "v1") -> None:
+    def __init__(self, error_ratio: float = 0.0, latency: float = 0.01, version: str = "v1",
+                 fail_after: float | None = None, fail_ratio: float = 0.1) -> None:
+        if fail_after is not None and fail_after < 0:
+            raise ValueError("fail_after must be at least 0 seconds")
+        if not 0.0 <= fail_ratio <= 1.0:
+            raise ValueError("fail_ratio must be within [0, 1]")
         self.lock = threading.Lock()
         self.error_ratio = error_ratio
         self.latency = latency
         self.version = version
+        self.started = time.monotonic()
+        self.fail_after, self.fail_ratio = fail_after, fail_ratio
         self.registry = CollectorRegistry()
         self.requests = Counter(
             "http_requests_total", "Requests served.", ["code", "method"], registry=self.registry
@@ -62,9 +72,17 @@ class DemoState:
         info.labels(version=version).set(1)
         ProcessCollector(registry=self.registry)  # process_cpu_seconds_total, process_resident_memory_bytes
 
+    def degraded(self, now: float | None = None) -> bool:
+        """Has the app degraded by itself (`fail_after` seconds since it started)?"""
+        now = time.monotonic() if now is None else now
+        return self.fail_after is not None and now - self.started >= self.fail_after
+
     def settings(self) -> dict[str, Any]:
         with self.lock:
-            return {"error_ratio": self.error_ratio, "latency": self.latency, "version": self.version}
+            out = {"error_ratio": self.error_ratio, "latency": self.latency, "version": self.version}
+        if self.fail_after is not None:
+            out |= {"fail_after": self.fail_after, "fail_ratio": self.fail_ratio, "degraded": self.degraded()}
+        return out
 
     def update(self, body: dict[str, Any]) -> dict[str, Any]:
         """Apply a /control body; raises ValueError on a bad value (and changes nothing then)."""
@@ -123,10 +141,13 @@ class Handler(BaseHTTPRequestHandler):
         state = self.server.state
         with state.lock:
             ratio, latency = state.error_ratio, state.latency
+        degraded = state.degraded()
         started = time.perf_counter()
         if latency > 0:
             time.sleep(latency * random.uniform(0.9, 1.1))
-        code = 500 if random.random() < ratio else 200
+        draw = random.random()
+        code = 500 if draw < ratio or (degraded and draw < state.fail_ratio) else 200
+        pool_exhausted = code == 500 and not draw < ratio  # the degradation's own 5xx, not the injected ones
         body = f"{'error' if code == 500 else 'ok'} {state.version}\n".encode()
         took = time.perf_counter() - started
         state.duration.observe(took)
@@ -134,7 +155,11 @@ class Handler(BaseHTTPRequestHandler):
         self._send(code, body, "text/plain")
         stamp = time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime()) + f".{int(time.time() * 1000) % 1000:03d}Z"
         rid = f"{random.getrandbits(64):016x}"
-        if code == 500:
+        if pool_exhausted:
+            log_line(f"{stamp} ERROR checkout: database connection pool exhausted: {random.randint(60, 64)}/64 in "
+                     f"use, gave up after {random.randint(200, 400)}ms cart={random.randint(10000, 99999)} "
+                     f"request_id={rid}")
+        elif code == 500:
             log_line(f"{stamp} ERROR checkout: inventory reservation failed: upstream timeout after "
                      f"{random.randint(900, 1500)}ms order={random.randint(10000, 99999)} request_id={rid}")
         log_line(f'{stamp} INFO {self.client_address[0]} "{self.command} {self.path}" {code} '
@@ -191,8 +216,16 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--error-ratio", type=float, default=0.0)
     p.add_argument("--latency", type=float, default=0.01, help="seconds per request (±10%% jitter)")
     p.add_argument("--version", default="v1", help="reported in responses and demo_app_info")
+    p.add_argument("--fail-after", type=float, default=None, metavar="SECONDS",
+                   help="degrade by itself this long after starting: 5xx on --fail-ratio of the requests from then on")
+    p.add_argument("--fail-ratio", type=float, default=0.1, help="the error ratio once degraded (default 0.1)")
     a = p.parse_args(argv)
-    serve(a.port, a.host, error_ratio=a.error_ratio, latency=a.latency, version=a.version)
+    if a.fail_after is not None and a.fail_after < 0:
+        p.error("--fail-after must be at least 0")
+    if not 0.0 <= a.fail_ratio <= 1.0:
+        p.error("--fail-ratio must be within [0, 1]")
+    serve(a.port, a.host, error_ratio=a.error_ratio, latency=a.latency, version=a.version,
+          fail_after=a.fail_after, fail_ratio=a.fail_ratio)
 
 
 if __name__ == "__main__":

@@ -103,6 +103,7 @@ class GuardedStack:
         with GuardedStack(workdir, "checkout", rps=50) as g:
             state = g.wait(g.start_rollout("guardian-demo:v2"))      # rolled back by the guardian
             g.load.versions["v2"]                                      # when v2 answered clients
+            g.load.answers                                             # every request: (time, version, status)
     """
 
     def __init__(self, workdir: str | Path, service: str, *, replicas: int = 2, rps: float = 50.0,
@@ -125,7 +126,8 @@ class GuardedStack:
                                                file_sd=self.stack.targets_dir).start()
             self._started.append(self.prometheus)
             self.say(f"starting the load generator: {self.rps:g} requests/s through nginx, a new connection each")
-            self.load = LoadGenerator([self.stack.url], rps=self.rps, keepalive=False, max_seconds=3600).start()
+            self.load = LoadGenerator([self.stack.url], rps=self.rps, keepalive=False, max_seconds=3600,
+                                      record=True).start()
             self._started.append(self.load)
             self.prometheus.wait_for_series(
                 f'http_requests_total{{service="{self.service}",track="baseline"}}', timeout=30)
@@ -144,8 +146,10 @@ class GuardedStack:
         return self
 
     def start_rollout(self, image: str, **body) -> str:
-        return self.guardian.api("POST", "/v1/rollouts", json={"service": self.service, "image": image, **body}
-                                 ).raise_for_status().json()["id"]
+        r = self.guardian.api("POST", "/v1/rollouts", json={"service": self.service, "image": image, **body})
+        if r.is_error:
+            raise RuntimeError(f"POST /v1/rollouts: {r.status_code} {r.text}")
+        return r.json()["id"]
 
     def wait(self, rollout_id: str, timeout: float = 300.0) -> dict:
         """The rollout's state once it is promoted or rolled back."""

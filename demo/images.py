@@ -1,6 +1,6 @@
 """Build the demo's Docker images locally — no registry is reachable, nothing is pulled.
 
-    python -m demo.images            # guardian-base:py311, guardian-demo:v1|v2|v3 (if missing)
+    python -m demo.images            # guardian-base:py311, guardian-demo:v1|v2|v3|v4 (if missing)
     python -m demo.images --force    # rebuild them
 
 `guardian-base:py311` is made from the host's own Python (Debian's /usr/bin/python3.11, its standard
@@ -11,6 +11,8 @@ The demo images are built `FROM` it with the demo app (demo/app.py) and promethe
     v1  healthy
     v2  answers 5xx on 20% of requests (the bad release the demo rolls back)
     v3  healthy, the new feature release (its answers say v3)
+    v4  healthy at first, then degrades by itself: each container answers 5xx to 10% of requests from
+        90 s after it started (passes its canary steps, goes bad in its bake: the demo rolls it back)
 
 Each image has a HEALTHCHECK on /healthz every second, listens on 8000, and stops at once on SIGTERM.
 """
@@ -33,7 +35,9 @@ import prometheus_client
 
 BASE = "guardian-base:py311"
 DEMO = "guardian-demo"
-VERSIONS = {"v1": 0.0, "v2": 0.2, "v3": 0.0}  # version -> error ratio baked into the image
+VERSIONS = {"v1": 0.0, "v2": 0.2, "v3": 0.0, "v4": 0.0}  # version -> error ratio baked into the image
+V4_FAIL_AFTER, V4_FAIL_RATIO = 90, 0.1  # v4 degrades by itself: 5xx on 10% of requests from 90 s after it started
+EXTRA_ARGS = {"v4": ["--fail-after", str(V4_FAIL_AFTER), "--fail-ratio", str(V4_FAIL_RATIO)]}
 HOST_PYTHON = Path("/usr/bin/python3.11")
 STDLIB = Path("/usr/lib/python3.11")
 BUSYBOX = Path("/bin/busybox")
@@ -49,8 +53,13 @@ STOPSIGNAL SIGTERM
 HEALTHCHECK --interval=1s --timeout=2s --start-period=1s --retries=3 \\
   CMD ["/bin/wget", "-q", "-O", "/dev/null", "http://127.0.0.1:8000/healthz"]
 ENTRYPOINT ["/usr/bin/python3", "/app/app.py", "--host", "0.0.0.0", "--port", "8000"]
-CMD ["--version", "{version}", "--error-ratio", "{error_ratio}"]
+CMD ["--version", "{version}", "--error-ratio", "{error_ratio}"{extra}]
 """
+
+
+def dockerfile(version: str) -> str:
+    extra = "".join(f', "{arg}"' for arg in EXTRA_ARGS.get(version, []))
+    return DOCKERFILE.format(base=BASE, version=version, error_ratio=VERSIONS[version], extra=extra)
 
 
 def _libraries(binaries: list[Path]) -> set[Path]:
@@ -105,10 +114,10 @@ def build_base(client: docker.DockerClient) -> None:
 def build_demo(client: docker.DockerClient, version: str) -> None:
     buf = io.BytesIO()
     with tarfile.open(fileobj=buf, mode="w") as tar:
-        dockerfile = DOCKERFILE.format(base=BASE, version=version, error_ratio=VERSIONS[version]).encode()
+        text = dockerfile(version).encode()
         info = tarfile.TarInfo("Dockerfile")
-        info.size = len(dockerfile)
-        tar.addfile(info, io.BytesIO(dockerfile))
+        info.size = len(text)
+        tar.addfile(info, io.BytesIO(text))
         tar.add(Path(__file__).with_name("app.py"), arcname="app.py")
         pkg = Path(prometheus_client.__file__).parent
         tar.add(pkg, arcname="prometheus_client", filter=lambda ti: None if "__pycache__" in ti.name else ti)
@@ -123,7 +132,7 @@ HASH_LABEL = "guardian.demo.source"  # the image label (a name, not a module)
 def _source_hash(version: str) -> str:
     """What a demo image is built from (the app's code, its Dockerfile): a change means a rebuild."""
     h = hashlib.sha256(Path(__file__).with_name("app.py").read_bytes())
-    h.update(DOCKERFILE.format(base=BASE, version=version, error_ratio=VERSIONS[version]).encode())
+    h.update(dockerfile(version).encode())
     return h.hexdigest()[:16]
 
 

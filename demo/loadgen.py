@@ -38,6 +38,7 @@ class LoadGenerator:
         timeout: float = 2.0,
         workers: int = 8,
         keepalive: bool = True,
+        record: bool = False,
     ) -> None:
         if rps <= 0:
             raise ValueError("rps must be positive")
@@ -57,7 +58,11 @@ class LoadGenerator:
         limits = httpx.Limits(max_connections=workers * 2, max_keepalive_connections=None if keepalive else 0)
         self._client = httpx.Client(timeout=timeout, limits=limits)
         self.dropped = 0  # requests that got no HTTP answer at all (refused, reset, timed out)
-        self.versions: dict[str, dict[str, float]] = {}  # "v1" -> first / last answer time, count
+        # "v1" -> first / last answer time, count; failed (5xx) answers: failed, first_failed, last_failed
+        self.versions: dict[str, dict[str, float]] = {}
+        # record=True: every request as (time, version that answered or None, status or None when dropped)
+        self.answers: list[tuple[float, str | None, int | None]] | None = [] if record else None
+        self.wall_offset = time.time() - time.monotonic()  # the times here are monotonic: + this is wall time
         self._control: ThreadingHTTPServer | None = None
 
     # -- weights ---------------------------------------------------------------------------------
@@ -148,11 +153,13 @@ class LoadGenerator:
             try:
                 response = self._client.get(url)
                 ok = response.status_code < 400
-                self._seen(_version(response.text))
+                self._seen(_version(response.text), response.status_code)
             except httpx.HTTPError:
                 ok = False
                 with self._lock:
                     self.dropped += 1
+                    if self.answers is not None:
+                        self.answers.append((time.monotonic(), None, None))
             self._count(url, ok)
 
     @staticmethod
@@ -160,12 +167,21 @@ class LoadGenerator:
         """One request on a new connection: the version that answered (the demo app's last word)."""
         return _version(httpx.get(url, timeout=timeout, headers={"Connection": "close"}).text)
 
-    def _seen(self, version: str) -> None:
-        """The demo app ends every answer with its version: remember when each version answered."""
+    def _seen(self, version: str, status: int = 200) -> None:
+        """The demo app ends every answer with its version: remember when each version answered (and failed)."""
         now = time.monotonic()
         with self._lock:
-            v = self.versions.setdefault(version, {"first": now, "last": now, "count": 0})
+            v = self.versions.setdefault(version, {"first": now, "last": now, "count": 0, "failed": 0})
             v["last"], v["count"] = now, v["count"] + 1
+            if status >= 400:
+                v.setdefault("first_failed", now)
+                v["last_failed"], v["failed"] = now, v["failed"] + 1
+            if self.answers is not None:
+                self.answers.append((now, version, status))
+
+    def wall(self, t: float) -> float:
+        """A time of this generator's (monotonic) as wall-clock time, to compare with the guardian's decisions."""
+        return t + self.wall_offset
 
     def join(self, timeout: float | None = None) -> bool:
         """Wait until `max_seconds` of load have been sent and answered; True when finished."""

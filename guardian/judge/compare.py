@@ -12,7 +12,7 @@ import statistics
 import numpy as np
 
 from guardian.domain import Evidence, Growing, Result, Verdict
-from guardian.judge.bake import bake_rate, bake_sign
+from guardian.judge.bake import bake_rate, bake_sign, bake_start
 from guardian.judge.sequential import (
     collapse_p_value,
     cumulative,
@@ -224,10 +224,15 @@ def _trend(check: CompareCheck, ev: Evidence, t: int, base: dict) -> Verdict:
         return r
 
     # The trend starts at the first tick both arms report from (not at a fixed tick: a canary whose
-    # start was delayed, by a crash of the guardian say, would otherwise never get an early level).
-    seen = np.flatnonzero(~np.isnan(ratio(warmup, t + 1)))
-    first = warmup + int(seen[0]) if seen.size else warmup
-    key = ("trend_level0", signal, warmup)
+    # start was delayed, by a crash of the guardian say, would otherwise never get an early level). In the bake
+    # it starts again after the flip, warm-up included: the BAKE brought the new version up to its full replica
+    # count (an arm's memory is summed over its replicas), so its level before the flip says nothing of a leak.
+    since = warmup
+    if (bake_from := bake_start(ev)) is not None and t >= bake_from:
+        since = bake_from + warmup
+    seen = np.flatnonzero(~np.isnan(ratio(since, t + 1)))
+    first = since + int(seen[0]) if seen.size else since
+    key = ("trend_level0", signal, warmup, since)
     level0 = ev.cache.get(key)  # the early level is fixed once its six ticks have passed
     if level0 is None:
         early = ratio(first, first + 6)

@@ -238,3 +238,29 @@ def test_a_store_made_before_bakes_counts_a_baking_rollout_as_in_flight(tmp_path
     from guardian.errors import RolloutConflict
     with pytest.raises(RolloutConflict):
         guard.start(spec(image="v3"))
+
+
+def _memory_ev(canary, baseline, from_tick):
+    ev = Evidence(step_seconds=STEP)
+    for c, b in zip(canary, baseline, strict=True):
+        ev.append({"memory_bytes": {"canary": c, "baseline": b}})
+    ev.bake = {"from_tick": from_tick, "before": {}, "ticks": 30}
+    return ev
+
+
+def test_the_leak_check_starts_again_after_the_flip_a_replica_count_change_is_no_leak():
+    from guardian.judge.compare import evaluate
+    from guardian.rules.models import CompareCheck
+
+    leak = CompareCheck(name="memory-leak", signal="memory_bytes", test="trend", tolerance=0.1)
+    # one canary replica for 20 ticks, then the BAKE starts the second: the arm's summed memory doubles
+    canary = [100.0] * 20 + [200.0 + (t % 2) for t in range(40)]
+    ev = _memory_ev(canary, [200.0] * 60, from_tick=20)
+    verdicts = [evaluate(leak, ev, t) for t in range(60)]
+    assert all(v.result is not Result.FAIL for v in verdicts)
+    assert verdicts[-1].result is Result.PASS
+    assert any(v.result is Result.INCONCLUSIVE and v.warming_up for v in verdicts[20:32])  # the bake re-warms it
+    # a real leak in the bake is still caught
+    leaking = [100.0] * 20 + [200.0 * (1 + 0.02 * t) for t in range(40)]
+    ev = _memory_ev(leaking, [200.0] * 60, from_tick=20)
+    assert evaluate(leak, ev, 59).result is Result.FAIL
