@@ -146,6 +146,11 @@ class GuardedStack:
         return self
 
     def start_rollout(self, image: str, **body) -> str:
+        # the guardian's preflight needs the baseline arm's series: right after a promotion the new replicas are
+        # published as the baseline, and Prometheus has them once it re-read the targets and scraped them
+        if self.prometheus.running:
+            self.prometheus.wait_for_series(f'http_requests_total{{service="{self.service}",track="baseline"}}',
+                                            timeout=30)
         r = self.guardian.api("POST", "/v1/rollouts", json={"service": self.service, "image": image, **body})
         if r.is_error:
             raise RuntimeError(f"POST /v1/rollouts: {r.status_code} {r.text}")
