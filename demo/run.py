@@ -29,6 +29,7 @@ import docker
 from demo.dockerstack import GuardedStack
 from demo.images import V4_FAIL_AFTER, V4_FAIL_RATIO, ensure_images
 from demo.stack import GuardianServer
+from demo.steady import run_surge
 from guardian.actuators.docker import API_VERSION
 
 SERVICE = "checkout"
@@ -158,6 +159,9 @@ def main(argv: list[str] | None = None) -> int:
         report_v4 = explain(guardian, v4, work, "v4")
         images = stack.images()
         print(f"    containers now: {', '.join(images)}", flush=True)
+
+        say(f"between rollouts: {SERVICE} is watched; a x3 traffic surge ({3 * args.rps:g} req/s for 45 s)")
+        steady = run_surge(guarded, say=lambda text: print(text, flush=True))
         time.sleep(2)  # a moment of load on v3 alone, so the traffic figures show it serving
         load.stop()
         bake = bake_figures(v4, load, "v4", "v3")
@@ -194,6 +198,9 @@ def main(argv: list[str] | None = None) -> int:
         print(f"    traffic: {stats['ok']} ok, {stats['failed']} failed, {stats['dropped']} dropped "
               f"(no answer); answers by version {answered}. The failures are v2's own 5xx while it was a canary "
               f"({v2_failed}) and v4's once it went bad in its bake ({v4_failed}).")
+        verdict = "ok" if steady.get("ok") else "NOT as expected"
+        print(f"    steady state: a x3 surge scaled out {steady.get('scale_out_decided_s')} s after it began and back "
+              f"in {steady.get('scale_in_decided_s')} s after it ended ({verdict})")
         print(f"    log evidence on v2's rollback, top template: {top_template(v2)}")
         print(f"    log evidence on v4's rollback, top template: {top_template(v4)}")
         print(f"    reports: {report_v2}, {report_v3}, {report_v4}")
@@ -201,7 +208,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"    replay them: .venv/bin/guardian replay {work / 'guardian' / 'recordings'}")
         print(f"    demo took {wall:.0f} s")
         ok = (v2.get("phase") == "rolled_back" and v3.get("phase") == "promoted"
-              and v4.get("phase") == "rolled_back" and bake["in_bake"]
+              and v4.get("phase") == "rolled_back" and bake["in_bake"] and bool(steady.get("ok"))
               and all(i.endswith(":v3") for i in images) and stats["dropped"] == 0
               and stats["failed"] == v2_failed + v4_failed)
         say("demo " + ("passed" if ok else "did NOT end as expected"))
@@ -216,7 +223,9 @@ def main(argv: list[str] | None = None) -> int:
                               "v4_top_log_template": top_template(v4),
                               "requests": stats["ok"] + stats["failed"],
                               "failed": stats["failed"], "dropped": stats["dropped"],
-                              "answers_by_version": answered, "final_images": images}))
+                              "answers_by_version": answered, "final_images": images,
+                              "steady": {k: steady.get(k) for k in ("ok", "scale_out_decided_s",
+                                                                    "new_replica_serving_s", "scale_in_decided_s")}}))
         return 0 if ok else 1
     finally:
         for thing in reversed(started):
