@@ -51,7 +51,8 @@ class ForecastMonitor:
     counts consecutive samples beyond k·σ on the same side). A missing value (None/NaN) gives
     z = NaN and leaves the run and the CUSUM as they are. With `cusum_h` set, one-sided CUSUMs
     (k = `cusum_k`, h = `cusum_h`, z clipped at `cusum_clip`) run on z in the watched direction(s);
-    `last.cusum_alarm` reports them (they do not change `breached`).
+    `last.cusum_alarm` reports them (they do not change `breached`); a CUSUM that alarmed starts again from 0
+    (a watch that scaled on it is not told again and again while S drains; a shift that goes on alarms again).
     """
 
     def __init__(
@@ -148,5 +149,9 @@ class ForecastMonitor:
             cusum_lower=self.lower.statistic if self.lower else 0.0,
             cusum_alarm=self.cusum_alarm,
         )
+        if obs.cusum_alarm:  # said once per crossing, then started again: a shift that goes on crosses again
+            for side in (self.upper, self.lower):
+                if side is not None:
+                    side.reset()
         self.last = obs
         return obs

@@ -276,14 +276,19 @@ def test_cusum_details() -> None:
 def test_monitor_reports_cusum(model: SeasonalModel) -> None:
     rng = np.random.default_rng(3)
     mon = BaselineMonitor(model, recalibrate=0)
-    t, detected_at = END + STEP, None
+    t, detected_at, alarms, after_alarm = END + STEP, None, [], []
     for i in range(60):
         c, s = model.forecast(t)
         z, breached, _ = mon.update(t, c + (1.2 + rng.normal()) * s)
         assert mon.last is not None and mon.last.z == z
-        if mon.last.cusum_alarm and detected_at is None:
-            detected_at = i + 1
+        if alarms and alarms[-1][0] == i - 1:
+            after_alarm.append(mon.last.cusum_upper)
+        if mon.last.cusum_alarm:
+            alarms.append((i, mon.last.cusum_upper))
+            detected_at = detected_at or i + 1
         t += STEP
     assert detected_at is not None and detected_at <= 30
-    assert mon.last.cusum_upper >= 5 and mon.last.cusum_lower == 0
+    assert all(upper >= 5 for _, upper in alarms) and mon.last.cusum_lower == 0
+    # said once per crossing, then started again from 0: a shift that goes on crosses again
+    assert len(alarms) >= 2 and all(upper < 5 for upper in after_alarm)
     assert BaselineMonitor(model, cusum_h=None).upper is None
