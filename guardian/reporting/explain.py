@@ -142,6 +142,11 @@ def explain(rollout: dict[str, Any], decisions: Sequence[dict[str, Any]], *, hea
     else:
         last = timeline[-1]["words"] if timeline else "no decision yet"
         summary = f"{head} is {phase} at {rollout.get('weight')}%; last: {last}."
+    return _explained(rollout, phase, summary, timeline)
+
+
+def _explained(rollout: dict[str, Any], phase: str, summary: str, timeline: list[dict[str, Any]]) -> dict[str, Any]:
+    """The explanation of a rollout or a watch: its summary, its timeline and the last log evidence."""
     logs = next((t["logs"] for t in reversed(timeline) if t["logs"]), [])
     return {"id": rollout.get("id"), "service": rollout.get("service"), "image": rollout.get("image"),
             "phase": phase, "summary": summary, "timeline": timeline, "logs": logs}
@@ -169,9 +174,7 @@ def _explain_watch(rollout: dict[str, Any], timeline: list[dict[str, Any]], head
     else:
         last = timeline[-1]["words"] if timeline else "no decision yet"
         summary = f"{head} is {'watching' if phase == 'progressing' else phase}{count}; last: {last}."
-    logs = next((t["logs"] for t in reversed(timeline) if t["logs"]), [])
-    return {"id": rollout.get("id"), "service": rollout.get("service"), "image": rollout.get("image"),
-            "phase": phase, "summary": summary, "timeline": timeline, "logs": logs}
+    return _explained(rollout, phase, summary, timeline)
 
 
 def render_text(e: dict[str, Any]) -> str:

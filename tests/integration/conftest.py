@@ -20,6 +20,7 @@ import pytest
 
 from demo.stack import DemoApp, PrometheusServer, free_port, terminate, wait_until
 from tests.pg_fixture import pg_server, pg_url  # noqa: F401 - a real PostgreSQL (session) and a fresh database
+from tests.stubs.kube_stub import KubeStub
 
 REPO = Path(__file__).resolve().parents[2]
 __all__ = ["REPO", "DemoApp", "PrometheusServer", "free_port", "terminate", "wait_until", "prometheus_binary"]
@@ -40,6 +41,14 @@ def demo_apps() -> Iterator[Callable[..., dict[str, DemoApp]]]:
     yield start
     for app in started:
         app.stop()
+
+
+@pytest.fixture
+def kube() -> Iterator[KubeStub]:
+    """A Kubernetes API stub (tests/stubs/kube_stub.py, named a stub: no API server runs here)."""
+    stub = KubeStub().start()
+    yield stub
+    stub.stop()
 
 
 def prometheus_binary() -> str:

@@ -5,7 +5,6 @@ from __future__ import annotations
 import copy
 import threading
 import time
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -25,13 +24,6 @@ from tests.unit.test_api_contract import clean_env  # noqa: F401  (autouse: no G
 
 NS, NAME = "shop", "checkout"
 POLICY = {"guardian.io/policy": "checkout"}
-
-
-@pytest.fixture
-def kube() -> Iterator[KubeStub]:
-    stub = KubeStub().start()
-    yield stub
-    stub.stop()
 
 
 def actuator(kube: KubeStub) -> KubernetesActuator:

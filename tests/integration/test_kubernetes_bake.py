@@ -8,8 +8,6 @@ controller deletes it as the update completes, so BAKE refuses and changes nothi
 """
 from __future__ import annotations
 
-from collections.abc import Iterator
-
 import pytest
 
 from guardian.actuators import ActionRequest, registry
@@ -20,13 +18,6 @@ from tests.stubs.kube_stub import KubeStub
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(30)]
 
 NS, NAME = "shop", "checkout"
-
-
-@pytest.fixture
-def kube() -> Iterator[KubeStub]:
-    stub = KubeStub().start()
-    yield stub
-    stub.stop()
 
 
 def actuator(kube: KubeStub) -> KubernetesActuator:
