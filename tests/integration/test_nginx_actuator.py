@@ -278,7 +278,7 @@ def test_blue_green_switches_under_load_drop_no_request(stack: Stack) -> None:
             assert outcome.ok, outcome.detail
             assert actuator.verify(req).ok
             switched.append((time.monotonic(), 100 if green else 0))
-            time.sleep(0.8)
+            time.sleep(1.6)
     finally:
         stop.set()
         for t in threads:
@@ -292,12 +292,15 @@ def test_blue_green_switches_under_load_drop_no_request(stack: Stack) -> None:
     # Before the first switch only blue answered; after each confirmed switch only the new colour.
     assert all(what != "canary" for t, what in results if t < first_asked)
     for (at, weight), until in zip(switched, [s[0] for s in switched[1:]] + [float("inf")], strict=True):
-        # a request sent in the first 0.3 s after the confirmation may still have been accepted by an old worker
-        # on a loaded machine (nginx's old workers finish what they accepted); none may fail, and after that none
-        # is old
-        window = [what for t, what in results if at + 0.3 < t < until - 0.2]
-        assert window, "no request between two switches"
-        assert all((what == "canary") == (weight == 100) for what in window), (weight, Counter(window))
+        # nginx's old workers finish the connections they accepted, so on a loaded machine a request sent just
+        # after the confirmation may still meet the old colour: within the first second only, and rarely; none may
+        # fail (asserted above), and after that second every answer is the new colour
+        settled = [what for t, what in results if at + 1.0 < t < until - 0.2]
+        assert settled, "no request between two switches"
+        assert all((what == "canary") == (weight == 100) for what in settled), (weight, Counter(settled))
+        early = [what for t, what in results if at < t <= at + 1.0]
+        stale = [what for what in early if (what == "canary") != (weight == 100)]
+        assert len(stale) <= max(2, len(early) // 20), (weight, Counter(early))
 
 
 # -- (e) the registry --------------------------------------------------------------------------------------
