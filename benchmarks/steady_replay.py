@@ -1,7 +1,8 @@
 """Weeks of normal seasonal traffic replayed through the watch: how often does it scale out for nothing?
 
     .venv/bin/python benchmarks/steady_replay.py [--weeks 10] [--seed-base 1000] [--nab DIR] [--out DIR]
-        [--cusum both|on|off] [--sigma 3] [--consecutive 3] [--no-trend]
+        [--cusum both|on|off] [--sigma 3] [--consecutive 3] [--min-change 25%] [--no-trend]
+        [--shift none|bursty|low|flaky] [--no-nab] [--json FILE]
 
 Every recording is a watch's recording (guardian-recording/v1 with the `watch` object a live watch's recording
 carries: engine/store.py `recording`) replayed through the real engine (guardian.engine.replay.replay_recording,
@@ -11,7 +12,8 @@ what `guardian replay` runs) under a rule file whose forecast check scales:
        cusum: true, action: scale, replicas: 1}     # cusum: the rule default; each case is replayed with false too
     watch: {min_replicas: 2, max_replicas: 6, scale_in_after: 30m, cooldown: 10m}
 
-(the check's period: the model's bucket, 5 minutes). `--sigma`, `--consecutive` change the check; `--no-trend`
+(the check's period: the model's bucket, 5 minutes; a scaling check's `min_change` is 25% unless
+`--min-change` sets it: 0 is the σ rule alone). `--sigma`, `--consecutive` change the check; `--no-trend`
 fits without the trend term (fitting.fit's trend=False, which `guardian baseline fit` does not offer), to show
 what the fitted trend contributes.
 
@@ -30,6 +32,9 @@ baseline fit` gives `requests`) on history before the replayed week only, and fr
    generator and the rules were put together (seeds 0-4 were). Target: 0 scale-outs per week.
 3. Not blind: the same weeks with ×3 traffic for an hour (Wednesday 14:00), and each NAB second week with ×3 for
    an hour at its middle: each must scale out (and the seconds from the surge's start to the scale-out).
+4. Shifted sets (`--shift`, our own weeks only with `--no-nab`): bursty (15% minute-to-minute noise, a level
+   wandering ~6% from day to day), low (2 requests/s at the peak), flaky (10% of the ticks unanswered, in runs
+   of 1-5): traffic unlike the one the check was built on.
 Prints a table and one JSON line; `--out DIR` also writes every recording and its rule file (DIR/cusum-on,
 DIR/cusum-off: replay them with `cd DIR/cusum-off && guardian replay . --rules rules.yaml`).
 """
@@ -64,13 +69,16 @@ MONDAY = datetime(2026, 1, 5, tzinfo=UTC).timestamp()  # a Monday, 00:00 UTC: wh
 
 
 SIGMA, CONSECUTIVE, TREND = 3.0, 3, True  # the rule's and the fit's (set from the command line)
+MIN_CHANGE: str | None = None  # the check's min_change (None: the rule default for a scaling check, 25%)
 
 
 def rules_text(service: str, cusum: bool) -> str:
     return (f"service: {service}\n"
             "checks:\n"
             f"  - {{name: {CHECK}, kind: baseline, signal: requests, direction: above, sigma: {SIGMA:g}, "
-            f"consecutive: {CONSECUTIVE}, cusum: {str(cusum).lower()}, action: scale, replicas: 1}}\n"
+            f"consecutive: {CONSECUTIVE}, cusum: {str(cusum).lower()}, "
+            + (f"min_change: {MIN_CHANGE}, " if MIN_CHANGE is not None else "")
+            + "action: scale, replicas: 1}\n"
             f"watch: {json.dumps(WATCH)}\n")
 
 
@@ -89,8 +97,8 @@ def fit_requests(ts: np.ndarray, rates: np.ndarray, *, service: str, period: flo
                        "transform": spec.transform, "history": what})
 
 
-def watch_recording(service: str, start: float, step: float, rates: np.ndarray, model: SeasonalModel
-                    ) -> dict[str, Any]:
+def watch_recording(service: str, start: float, step: float, rates: np.ndarray, model: SeasonalModel,
+                    gone: np.ndarray | None = None) -> dict[str, Any]:
     """A watch's recording of `rates` (requests/s, one per tick of `step` s from `start`): what
     engine/store.py `recording` writes for a watch (every replica the baseline arm between rollouts, the
     counter's increments per tick, the frozen model, the `watch` it started from and its rules)."""
@@ -100,7 +108,8 @@ def watch_recording(service: str, start: float, step: float, rates: np.ndarray, 
     return {
         "format": "guardian-recording/v1", "service": service, "step_seconds": step,
         "start": datetime.fromtimestamp(start, UTC).isoformat().replace("+00:00", "Z"),
-        "series": {"requests": {"canary": [None] * n, "baseline": [round(float(r) * step, 3) for r in rates]}},
+        "series": {"requests": {"canary": [None] * n, "baseline": [
+            None if gone is not None and gone[i] else round(float(r) * step, 3) for i, r in enumerate(rates)]}},
         "labels": {"rollout_id": f"watch-{service}", "image": "", "phase": "progressing",
                    "rules": "rules.yaml", "unavailable_ticks": []},  # the rule file --out writes beside it
         "watch": {"image": "", "previous_image": None, "suspect": None, "promoted_at": None, "target": "noop",
@@ -183,21 +192,43 @@ def daily_shape(hours: np.ndarray) -> np.ndarray:
     return 0.25 + 0.55 * bump(12.5, 2.5) + 0.75 * bump(20.0, 2.0) + 0.35 * bump(9.0, 1.5)
 
 
-def seasonal_rates(seed: int, weeks: int = 4, *, step: float = 60.0, peak: float = 80.0) -> np.ndarray:
+def seasonal_rates(seed: int, weeks: int = 4, *, step: float = 60.0, peak: float = 80.0, wander: float = 0.025,
+                   cv: float = 0.05) -> np.ndarray:
     """Requests/s averaged over each `step` s, `weeks` weeks from a Monday 00:00 UTC: daily shape × weekday
-    (weekends 70%) × a level that wanders from day to day (AR(1), ~3%) × minute-to-minute overdispersion (a
-    gamma factor, 5%), then Poisson arrivals."""
+    (weekends 70%) × a level that wanders from day to day (AR(1), innovations `wander`: ~3% by default) ×
+    minute-to-minute overdispersion (a gamma factor, coefficient of variation `cv`), then Poisson arrivals."""
     rng = np.random.default_rng(seed)
     t = np.arange(round(weeks * WEEK / step)) * step
     hours = (t % DAY) / 3600
     weekday = (t // DAY) % 7
     level = np.ones(weeks * 7)
     for d in range(1, level.size):
-        level[d] = 1 + 0.6 * (level[d - 1] - 1) + rng.normal(0, 0.025)
+        level[d] = 1 + 0.6 * (level[d - 1] - 1) + rng.normal(0, wander)
     day_level = np.repeat(level, round(DAY / step))[: t.size]
     mean = peak * daily_shape(hours) * np.where(weekday >= 5, 0.7, 1.0) * day_level
-    overdispersed = mean * rng.gamma(400, 1 / 400, t.size)  # shape 400: a 5% coefficient of variation
+    shape = 1 / cv**2  # 400: a 5% coefficient of variation
+    overdispersed = mean * rng.gamma(shape, 1 / shape, t.size)
     return rng.poisson(overdispersed * step) / step
+
+
+# the shifted sets (--shift): traffic unlike the one the check and its defaults were built on
+SHIFTS: dict[str, dict[str, float]] = {
+    "none": {},
+    "bursty": {"cv": 0.15, "wander": 0.05},  # 15% minute-to-minute noise, a level wandering ~6% from day to day
+    "low": {"peak": 2.0},                     # a quiet service: 2 requests/s at the peak, 0.5 at night
+    "flaky": {"missing": 0.1},                # 10% of the ticks unanswered (flaky scrapes, in runs of 1-5)
+}
+SHIFT: dict[str, float] = {}
+
+
+def flaky(seed: int, n: int, share: float) -> np.ndarray:
+    """Which of `n` ticks go unanswered: runs of 1-5 ticks, `share` of them in all."""
+    rng = np.random.default_rng(seed + 7919)
+    gone = np.zeros(n, dtype=bool)
+    while gone.mean() < share:
+        at = int(rng.integers(n))
+        gone[at:at + int(rng.integers(1, 6))] = True
+    return gone
 
 
 def own_cases(seeds: list[int], cusum: bool, out: Path | None) -> list[dict[str, Any]]:
@@ -205,7 +236,7 @@ def own_cases(seeds: list[int], cusum: bool, out: Path | None) -> list[dict[str,
     step, bucket = 60.0, 300.0
     per_week = round(WEEK / step)
     for seed in seeds:
-        rates = seasonal_rates(seed, 4, step=step)
+        rates = seasonal_rates(seed, 4, step=step, **{k: v for k, v in SHIFT.items() if k != "missing"})
         ts = MONDAY + np.arange(rates.size) * step
         history = rates[: 3 * per_week].reshape(-1, round(bucket / step)).mean(axis=1)  # what rate()[5m] reads
         hts = MONDAY + np.arange(history.size) * bucket + bucket  # each 5-minute value at its window's end
@@ -216,8 +247,9 @@ def own_cases(seeds: list[int], cusum: bool, out: Path | None) -> list[dict[str,
         surged = week4.copy()
         at = round(SURGE_AT / step)
         surged[at:at + round(SURGE_SECONDS / step)] *= 3
+        gone = flaky(seed, week4.size, SHIFT["missing"]) if SHIFT.get("missing") else None
         for label, r in (("normal", week4), ("x3 surge", surged)):
-            rec = watch_recording(f"shop-{seed}", start, step, r, model)
+            rec = watch_recording(f"shop-{seed}", start, step, r, model, gone)
             name = f"seasonal-{seed}{'-surge' if label != 'normal' else ''}.json"
             if out is not None:
                 (out / name).write_text(json.dumps(rec))
@@ -236,12 +268,19 @@ def main(argv: list[str] | None = None) -> int:
                         help="the forecast check's CUSUM: on (the rule default), off, or both")
     parser.add_argument("--sigma", type=float, default=3.0, help="the check's sigma (the rule default: 3)")
     parser.add_argument("--consecutive", type=int, default=3, help="the check's consecutive periods")
+    parser.add_argument("--min-change", help="the check's min_change (e.g. 0 or 10%%; default: the rule default)")
     parser.add_argument("--no-trend", action="store_true",
                         help="fit with trend=False (`guardian baseline fit` always fits the trend)")
+    parser.add_argument("--shift", choices=tuple(SHIFTS), default="none",
+                        help="our own weeks drawn unlike the default: bursty (15%% minute noise, ~6%% day-to-day "
+                             "wander), low (2 requests/s at the peak), flaky (10%% of the ticks unanswered)")
+    parser.add_argument("--no-nab", action="store_true", help="our own weeks only")
     parser.add_argument("--json", type=Path, help="also write the JSON document here (e.g. benchmarks/results/)")
     args = parser.parse_args(argv)
-    global SIGMA, CONSECUTIVE, TREND
+    global SIGMA, CONSECUTIVE, TREND, MIN_CHANGE
+    MIN_CHANGE = args.min_change
     SIGMA, CONSECUTIVE, TREND = args.sigma, args.consecutive, not args.no_trend
+    SHIFT.update(SHIFTS[args.shift])
     seeds = list(range(args.seed_base, args.seed_base + args.weeks))
     modes = {"both": (True, False), "on": (True,), "off": (False,)}[args.cusum]
     results: dict[str, list[dict[str, Any]]] = {}
@@ -251,7 +290,8 @@ def main(argv: list[str] | None = None) -> int:
             out = args.out / ("cusum-on" if cusum else "cusum-off")
             out.mkdir(parents=True, exist_ok=True)
             (out / "rules.yaml").write_text(rules_text("steady-replay", cusum))  # `guardian replay DIR --rules`
-        rows = (nab_cases(args.nab, cusum, out) if args.nab.is_dir() else []) + own_cases(seeds, cusum, out)
+        nab = nab_cases(args.nab, cusum, out) if args.nab.is_dir() and not args.no_nab else []
+        rows = nab + own_cases(seeds, cusum, out)
         results["cusum on" if cusum else "cusum off"] = rows
 
     print(f"{'rules':<10}{'kind':<9}{'series':<30}{'week':<10}{'ticks':>6}{'scale-outs':>11}{'refused':>8}"
@@ -285,7 +325,7 @@ def main(argv: list[str] | None = None) -> int:
               f"{s['normal_weeks_scaled_out']} weeks with any); {s['surges_scaled_out']} of {s['surge_weeks']} ×3 "
               f"surges scaled out{within}", flush=True)
     doc = {"benchmark": "steady_replay", "command": "benchmarks/steady_replay.py " + " ".join(argv or sys.argv[1:]),
-           "seeds": seeds, "watch": WATCH, "fit_trend": TREND,
+           "seeds": seeds, "shift": args.shift, "watch": WATCH, "fit_trend": TREND,
            "rules": {m: rules_text("SERVICE", m == "cusum on") for m in results}, "summary": summary,
            "results": results}
     print(json.dumps(doc))

@@ -65,7 +65,8 @@ def _progress(check: ForecastCheck, ev: Evidence, model: SeasonalModel) -> _Prog
     if p is None:
         monitor = ForecastMonitor(model, k=check.sigma, consecutive=check.consecutive, frozen_at=ev.started_at,
                                   direction=check.direction, recalibrate=0,
-                                  cusum_k=check.cusum_k, cusum_h=check.cusum_h if check.cusum else None)
+                                  cusum_k=check.cusum_k, cusum_h=check.cusum_h if check.cusum else None,
+                                  min_change=check.change_floor)
         p = ev.cache[key] = _Progress(monitor, period_ticks(check, model, ev.step_seconds))
     return p
 
@@ -99,7 +100,7 @@ def evaluate(check: ForecastCheck, ev: Evidence, t: int) -> Verdict:
                        reason=f"{what}: the first {span} period is not complete ({t + 1} of {n} ticks)",
                        statistic="forecast", **base)
     last = p.periods[-1]
-    limit = check.sigma
+    limit = f"{check.sigma:g}σ" + (f" and {check.change_floor:.0%}" if check.change_floor else "")
     common = {**base, "sample_size": float(p.present[-1]), "threshold": _limit_value(last, check)}
     if last.value is None:
         return Verdict(result=Result.INCONCLUSIVE, abstained=advisory, value=None, statistic="forecast",
@@ -107,13 +108,13 @@ def evaluate(check: ForecastCheck, ev: Evidence, t: int) -> Verdict:
                               f"({p.present[-1]} of {n} ticks answered)", **common)
     shown = (f"{what} = {last.value:.4g} against forecast {last.centre:.4g} ± {last.sigma:.3g} "
              f"(z = {last.z:+.2f}, over {span})")
-    stat = f"z={last.z:+.2f}; run {last.run_length}/{check.consecutive} beyond {limit:g}σ"
+    stat = f"z={last.z:+.2f}; run {last.run_length}/{check.consecutive} beyond {limit}"
     if check.cusum:
         stat += f"; cusum={max(last.cusum_upper, last.cusum_lower):.2f}/{check.cusum_h:g}"
     common |= {"value": last.value, "statistic": stat}
     if last.breached:
         return Verdict(result=Result.FAIL, **common,
-                       reason=f"{shown}: {last.run_length} periods in a row beyond {limit:g}σ "
+                       reason=f"{shown}: {last.run_length} periods in a row beyond {limit} "
                               f"(consecutive: {check.consecutive})")
     if last.cusum_alarm:
         return Verdict(result=Result.FAIL, **common,
@@ -122,14 +123,15 @@ def evaluate(check: ForecastCheck, ev: Evidence, t: int) -> Verdict:
     if last.beyond:
         return Verdict(result=Result.PASS if advisory else Result.INCONCLUSIVE, breaching=not advisory, **common,
                        reason=f"{shown}: {last.run_length} of {check.consecutive} periods in a row beyond "
-                              f"{limit:g}σ; {'warning' if advisory else 'holding'}")
-    return Verdict(result=Result.PASS, **common, reason=f"{shown}: within {limit:g}σ")
+                              f"{limit}; {'warning' if advisory else 'holding'}")
+    return Verdict(result=Result.PASS, **common, reason=f"{shown}: within {limit}")
 
 
 def _limit_value(obs: Observation, check: ForecastCheck) -> float | None:
-    """The value the signal must cross to count: centre ± sigma·σ on the watched side."""
+    """The value the signal must cross to count: centre ± max(sigma·σ, min_change·|centre|) on the watched side."""
     if not math.isfinite(obs.sigma):
         return None
+    reach = max(check.sigma * obs.sigma, check.change_floor * abs(obs.centre))
     if check.direction == "below" or (check.direction == "both" and math.isfinite(obs.z) and obs.z < 0):
-        return obs.centre - check.sigma * obs.sigma
-    return obs.centre + check.sigma * obs.sigma
+        return obs.centre - reach
+    return obs.centre + reach

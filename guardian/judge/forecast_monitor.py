@@ -53,6 +53,8 @@ class ForecastMonitor:
     (k = `cusum_k`, h = `cusum_h`, z clipped at `cusum_clip`) run on z in the watched direction(s);
     `last.cusum_alarm` reports them (they do not change `breached`); a CUSUM that alarmed starts again from 0
     (a watch that scaled on it is not told again and again while S drains; a shift that goes on alarms again).
+    `min_change` (a share of the forecast, default 0) is a practical floor: a sample counts as beyond only if
+    it is also that far from the centre, and the CUSUMs accumulate the residual beyond centre ± the floor.
     """
 
     def __init__(
@@ -67,9 +69,12 @@ class ForecastMonitor:
         cusum_k: float = 0.5,
         cusum_h: float | None = 5.0,
         cusum_clip: float | None = 2.5,
+        min_change: float = 0.0,
     ) -> None:
         if k <= 0 or consecutive < 1:
             raise ValueError("k must be > 0 and consecutive >= 1")
+        if min_change < 0:
+            raise ValueError("min_change must be >= 0")
         if direction not in ("above", "below", "both"):
             raise ValueError(f"direction must be above, below or both, got {direction!r}")
         frozen_at = model.fitted_at if frozen_at is None else float(frozen_at)
@@ -79,7 +84,7 @@ class ForecastMonitor:
                 "it may have learned from the rollout; fit it with history ending at the rollout's start"
             )
         self.model, self.k, self.consecutive, self.frozen_at = model, k, consecutive, frozen_at
-        self.direction = direction
+        self.direction, self.min_change = direction, float(min_change)
         self._learned: deque[float] = deque(maxlen=max(recalibrate, 0) or None)
         self.recalibrate = max(recalibrate, 0)
         self.run_length, self._run_sign = 0, 0
@@ -125,16 +130,17 @@ class ForecastMonitor:
 
         beyond = False
         if not missing:
-            sign = 1 if z > self.k else -1 if z < -self.k else 0
+            margin = self.min_change * abs(centre)  # the practical floor: beyond it as well as beyond k·σ
+            sign = 1 if z > self.k and x - centre > margin else -1 if z < -self.k and centre - x > margin else 0
             if (self.direction == "above" and sign < 0) or (self.direction == "below" and sign > 0):
                 sign = 0
             beyond = sign != 0
             self.run_length = (self.run_length + 1 if sign == self._run_sign else 1) if beyond else 0
             self._run_sign = sign
-            if self.upper:
-                self.upper.update(z)
+            if self.upper:  # with a floor, the CUSUMs accumulate the residual beyond it
+                self.upper.update((x - centre - margin) / sigma if margin else z)
             if self.lower:
-                self.lower.update(-z)
+                self.lower.update((centre - margin - x) / sigma if margin else -z)
         obs = Observation(
             t=t,
             value=None if missing else x,

@@ -325,6 +325,8 @@ class CompareCheck(_Strict):
 # A forecast check with one of these actions is advisory: it never holds a rollout, and abstains (rather than
 # refusing the rollout's start) when it has no model.
 ADVISORY_ACTIONS = frozenset({"scale", "notify"})
+# a scaling forecast check's default `min_change`: a period must be 25% off its forecast as well as `sigma` σ
+SCALE_MIN_CHANGE = 0.25
 
 
 class ForecastCheck(_Strict):
@@ -359,6 +361,10 @@ class ForecastCheck(_Strict):
     cusum: bool = True
     cusum_k: float = Field(0.5, ge=0)
     cusum_h: float = Field(5.0, gt=0)
+    # a period counts only if it is also this far from the forecast, as a share of it ("25%"); default
+    # SCALE_MIN_CHANGE for `action: scale` (a capacity action: traffic a few percent off its forecast is
+    # within the headroom, and within real traffic's day-to-day wander), 0 otherwise
+    min_change: float | None = Field(None, ge=0)
     optional: bool = False  # abstain (rather than refuse the rollout's start) when there is no model
     action: Literal["rollback", "pause", "scale", "notify"] = "rollback"
     replicas: int = 1
@@ -367,6 +373,18 @@ class ForecastCheck(_Strict):
     @classmethod
     def _duration(cls, v: object) -> float | None:
         return None if v is None else parse_duration(v)
+
+    @field_validator("min_change", mode="before")
+    @classmethod
+    def _share(cls, v: object) -> float | None:
+        return None if v is None else parse_number(v)
+
+    @property
+    def change_floor(self) -> float:
+        """`min_change` as it applies: the field, or SCALE_MIN_CHANGE for a scaling check, or 0."""
+        if self.min_change is not None:
+            return self.min_change
+        return SCALE_MIN_CHANGE if self.action == "scale" else 0.0
 
     @model_validator(mode="after")
     def _consistent(self) -> ForecastCheck:

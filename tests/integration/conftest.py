@@ -43,6 +43,24 @@ def demo_apps() -> Iterator[Callable[..., dict[str, DemoApp]]]:
         app.stop()
 
 
+@pytest.fixture(scope="module")
+def docker_client():
+    """A client of the REAL Docker engine with the demo images built (scripts/docker-up.sh does both); skips
+    the module, saying which, when either is missing."""
+    docker = pytest.importorskip("docker")
+    try:
+        c = docker.from_env()
+        c.ping()
+    except docker.errors.DockerException as e:
+        pytest.skip(f"no Docker engine answers ({e}); bash scripts/docker-up.sh starts one")
+    for tag in ("v1", "v2", "v3"):
+        try:
+            c.images.get(f"guardian-demo:{tag}")
+        except docker.errors.ImageNotFound:
+            pytest.skip("the demo images are missing; bash scripts/docker-up.sh builds them")
+    return c
+
+
 @pytest.fixture
 def kube() -> Iterator[KubeStub]:
     """A Kubernetes API stub (tests/stubs/kube_stub.py, named a stub: no API server runs here)."""

@@ -27,35 +27,20 @@ pytestmark = [pytest.mark.integration, pytest.mark.timeout(240)]
 V1, V3 = "guardian-demo:v1", "guardian-demo:v3"
 
 
-@pytest.fixture(scope="module")
-def client():
-    try:
-        c = docker.from_env()
-        c.ping()
-    except docker.errors.DockerException as e:
-        pytest.skip(f"no Docker engine answers ({e}); bash scripts/docker-up.sh starts one")
-    for image in (V1, V3):
-        try:
-            c.images.get(image)
-        except docker.errors.ImageNotFound:
-            pytest.skip("the demo images are missing; bash scripts/docker-up.sh builds them")
-    return c
-
-
 @pytest.fixture
-def service(client) -> Iterator[str]:
+def service(docker_client) -> Iterator[str]:
     """Two running v1 replicas of a fresh service (no nginx); everything labelled with it is removed after."""
     name = f"gbake-{uuid.uuid4().hex[:8]}"
     for i in range(2):
-        client.containers.run(V1, name=f"{name}-v1-{i}", detach=True, labels={SERVICE_LABEL: name},
+        docker_client.containers.run(V1, name=f"{name}-v1-{i}", detach=True, labels={SERVICE_LABEL: name},
                               ports={"8000/tcp": ("127.0.0.1", None)})
     yield name
-    for c in client.containers.list(all=True, filters={"label": f"{SERVICE_LABEL}={name}"}):
+    for c in docker_client.containers.list(all=True, filters={"label": f"{SERVICE_LABEL}={name}"}):
         c.remove(force=True)
 
 
-def make_actuator(client, tmp_path) -> DockerActuator:
-    return DockerActuator(Containers(client, health_timeout=20, drain_seconds=0.2, stop_timeout=2),
+def make_actuator(docker_client, tmp_path) -> DockerActuator:
+    return DockerActuator(Containers(docker_client, health_timeout=20, drain_seconds=0.2, stop_timeout=2),
                           targets=TargetsFile(tmp_path / "targets"))
 
 
@@ -71,20 +56,20 @@ class Keys:
                              weight=weight, key=f"{self.rollout}:{self.seq}:{action.value}", strategy=self.strategy)
 
 
-def running(client, service: str) -> list[str]:
-    cs = client.containers.list(filters={"label": f"{SERVICE_LABEL}={service}", "status": "running"})
+def running(docker_client, service: str) -> list[str]:
+    cs = docker_client.containers.list(filters={"label": f"{SERVICE_LABEL}={service}", "status": "running"})
     return sorted(c.labels.get("guardian.image") or c.attrs["Config"]["Image"] for c in cs)
 
 
-def test_canary_bake_brings_the_new_version_to_capacity_and_keeps_every_old_replica(client, service, tmp_path):
-    actuator, req = make_actuator(client, tmp_path), Keys(service)
+def test_canary_bake_brings_the_new_version_to_capacity_and_keeps_every_old_replica(docker_client, service, tmp_path):
+    actuator, req = make_actuator(docker_client, tmp_path), Keys(service)
     assert actuator.apply(req(Action.START, 25)).ok
     assert actuator.apply(req(Action.ADVANCE, 100)).ok
-    assert running(client, service) == [V1, V1, V3]  # a step at 100%: one canary replica, the old ones idle
+    assert running(docker_client, service) == [V1, V1, V3]  # a step at 100%: one canary replica, the old ones idle
     bake = req(Action.BAKE, 100)
     out = actuator.apply(bake)
     assert out.ok, out.detail
-    assert running(client, service) == [V1, V1, V3, V3]  # N new, and the N old kept running
+    assert running(docker_client, service) == [V1, V1, V3, V3]  # N new, and the N old kept running
     assert f"all traffic on {V3} (2 replica(s)); {V1} kept warm out of rotation: 2 replica(s) at weight 0" \
         in out.detail, out.detail
     assert out.data["warm"]["image"] == V1 and len(out.data["warm"]["replicas"]) == 2
@@ -93,31 +78,31 @@ def test_canary_bake_brings_the_new_version_to_capacity_and_keeps_every_old_repl
 
     # idempotent: the same key again, and after a crash a fresh actuator with the same key, start nothing
     assert actuator.apply(bake) is out
-    again = make_actuator(client, tmp_path).apply(bake)
+    again = make_actuator(docker_client, tmp_path).apply(bake)
     assert again.ok and again.data["warm"] == out.data["warm"], again.detail
-    assert running(client, service) == [V1, V1, V3, V3]
+    assert running(docker_client, service) == [V1, V1, V3, V3]
 
     # PAUSE / RESUME during the bake change nothing
     assert actuator.apply(req(Action.PAUSE, 100)).ok and actuator.apply(req(Action.RESUME, 100)).ok
-    assert running(client, service) == [V1, V1, V3, V3]
+    assert running(docker_client, service) == [V1, V1, V3, V3]
 
     promote = req(Action.PROMOTE, 100)
     assert actuator.apply(promote).ok
-    assert running(client, service) == [V3, V3]  # the warm ones are removed by PROMOTE
+    assert running(docker_client, service) == [V3, V3]  # the warm ones are removed by PROMOTE
     assert actuator.verify(promote).ok
     assert not actuator.verify(bake).ok  # nothing is kept warm any more
 
 
-def test_rolling_bake_starts_one_old_replica_again_and_rollback_restores_capacity(client, service, tmp_path):
-    actuator, req = make_actuator(client, tmp_path), Keys(service, "rolling")
+def test_rolling_bake_starts_one_old_replica_again_and_rollback_restores_capacity(docker_client, service, tmp_path):
+    actuator, req = make_actuator(docker_client, tmp_path), Keys(service, "rolling")
     assert actuator.apply(req(Action.START, 50)).ok
     assert actuator.apply(req(Action.ADVANCE, 100)).ok
-    assert running(client, service) == [V3, V3]  # rolling replaced every old replica
+    assert running(docker_client, service) == [V3, V3]  # rolling replaced every old replica
     bake = req(Action.BAKE, 100)
     assert not actuator.verify(bake).ok  # before the bake: nothing is warm
     out = actuator.apply(bake)
     assert out.ok, out.detail
-    assert running(client, service) == [V1, V3, V3]
+    assert running(docker_client, service) == [V1, V3, V3]
     assert out.data["warm"]["image"] == V1 and len(out.data["warm"]["replicas"]) == 1
     assert actuator.verify(bake).ok
     # Prometheus sees the warm replica as the baseline arm
@@ -127,17 +112,17 @@ def test_rolling_bake_starts_one_old_replica_again_and_rollback_restores_capacit
     rollback = req(Action.ROLLBACK, 0)
     out = actuator.apply(rollback)
     assert out.ok, out.detail
-    assert running(client, service) == [V1, V1]  # the warm one, and one more to the capacity
+    assert running(docker_client, service) == [V1, V1]  # the warm one, and one more to the capacity
     assert actuator.verify(rollback).ok
 
 
-def test_a_compose_service_bakes_and_rolls_back_by_its_compose_labels(client, tmp_path):
+def test_a_compose_service_bakes_and_rolls_back_by_its_compose_labels(docker_client, tmp_path):
     project, name = f"gbakeproj{uuid.uuid4().hex[:6]}", "web"
     labels = {"com.docker.compose.project": project, "com.docker.compose.service": name,
               "com.docker.compose.container-number": "1"}
-    client.containers.run(V1, detach=True, labels=labels, ports={"8000/tcp": ("127.0.0.1", None)})
+    docker_client.containers.run(V1, detach=True, labels=labels, ports={"8000/tcp": ("127.0.0.1", None)})
     try:
-        actuator = DockerActuator(Containers(client, project=project, health_timeout=20, drain_seconds=0.1,
+        actuator = DockerActuator(Containers(docker_client, project=project, health_timeout=20, drain_seconds=0.1,
                                              stop_timeout=2))
         req = Keys(name, "blue-green")
         assert actuator.apply(req(Action.START, 100)).ok
@@ -145,17 +130,17 @@ def test_a_compose_service_bakes_and_rolls_back_by_its_compose_labels(client, tm
         assert out.ok and out.data["warm"]["image"] == V1, out.detail
         out = actuator.apply(req(Action.ROLLBACK, 0))
         assert out.ok, out.detail
-        kept = client.containers.list(filters={"label": f"com.docker.compose.project={project}"})
+        kept = docker_client.containers.list(filters={"label": f"com.docker.compose.project={project}"})
         assert [c.attrs["Config"]["Image"] for c in kept] == [V1]
     finally:
-        for c in client.containers.list(all=True, filters={"label": f"com.docker.compose.project={project}"}):
+        for c in docker_client.containers.list(all=True, filters={"label": f"com.docker.compose.project={project}"}):
             with contextlib.suppress(docker.errors.NotFound):
                 c.remove(force=True)
 
 
 # -- behind a real nginx, under load ---------------------------------------------------------------------
 @pytest.fixture
-def stack(client, tmp_path):
+def stack(docker_client, tmp_path):
     from demo.dockerstack import DockerStack
 
     s = DockerStack(tmp_path, f"gbaketraffic-{uuid.uuid4().hex[:6]}", replicas=2, drain_seconds=0.5).start()

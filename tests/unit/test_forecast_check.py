@@ -143,6 +143,38 @@ checks:
     assert not any(v.result is Result.FAIL for v in verdicts(no_cusum, evidence(rates)))
 
 
+def test_a_scaling_check_needs_a_25_percent_change_as_well_as_3_sigma():
+    """A capacity action: +20% at z = +20 (a tight model) is within the headroom and never scales, neither by
+    the run rule nor by the CUSUM; a notify check (no floor by default) or `min_change: 10%` fires on it."""
+    tight = flat_model(sigma=0.1)
+    rates = [12.0] * 60  # +20%, z = +20, for ten minutes
+    scale = check_of(SCALE_RULES.replace("cusum: false", "cusum: true"))
+    assert scale.change_floor == 0.25
+    vs = verdicts(scale, evidence(rates, model=tight))
+    assert not any(v.result is Result.FAIL for v in vs)
+    assert vs[-1].result is Result.PASS and "within 3σ and 25%" in vs[-1].reason
+    assert vs[-1].threshold == pytest.approx(12.5)  # centre + max(3σ, 25% of the centre)
+    notify = check_of(SCALE_RULES.replace("action: scale\n    replicas: 1", "action: notify"))
+    assert notify.change_floor == 0 and verdicts(notify, evidence(rates, model=tight))[17].result is Result.FAIL
+    ten = check_of(SCALE_RULES.replace("replicas: 1", "replicas: 1\n    min_change: 10%"))
+    fails = [v for v in verdicts(ten, evidence(rates, model=tight)) if v.result is Result.FAIL]
+    assert fails and "3 periods in a row beyond 3σ and 10%" in fails[0].reason
+    # the floor is on the practical side only: a wide model still needs its 3σ (+30% here is 1.5σ)
+    wide = check_of(SCALE_RULES)
+    assert not any(v.result is Result.FAIL for v in verdicts(wide, evidence([13.0] * 60, model=flat_model(sigma=2))))
+    surge = verdicts(wide, evidence([10.0] * 6 + [30.0] * 18, model=flat_model(sigma=2)))  # x3: scaled out
+    assert surge[23].result is Result.FAIL and surge[23].action is Action.SCALE
+
+
+def test_min_change_reads_a_share_and_refuses_a_negative_one():
+    check = check_of(SCALE_RULES.replace("replicas: 1", "replicas: 1\n    min_change: 50%"))
+    assert check.min_change == 0.5 and check.change_floor == 0.5
+    assert check_of(SCALE_RULES.replace("replicas: 1", "replicas: 1\n    min_change: 0")).change_floor == 0
+    with pytest.raises(RuleError) as e:
+        parse_text(SCALE_RULES.replace("replicas: 1", "replicas: 1\n    min_change: -5%"), "rules/shop.yaml")
+    assert "rules/shop.yaml:12: checks[0].min_change" in str(e.value)
+
+
 def test_a_check_without_a_model_abstains_when_optional_or_advisory():
     check = check_of(SCALE_RULES)
     v = evaluate(check, evidence([10.0] * 6, model="no model at models/shop/requests.json"), 5)
