@@ -14,6 +14,7 @@ import numpy as np
 from guardian.domain import Evidence, Growing, Result, Verdict
 from guardian.judge.bake import bake_rate, bake_sign, bake_start
 from guardian.judge.sequential import (
+    baseline_dispersion,
     collapse_p_value,
     cumulative,
     rate_log_lr,
@@ -35,7 +36,12 @@ def _ticks(seconds: float, step: float) -> int:
 
 
 def _warmup(check: CompareCheck, step: float) -> int:
-    return WARMUP_TICKS if check.warmup is None else _ticks(check.warmup, step)
+    """The check's `warmup`, else 0 for errors and requests (a new version's errors are errors: a blatant
+    failure is judged from the first tick) and WARMUP_TICKS for the rest, which warm up (slow requests,
+    latency, CPU and memory of a version just started; and signals we do not know)."""
+    if check.warmup is not None:
+        return _ticks(check.warmup, step)
+    return 0 if set(check.signals) <= {"errors", "requests"} else WARMUP_TICKS
 
 
 def _every(check: CompareCheck, step: float) -> int:
@@ -112,8 +118,14 @@ def _rate(check: CompareCheck, ev: Evidence, t: int, base: dict) -> Verdict:
     k_b, n_b = ev.array(num, "baseline")[: t + 1], ev.array(den, "baseline")[: t + 1]
     lam0 = check.effective_tolerance
     warmup, every = _warmup(check, ev.step_seconds), _every(check, ev.step_seconds)
-    cum = _cumulative_llr(ev, ("rate", num, den, lam0, check.burst_cap), t, lambda lo, hi: rate_log_lr(
-        k_c[lo:hi], n_c[lo:hi], k_b[lo:hi], n_b[lo:hi], tolerance=lam0, burst_cap=check.burst_cap))
+    cap = check.burst_cap
+
+    def rows(lo: int, hi: int) -> np.ndarray:
+        phi = baseline_dispersion(k_b[:hi], n_b[:hi])[lo:hi]  # each tick's from the ticks before it
+        return rate_log_lr(k_c[lo:hi], n_c[lo:hi], k_b[lo:hi], n_b[lo:hi], tolerance=lam0, burst_cap=cap,
+                           dispersion=phi)
+
+    cum = _cumulative_llr(ev, ("rate", num, den, lam0, cap), t, rows)
     result = staggered_from_cumulative(cum, t, check.alpha, warmup=warmup, every=every)
     since = min(result.start if result.start is not None else warmup, t + 1)
     cs = _csums(ev, ((num, "canary"), (den, "canary"), (num, "baseline"), (den, "baseline")), t)
@@ -133,18 +145,21 @@ def _rate(check: CompareCheck, ev: Evidence, t: int, base: dict) -> Verdict:
     if result.rejected:
         return Verdict(result=Result.FAIL, reason=f"{num} rate worse than {lam0:g}x baseline: {facts}; {stat}",
                        **common)
+    # the first WARMUP_TICKS hold rather than pause while data is short, warm-up or not: a canary's first scrape
+    # may land after the first tick; the test above rejects on strong evidence from tick 0 all the same
+    settling = t < max(warmup, WARMUP_TICKS)
     if (missing := _numerator_missing(ev, num, den, t)) is not None:  # "0 of N" would be a pass on no data
-        return Verdict(result=Result.INCONCLUSIVE, warming_up=t < warmup, reason=missing, **common)
+        return Verdict(result=Result.INCONCLUSIVE, warming_up=settling, reason=missing, **common)
     if t < warmup:
         return Verdict(result=Result.INCONCLUSIVE, warming_up=True, reason=f"warming up ({facts})", **common)
     if not math.isfinite(total_canary):  # counts beyond any float: no usable evidence, never a pass
         return Verdict(result=Result.INCONCLUSIVE, reason=f"canary {den} count is not finite ({facts})", **common)
     if not _reported(ev, den, "canary", t):
-        return Verdict(result=Result.INCONCLUSIVE, reason=(
+        return Verdict(result=Result.INCONCLUSIVE, warming_up=settling, reason=(
             f"no data for {den} from the canary{ev.why_missing(den, 'canary')}; need {check.min_samples:g} "
             f"{den}"), **common)
     if total_canary < check.min_samples:
-        return Verdict(result=Result.INCONCLUSIVE, reason=(
+        return Verdict(result=Result.INCONCLUSIVE, warming_up=settling, reason=(
             f"too little canary traffic: {total_canary:g} {den} (need {check.min_samples:g}); {facts}"
             f"{ev.why_missing(den, 'canary')}"), **common)
     return Verdict(result=Result.PASS, reason=f"no evidence the canary is worse: {facts}; {stat}", **common)

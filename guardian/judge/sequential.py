@@ -7,13 +7,16 @@ tolerance) the likelihood ratio of any λ > λ0 against λ0 is a supermartingale
 over a grid of λ: an e-process. Rejecting when it reaches 1/α keeps the false-rollback rate ≤ α
 however often we look (Ville's inequality) — no peeking penalty, unlike a repeated z-test.
 
-Three things make it usable on real traffic:
+Four things make it usable on real traffic:
+- tempering: each tick's log-LR is divided by the overdispersion φ of the canary's share, estimated
+  predictably from the baseline's own tick-to-tick variation (`baseline_dispersion`, `share_dispersion`):
+  a quasi-likelihood, still an e-value to second order when the variance is φ times the binomial's;
 - burst cap: one tick may multiply the evidence by at most `burst_cap` (the log-LR is clipped
   from above, which keeps the supermartingale property), so one overdispersed burst of errors
   cannot roll back a release on its own; a real regression keeps adding evidence tick after tick;
 - staggered starts: a new test starts every `every` ticks with its own share α_j = α·6/(π² j²)
   of α, so a regression that begins late is not diluted by the healthy ticks before it;
-- warm-up: the first ticks after the start are not counted.
+- warm-up: the first ticks after the start are not counted (for signals that warm up: judge/compare.py).
 
 Sign test (gauges such as P99): each tick is one Bernoulli trial "canary > (1+margin)·baseline";
 under H0 (same distribution) its probability is at most 1/2. The same machinery runs on it.
@@ -81,12 +84,50 @@ def staggered_from_cumulative(cum: np.ndarray, t: int, alpha: float, *, warmup: 
                     start, t + 1 - start)
 
 
-def rate_log_lr(k_c, n_c, k_b, n_b, *, tolerance: float = 1.0, burst_cap: float = 3.0) -> np.ndarray:
+DISPERSION_PRIOR_TICKS = 10  # pseudo-ticks of Poisson-like (φ = 1) counts the dispersion estimate starts from
+
+
+def baseline_dispersion(k_b, n_b) -> np.ndarray:
+    """Per tick t, the baseline's overdispersion φ̂_t estimated from ticks < t only (predictable, so the
+    tempered e-process stays one): Pearson's X² of its event counts against their pooled rate, per degree
+    of freedom, shrunk towards 1 with DISPERSION_PRIOR_TICKS pseudo-ticks, never below 1.
+
+    The baseline is the healthy arm, so its bursts say how bursty the service's events are without being
+    inflated by a regression. X² is kept as running sums: Σ(k − np)²/n = Σk²/n − 2pΣk + p²Σn."""
+    k_b, n_b = np.asarray(k_b, dtype=float), np.asarray(n_b, dtype=float)
+    ok = np.isfinite(k_b) & np.isfinite(n_b) & (n_b > 0) & (k_b >= 0)
+    k, n = np.where(ok, k_b, 0.0), np.where(ok, n_b, 1.0)
+    with np.errstate(over="ignore", invalid="ignore"):
+        cols = np.column_stack([np.where(ok, k * k / n, 0.0), k, np.where(ok, n_b, 0.0), ok.astype(float)])
+        before = np.vstack([np.zeros(4), np.cumsum(cols, axis=0)[:-1]])  # sums over ticks < t
+        sq, sk, sn, m = before.T
+        p = np.where(sn > 0, sk / np.where(sn > 0, sn, 1.0), 0.0)
+        x2 = np.where(p > 0, (sq - 2 * p * sk + p * p * sn) / np.where(p > 0, p * (1 - p), 1.0), 0.0)
+        x2 = np.where(p > 0, x2, m)  # no event yet: nothing says the counts are bursty
+        phi = (x2 + DISPERSION_PRIOR_TICKS) / (np.maximum(m - 1, 0) + DISPERSION_PRIOR_TICKS)
+    return np.where(np.isfinite(phi), np.maximum(phi, 1.0), 1.0)
+
+
+def share_dispersion(phi_b: np.ndarray | float, share: np.ndarray | float) -> np.ndarray | float:
+    """The overdispersion of the canary's share of a tick's events, from the baseline's φ_b and the canary's
+    expected share θ under H0: with independent bursts in each arm (a gamma-mixed rate, each arm its own),
+    Var = Kθ(1−θ)·(1 + 2θ(φ_b − 1)) when φ_b − 1 grows with the arm's expected count (as for a gamma mix), so
+    φ_share − 1 = 2θ(φ_b − 1) ≤ φ_b − 1 for θ ≤ 1/2. Bursts that hit both arms at once cancel in the share."""
+    return 1 + np.maximum(1.0, 2 * np.asarray(share)) * (np.asarray(phi_b) - 1)
+
+
+def rate_log_lr(k_c, n_c, k_b, n_b, *, tolerance: float = 1.0, burst_cap: float = 3.0,
+                dispersion=None) -> np.ndarray:
     """Per-tick log-likelihood ratios (tick × alternative) of the rate test; NaN where a tick has
-    no usable counts (missing, no traffic in an arm, or no events)."""
+    no usable counts (missing, no traffic in an arm, or no events). `dispersion` (per tick, or None for 1):
+    the baseline's φ̂ (`baseline_dispersion`); each tick's log-LR is tempered by the share's φ (quasi-
+    likelihood: with the variance φ times the binomial's, exp(log-LR / φ) is still an e-value to second
+    order), then capped at log(burst_cap)."""
     k_c, n_c, k_b, n_b = (np.asarray(a, dtype=float) for a in (k_c, n_c, k_b, n_b))
+    phi = np.ones(len(k_c)) if dispersion is None else np.broadcast_to(np.asarray(dispersion, float), (len(k_c),))
     if len(k_c) == 1:  # the live case, one new tick at a time: scalar arithmetic beats numpy's overhead
-        return _rate_log_lr_row(float(k_c[0]), float(n_c[0]), float(k_b[0]), float(n_b[0]), tolerance, burst_cap)
+        return _rate_log_lr_row(float(k_c[0]), float(n_c[0]), float(k_b[0]), float(n_b[0]), tolerance, burst_cap,
+                                float(phi[0]))
     valid = ~(np.isnan(k_c) | np.isnan(n_c) | np.isnan(k_b) | np.isnan(n_b)) & (n_c > 0) & (n_b > 0)
     valid &= (k_c + k_b) > 0
     rho = np.where(valid, n_c / np.where(valid, n_c + n_b, 1.0), 0.5)[:, None]
@@ -98,23 +139,26 @@ def rate_log_lr(k_c, n_c, k_b, n_b, *, tolerance: float = 1.0, burst_cap: float 
     th1, th0 = theta(lam), theta(tolerance)
     kc, kb = np.where(valid, k_c, 0.0)[:, None], np.where(valid, k_b, 0.0)[:, None]
     ll = kc * np.log(th1 / th0) + kb * np.log((1 - th1) / (1 - th0))
+    ll = ll / share_dispersion(phi[:, None], th0)
     ll = np.minimum(ll, math.log(burst_cap))
     return np.where(valid[:, None], ll, np.nan)
 
 
-def _rate_log_lr_row(kc: float, nc: float, kb: float, nb: float, tolerance: float, burst_cap: float) -> np.ndarray:
+def _rate_log_lr_row(kc: float, nc: float, kb: float, nb: float, tolerance: float, burst_cap: float,
+                     phi: float = 1.0) -> np.ndarray:
     """`rate_log_lr` for a single tick (the same formula, in scalars)."""
     if not math.isfinite(kc + nc + kb + nb) or nc <= 0 or nb <= 0 or kc + kb <= 0:
         return np.full((1, len(RATE_ALTERNATIVES)), np.nan)
     rho = nc / (nc + nb)
     th0 = tolerance * rho / (tolerance * rho + 1 - rho)
+    temper = 1 / float(share_dispersion(phi, th0))
     cap = math.log(burst_cap)
     row = []
     try:
         for mult in RATE_ALTERNATIVES:
             lam = tolerance * float(mult)
             th1 = lam * rho / (lam * rho + 1 - rho)
-            row.append(min(kc * math.log(th1 / th0) + kb * math.log((1 - th1) / (1 - th0)), cap))
+            row.append(min((kc * math.log(th1 / th0) + kb * math.log((1 - th1) / (1 - th0))) * temper, cap))
     except (ZeroDivisionError, ValueError):  # counts so far apart (or so extreme) that a share rounds to 0 or 1
         return np.full((1, len(RATE_ALTERNATIVES)), np.nan)
     return np.array([row])

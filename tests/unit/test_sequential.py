@@ -8,6 +8,7 @@ import numpy as np
 import pytest
 
 from guardian.judge.sequential import (
+    baseline_dispersion,
     collapse_p_value,
     first_rejection,
     rate_log_lr,
@@ -126,3 +127,70 @@ def test_the_single_tick_path_computes_the_same_log_lr_as_the_vector_path():
     whole = rate_log_lr(*rows.T, tolerance=1.2, burst_cap=3.0)
     one_by_one = np.vstack([rate_log_lr(*r[:, None], tolerance=1.2, burst_cap=3.0) for r in rows])
     np.testing.assert_allclose(one_by_one, whole, rtol=1e-12, equal_nan=True)
+
+
+# -- overdispersion: each arm's own bursts, tempered by the baseline's dispersion -------------------------
+def gamma_bursts(rng, cv: float, *, shared: bool = False):
+    """A/A counts whose per-tick error rate is multiplied by a gamma factor of coefficient of variation `cv`,
+    drawn for each arm separately (or, `shared`, one factor for both: a dependency outage), over 1-100 rps,
+    a 5-50% canary share and base error rates from 0.05% to 3%."""
+    rps, share = rng.uniform(1, 100), rng.uniform(0.05, 0.5)
+    base = rng.choice([0.0005, 0.002, 0.01, 0.03])
+    total = rng.poisson(rps * 10, TICKS).astype(float)
+    n_c = rng.binomial(total.astype(int), share).astype(float)
+    n_b = total - n_c
+    shape = 1 / cv**2
+    m_c = rng.gamma(shape, 1 / shape, TICKS)
+    m_b = m_c if shared else rng.gamma(shape, 1 / shape, TICKS)
+    k_c = rng.binomial(n_c.astype(int), np.clip(base * m_c, 0, 1)).astype(float)
+    k_b = rng.binomial(n_b.astype(int), np.clip(base * m_b, 0, 1)).astype(float)
+    return k_c, n_c, k_b, n_b
+
+
+def tempered_rejects(k_c, n_c, k_b, n_b, alpha=ALPHA, temper=True):
+    phi = baseline_dispersion(k_b, n_b) if temper else None
+    return first_rejection(rate_log_lr(k_c, n_c, k_b, n_b, dispersion=phi), alpha, warmup=0, every=6)
+
+
+@pytest.mark.parametrize("cv", [1.0, 2.0])
+def test_aa_stays_below_alpha_with_bursty_errors_once_tempered_by_the_baselines_dispersion(cv):
+    """Errors far burstier than the bench's (each arm's rate × a gamma factor, cv 1-2 per tick): tempered, the
+    false-rollback rate stays below alpha with no warm-up; untempered, the same rollouts break it at cv 2."""
+    runs = 600
+    rng = np.random.default_rng(31)
+    paths = [gamma_bursts(rng, cv) for _ in range(runs)]
+    tempered = sum(tempered_rejects(*p) is not None for p in paths) / runs
+    assert tempered <= ALPHA, f"tempered A/A false-rollback rate {tempered:.3f} > alpha {ALPHA}"
+    if cv == 2.0:
+        raw = sum(tempered_rejects(*p, temper=False) is not None for p in paths) / runs
+        assert raw > tempered and raw > ALPHA, (raw, tempered)
+
+
+def test_bursts_that_hit_both_arms_at_once_cancel():
+    rng = np.random.default_rng(5)
+    runs = 300
+    false = sum(tempered_rejects(*gamma_bursts(rng, 2.0, shared=True)) is not None for _ in range(runs))
+    assert false / runs <= 0.01
+
+
+def test_the_baselines_dispersion_is_predictable_and_near_one_for_poisson_counts():
+    rng = np.random.default_rng(9)
+    n_b = np.full(200, 1000.0)
+    k_b = rng.binomial(1000, 0.02, 200).astype(float)
+    phi = baseline_dispersion(k_b, n_b)
+    assert phi[0] == 1.0 and 1.0 <= phi[-1] < 1.4
+    bumped = k_b.copy()
+    bumped[100] = 500  # one huge burst at tick 100: no tick up to it sees it, every later one does
+    after = baseline_dispersion(bumped, n_b)
+    assert np.array_equal(after[:101], phi[:101]) and after[101] > 10 * phi[101]
+    bursty = rng.binomial(1000, np.clip(0.02 * rng.gamma(1.0, 1.0, 200), 0, 1)).astype(float)  # cv 1
+    assert baseline_dispersion(bursty, n_b)[-1] > 5  # 1 + cv²·μ ≈ 21, shrunk and estimated
+
+
+def test_errors_are_judged_from_the_first_tick_slow_requests_after_their_warm_up():
+    from guardian.judge.compare import _warmup
+    from guardian.rules.loader import DEFAULT_RULESET
+
+    checks = {c.name: c for c in DEFAULT_RULESET.rules.checks}
+    assert _warmup(checks["errors-vs-baseline"], 2.0) == 0
+    assert _warmup(checks["slow-vs-baseline"], 2.0) == 3 and _warmup(checks["p99-vs-baseline"], 2.0) == 3
