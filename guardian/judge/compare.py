@@ -36,12 +36,13 @@ def _ticks(seconds: float, step: float) -> int:
 
 
 def _warmup(check: CompareCheck, step: float) -> int:
-    """The check's `warmup`, else 0 for errors and requests (a new version's errors are errors: a blatant
-    failure is judged from the first tick) and WARMUP_TICKS for the rest, which warm up (slow requests,
-    latency, CPU and memory of a version just started; and signals we do not know)."""
+    """The check's `warmup`, else 0 for the rate of errors (a new version's errors are errors: a blatant
+    failure is judged from the first tick) and WARMUP_TICKS for the rest: slow requests, latency, CPU and
+    memory of a version just started warm up, a canary's traffic ramps up (collapse), and signals we do not
+    know may do either."""
     if check.warmup is not None:
         return _ticks(check.warmup, step)
-    return 0 if set(check.signals) <= {"errors", "requests"} else WARMUP_TICKS
+    return 0 if check.kind_of_test == "rate" and check.signals == ("errors", "requests") else WARMUP_TICKS
 
 
 def _every(check: CompareCheck, step: float) -> int:
