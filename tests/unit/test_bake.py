@@ -21,6 +21,7 @@ from guardian.judge.bake import bake_rate, bake_sign
 from guardian.rules.book import RuleBook
 from guardian.rules.loader import parse_text
 from guardian.sources.recording import RecordingSource
+from tests.fixtures.driving import drive
 
 START = 1_767_614_400.0
 STEP = 2.0
@@ -64,21 +65,10 @@ def spec(**kw) -> StartSpec:
                          "analysis_seconds": 10.0} | kw))
 
 
-def run(guard, clock, rollout_id, ticks):
-    out = []
-    for _ in range(ticks):
-        clock.advance(STEP)
-        if (d := guard.tick(rollout_id)) is not None:
-            out.append(d)
-        if guard.store.get(rollout_id).phase.terminal:
-            break
-    return out
-
-
 def test_a_good_release_bakes_at_100_percent_then_is_promoted(rules):
     guard, clock, noop = make_guard(recording(80), rules)
     state = guard.start(spec())
-    decisions = run(guard, clock, state.id, 80)
+    decisions = drive(guard, clock, state.id, 80, STEP)
     final = guard.store.get(state.id)
     assert final.phase is Phase.PROMOTED
     assert [(r.action, r.weight) for r in noop.applied] == [
@@ -98,7 +88,7 @@ def test_a_regression_in_the_bake_rolls_back_within_two_ticks_of_strong_evidence
     onset = 13  # the bake began at tick 9; 10% errors at 250 requests a second (500 a tick)
     guard, clock, noop = make_guard(recording(80, canary_errors=lambda t: 50 if t >= onset else 0, rps=500), rules)
     state = guard.start(spec(step_seconds=STEP))
-    decisions = run(guard, clock, state.id, 80)
+    decisions = drive(guard, clock, state.id, 80, STEP)
     final = guard.store.get(state.id)
     assert final.phase is Phase.ROLLED_BACK
     assert noop.applied[-1].action is Action.ROLLBACK
@@ -113,7 +103,7 @@ def test_a_regression_in_the_bake_rolls_back_within_two_ticks_of_strong_evidence
 def test_one_burst_tick_in_the_bake_does_not_roll_back(rules):
     guard, clock, _ = make_guard(recording(80, canary_errors=lambda t: 40 if t == 20 else 0), rules)
     state = guard.start(spec())
-    run(guard, clock, state.id, 80)
+    drive(guard, clock, state.id, 80, STEP)
     assert guard.store.get(state.id).phase is Phase.PROMOTED
 
 
@@ -121,7 +111,7 @@ def test_missing_data_in_the_bake_stops_its_clock_and_never_promotes(rules):
     gone = set(range(11, 80))  # Prometheus down from just after the bake began (tick 9)
     guard, clock, _ = make_guard(recording(80, unavailable=gone), rules)
     state = guard.start(spec())
-    decisions = run(guard, clock, state.id, 60)
+    decisions = drive(guard, clock, state.id, 60, STEP)
     final = guard.store.get(state.id)
     assert final.phase is Phase.PAUSED and final.bake_tick is not None
     assert final.weight == 100  # the new version keeps its traffic; the previous one stays warm
@@ -133,7 +123,7 @@ def test_the_bake_resumes_after_missing_data_and_keeps_its_clock(rules):
     gone = set(range(12, 16))
     guard, clock, _ = make_guard(recording(90, unavailable=gone), rules)
     state = guard.start(spec())
-    decisions = run(guard, clock, state.id, 90)
+    decisions = drive(guard, clock, state.id, 90, STEP)
     final = guard.store.get(state.id)
     assert final.phase is Phase.PROMOTED
     actions = [d.action for d in decisions]
@@ -147,7 +137,7 @@ def test_a_baked_rollouts_recording_replays_to_the_same_rollback(rules, tmp_path
     guard, clock, _ = make_guard(recording(80, canary_errors=lambda t: 5 if t >= onset else 0), rules,
                                  recordings_dir=out)
     state = guard.start(spec())
-    live = run(guard, clock, state.id, 80)[-1]
+    live = drive(guard, clock, state.id, 80, STEP)[-1]
     doc = json.loads((out / f"{state.id}.json").read_text())
     assert doc["models"][BAKE_REFERENCE_KEY]["from_tick"] == guard.store.get(state.id).bake_tick
     replayed = replay_recording(doc, "baked.json", rules.for_service("checkout"))

@@ -13,6 +13,7 @@ from guardian.engine.guard import Guard, GuardConfig, StartSpec
 from guardian.engine.store import SQLiteStore
 from guardian.rules.book import RuleBook
 from guardian.sources.recording import RecordingSource
+from tests.fixtures.driving import CrashOn, drive
 
 START = 1_767_614_400.0
 RULES = """
@@ -52,22 +53,10 @@ def spec(**kw) -> StartSpec:
                          "analysis_seconds": 6.0} | kw))
 
 
-def run(guard, clock, rollout_id, ticks):
-    decisions = []
-    for _ in range(ticks):
-        clock.advance(2.0)
-        d = guard.tick(rollout_id)
-        if d is not None:
-            decisions.append(d)
-        if guard.store.get(rollout_id).phase.terminal:
-            break
-    return decisions
-
-
 def test_healthy_canary_walks_every_step_and_is_promoted(rules):
     guard, clock, noop = make_guard(recording(60), rules)
     state = guard.start(spec())
-    run(guard, clock, state.id, 60)
+    drive(guard, clock, state.id, 60, 2.0)
     final = guard.store.get(state.id)
     assert final.phase is Phase.PROMOTED
     applied = [(r.action, r.weight) for r in noop.applied]
@@ -83,7 +72,7 @@ def test_errors_roll_back_after_for_and_the_decision_carries_its_evidence(rules)
     rec = recording(60, error_ratio=lambda t: 0.25 if t >= 5 else 0.0)
     guard, clock, noop = make_guard(rec, rules)
     state = guard.start(spec(analysis_seconds=1000))
-    run(guard, clock, state.id, 60)
+    drive(guard, clock, state.id, 60, 2.0)
     final = guard.store.get(state.id)
     assert final.phase is Phase.ROLLED_BACK
     rollback = guard.store.decisions(state.id)[-1]
@@ -97,12 +86,12 @@ def test_missing_data_pauses_then_resumes_and_never_promotes_meanwhile(rules):
     rec = recording(80, missing=set(range(4, 24)))
     guard, clock, noop = make_guard(rec, rules)
     state = guard.start(spec(analysis_seconds=10.0, steps=(50, 100)))
-    run(guard, clock, state.id, 14)
+    drive(guard, clock, state.id, 14, 2.0)
     mid = guard.store.get(state.id)
     assert mid.phase is Phase.PAUSED and mid.paused_by == "guardian"
     actions = [d["action"] for d in guard.store.decisions(state.id)]
     assert "pause" in actions and "promote" not in actions
-    run(guard, clock, state.id, 60)
+    drive(guard, clock, state.id, 60, 2.0)
     actions = [d["action"] for d in guard.store.decisions(state.id)]
     assert actions.index("resume") > actions.index("pause")
     assert guard.store.get(state.id).phase is Phase.PROMOTED
@@ -127,27 +116,13 @@ def test_ticks_missed_while_down_are_caught_up_and_recorded(rules):
     assert rec["series"]["requests"]["canary"] == [40.0] * 8
 
 
-class CrashOnce(NoopActuator):
-    """Dies (like a killed process) in the middle of the first ADVANCE."""
-
-    def __init__(self):
-        super().__init__()
-        self.crashed = False
-
-    def apply(self, request):
-        if request.action is Action.ADVANCE and not self.crashed:
-            self.crashed = True
-            raise KeyboardInterrupt("killed mid-action")
-        return super().apply(request)
-
-
 def test_an_action_interrupted_by_a_crash_is_completed_once_on_restart(rules, tmp_path):
     db = tmp_path / "state.db"
-    actuator = CrashOnce()
+    actuator = CrashOn(Action.ADVANCE)
     guard, clock, _ = make_guard(recording(60), rules, store=SQLiteStore(db), actuator=actuator)
     state = guard.start(spec())
     with pytest.raises(KeyboardInterrupt):
-        run(guard, clock, state.id, 60)
+        drive(guard, clock, state.id, 60, 2.0)
     assert guard.store.pending_ops(state.id), "the intent was written before the actuator was called"
     # restart: a new guard on the same database file
     guard2 = Guard(SQLiteStore(db), RecordingSource(recording(60)), rules, lambda t: actuator, clock,
@@ -176,7 +151,7 @@ def test_a_failed_rollback_is_reported_and_retried_on_the_next_tick(rules):
     rec = recording(40, error_ratio=lambda t: 0.3)
     guard, clock, _ = make_guard(rec, rules, actuator=FailingRollback(failures=1))
     state = guard.start(spec(analysis_seconds=1000))
-    run(guard, clock, state.id, 40)
+    drive(guard, clock, state.id, 40, 2.0)
     log = guard.store.decisions(state.id)
     rollbacks = [d for d in log if d["action"] == "rollback"]
     assert len(rollbacks) == 2
@@ -190,7 +165,7 @@ def test_user_pause_stops_acting_but_keeps_watching(rules):
     guard, clock, noop = make_guard(rec, rules)
     state = guard.start(spec(analysis_seconds=1000))
     guard.override(state.id, Action.PAUSE)
-    run(guard, clock, state.id, 20)
+    drive(guard, clock, state.id, 20, 2.0)
     assert guard.store.get(state.id).phase is Phase.PAUSED
     assert len(guard.store.ticks(state.id)) == 19  # tick t is due at (t+1)*2s + 0.5s
     assert [r.action for r in noop.applied] == [Action.START, Action.PAUSE]

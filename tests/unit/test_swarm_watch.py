@@ -30,6 +30,7 @@ from guardian.rules.models import Arms
 from guardian.settings import Settings, load_settings
 from guardian.sources.recording import RecordingSource
 from guardian.watchers.swarm import SwarmWatcher, active_services, plan
+from tests.fixtures.driving import drive
 from tests.unit.recordings import steady_recording
 
 V1, V2 = "app:v1", "app:v2"
@@ -248,17 +249,6 @@ def templated_guard(tmp_path: Path) -> tuple[Guard, FakeClock, Asking]:
     return guard, clock, source
 
 
-def run(guard: Guard, clock: FakeClock, rollout_id: str, ticks: int) -> list:
-    decisions = []
-    for _ in range(ticks):
-        clock.advance(10)
-        if (d := guard.tick(rollout_id)) is not None:
-            decisions.append(d)
-        if guard.store.get(rollout_id).phase.terminal:
-            break
-    return decisions
-
-
 def observe(**kw) -> StartSpec:
     return StartSpec(**({"service": "checkout", "image": V2, "strategy": Strategy.OBSERVE, "steps": (100,),
                          "target": "swarm:checkout", "step_seconds": 10, "analysis_seconds": 30} | kw))
@@ -267,7 +257,7 @@ def observe(**kw) -> StartSpec:
 def test_a_rollout_knowing_its_previous_image_selects_both_versions_and_is_promoted(tmp_path):
     guard, clock, source = templated_guard(tmp_path)
     rollout = guard.start(observe(previous_image=V1))
-    run(guard, clock, rollout.id, 30)
+    drive(guard, clock, rollout.id, 30, 10)
     assert guard.store.get(rollout.id).phase is Phase.PROMOTED
     assert {(arm, value) for arm, _, value in source.asked} == {("canary", "v2"), ("baseline", "v1")}
 
@@ -275,7 +265,7 @@ def test_a_rollout_knowing_its_previous_image_selects_both_versions_and_is_promo
 def test_an_unresolvable_placeholder_is_inconclusive_with_its_reason_never_a_pass(tmp_path):
     guard, clock, source = templated_guard(tmp_path)
     rollout = guard.start(observe())  # no previous image
-    decisions = run(guard, clock, rollout.id, 30)
+    decisions = drive(guard, clock, rollout.id, 30, 10)
     assert guard.store.get(rollout.id).phase is Phase.PAUSED
     assert all(d.action is not Action.PROMOTE for d in decisions)
     assert {arm for arm, _, _ in source.asked} == {"canary"}  # the baseline is never asked for a made-up value

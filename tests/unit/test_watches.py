@@ -25,6 +25,7 @@ from guardian.forecast.model_files import ModelDirectory
 from guardian.rules.book import RuleBook
 from guardian.rules.loader import RuleSet, parse_text
 from guardian.sources.recording import RecordingSource
+from tests.fixtures.driving import CrashOn, drive
 
 START = 1_767_614_400.0
 STEP = 10.0
@@ -78,17 +79,6 @@ def make(dirs, rec: dict, *, store=None, actuator=None, clock=None):
     return guard, WatchKeeper(guard, rulebook, DEFAULTS), clock, actuator
 
 
-def tick(guard, clock, watch_id, n):
-    out = []
-    for _ in range(n):
-        clock.advance(STEP)
-        if (d := guard.tick(watch_id)) is not None:
-            out.append(d)
-        if guard.store.get(watch_id).phase.terminal:
-            break
-    return out
-
-
 def acted(decisions: list[dict]) -> list[tuple]:
     return [(d["tick"], d["action"], d.get("replicas", 0)) for d in decisions if d["action"] not in ("start",)]
 
@@ -103,7 +93,7 @@ def test_a_watch_gives_way_to_a_rollout_and_comes_back_with_its_attribution_then
     assert start["action"] == "start" and "judging error-rate, traffic-forecast" in start["reason"]
     assert "replicas 2 (min_replicas; tracked until the actuator reports them)" in start["reason"]
     assert (noop.applied[0].action, noop.applied[0].strategy, noop.applied[0].image) == (Action.START, "observe", "")
-    decisions = tick(guard, clock, w1.id, 4)
+    decisions = drive(guard, clock, w1.id, 4, STEP)
     assert {v.check for v in decisions[-1].verdicts} == {"error-rate", "traffic-forecast"}  # no compare check
     assert all(d.action is Action.CONTINUE for d in decisions)
 
@@ -120,7 +110,7 @@ def test_a_watch_gives_way_to_a_rollout_and_comes_back_with_its_attribution_then
     [w2] = keeper.run_once()
     assert (w2.image, w2.previous_image, w2.suspect, w2.promoted_at) == ("shop:v2", "shop:v1", rollout.id, promoted_at)
     assert f"promoted by rollout {rollout.id}" in guard.store.decisions(w2.id)[0]["reason"]
-    decisions = tick(guard, clock, w2.id, 40)
+    decisions = drive(guard, clock, w2.id, 40, STEP)
     rollback = decisions[-1]
     assert rollback.action is Action.ROLLBACK
     assert f"suspect: rollout {rollout.id} (shop:v2)" in rollback.reason and "back to shop:v1" in rollback.reason
@@ -141,30 +131,16 @@ def test_a_rollout_cannot_start_while_a_foreign_row_is_in_flight_but_a_watch_alw
     assert guard.store.get(first.id).phase is Phase.PROGRESSING
 
 
-class CrashOnScale(NoopActuator):
-    """Dies (like a killed process) in the middle of the first SCALE."""
-
-    def __init__(self):
-        super().__init__()
-        self.crashed = False
-
-    def apply(self, request):
-        if request.action is Action.SCALE and not self.crashed:
-            self.crashed = True
-            raise KeyboardInterrupt("killed mid-scale")
-        return super().apply(request)
-
-
 RATES = [10.0] * 6 + [16.0] * 24 + [10.0] * 20  # two periods above the forecast from tick 6, back at tick 30
 
 
 def test_a_crash_mid_scale_finishes_it_once_then_max_is_refused_and_it_scales_back_in(dirs, tmp_path):
     db = tmp_path / "state.db"
-    actuator = CrashOnScale()
+    actuator = CrashOn(Action.SCALE)
     guard, keeper, clock, _ = make(dirs, world(RATES), store=SQLiteStore(db), actuator=actuator)
     [w] = keeper.run_once()
     with pytest.raises(KeyboardInterrupt):
-        tick(guard, clock, w.id, 40)
+        drive(guard, clock, w.id, 40, STEP)
     [pending] = guard.store.pending_ops(w.id)
     assert pending["request"]["action"] == "scale" and pending["request"]["strategy"] == "observe"
     crashed_at = clock.now()
@@ -172,7 +148,7 @@ def test_a_crash_mid_scale_finishes_it_once_then_max_is_refused_and_it_scales_ba
     # a restart: a new guard on the same database file
     guard2, keeper2, _, _ = make(dirs, world(RATES), store=SQLiteStore(db), actuator=actuator, clock=clock)
     assert keeper2.run_once() == []  # the watch is still in flight
-    tick(guard2, clock, w.id, 60)
+    drive(guard2, clock, w.id, 60, STEP)
     assert not guard2.store.pending_ops(w.id)
     scales = [r for r in actuator.applied if r.action is Action.SCALE]
     assert [r.replicas for r in scales] == [1, -1]  # the interrupted one carried out once, then back in
@@ -192,7 +168,7 @@ def test_a_crash_mid_scale_finishes_it_once_then_max_is_refused_and_it_scales_ba
 def test_a_watch_recording_replays_to_the_same_decisions(dirs):
     guard, keeper, clock, _ = make(dirs, world(RATES))
     [w] = keeper.run_once()
-    tick(guard, clock, w.id, 49)
+    drive(guard, clock, w.id, 49, STEP)
     live = acted(guard.store.decisions(w.id))
     assert [a for _, a, _ in live].count("scale") == 2 and "notify" in [a for _, a, _ in live]
     metrics = generate_latest(guard.metrics.registry).decode()
@@ -225,7 +201,7 @@ def test_a_gating_forecast_check_without_a_model_refuses_the_watch_and_says_so(d
     guard, keeper, clock, _ = make(dirs, world([10.0] * 10))
     [w] = keeper.run_once()
     assert "traffic-forecast abstains: no model at" in guard.store.decisions(w.id)[0]["reason"]
-    [d] = tick(guard, clock, w.id, 2)
+    [d] = drive(guard, clock, w.id, 2, STEP)
     forecast = next(v for v in d.verdicts if v.check == "traffic-forecast")
     assert forecast.abstained and "no model" in forecast.reason
 
@@ -317,7 +293,7 @@ def test_an_old_watch_is_rotated_and_the_next_carries_on_from_it(dirs):
     guard, keeper, clock, _ = make(dirs, world(RATES))
     keeper.rotate_seconds = 200.0
     [w] = keeper.run_once()
-    tick(guard, clock, w.id, 19)  # scaled out at tick 17
+    drive(guard, clock, w.id, 19, STEP)  # scaled out at tick 17
     scaled = guard.store.get(w.id)
     assert scaled.scaled_replicas == 1 and scaled.replicas == 3
     assert keeper.run_once() == []  # 190 s old
@@ -344,10 +320,10 @@ def test_killed_at_any_point_of_a_scale_the_restarted_guardian_scales_once(dirs,
     guard, keeper, clock, noop = make(dirs, world(RATES), store=SQLiteStore(db))
     [w] = keeper.run_once()
     with pytest.raises(KeyboardInterrupt):
-        tick(guard, clock, w.id, 30)
+        drive(guard, clock, w.id, 30, STEP)
     guard2, keeper2, _, _ = make(dirs, world(RATES), store=SQLiteStore(db), actuator=noop, clock=clock)
     assert keeper2.run_once() == []
-    tick(guard2, clock, w.id, 3)
+    drive(guard2, clock, w.id, 3, STEP)
     assert [(r.action, r.replicas) for r in noop.applied if r.action is Action.SCALE] == [(Action.SCALE, 1)]
     assert [d["tick"] for d in guard2.store.decisions(w.id) if d["action"] == "scale"] == [17]
     state = guard2.store.get(w.id)
