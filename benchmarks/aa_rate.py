@@ -24,25 +24,10 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from guardian.judge.sequential import baseline_dispersion, first_rejection, rate_log_lr  # noqa: E402
+from tests.fixtures.aa_counts import aa_rollout  # noqa: E402
 
 SCENARIOS = {"binomial": (0.0, False), "gamma cv 0.3, per arm": (0.3, False), "gamma cv 1, per arm": (1.0, False),
              "gamma cv 2, per arm": (2.0, False), "gamma cv 2, both arms at once": (2.0, True)}
-
-
-def rollout(rng: np.random.Generator, ticks: int, cv: float, shared: bool):
-    rps, share = rng.uniform(0.5, 100), rng.uniform(0.05, 0.5)
-    base = rng.choice([0.0005, 0.002, 0.01, 0.03])
-    total = rng.poisson(rps * 10, ticks).astype(float)
-    n_c = rng.binomial(total.astype(int), share).astype(float)
-    n_b = total - n_c
-    m_c = m_b = np.ones(ticks)
-    if cv:
-        shape = 1 / cv**2
-        m_c = rng.gamma(shape, 1 / shape, ticks)
-        m_b = m_c if shared else rng.gamma(shape, 1 / shape, ticks)
-    k_c = rng.binomial(n_c.astype(int), np.clip(base * m_c, 0, 1)).astype(float)
-    k_b = rng.binomial(n_b.astype(int), np.clip(base * m_b, 0, 1)).astype(float)
-    return k_c, n_c, k_b, n_b
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -59,7 +44,7 @@ def main(argv: list[str] | None = None) -> int:
         rng = np.random.default_rng(a.seed)
         hits = {"tempered": 0, "untempered": 0}
         for _ in range(a.runs):
-            k_c, n_c, k_b, n_b = rollout(rng, a.ticks, cv, shared)
+            k_c, n_c, k_b, n_b = aa_rollout(rng, a.ticks, cv, shared=shared)
             for mode, phi in (("tempered", baseline_dispersion(k_b, n_b)), ("untempered", None)):
                 lr = rate_log_lr(k_c, n_c, k_b, n_b, burst_cap=a.cap, dispersion=phi)
                 hits[mode] += first_rejection(lr, a.alpha, warmup=0, every=6) is not None

@@ -15,6 +15,7 @@ from guardian.judge.sequential import (
     sign_log_lr,
     staggered_mixture,
 )
+from tests.fixtures.aa_counts import aa_rollout
 
 ALPHA = 0.05
 TICKS = 120  # 20 minutes of 10 s ticks, every one of them looked at
@@ -130,23 +131,6 @@ def test_the_single_tick_path_computes_the_same_log_lr_as_the_vector_path():
 
 
 # -- overdispersion: each arm's own bursts, tempered by the baseline's dispersion -------------------------
-def gamma_bursts(rng, cv: float, *, shared: bool = False):
-    """A/A counts whose per-tick error rate is multiplied by a gamma factor of coefficient of variation `cv`,
-    drawn for each arm separately (or, `shared`, one factor for both: a dependency outage), over 1-100 rps,
-    a 5-50% canary share and base error rates from 0.05% to 3%."""
-    rps, share = rng.uniform(1, 100), rng.uniform(0.05, 0.5)
-    base = rng.choice([0.0005, 0.002, 0.01, 0.03])
-    total = rng.poisson(rps * 10, TICKS).astype(float)
-    n_c = rng.binomial(total.astype(int), share).astype(float)
-    n_b = total - n_c
-    shape = 1 / cv**2
-    m_c = rng.gamma(shape, 1 / shape, TICKS)
-    m_b = m_c if shared else rng.gamma(shape, 1 / shape, TICKS)
-    k_c = rng.binomial(n_c.astype(int), np.clip(base * m_c, 0, 1)).astype(float)
-    k_b = rng.binomial(n_b.astype(int), np.clip(base * m_b, 0, 1)).astype(float)
-    return k_c, n_c, k_b, n_b
-
-
 def tempered_rejects(k_c, n_c, k_b, n_b, alpha=ALPHA, temper=True):
     phi = baseline_dispersion(k_b, n_b) if temper else None
     return first_rejection(rate_log_lr(k_c, n_c, k_b, n_b, dispersion=phi), alpha, warmup=0, every=6)
@@ -158,7 +142,7 @@ def test_aa_stays_below_alpha_with_bursty_errors_once_tempered_by_the_baselines_
     false-rollback rate stays below alpha with no warm-up; untempered, the same rollouts break it at cv 2."""
     runs = 600
     rng = np.random.default_rng(31)
-    paths = [gamma_bursts(rng, cv) for _ in range(runs)]
+    paths = [aa_rollout(rng, TICKS, cv) for _ in range(runs)]
     tempered = sum(tempered_rejects(*p) is not None for p in paths) / runs
     assert tempered <= ALPHA, f"tempered A/A false-rollback rate {tempered:.3f} > alpha {ALPHA}"
     if cv == 2.0:
@@ -169,7 +153,7 @@ def test_aa_stays_below_alpha_with_bursty_errors_once_tempered_by_the_baselines_
 def test_bursts_that_hit_both_arms_at_once_cancel():
     rng = np.random.default_rng(5)
     runs = 300
-    false = sum(tempered_rejects(*gamma_bursts(rng, 2.0, shared=True)) is not None for _ in range(runs))
+    false = sum(tempered_rejects(*aa_rollout(rng, TICKS, 2.0, shared=True)) is not None for _ in range(runs))
     assert false / runs <= 0.01
 
 
