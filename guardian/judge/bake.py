@@ -32,7 +32,7 @@ from typing import Any
 import numpy as np
 
 from guardian.domain import Evidence, Result, Verdict
-from guardian.judge.sequential import RATE_ALTERNATIVES, SequentialResult, cumulative, sign_log_lr
+from guardian.judge.sequential import RATE_ALTERNATIVES, SequentialResult, cumulative, log_mixture, sign_log_lr
 from guardian.judge.threshold import wilson_bounds
 
 BAKE_WARMUP_TICKS = 1  # the tick the traffic flipped in is left out: it mixes both versions
@@ -89,10 +89,8 @@ def every_tick_mixture(lr: np.ndarray, t: int, alpha: float, block: int, *, warm
     if t < warmup:
         return SequentialResult(False, 1.0, math.exp(_log_level(alpha, block, 1)), None, 0)
     cum = cumulative(lr[: t + 1])
-    llr = cum[t + 1] - cum[warmup: t + 1]  # starts × alternatives
-    peak = llr.max(axis=1)
-    log_e = peak + np.log(np.exp(llr - peak[:, None]).mean(axis=1))
-    k = 1 + np.arange(len(llr)) // block
+    log_e = log_mixture(cum[t + 1] - cum[warmup: t + 1])  # per start
+    k = 1 + np.arange(len(log_e)) // block
     log_thr = np.log(block * math.pi ** 2 / 6 / alpha) + 2 * np.log(k)
     margin = log_e - log_thr
     best = int(margin.argmax())

@@ -69,14 +69,19 @@ def _log_thresholds(alpha: float, n_starts: int) -> np.ndarray:
     return np.log(np.arange(1, n_starts + 1) ** 2 * _BASEL / alpha)
 
 
+def log_mixture(llr: np.ndarray) -> np.ndarray:
+    """Per row (a test's start) of log-LRs over the alternatives: the log of their equal-weight mixture, the
+    test's log e-value (computed from the largest, so that no exp overflows)."""
+    peak = llr.max(axis=1)
+    return peak + np.log(np.exp(llr - peak[:, None]).mean(axis=1))
+
+
 def staggered_from_cumulative(cum: np.ndarray, t: int, alpha: float, *, warmup: int, every: int) -> SequentialResult:
     if t < warmup:
         return SequentialResult(False, 1.0, _BASEL / alpha, None, 0)
     every = max(1, every)
-    llr = cum[t + 1] - cum[warmup : t + 1 : every]  # starts × alternatives
-    peak = llr.max(axis=1)
-    log_e = peak + np.log(np.exp(llr - peak[:, None]).mean(axis=1))
-    log_thr = _log_thresholds(alpha, len(llr))
+    log_e = log_mixture(cum[t + 1] - cum[warmup : t + 1 : every])  # per start
+    log_thr = _log_thresholds(alpha, len(log_e))
     margin = log_e - log_thr
     best = int(margin.argmax())
     start = warmup + best * every
@@ -220,9 +225,7 @@ def first_rejection(log_lr: np.ndarray, alpha: float, *, warmup: int, every: int
     for j, s in enumerate(starts):
         if earliest is not None and s >= earliest:
             break  # a test starting later cannot reject earlier
-        llr = cum[s + 1 :] - cum[s]  # ticks s..n-1 × alternatives
-        peak = llr.max(axis=1, keepdims=True)
-        log_e = (peak + np.log(np.exp(llr - peak).mean(axis=1, keepdims=True)))[:, 0]
+        log_e = log_mixture(cum[s + 1 :] - cum[s])  # ticks s..n-1
         hits = np.flatnonzero(log_e >= log_thr[j])
         if hits.size and (earliest is None or s + int(hits[0]) < earliest):
             earliest = s + int(hits[0])
