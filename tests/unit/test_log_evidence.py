@@ -11,7 +11,8 @@ from guardian.domain import Phase
 from guardian.engine.guard import Guard, GuardConfig
 from guardian.engine.store import SQLiteStore
 from guardian.sources.recording import RecordingSource
-from tests.unit.test_guard import START, recording, rules, run, spec  # noqa: F401
+from tests.fixtures.driving import drive
+from tests.unit.test_guard import START, recording, rules, spec  # noqa: F401
 
 ACCESS = [f'2026-11-28T10:00:{i % 60:02d}.000Z INFO 10.0.0.{i % 9} "GET /cart/{i}" 200 {i % 7}.3ms '
           f"request_id={i:016x}".encode() for i in range(300)]
@@ -44,7 +45,7 @@ def test_the_rollback_carries_the_canarys_new_log_templates(rules):  # noqa: F81
     actuator = LoggingActuator()
     g, clock = guard_with(actuator, rules)
     state = g.start(spec())
-    run(g, clock, state.id, 40)
+    drive(g, clock, state.id, 40, 2.0)
     assert g.store.get(state.id).phase is Phase.ROLLED_BACK
     rollback = g.store.decisions(state.id)[-1]
     top = rollback["logs"][0]
@@ -58,7 +59,7 @@ def test_a_slow_or_broken_log_source_costs_little_and_never_the_rollback(rules):
         g, clock = guard_with(actuator, rules, log_seconds=0.3)
         state = g.start(spec())
         began = time.monotonic()
-        run(g, clock, state.id, 40)
+        drive(g, clock, state.id, 40, 2.0)
         assert time.monotonic() - began < 3
         assert g.store.get(state.id).phase is Phase.ROLLED_BACK
         assert "logs" not in g.store.decisions(state.id)[-1]
@@ -73,7 +74,7 @@ def test_the_notifier_and_the_report_get_the_log_evidence(rules, tmp_path):  # n
     g, clock = guard_with(actuator, rules)
     g.notifier = type("N", (), {"notify": lambda self, e: seen.append(e)})()
     state = g.start(spec())
-    run(g, clock, state.id, 40)
+    drive(g, clock, state.id, 40, 2.0)
     rollback = [e for e in seen if e["action"] == "rollback"][-1]
     assert "inventory reservation failed" in rollback["logs"][0]["template"]
     recording_ = g.store.recording(state.id)
