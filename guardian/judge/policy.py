@@ -37,7 +37,8 @@ def bake_counts(verdicts: Sequence[Verdict]) -> bool:
     return bool(judged) and all(v.result is Result.PASS for v in judged)
 
 
-def _names(verdicts: Sequence[Verdict]) -> str:
+def reasons(verdicts: Sequence[Verdict]) -> str:
+    """'check: its reason; check: its reason': the verdicts behind a decision, in its reason."""
     return "; ".join(f"{v.check}: {v.reason}" for v in verdicts)
 
 
@@ -60,11 +61,11 @@ def decide(
         worst = max(failed, key=lambda v: SEVERITY.get(v.action, 0))
         if worst.action is Action.SCALE:
             if last_scale_at is not None and now - last_scale_at < policy.scale_cooldown_seconds:
-                return make(Action.CONTINUE, f"scale-out cooling down; {_names(failed)}")
-            return make(Action.SCALE, _names(failed), replicas=worst.replicas)
+                return make(Action.CONTINUE, f"scale-out cooling down; {reasons(failed)}")
+            return make(Action.SCALE, reasons(failed), replicas=worst.replicas)
         if worst.action is not Action.NOTIFY:
-            return make(worst.action, _names([v for v in failed if v.action is worst.action]))
-        notify = make(Action.NOTIFY, _names(failed))
+            return make(worst.action, reasons([v for v in failed if v.action is worst.action]))
+        notify = make(Action.NOTIFY, reasons(failed))
     else:
         notify = None
     judged = [v for v in vs if not v.abstained]  # optional checks whose signal does not exist
@@ -73,33 +74,33 @@ def decide(
     unknown = [v for v in judged if v.result is Result.ERROR
                or (v.result is Result.INCONCLUSIVE and not (v.breaching or v.warming_up))]
     if unknown:
-        return make(policy.on_inconclusive, _names(unknown))
+        return make(policy.on_inconclusive, reasons(unknown))
     if notify is not None:
         return notify
     holding = [v for v in judged if v.result is Result.INCONCLUSIVE]
     if holding:
-        return make(Action.CONTINUE, _names(holding))
+        return make(Action.CONTINUE, reasons(holding))
     if state.phase is Phase.PAUSED and state.paused_by in ("guardian", "alertmanager"):
-        return make(Action.RESUME, "all checks pass again: " + _names(vs))
+        return make(Action.RESUME, "all checks pass again: " + reasons(vs))
     if state.baking:
         baked = (state.baked_ticks + 1) * state.step_seconds  # this tick passed: it counts
         if baked >= state.bake_seconds:
             return make(Action.PROMOTE, f"the bake passed: {baked:g}s at 100% with every check passing: "
-                                        + _names(vs))
+                                        + reasons(vs))
         return make(Action.CONTINUE, f"baking at 100%: {baked:g}s of {state.bake_seconds:g}s passed "
                                      f"({state.bake_seconds - baked:g}s left), the previous version warm: "
-                                     + _names(vs))
+                                     + reasons(vs))
     analysed = now - state.step_started_at
     if state.open_ended:
         return make(Action.CONTINUE, f"all checks pass ({analysed:.0f}s judged); judging on until the rollout is "
-                                     "ended from outside: " + _names(vs))
+                                     "ended from outside: " + reasons(vs))
     if analysed < state.analysis_seconds:
         left = state.analysis_seconds - analysed
         return make(Action.CONTINUE, f"all checks pass; step {state.step_index + 1}/{len(state.steps)} "
                                      f"analysed {analysed:.0f}s of {state.analysis_seconds:g}s ({left:.0f}s left)")
     if state.last_step and state.bake_seconds > 0:
         return make(Action.BAKE, f"all checks passed on every step: baking at 100% for {state.bake_seconds:g}s, "
-                                 "the previous version kept warm: " + _names(vs))
+                                 "the previous version kept warm: " + reasons(vs))
     if state.last_step:
-        return make(Action.PROMOTE, "all checks passed on every step: " + _names(vs))
-    return make(Action.ADVANCE, f"all checks passed for {analysed:.0f}s at {state.weight}%: " + _names(vs))
+        return make(Action.PROMOTE, "all checks passed on every step: " + reasons(vs))
+    return make(Action.ADVANCE, f"all checks passed for {analysed:.0f}s at {state.weight}%: " + reasons(vs))

@@ -29,6 +29,7 @@ import re
 from collections.abc import Sequence
 
 from guardian.domain import Action, Decision, Outcome, Result, RolloutState, Verdict
+from guardian.judge.policy import reasons
 from guardian.rules.models import Watch
 
 # What "the previous version can still be had" means for each actuator: the watch asks it for a ROLLBACK of the
@@ -51,10 +52,6 @@ DEFAULT_WATCH = Watch()  # a service the settings' watch_services name, without 
 _Z = re.compile(r"z=([+-]?\d+(?:\.\d+)?(?:e[+-]?\d+)?)")
 _RUN = re.compile(r"run (\d+)/")
 _SCALED_TO = re.compile(r"scaled (?:\S+ )?(?:from \d+ )?to (\d+) replica")
-
-
-def _names(verdicts: Sequence[Verdict]) -> str:
-    return "; ".join(f"{v.check}: {v.reason}" for v in verdicts)
 
 
 def ago(seconds: float) -> str:
@@ -179,21 +176,21 @@ def judge(verdicts: Sequence[Verdict], state: RolloutState, now: float, rules: W
     if rollback:
         why_not = _why_not_rolled_back(state, now, rules)
         if why_not is None:
-            return make(Action.ROLLBACK, f"{_names(rollback)}; rolling rollout {state.suspect} ({state.image}) back to "
-                        f"{state.previous_image}", blamed=True), False
+            return make(Action.ROLLBACK, f"{reasons(rollback)}; rolling rollout {state.suspect} ({state.image}) "
+                        f"back to {state.previous_image}", blamed=True), False
         if state.suspect is not None and not blame:  # outside the window: named all the same
             why_not += f"; the last release: rollout {state.suspect} ({state.image})"
-        notes.append(f"{_names(rollback)}; not rolled back: {why_not}")
+        notes.append(f"{reasons(rollback)}; not rolled back: {why_not}")
     pause = [v for v in failed if v.action is Action.PAUSE]
     if pause:
-        notes.append(f"{_names(pause)} (a watch pauses nothing: said instead)")
+        notes.append(f"{reasons(pause)} (a watch pauses nothing: said instead)")
     notify = [v for v in failed if v.action in (Action.NOTIFY, Action.CONTINUE)]
     if notify:
-        notes.append(_names(notify))
+        notes.append(reasons(notify))
     out = [v for v in failed if v.action is Action.SCALE]
     if out:
         worst = max(out, key=lambda v: abs(v.replicas))
-        action, reason, delta, refused = _scale(state, now, rules, worst.replicas, _names(out))
+        action, reason, delta, refused = _scale(state, now, rules, worst.replicas, reasons(out))
         if notes:
             reason += "; also: " + "; ".join(notes)
             if action is Action.CONTINUE:
@@ -208,22 +205,22 @@ def judge(verdicts: Sequence[Verdict], state: RolloutState, now: float, rules: W
         back = -int(math.copysign(min(abs(state.scaled_replicas), step), state.scaled_replicas))
         band = f", within {rules.scale_in_within:g}σ" if rules.scale_in_within is not None else ""
         why = (f"every scaling check back on its forecast{band} for {ago(now - state.calm_since)} (scale_in_after "
-               f"{ago(rules.scale_in_after)}); the watch added {state.scaled_replicas:+d}: {_names(scaling)}")
+               f"{ago(rules.scale_in_after)}); the watch added {state.scaled_replicas:+d}: {reasons(scaling)}")
         action, reason, delta, refused = _scale(state, now, rules, back, why)
         return make(action, reason, delta), refused
     judged = [v for v in vs if not v.abstained]
     if not judged:
         return make(Action.CONTINUE, "no checks judge this watch: nothing is known, so nothing passes"
-                    + (f" ({_names(vs)})" if vs else "")), False
+                    + (f" ({reasons(vs)})" if vs else "")), False
     unknown = [v for v in judged if v.result in (Result.ERROR, Result.INCONCLUSIVE)]
     if unknown:
-        return make(Action.CONTINUE, "inconclusive, watching on (a watch pauses nothing): " + _names(unknown)), False
+        return make(Action.CONTINUE, "inconclusive, watching on (a watch pauses nothing): " + reasons(unknown)), False
     waiting = ""
     if state.scaled_replicas and scaling:
         since = "" if state.calm_since is None else f" back on its forecast for {ago(now - state.calm_since)};"
         waiting = (f" scaled {state.scaled_replicas:+d} by the watch,{since} scaling back after "
                    f"{ago(rules.scale_in_after)}:")
-    return make(Action.CONTINUE, f"all checks pass;{waiting} " + _names(vs)), False
+    return make(Action.CONTINUE, f"all checks pass;{waiting} " + reasons(vs)), False
 
 
 def judged_at(state: RolloutState, tick: int | None, now: float) -> float:
