@@ -17,13 +17,11 @@ from typing import Any
 
 from loguru import logger
 
-from guardian.domain import BAKE_REFERENCE_KEY, RolloutState
+from guardian.domain import RolloutState
 from guardian.errors import ModelMissing, NoData, SourceUnavailable
 from guardian.rules.loader import RuleSet
 from guardian.rules.models import ADVISORY_ACTIONS, CompareCheck
 from guardian.sources import ArmSelector, MetricSource, SignalQuery
-
-BAKE_KEY = BAKE_REFERENCE_KEY
 
 
 def bake_signals(ruleset: RuleSet) -> dict[str, list[CompareCheck]]:

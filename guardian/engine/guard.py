@@ -30,6 +30,7 @@ from guardian.clock import Clock
 from guardian.crashpoints import crash_point
 from guardian.domain import (
     ARMS,
+    BAKE_REFERENCE_KEY,
     Action,
     Decision,
     Evidence,
@@ -44,7 +45,7 @@ from guardian.domain import (
 from guardian.engine.alert_book import AlertBook
 from guardian.engine.alerts import DEFAULT_LABELS, StoredAlert
 from guardian.engine.arms import ArmSelection, ArmSelections
-from guardian.engine.bake_reference import BAKE_KEY, BakeReference
+from guardian.engine.bake_reference import BakeReference
 from guardian.engine.log_evidence import LogEvidence
 from guardian.engine.start import StartSpec, first_state
 from guardian.engine.store import StateStore
@@ -152,8 +153,9 @@ class Guard:
         arms = self.arms.select(state, ruleset)
         if (unresolved := arms.unresolved):
             logger.warning("rollout {} of {}: {}", state.id, spec.service, "; ".join(unresolved.values()))
-        if state.bake_seconds > 0 and BAKE_KEY not in models:  # the service before it, for the bake (judge/bake.py)
-            models[BAKE_KEY] = self.bake_reference.before(state, ruleset, arms.selectors.get("baseline"))
+        # the service before it, for the bake (judge/bake.py)
+        if state.bake_seconds > 0 and BAKE_REFERENCE_KEY not in models:
+            models[BAKE_REFERENCE_KEY] = self.bake_reference.before(state, ruleset, arms.selectors.get("baseline"))
         with self._lock(state.id):  # held from the create: a tick must not see it before its START
             self.end_watches(spec.service, f"ended: rollout {state.id} started")  # a watch gives way (watches.py)
             self.store.create(state)
@@ -339,7 +341,7 @@ class Guard:
             ev = self.store.evidence(state.id, state.step_seconds, counters)
             ev.started_at = state.origin
             snapshot = dict(self.store.models(state.id))
-            ev.bake = snapshot.pop(BAKE_KEY, None)
+            ev.bake = snapshot.pop(BAKE_REFERENCE_KEY, None)
             ev.models = thaw(snapshot)
             self._evidence[state.id] = ev
         ev.counters = counters
@@ -349,11 +351,11 @@ class Guard:
         """The bake's BAKE took effect: from its first tick on, compare checks also judge against the service
         before the rollout (frozen with the models, so a replay of the recording judges the same)."""
         snapshot = dict(self.store.models(state.id))
-        snapshot[BAKE_KEY] = {**(snapshot.get(BAKE_KEY) or {}), "from_tick": state.bake_tick,
+        snapshot[BAKE_REFERENCE_KEY] = {**(snapshot.get(BAKE_REFERENCE_KEY) or {}), "from_tick": state.bake_tick,
                               "ticks": max(1, round(state.bake_seconds / state.step_seconds))}
         self.store.save_models(state.id, snapshot)
         if (ev := self._evidence.get(state.id)) is not None:
-            ev.bake = snapshot[BAKE_KEY]
+            ev.bake = snapshot[BAKE_REFERENCE_KEY]
 
     def _reconcile(self, state: RolloutState) -> None:
         """Before judging a tick, let the actuator put its routing back in line with what runs (the
