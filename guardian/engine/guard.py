@@ -352,7 +352,7 @@ class Guard:
         before the rollout (frozen with the models, so a replay of the recording judges the same)."""
         snapshot = dict(self.store.models(state.id))
         snapshot[BAKE_REFERENCE_KEY] = {**(snapshot.get(BAKE_REFERENCE_KEY) or {}), "from_tick": state.bake_tick,
-                              "ticks": max(1, round(state.bake_seconds / state.step_seconds))}
+                                        "ticks": max(1, round(state.bake_seconds / state.step_seconds))}
         self.store.save_models(state.id, snapshot)
         if (ev := self._evidence.get(state.id)) is not None:
             ev.bake = snapshot[BAKE_REFERENCE_KEY]
