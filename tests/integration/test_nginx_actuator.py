@@ -6,7 +6,6 @@ weighted round-robin is deterministic with one worker, but the assertions allow 
 """
 from __future__ import annotations
 
-import contextlib
 import subprocess
 import threading
 import time
@@ -100,39 +99,6 @@ class Stack:
                 except httpx.HTTPError as exc:
                     seen[type(exc).__name__] += 1
         return seen
-
-    @contextlib.contextmanager
-    def under_load(self, clients: int = 2, rps: float = 50.0) -> Iterator[list[tuple[float, str]]]:
-        """`clients` threads at `rps` requests/s each, a new connection per request (independent clients), for
-        the duration of the block; yields the (time each request was sent, who answered or the error) list,
-        complete once the block has ended."""
-        results: list[tuple[float, str]] = []
-        lock, stop = threading.Lock(), threading.Event()
-
-        def client() -> None:
-            with httpx.Client(base_url=self.nginx.url, timeout=5, headers={"Connection": "close"}) as c:
-                next_at = time.monotonic()
-                while not stop.is_set():
-                    started = time.monotonic()
-                    try:
-                        r = c.get("/")
-                        what = r.text if r.status_code == 200 else f"HTTP {r.status_code}"
-                    except httpx.HTTPError as exc:
-                        what = f"{type(exc).__name__}: {exc}"
-                    with lock:
-                        results.append((started, what))
-                    next_at += 1 / rps
-                    time.sleep(max(0.0, next_at - time.monotonic()))
-
-        threads = [threading.Thread(target=client, daemon=True) for _ in range(clients)]
-        for t in threads:
-            t.start()
-        try:
-            yield results
-        finally:
-            stop.set()
-            for t in threads:
-                t.join(10)
 
 
 @pytest.fixture(scope="module")
@@ -277,22 +243,46 @@ def test_blue_green_switches_under_load_drop_no_request(stack: Stack) -> None:
     the actuator switches all traffic 0 -> 100 -> 0 ... six times, each a real `nginx -s reload`."""
     actuator = registry.create(stack.target())
     assert actuator.apply(request(Action.START, 0, "bg:0:start")).ok  # blue (stable) only
+    results: list[tuple[float, str]] = []  # (time the request was sent, who answered or the error)
+    lock = threading.Lock()
+    stop = threading.Event()
+
+    def client() -> None:
+        with httpx.Client(base_url=stack.nginx.url, timeout=5, headers={"Connection": "close"}) as c:
+            next_at = time.monotonic()
+            while not stop.is_set():
+                started = time.monotonic()
+                try:
+                    r = c.get("/")
+                    what = r.text if r.status_code == 200 else f"HTTP {r.status_code}"
+                except httpx.HTTPError as exc:
+                    what = f"{type(exc).__name__}: {exc}"
+                with lock:
+                    results.append((started, what))
+                next_at += 1 / 50
+                time.sleep(max(0.0, next_at - time.monotonic()))
+
+    threads = [threading.Thread(target=client, daemon=True) for _ in range(2)]
+    for t in threads:
+        t.start()
     switched: list[tuple[float, int]] = []  # (time the switch was confirmed live, canary weight)
     try:
-        with stack.under_load() as results:
-            time.sleep(0.4)
-            for i in range(6):
-                green = i % 2 == 0
-                req = (request(Action.PROMOTE, 100, f"bg:{i + 1}:promote") if green
-                       else request(Action.ROLLBACK, 0, f"bg:{i + 1}:rollback"))
-                if i == 0:
-                    first_asked = time.monotonic()  # the first switch may be live before apply returns
-                outcome = actuator.apply(req)
-                assert outcome.ok, outcome.detail
-                assert actuator.verify(req).ok
-                switched.append((time.monotonic(), 100 if green else 0))
-                time.sleep(1.6)
+        time.sleep(0.4)
+        for i in range(6):
+            green = i % 2 == 0
+            req = (request(Action.PROMOTE, 100, f"bg:{i + 1}:promote") if green
+                   else request(Action.ROLLBACK, 0, f"bg:{i + 1}:rollback"))
+            if i == 0:
+                first_asked = time.monotonic()  # the first switch may be live before apply returns
+            outcome = actuator.apply(req)
+            assert outcome.ok, outcome.detail
+            assert actuator.verify(req).ok
+            switched.append((time.monotonic(), 100 if green else 0))
+            time.sleep(1.6)
     finally:
+        stop.set()
+        for t in threads:
+            t.join(10)
         actuator.close()
 
     failed = [what for _, what in results if what not in ("canary", "stable-1", "stable-2")]

@@ -7,8 +7,10 @@ a fallback should every canary server stop answering. PROMOTE marks them `down`,
 """
 from __future__ import annotations
 
+import threading
 import time
 
+import httpx
 import pytest
 
 from demo.stack import free_port
@@ -77,18 +79,39 @@ def test_rollback_during_the_bake_drops_nothing_under_load(stack: Stack) -> None
     """Two clients at 50 requests/s each, a new connection per request, while the actuator bakes and then
     rolls back: every request answered, by the canary only during the bake, by stable only after."""
     actuator = registry.create(stack.target())
+    results: list[tuple[float, str]] = []
+    lock, stop = threading.Lock(), threading.Event()
+
+    def client() -> None:
+        with httpx.Client(base_url=stack.nginx.url, timeout=5, headers={"Connection": "close"}) as c:
+            while not stop.is_set():
+                started = time.monotonic()
+                try:
+                    r = c.get("/")
+                    what = r.text if r.status_code == 200 else f"HTTP {r.status_code}"
+                except httpx.HTTPError as exc:
+                    what = f"{type(exc).__name__}: {exc}"
+                with lock:
+                    results.append((started, what))
+                time.sleep(max(0.0, 0.02 - (time.monotonic() - started)))
+
+    threads = [threading.Thread(target=client, daemon=True) for _ in range(2)]
     try:
         assert actuator.apply(request(Action.START, 25, "b2:1:start")).ok
-        with stack.under_load() as results:
-            time.sleep(0.4)
-            assert actuator.apply(request(Action.BAKE, 100, "b2:2:bake")).ok
-            baked_at = time.monotonic()
-            time.sleep(0.8)
-            rollback = request(Action.ROLLBACK, 0, "b2:3:rollback")
-            assert actuator.apply(rollback).ok and actuator.verify(rollback).ok
-            rolled_back_at = time.monotonic()
-            time.sleep(0.8)
+        for t in threads:
+            t.start()
+        time.sleep(0.4)
+        assert actuator.apply(request(Action.BAKE, 100, "b2:2:bake")).ok
+        baked_at = time.monotonic()
+        time.sleep(0.8)
+        rollback = request(Action.ROLLBACK, 0, "b2:3:rollback")
+        assert actuator.apply(rollback).ok and actuator.verify(rollback).ok
+        rolled_back_at = time.monotonic()
+        time.sleep(0.8)
     finally:
+        stop.set()
+        for t in threads:
+            t.join(10)
         actuator.close()
     failed = [what for _, what in results if what not in ("canary", "stable-1", "stable-2")]
     assert len(results) >= 100 and failed == [], failed[:5]
