@@ -1,15 +1,20 @@
 """Monte Carlo A/A of the rate test: how often does a healthy canary get rolled back, checked every tick?
 
-    .venv/bin/python benchmarks/aa_rate.py [--runs 2000] [--alpha 0.01] [--ticks 180] [--cap 3] [--seed 7]
+    .venv/bin/python benchmarks/aa_rate.py [--runs 2000] [--alpha 0.01] [--ticks 180] [--history 30] [--seed 7]
 
 Each run is one A/A rollout of `--ticks` 10 s ticks: traffic 0.5-100 requests/s, a canary share of 5-50%,
 a base error rate of 0.05%, 0.2%, 1% or 3%, the same for both arms. The error rate per tick and arm is
 binomial, or overdispersed: multiplied by a gamma factor of coefficient of variation cv (each arm its own:
-bursts the baseline cannot cancel; or one factor for both: a dependency outage). The rate test runs as the
-default policy runs it (guardian.judge.sequential: the conditional-binomial mixture, staggered starts every
-6 ticks, no warm-up for errors, per-tick cap `--cap`), tempered by the baseline's dispersion and, for
-comparison, untempered. The target: every rate at or below alpha.
-Prints a table and one JSON line.
+bursts the baseline cannot cancel; or one factor for both: a dependency outage). The same process runs
+`--history` ticks before the rollout: the service's pre-rollout window that the guard fetches.
+
+Two columns, the two ways the default policy runs the rate test (guardian.judge.sequential, as
+judge/compare.py calls it: staggered starts every 6 ticks, no warm-up for errors):
+- "share test": without a pre-rollout reference: the conditional-binomial share test alone, tempered by the
+  baseline's dispersion (share_test_dispersion), capped at ×3 per tick, with all of α;
+- "share + level": with the reference: the share test at α·(1 − LEVEL_ALPHA_SHARE) and the level test (the
+  fast path: each tick's canary count against the service's own rate, negative binomial) at the rest.
+The target: every rate at or below alpha. Prints a table and one JSON line.
 """
 from __future__ import annotations
 
@@ -23,11 +28,31 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from guardian.judge.sequential import baseline_dispersion, first_rejection, rate_log_lr  # noqa: E402
+from guardian.judge.sequential import (  # noqa: E402
+    LEVEL_ALPHA_SHARE,
+    first_rejection,
+    level_log_cap,
+    level_log_lr,
+    rate_log_lr,
+    share_test_dispersion,
+)
 from tests.fixtures.aa_counts import aa_rollout  # noqa: E402
 
 SCENARIOS = {"binomial": (0.0, False), "gamma cv 0.3, per arm": (0.3, False), "gamma cv 1, per arm": (1.0, False),
              "gamma cv 2, per arm": (2.0, False), "gamma cv 2, both arms at once": (2.0, True)}
+
+
+def first_rollback(k_c, n_c, k_b, n_b, alpha: float, reference: tuple[float, float, float] | None) -> int | None:
+    """The first tick the default rate test rejects on this path (None: never), as judge/compare.py runs it."""
+    share_alpha = alpha if reference is None else alpha * (1 - LEVEL_ALPHA_SHARE)
+    share = rate_log_lr(k_c, n_c, k_b, n_b, dispersion=share_test_dispersion(k_b, n_b))
+    ticks = [first_rejection(share, share_alpha, warmup=0, every=6)]
+    if reference is not None:
+        level_alpha = alpha * LEVEL_ALPHA_SHARE
+        level = level_log_lr(k_c, n_c, k_b, n_b, reference=reference, log_cap=level_log_cap(level_alpha))
+        ticks.append(first_rejection(level, level_alpha, warmup=0, every=6))
+    found = [t for t in ticks if t is not None]
+    return min(found) if found else None
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -35,25 +60,28 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--runs", type=int, default=2000)
     p.add_argument("--alpha", type=float, default=0.01)
     p.add_argument("--ticks", type=int, default=180)
-    p.add_argument("--cap", type=float, default=3.0, help="the most one tick may multiply the evidence by")
+    p.add_argument("--history", type=int, default=30, help="ticks of the service before the rollout (the reference)")
     p.add_argument("--seed", type=int, default=7)
     a = p.parse_args(argv)
-    began, rows = time.perf_counter(), {}
-    print(f"{'scenario':<32}{'tempered':>10}{'untempered':>12}   (alpha {a.alpha:g}, {a.runs} runs, cap {a.cap:g})")
+    began, rows, h = time.perf_counter(), {}, a.history
+    print(f"{'scenario':<32}{'share test':>12}{'share + level':>15}   (alpha {a.alpha:g}, {a.runs} runs, "
+          f"{a.ticks} ticks, {h} ticks before)")
     for name, (cv, shared) in SCENARIOS.items():
         rng = np.random.default_rng(a.seed)
-        hits = {"tempered": 0, "untempered": 0}
+        hits = {"share test": 0, "share + level": 0}
         for _ in range(a.runs):
-            k_c, n_c, k_b, n_b = aa_rollout(rng, a.ticks, cv, shared=shared)
-            for mode, phi in (("tempered", baseline_dispersion(k_b, n_b)), ("untempered", None)):
-                lr = rate_log_lr(k_c, n_c, k_b, n_b, burst_cap=a.cap, dispersion=phi)
-                hits[mode] += first_rejection(lr, a.alpha, warmup=0, every=6) is not None
+            k_c, n_c, k_b, n_b = aa_rollout(rng, a.ticks + h, cv, shared=shared)
+            reference = (k_c[:h].sum() + k_b[:h].sum(), n_c[:h].sum() + n_b[:h].sum(), float(h))
+            path = (k_c[h:], n_c[h:], k_b[h:], n_b[h:])
+            hits["share test"] += first_rollback(*path, a.alpha, None) is not None
+            hits["share + level"] += first_rollback(*path, a.alpha, reference if h else None) is not None
         rows[name] = {mode: round(n / a.runs, 4) for mode, n in hits.items()}
-        print(f"{name:<32}{rows[name]['tempered']:>10.4f}{rows[name]['untempered']:>12.4f}", flush=True)
-    ok = all(r["tempered"] <= a.alpha for r in rows.values())
+        print(f"{name:<32}{rows[name]['share test']:>12.4f}{rows[name]['share + level']:>15.4f}", flush=True)
+    ok = all(v <= a.alpha for r in rows.values() for v in r.values())
     print(json.dumps({"benchmark": "aa_rate", "command": "benchmarks/aa_rate.py " + " ".join(argv or sys.argv[1:]),
-                      "alpha": a.alpha, "runs": a.runs, "ticks": a.ticks, "cap": a.cap, "false_rollback_rate": rows,
-                      "within_alpha": ok, "seconds": round(time.perf_counter() - began, 1)}))
+                      "alpha": a.alpha, "runs": a.runs, "ticks": a.ticks, "history_ticks": h,
+                      "false_rollback_rate": rows, "within_alpha": ok,
+                      "seconds": round(time.perf_counter() - began, 1)}))
     return 0 if ok else 1
 
 

@@ -1,7 +1,7 @@
 """Decision quality on a freshly generated held-out set drawn like the bench recordings.
 
-    .venv/bin/python benchmarks/heldout.py [--seed 1] [--count 300] [--novel] [--shift NAME[,NAME]]... [--out DIR]
-                                           [--bench ../shared/bench]
+    .venv/bin/python benchmarks/heldout.py [--seed 1] [--count 300] [--novel] [--shift NAME[,NAME]]... [--window]
+                                           [--out DIR] [--bench ../shared/bench]
 
 Generates COUNT guardian-recording/v1 files (labels as in the bench: truth, kind, onset_tick, rps,
 canary_share, base_error_rate, warmup_ticks) into a new folder under /tmp (never the repository or
@@ -22,6 +22,9 @@ a crash loop is down half its ticks and errs ×5 when up).
 ×5), partial_errors (one of 2, 4 or 8 canary instances fails 10× as often), error_flap (errors ×10
 in bursts of 2–6 ticks every 15–40 ticks) and canary_dies (the canary stops serving at onset).
 
+--window gives each recording the 600 s before its rollout (models `#before`: the service's errors, requests,
+slow requests and p99 over 60 ticks drawn like its baseline, with the same burstiness, from a generator of its own
+so the series are unchanged), as a recording the guard writes live carries it: the rate test's level test runs.
 --shift NAME (repeatable or comma-separated; default none: the recordings are byte for byte those of the same seed
 without the option) draws every recording, healthy and bad, from a shifted distribution the judge was never tuned on,
 and labels it with labels["shift"] (the list of shifts) and, for the shifts placed in time, labels["shift_detail"]
@@ -47,6 +50,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from datetime import datetime
 from pathlib import Path
 
 import numpy as np
@@ -139,7 +143,31 @@ def canary_shape(kind: str, n: int, onset: int | None, rng: np.random.Generator)
     return req, err, lat, mem
 
 
-def make_recording(rng: np.random.Generator, index: int, kind: str, shifts: tuple[str, ...] = ()) -> dict:
+WINDOW_TICKS = 60  # --window: the 600 s before the rollout that the guard fetches live (`bake_before`)
+START = "2026-01-05T12:00:00Z"
+
+
+def before_window(wrng: np.random.Generator, level: float, p_err: float, p_slow: float, p99_base: float,
+                  shifts: tuple[str, ...]) -> dict:
+    """The service's counts over the WINDOW_TICKS before the rollout, every instance the previous version, drawn
+    like the rollout's baseline (the same burstiness, no onset, no outage or surge): the `#before` entry a live
+    recording carries in its models (the rate test's level reference)."""
+    wave = wrng.lognormal(0, 0.15, WINDOW_TICKS)
+    req = wrng.poisson(level * wave)
+    cv = 1.0 if "bursty" in shifts else 0.3
+    err_m = wrng.gamma(1 / cv**2, 1.05 * cv**2, WINDOW_TICKS)
+    if "bursty" in shifts:
+        err_m = err_m * error_bursts(WINDOW_TICKS, wrng)
+    err = wrng.binomial(req, np.minimum(1, p_err * err_m))
+    slow = wrng.binomial(req, np.minimum(1, p_slow * wrng.lognormal(0, 0.3, WINDOW_TICKS)))
+    end = datetime.fromisoformat(START.replace("Z", "+00:00")).timestamp()
+    return {"window": [end - WINDOW_TICKS * STEP, end], "missing": {},
+            "before": {"requests": float(req.sum()), "errors": float(err.sum()), "slow": float(slow.sum()),
+                       "p99_seconds": round(float(p99_base * wrng.lognormal(0, 0.08)), 6)}}
+
+
+def make_recording(rng: np.random.Generator, index: int, kind: str, shifts: tuple[str, ...] = (),
+                   wrng: np.random.Generator | None = None) -> dict:
     n = int(rng.choice([90, 180, 360]))
     if "low" in shifts:
         rps, share = round(float(rng.uniform(0.2, 1.0)), 4), float(rng.choice([0.05, 0.1, 0.25, 0.5]))
@@ -186,17 +214,22 @@ def make_recording(rng: np.random.Generator, index: int, kind: str, shifts: tupl
         labels["shift"] = list(shifts)
         if detail:
             labels["shift_detail"] = detail
-    return {"format": "guardian-recording/v1", "service": f"svc-{index}", "step_seconds": STEP,
-            "start": "2026-01-05T12:00:00Z", "series": series, "labels": labels}
+    doc = {"format": "guardian-recording/v1", "service": f"svc-{index}", "step_seconds": STEP,
+           "start": START, "series": series, "labels": labels}
+    if wrng is not None:  # its own generator: the series are the same with or without it
+        doc["models"] = {"#before": before_window(wrng, level, p_err, p_slow, p99_base, shifts)}
+    return doc
 
 
-def generate(out: Path, seed: int, count: int, novel: bool, shifts: tuple[str, ...] = ()) -> None:
+def generate(out: Path, seed: int, count: int, novel: bool, shifts: tuple[str, ...] = (),
+             window: bool = False) -> None:
     rng = np.random.default_rng(seed)
+    wrng = np.random.default_rng([seed, 600]) if window else None
     weights = kind_weights(novel)
     kinds = rng.choice(list(weights), size=count, p=list(weights.values()))
     out.mkdir(parents=True, exist_ok=True)
     for i, kind in enumerate(kinds):
-        (out / f"heldout-{seed}-{i:04d}.json").write_text(json.dumps(make_recording(rng, i, str(kind), shifts)))
+        (out / f"heldout-{seed}-{i:04d}.json").write_text(json.dumps(make_recording(rng, i, str(kind), shifts, wrng)))
 
 
 def recording_stats(folder: Path) -> dict[str, np.ndarray]:
@@ -280,6 +313,9 @@ def main() -> int:
     p.add_argument("--novel", action="store_true", help="add kinds of trouble not in the bench folder")
     p.add_argument("--shift", action="append", metavar="NAME[,NAME]",
                    help=f"draw every recording from a shifted distribution: {', '.join(SHIFTS)} (repeatable)")
+    p.add_argument("--window", action="store_true",
+                   help="give each recording the 600 s before its rollout (models #before), as a live one carries: "
+                        "the rate test's level test then runs")
     p.add_argument("--out", type=Path, help="a new folder outside the repository (default: a new one under /tmp)")
     p.add_argument("--bench", type=Path, default=REPO.parent / "shared" / "bench")
     a = p.parse_args()
@@ -295,7 +331,7 @@ def main() -> int:
     if any(folder.glob("*.json")):
         p.error(f"{folder} already holds recordings")
     began = time.perf_counter()
-    generate(folder, a.seed, a.count, a.novel, shifts)
+    generate(folder, a.seed, a.count, a.novel, shifts, a.window)
     generated = time.perf_counter()
     with decisions.open("w") as fh:
         subprocess.run([str(Path(sys.executable).with_name("guardian")), "replay", str(folder), "--json"],
@@ -308,7 +344,8 @@ def main() -> int:
                                       check=True).stdout)
     bench = load_bench(a.bench)
     print(f"held-out set: {a.count} recordings, seed {a.seed}{', with novel kinds' if a.novel else ''}"
-          f"{', shifted: ' + ', '.join(shifts) if shifts else ''}, in {folder}")
+          f"{', shifted: ' + ', '.join(shifts) if shifts else ''}"
+          f"{', with the 600 s before each rollout (level test)' if a.window else ''}, in {folder}")
     print_table({"guardian": ours, **peers}, ("good", "bad", "no_traffic", *COLUMNS))
     print()
     print_table(per_kind(bench, folder, decisions),
@@ -333,7 +370,7 @@ def main() -> int:
     print(f"generate {generated - began:.1f} s, replay {replayed - generated:.1f} s, scoring and statistics "
           f"{done - replayed:.1f} s, total {done - began:.1f} s")
     print(json.dumps({"benchmark": "heldout", "seed": a.seed, "count": a.count, "novel": a.novel, "shift": list(shifts),
-                      "dir": str(out), "guardian": ours, "peers": peers,
+                      "window": a.window, "dir": str(out), "guardian": ours, "peers": peers,
                       "healthy": {k: v for k, v in healthy.items() if k != "rollbacks"},
                       "healthy_rolled_back": [r["file"] for r in healthy["rollbacks"]],
                       "seconds": round(done - began, 1)}))

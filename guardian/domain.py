@@ -77,6 +77,12 @@ class Verdict:
     warming_up: bool = False  # INCONCLUSIVE only: the rollout is younger than the check's window
     abstained: bool = False  # INCONCLUSIVE only: an optional check whose signal neither arm reports
     replicas: int = 0  # for action SCALE: the replica delta
+    # power (judge/power.py; rate and sign tests, on PASS): what the evidence could have revealed, in words
+    # ("could have detected ×1.7 (3.1% errors) with 80% power …"); whether that covers the check's
+    # `min_detectable`; and, for a rate test that does not, the canary requests still needed. None: not known
+    detectable: str | None = None
+    powered: bool | None = None
+    needed: float | None = None
 
     def to_dict(self) -> dict[str, Any]:
         d = dict(self.__dict__)  # shallow: every field is a plain value (asdict deep-copies, slowly)
@@ -86,6 +92,7 @@ class Verdict:
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> Verdict:
+        """Also a verdict stored before a field existed (older decision logs and ticks): it takes its default."""
         return cls(**{**d, "result": Result(d["result"]), "action": Action(d["action"])})
 
 
@@ -154,6 +161,8 @@ class Growing:
 
 # the key of the bake's reference in a rollout's frozen models snapshot (and a recording's `models`)
 BAKE_REFERENCE_KEY = "#bake"
+# the key of the service's pre-rollout window (the rate test's level reference, judge/sequential.py) there
+BEFORE_ROLLOUT_KEY = "#before"
 
 
 @dataclass
@@ -173,6 +182,9 @@ class Evidence:
     # the bake's reference (judge/bake.py): {"from_tick": the bake's first tick or None, "before": {signal: the
     # pre-rollout window's value}, "window": [start, end]}; None: no bake
     bake: dict[str, Any] | None = None
+    # the baseline before the rollout (judge/compare.py level_reference): {"before": {signal: the pre-rollout
+    # window's value}, "window": [start, end]}; None: not fetched (a recording without it, or no rate check)
+    before: dict[str, Any] | None = None
     # why the latest value of (signal, arm) is missing, in the source's words ("no series for …"); live only
     # (recordings hold values, not reasons), cleared when a value arrives
     missing_why: dict[tuple[str, str], str] = field(default_factory=dict)
@@ -281,6 +293,11 @@ class RolloutState:
     refused_at: float | None = None  # when a scale beyond min/max was last refused (said again after `cooldown`)
     suspect: str | None = None  # the rollout that promoted `image`: a breach within `attribution` names it
     promoted_at: float | None = None  # when that rollout was promoted
+    # power-aware promotion (rule file `max_analysis`, `underpowered`; judge/policy.py): how long the last
+    # comparative step may be analysed waiting for the power to see each check's `min_detectable`, and what then.
+    # A state stored before these existed: no extension (None: `analysis_seconds`), promoted as before
+    max_analysis_seconds: float | None = None
+    underpowered: str = "promote"  # "pause" | "promote"
 
     @property
     def baking(self) -> bool:

@@ -15,6 +15,8 @@ from collections.abc import Callable
 from datetime import datetime
 from typing import Any
 
+from guardian.judge.power import asked, headline
+
 COLOURS = {"pass": "green", "fail": "red", "inconclusive": "yellow", "hold": "yellow", "warming up": "cyan",
            "abstains": "dim", "error": "magenta"}
 MAX_REASON = 140  # characters of a reason shown on a verdict or decision line
@@ -203,7 +205,22 @@ def detail(v: dict[str, Any]) -> str:
         facts = _rate_facts(reason) if kind == "rate" else None
         reason = re.sub(r"^(not enough [^:]*?) \((\d+)\):.*$", r"\1 (\2 ticks)", reason)  # sign: paired ticks
         reason = re.sub(r"^warming up \((.*)\)$", r"\1", reason).replace(": warming up: ", ": ")
-    return facts or shorten(reason) or "(no reason given)"
+    return (facts or shorten(reason) or "(no reason given)") + power_text(v)
+
+
+def power_text(v: dict[str, Any]) -> str:
+    """' · could have seen ×1.7 (80% power)', or ' · underpowered: could only have seen ×4.1, ×2 asked, ~2,300 more
+    canary requests needed': what a passing check could have detected (judge/power.py), when it says."""
+    said = v.get("detectable")
+    if not said:
+        return ""
+    if v.get("powered") is not False:
+        return f" · could have seen {headline(said)} (80% power)"
+    need = said.rsplit(": ", 1)[-1] if said.rstrip().endswith(("needed", "noise", "traffic")) else ""
+    wanted = asked(said)
+    seen = headline(said)
+    seen = "could not have seen any regression" if seen == "none" else f"could only have seen {seen}"
+    return f" · underpowered: {seen}" + (f", {wanted} asked" if wanted else "") + (f", {need}" if need else "")
 
 
 def verdict_line(v: dict[str, Any], markup: bool = True) -> str:
@@ -261,7 +278,8 @@ def decision_text(d: dict[str, Any]) -> str:
         reason = reason[:cut]
     elif named and any(reason.startswith(f"{c}: ") for c in named):
         reason = "because of " + ", ".join(sorted(set(named), key=reason.find))
-    text = f"{d.get('action')} ({d.get('source')}): {shorten(reason)}"
+    limit = 2 * MAX_REASON if "80% power" in reason else MAX_REASON  # a statement of power names every check
+    text = f"{d.get('action')} ({d.get('source')}): {shorten(reason, limit)}"
     outcome = d.get("outcome")
     if outcome and not outcome.get("ok"):
         text += f" — FAILED: {shorten(str(outcome.get('detail')))}"

@@ -1,4 +1,5 @@
-"""What a bake compares the new version with: the service before the rollout (judge/bake.py).
+"""The service before the rollout: what a bake compares the new version with (judge/bake.py), and the level
+the rate test's fast path judges the canary's errors against (judge/sequential.py, level test).
 
 At the start of a rollout with a bake the guard asks the source, once, for the signals its compare checks
 read over the rule file's `bake_before` window that ends at the start, from the baseline arm (before a
@@ -10,6 +11,9 @@ A bake that could never be judged is refused at the start (ModelMissing, 422 lik
 its model): a gating compare check with no pre-rollout data whose rollout has no step below 100%, so the
 previous version never serves beside the new one before the bake either. With a step below 100% the
 previous version's own ticks are the reference, and a missing pre-rollout window is only noted.
+
+Every rollout with a rate check fetches the same window (`window`), frozen under BEFORE_ROLLOUT_KEY: without it
+(a source that did not answer, a recording that lacks it) the rate test runs without its level test.
 """
 from __future__ import annotations
 
@@ -22,6 +26,11 @@ from guardian.errors import ModelMissing, NoData, SourceUnavailable
 from guardian.rules.loader import RuleSet
 from guardian.rules.models import ADVISORY_ACTIONS, CompareCheck
 from guardian.sources import ArmSelector, MetricSource, SignalQuery
+
+
+def level_signals(ruleset: RuleSet) -> bool:
+    """Does any compare check run the rate test (whose level test reads the pre-rollout window)?"""
+    return any(isinstance(c, CompareCheck) and c.kind_of_test == "rate" for c in ruleset.rules.checks)
 
 
 def bake_signals(ruleset: RuleSet) -> dict[str, list[CompareCheck]]:
@@ -38,9 +47,19 @@ class BakeReference:
     def __init__(self, source: MetricSource):
         self.source = source
 
-    def before(self, state: RolloutState, ruleset: RuleSet, baseline: ArmSelector | None) -> dict[str, Any]:
+    def before(self, state: RolloutState, ruleset: RuleSet, baseline: ArmSelector | None,
+               window: dict[str, Any] | None = None) -> dict[str, Any]:
         """The pre-rollout window's value of each signal a bake judges (None where the source had none), and
-        why any is missing. Raises ModelMissing when a gating check's bake could never be judged."""
+        why any is missing (`window`: what `window` fetched already). Raises ModelMissing when a gating check's
+        bake could never be judged."""
+        got = window if window is not None else self.window(state, ruleset, baseline)
+        if got["missing"]:
+            self._refuse_or_note(state, ruleset, got["missing"])
+        return {"from_tick": None, **got}
+
+    def window(self, state: RolloutState, ruleset: RuleSet, baseline: ArmSelector | None) -> dict[str, Any]:
+        """The pre-rollout window's value of each signal the compare checks read, from the baseline arm (None
+        where the source had none), and why any is missing; never raises."""
         end = state.created_at
         start = end - ruleset.rules.bake_before
         values: dict[str, float | None] = {}
@@ -63,9 +82,7 @@ class BakeReference:
                 missing[signal] = f"the source did not answer: {e}"
             except ValueError as e:
                 missing[signal] = str(e)
-        if missing:
-            self._refuse_or_note(state, ruleset, missing)
-        return {"from_tick": None, "window": [start, end], "before": values, "missing": missing}
+        return {"window": [start, end], "before": values, "missing": missing}
 
     @staticmethod
     def _refuse_or_note(state: RolloutState, ruleset: RuleSet, missing: dict[str, str]) -> None:

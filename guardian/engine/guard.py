@@ -31,6 +31,7 @@ from guardian.crashpoints import crash_point
 from guardian.domain import (
     ARMS,
     BAKE_REFERENCE_KEY,
+    BEFORE_ROLLOUT_KEY,
     Action,
     Decision,
     Evidence,
@@ -45,7 +46,7 @@ from guardian.domain import (
 from guardian.engine.alert_book import AlertBook
 from guardian.engine.alerts import DEFAULT_LABELS, StoredAlert
 from guardian.engine.arms import ArmSelection, ArmSelections
-from guardian.engine.bake_reference import BakeReference
+from guardian.engine.bake_reference import BakeReference, level_signals
 from guardian.engine.log_evidence import LogEvidence
 from guardian.engine.start import StartSpec, first_state
 from guardian.engine.store import StateStore
@@ -55,8 +56,8 @@ from guardian.errors import ActuatorError, NoData, RolloutConflict, SourceUnavai
 from guardian.files import atomic_write
 from guardian.forecast.model_files import ModelDirectory, ModelLoader, thaw
 from guardian.judge import steady
-from guardian.judge.checks import evaluate
-from guardian.judge.policy import Policy, bake_counts, decide
+from guardian.judge.checks import evaluate, with_power
+from guardian.judge.policy import Policy, bake_counts, decide, power_due
 from guardian.metrics import GuardianMetrics
 from guardian.notifiers import LogNotifier, Notifier
 from guardian.rules.book import RuleBook
@@ -64,6 +65,7 @@ from guardian.rules.loader import RuleSet
 from guardian.sources import MetricSource, Planning, SignalQuery
 
 GIVE_WAY_SECONDS = 10.0  # after a rollout's start ended a watch, no new watch of the service for this long
+BEFORE_ATTEMPT_TICKS = 3  # ticks at which an unanswered pre-rollout window is asked for again
 ACTUATED = {Action.START, Action.ADVANCE, Action.BAKE, Action.PROMOTE, Action.ROLLBACK, Action.PAUSE, Action.RESUME,
             Action.SCALE}
 
@@ -153,9 +155,12 @@ class Guard:
         arms = self.arms.select(state, ruleset)
         if (unresolved := arms.unresolved):
             logger.warning("rollout {} of {}: {}", state.id, spec.service, "; ".join(unresolved.values()))
-        # the service before it, for the bake (judge/bake.py)
+        # the service before it, for the bake (judge/bake.py; refused here when it could never be judged), and
+        # the rate test's level reference (judge/compare.py), which a rollout without a bake fetches at tick 0
         if state.bake_seconds > 0 and BAKE_REFERENCE_KEY not in models:
-            models[BAKE_REFERENCE_KEY] = self.bake_reference.before(state, ruleset, arms.selectors.get("baseline"))
+            baseline = arms.selectors.get("baseline")
+            window = models.setdefault(BEFORE_ROLLOUT_KEY, self.bake_reference.window(state, ruleset, baseline))
+            models[BAKE_REFERENCE_KEY] = self.bake_reference.before(state, ruleset, baseline, window)
         with self._lock(state.id):  # held from the create: a tick must not see it before its START
             self.end_watches(spec.service, f"ended: rollout {state.id} started")  # a watch gives way (watches.py)
             self.store.create(state)
@@ -227,6 +232,16 @@ class Guard:
             self.forget(rollout_id)
         return decision
 
+    def with_power(self, rollout_id: str, decision: Decision) -> Decision:
+        """`decision` (of one of the rollout's ticks) with what each passing check could have seen (judge/power.py),
+        from the evidence in memory, whatever policy.power_due said: a replay's end asks it of its last tick."""
+        ev = self._evidence.get(rollout_id)
+        if ev is None or decision.tick is None or decision.tick >= ev.ticks:
+            return decision
+        checks = {c.name: c for c in self.rulebook.for_service(self.store.get(rollout_id).service).rules.checks}
+        return dataclasses.replace(decision, verdicts=tuple(
+            with_power(checks[v.check], v, ev, decision.tick) if v.check in checks else v for v in decision.verdicts))
+
     def forget(self, rollout_id: str) -> None:
         """Drop what is cached for an ended rollout (its history stays in the store)."""
         self._evidence.pop(rollout_id, None)
@@ -243,6 +258,8 @@ class Guard:
             ruleset = self.watch_ruleset(ruleset)
         arms = self.arms.for_tick(state, ruleset, t)
         ev = self._evidence_of(state, ruleset)
+        if ev.before is None and state.strategy is not Strategy.WATCH and level_signals(ruleset):
+            self._fetch_before(state, ruleset, arms, ev, t)
         first = max(state.last_tick + 1, t - self.config.catch_up_ticks + 1)
         while ev.ticks < first:
             ev.append({}, unavailable="not fetched: the guardian was not running")
@@ -256,6 +273,8 @@ class Guard:
         if unavailable:
             self.metrics.source_errors.inc()
         verdicts = [_judge(check, ev, t, arms.unresolved) for check in ruleset.rules.checks]
+        if power_due(state, self.clock.now()):  # what each passing check could have seen, where it decides
+            verdicts = [with_power(c, v, ev, t) for c, v in zip(ruleset.rules.checks, verdicts, strict=True)]
         verdicts += self.alerts.verdicts(state, ruleset)
         for v in verdicts:
             counter = self._verdict_counters.get((v.check, v.result))
@@ -342,10 +361,25 @@ class Guard:
             ev.started_at = state.origin
             snapshot = dict(self.store.models(state.id))
             ev.bake = snapshot.pop(BAKE_REFERENCE_KEY, None)
+            ev.before = snapshot.pop(BEFORE_ROLLOUT_KEY, None)
             ev.models = thaw(snapshot)
             self._evidence[state.id] = ev
         ev.counters = counters
         return ev
+
+    def _fetch_before(self, state: RolloutState, ruleset: RuleSet, arms: ArmSelection, ev: Evidence, t: int) -> None:
+        """The service's pre-rollout window (the rate test's level reference), fetched once at the rollout's first
+        ticks and frozen with its models, so a recording carries it and a replay judges the same. A source that
+        did not answer is asked again at the next tick, up to BEFORE_ATTEMPT_TICKS; after that (or with an
+        answer that lacks a signal) the rate test runs without its level test."""
+        window = self.bake_reference.window(state, ruleset, arms.selectors.get("baseline"))
+        unanswered = any(why.startswith("the source did not answer") for why in window["missing"].values())
+        if unanswered and t < BEFORE_ATTEMPT_TICKS:
+            return
+        snapshot = dict(self.store.models(state.id))
+        snapshot[BEFORE_ROLLOUT_KEY] = window
+        self.store.save_models(state.id, snapshot)
+        ev.before = window
 
     def _bake_begins(self, state: RolloutState) -> None:
         """The bake's BAKE took effect: from its first tick on, compare checks also judge against the service

@@ -7,7 +7,11 @@ be shown (in the explanation, and in `guardian replay`'s note about the policy i
 
 A replayed rollout is never promoted by the engine (its analysis spans the whole recording, so that every
 tick is judged); a recording that ends with no rollback and no pause is replayed as "promote": its reason
-says so ("no check failed in 40 ticks (400 s) …"), and `explanation` tells the same story.
+says so ("no check failed in 40 ticks (400 s) …") with what each check could have detected (judge/power.py),
+and `explanation` tells the same story. Unless its evidence lacked the power to see a check's `min_detectable`
+and the rules say `underpowered: pause` (the default is `promote`): then, as a live rollout would after its
+`max_analysis` (the recording is all the analysis there is), it is replayed as "pause" at its last tick, with
+the canary requests still needed.
 """
 from __future__ import annotations
 
@@ -27,6 +31,7 @@ from guardian.engine.start import StartSpec
 from guardian.engine.store import SQLiteStore
 from guardian.errors import ModelMissing, RecordingError
 from guardian.forecast.model_files import RecordedModels
+from guardian.judge.policy import UNDERPOWERED, power_said, weak
 from guardian.rules.loader import DEFAULT_RULESET, RuleSet
 from guardian.sources.recording import RecordingSource, load_recording
 
@@ -116,10 +121,16 @@ def replay_recording(recording: dict[str, Any], name: str, ruleset: RuleSet = DE
             paused_at = t
     final = store.get(state.id)
     decisions = tuple(store.decisions(state.id))
+    if last is not None and final.phase is not Phase.PAUSED:  # the end decides: what each check could have seen
+        last = guard.with_power(state.id, last)
     store.close()
     if final.phase is Phase.PAUSED:
         return ReplayResult(name, "pause", paused_at, final.reason or last_reason, decisions, final.to_dict(), **common)
     last_verdicts = tuple(v.to_dict() for v in last.verdicts) if last is not None else ()
+    lacking = weak(last.verdicts) if last is not None else []
+    if lacking and final.underpowered == "pause":  # as live after `max_analysis`: the recording is all there is
+        return ReplayResult(name, "pause", source.ticks - 1, _underpowered_reason(lacking, source.ticks, source.step),
+                            decisions, final.to_dict(), **common, last_verdicts=last_verdicts, ended_at=clock.t)
     return ReplayResult(name, "promote", None, _promote_reason(last, source.ticks, source.step), decisions,
                         final.to_dict(), **common, last_verdicts=last_verdicts, ended_at=clock.t)
 
@@ -182,16 +193,31 @@ def replay_watch(recording: dict[str, Any], name: str, ruleset: RuleSet = DEFAUL
 
 def _promote_reason(last: Decision | None, ticks: int, step: float) -> str:
     """Why a recording that ended with no rollback and no pause is a promotion: nothing failed over all of it,
-    and how its last tick stood (not the step's countdown: the replay's analysis spans the recording)."""
+    how its last tick stood (not the step's countdown: the replay's analysis spans the recording), and what each
+    check could have detected with 80% power (judge/power.py), or that it could not see its `min_detectable`
+    (`underpowered: promote`)."""
     span = f"no check failed in {ticks} ticks ({ticks * step:g} s)"
     if last is None:
         return span
     judged = [v for v in last.verdicts if not v.abstained]
     abstained = [v.check for v in last.verdicts if v.abstained]
+    power = power_said(judged)
+    lacking = weak(judged)
+    if lacking:
+        power = f"{power}; {UNDERPOWERED} (underpowered: promote): " + "; ".join(
+            f"{v.check} {v.detectable}" for v in lacking)
+    power = f"; could have detected with 80% power: {power}" if power else ""
     if judged and all(v.result is Result.PASS for v in judged):
         note = f" ({', '.join(abstained)} abstained)" if abstained else ""
-        return f"{span}; all {len(judged)} checks pass at the last tick{note}"
-    return f"{span}; at the last tick: {last.reason}"
+        return f"{span}; all {len(judged)} checks pass at the last tick{note}{power}"
+    return f"{span}{power}; at the last tick: {last.reason}"
+
+
+def _underpowered_reason(lacking: list, ticks: int, step: float) -> str:
+    """Why a recording that ended with no rollback and no pause is a pause: its checks passed without the power to
+    see their `min_detectable` (underpowered: pause), and how much more evidence each needed."""
+    return (f"{UNDERPOWERED} at the end of the recording ({ticks} ticks, {ticks * step:g} s; underpowered: pause): "
+            + "; ".join(f"{v.check} {v.detectable}" for v in lacking))
 
 
 def policy_words(source: str) -> str:

@@ -78,6 +78,8 @@ def first_state(spec: StartSpec, ruleset: RuleSet, now: float, *, align_ticks: b
         tick_origin=math.ceil(now / spec.step_seconds) * spec.step_seconds if align_ticks else None,
         bake_seconds=0.0 if spec.open_ended else (
             ruleset.rules.bake if spec.bake_seconds is None else spec.bake_seconds),
+        max_analysis_seconds=ruleset.rules.max_analysis_for(spec.analysis_seconds),
+        underpowered=ruleset.rules.underpowered,
     )
 
 

@@ -18,7 +18,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any, Protocol
 
-from guardian.domain import BAKE_REFERENCE_KEY
+from guardian.domain import BAKE_REFERENCE_KEY, BEFORE_ROLLOUT_KEY
 from guardian.errors import ModelFormatError, ModelMissing
 from guardian.files import atomic_write
 from guardian.forecast.model import SeasonalModel
@@ -102,8 +102,9 @@ class RecordedModels:
         for check in forecast_checks(ruleset):
             got = self.models.get(check.name)
             out[check.name] = got if got is not None else _or_refuse(check, "the recording carries no model")
-        if isinstance(self.models.get(BAKE_REFERENCE_KEY), dict):  # a baked rollout's reference (judge/bake.py)
-            out[BAKE_REFERENCE_KEY] = self.models[BAKE_REFERENCE_KEY]
+        for key in (BAKE_REFERENCE_KEY, BEFORE_ROLLOUT_KEY):  # the service before the rollout (bake, level test)
+            if isinstance(self.models.get(key), dict):
+                out[key] = self.models[key]
         return out
 
 

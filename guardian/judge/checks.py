@@ -12,3 +12,9 @@ def evaluate(check: ThresholdCheck | CompareCheck | ForecastCheck, ev: Evidence,
     if isinstance(check, ForecastCheck):
         return forecast.evaluate(check, ev, t)
     return threshold.evaluate(check, ev, t)
+
+
+def with_power(check: ThresholdCheck | CompareCheck | ForecastCheck, verdict: Verdict, ev: Evidence, t: int) -> Verdict:
+    """The verdict with what its evidence could have revealed (judge/power.py): a compare check's passing rate or
+    sign test; any other verdict as it is."""
+    return compare.with_power(check, verdict, ev, t)

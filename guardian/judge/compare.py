@@ -6,6 +6,7 @@ more is needed. A canary that gets no traffic is inconclusive (so the rollout pa
 """
 from __future__ import annotations
 
+import dataclasses
 import math
 import statistics
 
@@ -13,11 +14,16 @@ import numpy as np
 
 from guardian.domain import Evidence, Growing, Result, Verdict
 from guardian.judge.bake import bake_rate, bake_sign, bake_start
+from guardian.judge.power import rate_power, sign_power
 from guardian.judge.sequential import (
-    baseline_dispersion,
+    LEVEL_ALPHA_SHARE,
+    DispersionTracker,
     collapse_p_value,
     cumulative,
+    level_log_cap,
+    level_log_lr,
     rate_log_lr,
+    share_test_dispersion,
     sign_log_lr,
     staggered_from_cumulative,
 )
@@ -66,6 +72,24 @@ def _cumulative_llr(ev: Evidence, key: tuple, t: int, rows) -> np.ndarray:
     return cum.view
 
 
+def _dispersion(ev: Evidence, num: str, k_b: np.ndarray, n_b: np.ndarray, lo: int, hi: int) -> np.ndarray:
+    """The share test's φ for ticks [lo, hi) (`share_test_dispersion`), from running sums memoised on the evidence
+    when the ticks come one look at a time, from the whole history otherwise."""
+    key = ("dispersion", num)
+    tracker = ev.cache.get(key)
+    if tracker is None or tracker.seen != lo or hi - lo > 8:
+        if hi - lo > 8 or lo == 0:
+            ev.cache[key] = tracker = DispersionTracker()
+            phi = share_test_dispersion(k_b[:hi], n_b[:hi])
+            for t in range(hi):  # the running sums, for the looks to come
+                tracker.step(float(k_b[t]), float(n_b[t]))
+            return phi[lo:hi]
+        ev.cache[key] = tracker = DispersionTracker()
+        for t in range(lo):
+            tracker.step(float(k_b[t]), float(n_b[t]))
+    return np.array([tracker.step(float(k_b[t]), float(n_b[t])) for t in range(lo, hi)])
+
+
 def _csums(ev: Evidence, columns: tuple[tuple[str, str], ...], t: int) -> np.ndarray:
     """Running sums of (signal, arm) columns side by side (missing = 0), memoised; the sum over
     ticks [lo, hi) of column j is cs[hi, j] - cs[lo, j]."""
@@ -93,6 +117,22 @@ def _reported(ev: Evidence, signal: str, arm: str, t: int) -> bool:
     return first is not None and first <= t
 
 
+def with_power(check: object, verdict: Verdict, ev: Evidence, t: int) -> Verdict:
+    """`verdict` with what its evidence could have revealed (judge/power.py): a passing rate or sign test's, from
+    its first test (the one begun after the warm-up); any other verdict as it is. The guard asks only where the
+    power decides or is said (policy.power_due): it is not free."""
+    if not isinstance(check, CompareCheck) or verdict.result is not Result.PASS or verdict.detectable is not None:
+        return verdict
+    test = check.kind_of_test
+    if test not in ("rate", "sign"):
+        return verdict
+    warmup = _warmup(check, ev.step_seconds)
+    if test == "sign":
+        return dataclasses.replace(verdict, **sign_power(check, ev, t, warmup))
+    share_alpha = check.alpha if level_reference(ev, *check.signals) is None else check.alpha * (1 - LEVEL_ALPHA_SHARE)
+    return dataclasses.replace(verdict, **rate_power(check, ev, t, warmup, share_alpha))
+
+
 def evaluate(check: CompareCheck, ev: Evidence, t: int) -> Verdict:
     base = {"check": check.name, "action": check.action_enum, "replicas": check.replicas}
     if ev.unavailable[t]:
@@ -113,6 +153,23 @@ def evaluate(check: CompareCheck, ev: Evidence, t: int) -> Verdict:
     return verdict
 
 
+def level_reference(ev: Evidence, num: str, den: str) -> tuple[float, float, float] | None:
+    """(events, requests, the window's length in ticks) of the service in the window before the rollout
+    (`Evidence.before`), or None when there is none to judge the level test against (no window, no requests)."""
+    before = ev.before or {}
+    values, window = before.get("before") or {}, before.get("window") or (0.0, 0.0)
+    k, n = values.get(num), values.get(den)
+    try:
+        span = float(window[1]) - float(window[0])
+    except (TypeError, ValueError, IndexError):
+        return None
+    if not all(isinstance(x, int | float) and not isinstance(x, bool) and math.isfinite(x) for x in (k, n)):
+        return None
+    if span <= 0 or n <= 0 or k < 0:
+        return None
+    return float(k), float(n), span / ev.step_seconds
+
+
 def _rate(check: CompareCheck, ev: Evidence, t: int, base: dict) -> Verdict:
     num, den = check.signals
     k_c, n_c = ev.array(num, "canary")[: t + 1], ev.array(den, "canary")[: t + 1]
@@ -120,14 +177,30 @@ def _rate(check: CompareCheck, ev: Evidence, t: int, base: dict) -> Verdict:
     lam0 = check.effective_tolerance
     warmup, every = _warmup(check, ev.step_seconds), _every(check, ev.step_seconds)
     cap = check.burst_cap
+    reference = level_reference(ev, num, den)
+    share_alpha = check.alpha if reference is None else check.alpha * (1 - LEVEL_ALPHA_SHARE)
 
     def rows(lo: int, hi: int) -> np.ndarray:
-        phi = baseline_dispersion(k_b[:hi], n_b[:hi])[lo:hi]  # each tick's from the ticks before it
+        phi = _dispersion(ev, num, k_b, n_b, lo, hi)  # each tick's from the ticks before it
         return rate_log_lr(k_c[lo:hi], n_c[lo:hi], k_b[lo:hi], n_b[lo:hi], tolerance=lam0, burst_cap=cap,
                            dispersion=phi)
 
     cum = _cumulative_llr(ev, ("rate", num, den, lam0, cap), t, rows)
-    result = staggered_from_cumulative(cum, t, check.alpha, warmup=warmup, every=every)
+    result = staggered_from_cumulative(cum, t, share_alpha, warmup=warmup, every=every)
+    test = "e_value"
+    if reference is not None:  # the fast path: each tick's canary count against the service's own rate
+        level_alpha = check.alpha * LEVEL_ALPHA_SHARE
+        log_cap = level_log_cap(level_alpha)
+
+        def level_rows(lo: int, hi: int) -> np.ndarray:
+            return level_log_lr(k_c[:hi], n_c[:hi], k_b[:hi], n_b[:hi], reference=reference, tolerance=lam0,
+                                log_cap=log_cap, start=lo)
+
+        level_cum = _cumulative_llr(ev, ("level", num, den, lam0, reference), t, level_rows)
+        level = staggered_from_cumulative(level_cum, t, level_alpha, warmup=warmup, every=every)
+        if level.rejected or (not result.rejected and level.e_value / level.threshold > result.e_value
+                              / result.threshold):
+            result, test = level, "level e_value"
     since = min(result.start if result.start is not None else warmup, t + 1)
     cs = _csums(ev, ((num, "canary"), (den, "canary"), (num, "baseline"), (den, "baseline")), t)
     with np.errstate(invalid="ignore", over="ignore"):
@@ -138,7 +211,10 @@ def _rate(check: CompareCheck, ev: Evidence, t: int, base: dict) -> Verdict:
     rate_c = ec / rc if rc > 0 else None
     rate_b = max(eb, 0.5) / rb if rb > 0 else None  # half an event at least: finite when the baseline had none
     ratio = (rate_c / rate_b) if rate_c is not None and rate_b else None
-    stat = f"e_value={result.e_value:.3g} (reject at {result.threshold:.3g} = 1/alpha_j, alpha={check.alpha:g})"
+    stat = f"{test}={result.e_value:.3g} (reject at {result.threshold:.3g} = 1/alpha_j, alpha={check.alpha:g})"
+    if test == "level e_value":
+        stat += (f" against the service's rate before the rollout ({reference[0]:g}/{reference[1]:g} {num} per {den})"
+                 if reference else "")
     facts = (f"canary {ec:g}/{rc:g} {num} per {den} vs baseline {eb:g}/{rb:g} since tick {since}"
              + (f", ratio {ratio:.2f}" if ratio is not None else ""))
     common = {**base, "value": ratio, "threshold": lam0, "sample_size": rc,

@@ -10,6 +10,13 @@ Order of precedence:
    its analysis: it CONTINUEs, judged every tick, until its client ends it.
 5. in the bake, all PASS -> CONTINUE until `bake_seconds` of passing ticks, then PROMOTE. Only a tick
    that passes counts (`bake_counts`): missing data or a pending `for:` stops the bake's clock.
+6. power (judge/power.py): at the end of the last step on which the canary is compared with a baseline
+   (`power_gate`: the last step, or the one before a final 100% step of a canary or rolling rollout — at
+   100% the baseline serves nothing and the evidence stops growing), a passing rate or sign check that could
+   not have seen its `min_detectable` (Verdict.powered False; gating: it would roll back or pause) extends the
+   analysis: CONTINUE until `max_analysis_seconds` of it, then PAUSE (`underpowered: pause`, resumed once the
+   evidence has the power) or go on as if powered (`underpowered: promote`), saying so. The decision that
+   goes on (ADVANCE, BAKE, PROMOTE) states what each check could have seen.
 An optional check whose signal neither arm reports abstains (visibly, in the evidence) and is left
 out; with no check left, nothing is known and the rollout pauses.
 A rollout the guardian (or an Alertmanager alert) paused is RESUMEd when the evidence is conclusive
@@ -20,7 +27,8 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass
 
-from guardian.domain import Action, Decision, Phase, Result, RolloutState, Verdict
+from guardian.domain import Action, Decision, Phase, Result, RolloutState, Strategy, Verdict
+from guardian.judge.power import asked, headline
 
 SEVERITY = {Action.ROLLBACK: 4, Action.PAUSE: 3, Action.SCALE: 2, Action.NOTIFY: 1}
 
@@ -40,6 +48,65 @@ def bake_counts(verdicts: Sequence[Verdict]) -> bool:
 def reasons(verdicts: Sequence[Verdict]) -> str:
     """'check: its reason; check: its reason': the verdicts behind a decision, in its reason."""
     return "; ".join(f"{v.check}: {v.reason}" for v in verdicts)
+
+
+UNDERPOWERED = "underpowered"  # the start of the reason of a pause for lack of power (it resumes only with it)
+GATING = (Action.ROLLBACK, Action.PAUSE)  # a check whose failure would stop the rollout must have seen enough
+
+
+def power_gate(state: RolloutState) -> bool:
+    """Is this the step whose end needs the power to see each check's `min_detectable`? The last step on which
+    the canary is compared with a baseline that serves traffic: the last step, or the one before a final 100%
+    step of a canary or rolling rollout (at 100% the baseline serves nothing: the evidence stops growing)."""
+    if state.open_ended or state.strategy is Strategy.WATCH or state.baking or not state.steps:
+        return False
+    last = len(state.steps) - 1
+    if state.strategy in (Strategy.CANARY, Strategy.ROLLING) and last >= 1 and state.steps[last] >= 100:
+        last -= 1
+    return state.step_index == last
+
+
+def power_due(state: RolloutState, now: float) -> bool:
+    """Should this tick's verdicts carry their power (judge/power.py)? Where it decides or is said: from the last
+    tick of the analysis of the power gate's step or of the last step on (extensions included), on the bake's
+    last tick, and while paused for lack of power. The guard computes it only then (it costs, and a replay's
+    analysis spans the whole recording: its last tick only)."""
+    if state.open_ended or state.strategy is Strategy.WATCH or state.phase.terminal:
+        return False
+    if state.phase is Phase.PAUSED:
+        return state.paused_by == "guardian" and state.reason.startswith(UNDERPOWERED)
+    if state.baking:
+        return (state.baked_ticks + 1) * state.step_seconds >= state.bake_seconds
+    if not (state.last_step or power_gate(state)):
+        return False
+    return now - state.step_started_at >= state.analysis_seconds - state.step_seconds
+
+
+def weak(verdicts: Sequence[Verdict]) -> list[Verdict]:
+    """The gating checks that passed without the power to see their `min_detectable`."""
+    return [v for v in verdicts if v.powered is False and v.action in GATING and not v.abstained]
+
+
+def power_said(verdicts: Sequence[Verdict]) -> str:
+    """'errors-vs-baseline ×1.7, p99-vs-baseline +35% (+25% asked)': what each check could have detected with 80%
+    power, with its `min_detectable` when it could not see that."""
+    return ", ".join(f"{v.check} {headline(v.detectable)}" + (f" ({asked(v.detectable)} asked)" if v.powered is False
+                                                              and asked(v.detectable) else "")
+                     for v in verdicts if v.detectable)
+
+
+def _lacking(verdicts: Sequence[Verdict]) -> str:
+    """The underpowered checks' statements: 'check could only have detected ×4.1 …: ~2,300 more … needed; …'."""
+    return "; ".join(f"{v.check} {v.detectable}" for v in verdicts)
+
+
+def _power_note(verdicts: Sequence[Verdict]) -> str:
+    """', powered (could have detected with 80% power: …)' or ', underpowered (…)': what a decision that goes on
+    says of the power its checks had ('' when they did not say)."""
+    said = power_said(verdicts)
+    if not said:
+        return ""
+    return f", {UNDERPOWERED if weak(verdicts) else 'powered'} (could have detected with 80% power: {said})"
 
 
 def decide(
@@ -81,12 +148,14 @@ def decide(
     if holding:
         return make(Action.CONTINUE, reasons(holding))
     if state.phase is Phase.PAUSED and state.paused_by in ("guardian", "alertmanager"):
+        if state.paused_by == "guardian" and state.reason.startswith(UNDERPOWERED) and (lacking := weak(judged)):
+            return make(Action.CONTINUE, f"{UNDERPOWERED}, still paused: {_lacking(lacking)}")
         return make(Action.RESUME, "all checks pass again: " + reasons(vs))
     if state.baking:
         baked = (state.baked_ticks + 1) * state.step_seconds  # this tick passed: it counts
         if baked >= state.bake_seconds:
-            return make(Action.PROMOTE, f"the bake passed: {baked:g}s at 100% with every check passing: "
-                                        + reasons(vs))
+            return make(Action.PROMOTE, f"the bake passed: {baked:g}s at 100% with every check passing"
+                                        f"{_power_note(vs)}: " + reasons(vs))
         return make(Action.CONTINUE, f"baking at 100%: {baked:g}s of {state.bake_seconds:g}s passed "
                                      f"({state.bake_seconds - baked:g}s left), the previous version warm: "
                                      + reasons(vs))
@@ -98,9 +167,20 @@ def decide(
         left = state.analysis_seconds - analysed
         return make(Action.CONTINUE, f"all checks pass; step {state.step_index + 1}/{len(state.steps)} "
                                      f"analysed {analysed:.0f}s of {state.analysis_seconds:g}s ({left:.0f}s left)")
+    note = _power_note(vs)
+    if power_gate(state) and (lacking := weak(judged)):
+        limit = max(state.max_analysis_seconds or 0.0, state.analysis_seconds)
+        if analysed < limit:
+            return make(Action.CONTINUE, f"{UNDERPOWERED}, analysis at {state.weight}% extended up to {limit:g}s "
+                                         f"({limit - analysed:.0f}s left): {_lacking(lacking)}")
+        if state.underpowered == "pause":
+            return make(Action.PAUSE, f"{UNDERPOWERED} after {analysed:.0f}s of analysis at {state.weight}% "
+                                      f"(max_analysis {limit:g}s; underpowered: pause): {_lacking(lacking)}")
+        note = (f", {UNDERPOWERED} after {analysed:.0f}s of analysis (underpowered: promote; could have detected "
+                f"with 80% power: {power_said(vs)}): {_lacking(lacking)}")
     if state.last_step and state.bake_seconds > 0:
-        return make(Action.BAKE, f"all checks passed on every step: baking at 100% for {state.bake_seconds:g}s, "
-                                 "the previous version kept warm: " + reasons(vs))
+        return make(Action.BAKE, f"all checks passed on every step{note}: baking at 100% for "
+                                 f"{state.bake_seconds:g}s, the previous version kept warm: " + reasons(vs))
     if state.last_step:
-        return make(Action.PROMOTE, "all checks passed on every step: " + reasons(vs))
-    return make(Action.ADVANCE, f"all checks passed for {analysed:.0f}s at {state.weight}%: " + reasons(vs))
+        return make(Action.PROMOTE, f"all checks passed on every step{note}: " + reasons(vs))
+    return make(Action.ADVANCE, f"all checks passed for {analysed:.0f}s at {state.weight}%{note}: " + reasons(vs))

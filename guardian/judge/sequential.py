@@ -9,14 +9,27 @@ however often we look (Ville's inequality) — no peeking penalty, unlike a repe
 
 Four things make it usable on real traffic:
 - tempering: each tick's log-LR is divided by the overdispersion φ of the canary's share, estimated
-  predictably from the baseline's own tick-to-tick variation (`baseline_dispersion`, `share_dispersion`):
-  a quasi-likelihood, still an e-value to second order when the variance is φ times the binomial's;
+  predictably from the baseline's own tick-to-tick variation (`share_test_dispersion`, `share_dispersion`):
+  a quasi-likelihood, still an e-value to second order when the variance is φ times the binomial's; until the
+  baseline's ticks say how bursty the service is, a cv² of SHARE_CV2_PRIOR is assumed;
 - burst cap: one tick may multiply the evidence by at most `burst_cap` (the log-LR is clipped
   from above, which keeps the supermartingale property), so one overdispersed burst of errors
   cannot roll back a release on its own; a real regression keeps adding evidence tick after tick;
 - staggered starts: a new test starts every `every` ticks with its own share α_j = α·6/(π² j²)
   of α, so a regression that begins late is not diluted by the healthy ticks before it;
 - warm-up: the first ticks after the start are not counted (for signals that warm up: judge/compare.py).
+
+Level test (the fast path for errors, `level_log_lr`). The share test above cannot tell one tick of a canary
+whose errors are blatant from one burst of a bursty service, so its cap makes it take five ticks or more. When
+the guard knows the service's error rate from before the rollout (a window of the baseline's history), a second
+e-process judges each tick's canary count on its own: under H0 it is negative binomial around the canary's
+requests × the tolerance × the service's pooled rate (the pre-rollout window and the baseline's ticks so far),
+its shape from the burstiness of the per-tick rate (`burst_cv2`: the baseline's excess variance, shrunk towards
+a pessimistic cv² of 4) and from the pooled rate's own uncertainty; the null also allows the rate of the
+baseline's latest ticks (so an outage hitting both arms at once is not the canary's fault). Its null is
+pessimistic enough that one tick of overwhelming evidence may decide (`level_log_cap`); A/A runs with bursts
+of cv 2 in each arm stay far inside α (benchmarks/aa_rate.py). The level test spends LEVEL_ALPHA_SHARE
+of α, the share test the rest; without a pre-rollout reference only the share test runs, with all of α.
 
 Sign test (gauges such as P99): each tick is one Bernoulli trial "canary > (1+margin)·baseline";
 under H0 (same distribution) its probability is at most 1/2. The same machinery runs on it.
@@ -28,6 +41,7 @@ from dataclasses import dataclass
 from functools import lru_cache
 
 import numpy as np
+from scipy.special import gammaln
 
 RATE_ALTERNATIVES = np.array([1.5, 2.0, 3.0, 5.0, 10.0, 30.0])  # multiples of the tolerance λ0
 SIGN_ALTERNATIVES = np.array([0.6, 0.75, 0.9, 0.98])
@@ -113,6 +127,53 @@ def baseline_dispersion(k_b, n_b) -> np.ndarray:
     return np.where(np.isfinite(phi), np.maximum(phi, 1.0), 1.0)
 
 
+class DispersionTracker:
+    """`share_test_dispersion` one tick at a time, from running sums (a live rollout or a replay adds one tick per
+    look: recomputing the whole history each time would cost O(ticks) a tick). `step(k_b, n_b)` returns the
+    tick's φ (from the ticks before it) and then counts the tick."""
+
+    def __init__(self) -> None:
+        self.seen = 0
+        # Pearson: Σk²/n, Σk, Σn, ticks; burstiness: Σk², Σn², Σkn, Σ weight
+        self.sq = self.sk = self.sn = self.m = 0.0
+        self.kk = self.nn = self.kn = self.w = 0.0
+
+    def step(self, k: float, n: float) -> float:
+        ok = math.isfinite(k) and math.isfinite(n) and n > 0 and k >= 0
+        p = self.sk / self.sn if self.sn > 0 else 0.0
+        try:
+            if p > 0:
+                x2 = (self.sq - 2 * p * self.sk + p * p * self.sn) / (p * (1 - p))
+            else:
+                x2 = self.m
+            pearson = (x2 + DISPERSION_PRIOR_TICKS) / (max(self.m - 1, 0.0) + DISPERSION_PRIOR_TICKS)
+        except ZeroDivisionError:
+            pearson = math.nan
+        pearson = max(pearson, 1.0) if math.isfinite(pearson) else 1.0
+        denom = p * p * self.nn
+        try:
+            excess = self.kk - 2 * p * self.kn + p * p * self.nn - p * (1 - p) * self.sn
+            estimate = excess / denom if denom > 0 else 0.0
+            cv2 = (estimate * self.w + SHARE_CV2_PRIOR * SHARE_PRIOR_TICKS) / (self.w + SHARE_PRIOR_TICKS)
+        except ZeroDivisionError:
+            cv2 = math.nan
+        cv2 = max(cv2, 0.0) if math.isfinite(cv2) else SHARE_CV2_PRIOR
+        rate = (self.sk + 0.5) / (self.sn + 1)
+        burst = 1 + (n if ok else 0.0) * rate * cv2
+        phi = max(pearson, burst if math.isfinite(burst) else 1.0)
+        if ok:
+            self.sq += k * k / n
+            self.sk += k
+            self.sn += n
+            self.m += 1
+            self.kk += k * k
+            self.nn += n * n
+            self.kn += k * n
+            self.w += min(1.0, (n * p) ** 2)
+        self.seen += 1
+        return phi
+
+
 def share_dispersion(phi_b: np.ndarray | float, share: np.ndarray | float) -> np.ndarray | float:
     """The overdispersion of the canary's share of a tick's events, from the baseline's φ_b and the canary's
     expected share θ under H0: with independent bursts in each arm (a gamma-mixed rate, each arm its own),
@@ -167,6 +228,114 @@ def _rate_log_lr_row(kc: float, nc: float, kb: float, nb: float, tolerance: floa
     except (ZeroDivisionError, ValueError):  # counts so far apart (or so extreme) that a share rounds to 0 or 1
         return np.full((1, len(RATE_ALTERNATIVES)), np.nan)
     return np.array([row])
+
+
+LEVEL_ALPHA_SHARE = 0.3  # the part of a rate check's α the level test spends when it runs
+BURST_CV2_PRIOR, BURST_PRIOR_TICKS = 4.0, 10.0  # the burstiness assumed until the baseline's ticks say otherwise
+SHARE_CV2_PRIOR, SHARE_PRIOR_TICKS = 2.0, 3.0  # the same for the share test's tempering (share_test_dispersion)
+LEVEL_FIXED_RATES = (0.05, 0.25)  # absolute canary error rates among the alternatives (for a spotless service)
+LEVEL_MULTIPLES = (3.0, 10.0, 30.0)  # and multiples of the tolerated rate
+LEVEL_COLUMNS = len(LEVEL_MULTIPLES) + len(LEVEL_FIXED_RATES)
+LEVEL_MIN_REFERENCE_TICKS = 30  # the ticks' worth of traffic the pre-rollout reference must hold
+LEVEL_RECENT_TICKS = 6  # the baseline's latest ticks whose rate H0 also allows the canary (a shared outage)
+
+
+def level_log_cap(alpha: float) -> float:
+    """The most one tick may add to the level test's log e-value: its first start's rejection level plus the log
+    of its mixture's width. One tick of overwhelming evidence may decide (a canary failing one request in five
+    where the service failed none of thousands); the cap only keeps a single absurd count from carrying the
+    test for the ticks after it."""
+    return math.log(_BASEL / alpha) + math.log(LEVEL_COLUMNS)
+
+
+def _nb_logpmf(k: np.ndarray, mu: np.ndarray, s: np.ndarray) -> np.ndarray:
+    """log P(k) of a negative binomial with mean mu and shape s (variance mu + mu²/s)."""
+    mu = np.maximum(mu, 1e-300)
+    return gammaln(k + s) - gammaln(s) - gammaln(k + 1) + s * np.log(s / (s + mu)) + k * np.log(mu / (s + mu))
+
+
+def _sums_before(x: np.ndarray) -> np.ndarray:
+    return np.concatenate([[0.0], np.cumsum(x)[:-1]])
+
+
+def burst_cv2(k_b, n_b, prior: float = BURST_CV2_PRIOR, prior_ticks: float = BURST_PRIOR_TICKS) -> np.ndarray:
+    """Per tick t, from the baseline's ticks < t only (predictable): the squared coefficient of variation of its
+    per-tick event rate beyond binomial noise (method of moments: Σ[(k − np)² − np(1 − p)] / Σ(np)²), shrunk
+    towards `prior` with `prior_ticks` pseudo-ticks; a tick weighs fully once it expects an event."""
+    k_b, n_b = np.asarray(k_b, dtype=float), np.asarray(n_b, dtype=float)
+    ok = np.isfinite(k_b) & np.isfinite(n_b) & (n_b > 0) & (k_b >= 0)
+    kb, nb = np.where(ok, k_b, 0.0), np.where(ok, n_b, 0.0)
+    with np.errstate(over="ignore", invalid="ignore"):
+        big_k, big_n, kk, nn, kn = (_sums_before(x) for x in (kb, nb, kb * kb, nb * nb, kb * nb))
+        p = np.where(big_n > 0, big_k / np.where(big_n > 0, big_n, 1.0), 0.0)
+        excess = kk - 2 * p * kn + p * p * nn - p * (1 - p) * big_n
+        denom = p * p * nn
+        estimate = np.where(denom > 0, excess / np.where(denom > 0, denom, 1.0), 0.0)
+        weight = _sums_before(np.minimum(1.0, (nb * p) ** 2))
+        cv2 = (estimate * weight + prior * prior_ticks) / (weight + prior_ticks)
+    return np.where(np.isfinite(cv2), np.maximum(cv2, 0.0), prior)
+
+
+def share_test_dispersion(k_b, n_b) -> np.ndarray:
+    """The dispersion the share test is tempered by, per tick from the baseline's ticks before it: the larger of
+    its Pearson estimate (`baseline_dispersion`) and 1 + (expected events per tick) × cv², the burstiness from
+    `burst_cv2` shrunk towards SHARE_CV2_PRIOR with SHARE_PRIOR_TICKS pseudo-ticks. The second keeps the first
+    ticks careful while the Pearson estimate knows nothing yet (a gamma-mixed rate has φ − 1 = μ·cv²)."""
+    k_b, n_b = np.asarray(k_b, dtype=float), np.asarray(n_b, dtype=float)
+    ok = np.isfinite(k_b) & np.isfinite(n_b) & (n_b > 0) & (k_b >= 0)
+    kb, nb = np.where(ok, k_b, 0.0), np.where(ok, n_b, 0.0)
+    with np.errstate(over="ignore", invalid="ignore"):
+        rate = (_sums_before(kb) + 0.5) / (_sums_before(nb) + 1)
+        phi = 1 + nb * rate * burst_cv2(k_b, n_b, SHARE_CV2_PRIOR, SHARE_PRIOR_TICKS)
+    return np.maximum(baseline_dispersion(k_b, n_b), np.where(np.isfinite(phi), phi, 1.0))
+
+
+def level_log_lr(k_c, n_c, k_b, n_b, *, reference: tuple[float, float, float], tolerance: float = 1.0,
+                 log_cap: float = math.inf, start: int = 0) -> np.ndarray:
+    """Per-tick log-LRs (tick × LEVEL_COLUMNS) of the level test; NaN where a tick carries no evidence.
+
+    `reference`: (events, requests, the window's length in ticks) of the service before the rollout; a tick is
+    judged once the reference holds LEVEL_MIN_REFERENCE_TICKS ticks' worth of the service's traffic.
+    H0: the canary's count is negative binomial around n_c × tolerance × the larger of the pooled rate (the
+    reference and the baseline's ticks up to t) and the baseline's rate over its LEVEL_RECENT_TICKS latest ticks
+    (t included; one standard deviation up, shrunk towards the pooled rate by 10 pseudo-requests). Its shape combines the burstiness (`burst_cv2`) with the pooled rate's own
+    uncertainty (Poisson on its events, bursts averaged over its ticks). Alternatives: the canary at
+    LEVEL_MULTIPLES × the null rate and at LEVEL_FIXED_RATES (at least 3×), with the same shape.
+    `start`: the rows from that tick on only (the ticks before it still inform them), for a live tick's one row."""
+    k_c, n_c, k_b, n_b = (np.asarray(a, dtype=float) for a in (k_c, n_c, k_b, n_b))
+    ref_k, ref_n, ref_ticks = (max(0.0, float(x)) if math.isfinite(x) else 0.0 for x in reference)
+    ok_b = np.isfinite(k_b) & np.isfinite(n_b) & (n_b > 0) & (k_b >= 0)
+    kb, nb = np.where(ok_b, k_b, 0.0), np.where(ok_b, n_b, 0.0)
+    valid = np.isfinite(k_c) & np.isfinite(n_c) & (n_c > 0) & (k_c >= 0) & ok_b
+    kc, nc = np.where(valid, k_c, 0.0), np.where(valid, n_c, 1.0)
+    with np.errstate(over="ignore", invalid="ignore", divide="ignore"):
+        big_k, big_n = ref_k + np.cumsum(kb), ref_n + np.cumsum(nb)  # up to and with tick t
+        cv2 = burst_cv2(k_b, n_b)
+        # how many ticks of traffic the reference holds: its requests over the service's per tick so far (a
+        # service younger than the window holds less than the window's length); too few, and no level test
+        per_tick = np.cumsum(nb + np.where(valid, nc, 0.0)) / np.maximum(np.cumsum(ok_b), 1)
+        worth = np.minimum(ref_ticks, ref_n / np.maximum(per_tick, 1e-9))
+        valid &= worth >= LEVEL_MIN_REFERENCE_TICKS
+        spread = worth + np.cumsum(ok_b)
+        # the baseline's last LEVEL_RECENT_TICKS ticks (this one included), one standard deviation up: an outage
+        # that hits both arms shows there before the pooled rate notices it
+        cum_k, cum_n = np.concatenate([[0.0], np.cumsum(kb)]), np.concatenate([[0.0], np.cumsum(nb)])
+        back = np.maximum(np.arange(1, len(kb) + 1) - LEVEL_RECENT_TICKS, 0)
+        recent_k, recent_n = cum_k[1:] - cum_k[back], cum_n[1:] - cum_n[back]
+        if start:  # the rows asked for: the densities below are the expensive part
+            kb, nb, kc, nc, valid, big_k, big_n, cv2, spread, recent_k, recent_n = (
+                x[start:] for x in (kb, nb, kc, nc, valid, big_k, big_n, cv2, spread, recent_k, recent_n))
+        pooled = (big_k + 0.5) / (big_n + 1)
+        own = (1 + 1 / (big_k + 0.5)) * (1 + cv2 / spread) - 1  # the pooled rate's own uncertainty
+        shape = 1 / ((1 + cv2) * (1 + own) - 1)
+        now = (recent_k + np.sqrt(recent_k) + 10 * pooled) / (recent_n + 10)
+        p0 = tolerance * pooled
+        log0 = np.maximum(_nb_logpmf(kc, nc * p0, shape), _nb_logpmf(kc, nc * tolerance * now, shape))
+        rates = [m * p0 for m in LEVEL_MULTIPLES] + [np.maximum(3 * p0, r) for r in LEVEL_FIXED_RATES]
+        ll = np.column_stack([_nb_logpmf(kc, nc * np.minimum(p1, 0.95), shape) - log0 for p1 in rates])
+        ll = np.minimum(ll, log_cap)
+    ok = valid[:, None] & np.isfinite(ll)
+    return np.where(ok, ll, np.nan)
 
 
 def sign_log_lr(g_c, g_b, *, margin: float = 0.2) -> np.ndarray:

@@ -13,6 +13,9 @@ from collections.abc import Sequence
 from datetime import datetime
 from typing import Any
 
+from guardian.domain import Action, Result, Verdict
+from guardian.judge.policy import UNDERPOWERED, power_said, weak
+
 DROVE = {"rollback": ("fail",), "pause": ("fail", "inconclusive", "error"), "scale": ("fail",),
          "notify": ("fail",)}
 DONE = {"start": "started", "advance": "advanced", "bake": "began its bake", "promote": "promoted",
@@ -44,6 +47,8 @@ def evidence_line(v: dict[str, Any]) -> str:
     line = f"{v.get('check')} {result}: " + ", ".join(parts)
     if v.get("result") in ("inconclusive", "error") and v.get("reason"):
         line += f" — {str(v['reason']).split(';')[0]}"
+    if v.get("detectable"):  # what a passing rate or sign test could have seen (judge/power.py)
+        line += f" — {v['detectable']}"
     return line
 
 
@@ -60,6 +65,19 @@ def _all_passed(verdicts: list[dict[str, Any]], action: str) -> str:
     judged = len(verdicts) - len(abstained)
     text = f": all {judged} check{'' if judged == 1 else 's'} " + ("pass again" if action == "resume" else "passed")
     return text + (f" ({', '.join(abstained)} abstained)" if abstained else "")
+
+
+def _power(verdicts: list[dict[str, Any]]) -> str:
+    """', powered (could have detected with 80% power: errors-vs-baseline ×1.7, …)', or ', underpowered (…)': what
+    the checks of a decision that went on could have seen (judge/power.py); '' when they did not say."""
+    try:
+        said = [Verdict(str(v.get("check")), Result(v.get("result")), "", action=Action(v.get("action", "rollback")),
+                        detectable=v.get("detectable"), powered=v.get("powered")) for v in verdicts
+                if v.get("detectable")]
+    except ValueError:
+        return ""
+    text = power_said(said)
+    return f", {UNDERPOWERED if weak(said) else 'powered'} (could have detected with 80% power: {text})" if text else ""
 
 
 def explain_decision(d: dict[str, Any], start: float | None = None,
@@ -82,8 +100,10 @@ def explain_decision(d: dict[str, Any], start: float | None = None,
     why = ""
     if action in ("rollback", "pause") and drove:
         why = " because " + "; ".join(evidence_line(v) for v in drove[:3])
+    elif action == "pause" and str(d.get("reason", "")).startswith(UNDERPOWERED):  # every check passed, too weakly
+        why = f" because its checks passed without the power to see a regression: {d['reason']}"
     elif action in ("advance", "bake", "promote", "resume") and verdicts:
-        why = _all_passed(verdicts, action)
+        why = _all_passed(verdicts, action) + _power(verdicts)
     done_words = "scaled in" if action == "scale" and (d.get("replicas") or 0) < 0 else DONE.get(action, action)
     words = f"{done_words}{moved} by {who}"
     headline = f"{words}{why if action != 'rollback' and action != 'pause' else ''} ({done})"
@@ -99,7 +119,8 @@ def explain_decision(d: dict[str, Any], start: float | None = None,
         "who": who, "why": why, "actuator": actuator,
         "weights": None if weights is None else {"from": weights[0], "to": weights[1]},
         "checks": [{**{k: v.get(k) for k in ("check", "result", "value", "threshold", "sample_size", "statistic",
-                                               "action", "reason")}, "drove": v in drove} for v in verdicts],
+                                               "action", "reason", "detectable", "powered", "needed")},
+                    "drove": v in drove} for v in verdicts],
         "outcome": outcome, "logs": d.get("logs") or [],
     }
 

@@ -100,6 +100,20 @@ def parse_fraction(value: object, example: str = "0.95 or 95%") -> float:
     return number
 
 
+def parse_ratio(value: object) -> float:
+    """A ratio of rates: 2, '2x', 'x2' or '×2' (twice the baseline's), above 0."""
+    text = value.strip().lower() if isinstance(value, str) else value
+    if isinstance(text, str) and text and (text[0] in "x×" or text[-1] in "x×"):
+        text = text.strip("x×").strip()
+    try:
+        number = parse_number(text)
+    except ValueError:
+        raise ValueError(f"expected a ratio such as 2, 2x or ×2 (twice the baseline's rate), got {value!r}") from None
+    if number <= 0:
+        raise ValueError(f"a ratio of rates is above 0, got {value!r}")
+    return number
+
+
 def _ratio_limit(field: str, limit: float, raw: object) -> None:
     """A ratio of counters is a share in [0, 1]: a limit outside it, or one it can never cross, is a mistake
     (`above: 200%` could never fail)."""
@@ -112,6 +126,8 @@ def _ratio_limit(field: str, limit: float, raw: object) -> None:
         raise ValueError(f"a ratio is a share between 0 and 100%: it is never below {raw}, so this check could "
                          "never fail")
 
+
+SIGN_MIN_DETECTABLE = 0.25  # a sign test's default `min_detectable`: +25% (P99)
 
 _SCALE_NEEDS_REPLICAS = "action 'scale' needs 'replicas: N', the number of replicas to add (e.g. replicas: 1)"
 
@@ -261,6 +277,9 @@ class CompareCheck(_Strict):
     ratio: str | None = None
     test: Literal["rate", "sign", "collapse", "trend"] | None = None
     tolerance: float | None = None  # rate: ratio λ0 (1.0); sign: margin (0.2); trend: growth (0.1)
+    # the smallest regression a passing check must have had the power to see before a promotion (judge/power.py):
+    # rate: a ratio to the baseline's rate (×2 the tolerance); sign: a rise over the baseline (+25%)
+    min_detectable: float | None = None
     alpha: float = Field(0.01, gt=0, lt=0.5)
     min_samples: float = Field(50.0, ge=0)  # canary requests needed before a rate test can pass
     # Both default to a number of ticks, so a fast-ticking guardian is not made slow by them:
@@ -280,6 +299,31 @@ class CompareCheck(_Strict):
     @classmethod
     def _duration(cls, v: object) -> float | None:
         return None if v is None else parse_duration(v)
+
+    @field_validator("min_detectable", mode="before")
+    @classmethod
+    def _min_detectable(cls, v: object, info: ValidationInfo) -> float | None:
+        if v is None:
+            return None
+        test = info.data.get("test") or ("rate" if info.data.get("ratio") else "sign")
+        tolerance = info.data.get("tolerance")
+        if test == "rate":
+            value = parse_ratio(v)
+            limit = 1.0 if tolerance is None else tolerance
+            if value <= limit:
+                raise ValueError(f"{v!r} is not above the check's tolerance ×{limit:g}: the rate test never fails "
+                                 "for a ratio within its tolerance, so it could never have the power to see it "
+                                 "(e.g. min_detectable: 2 for ×2 the baseline's rate)")
+            return value
+        if test == "sign":
+            value = parse_number(v)
+            limit = 0.2 if tolerance is None else tolerance
+            if value < limit:
+                raise ValueError(f"{v!r} is below the check's margin (tolerance) {limit:.0%}: the sign test never "
+                                 "fails for a rise within its margin, so it could never have the power to see it "
+                                 "(e.g. min_detectable: 25%)")
+            return value
+        raise ValueError(f"min_detectable applies to the rate and sign tests, not to test {test!r}")
 
     @field_validator("alpha", mode="before")
     @classmethod
@@ -309,6 +353,16 @@ class CompareCheck(_Strict):
         if self.tolerance is not None:
             return self.tolerance
         return {"rate": 1.0, "sign": 0.2, "trend": 0.1, "collapse": 0.0}[self.kind_of_test]
+
+    @property
+    def effective_min_detectable(self) -> float:
+        """`min_detectable`, else ×2 the tolerance for a rate test (×2 the baseline's rate at the default
+        tolerance) and +25% (at least 1.25 × the margin) for a sign test."""
+        if self.min_detectable is not None:
+            return self.min_detectable
+        if self.kind_of_test == "rate":
+            return 2 * self.effective_tolerance
+        return max(SIGN_MIN_DETECTABLE, 1.25 * self.effective_tolerance)
 
     @property
     def signals(self) -> tuple[str, ...]:
@@ -505,6 +559,10 @@ class Watch(_Strict):
         return self
 
 
+MAX_ANALYSIS_FACTOR = 3.0  # `max_analysis` by default: 3 × the analysis of a step
+UNDERPOWERED_DEFAULT = "promote"  # what an underpowered rollout does after `max_analysis` (docs/rules.md, "Power")
+
+
 class RuleFile(_Strict):
     service: str = Field(min_length=1)
     arms: Arms = Arms()
@@ -519,11 +577,37 @@ class RuleFile(_Strict):
     # between rollouts: the steady-state guard (docs/rules.md, "Watch"); absent: not watched (unless the settings'
     # watch_services name the service)
     watch: Watch | None = None
+    # power-aware promotion (docs/rules.md, "Power"): a rollout whose gating checks pass without the power to see
+    # their `min_detectable` has its last comparative step's analysis extended up to `max_analysis` (default: 3 ×
+    # the analysis of a step with `pause`, none with `promote`), then it pauses (`underpowered: pause`) or goes
+    # on all the same, saying so (`promote`, the default: with `pause` 130 of the bench's 147 good releases would
+    # pause, docs/rules.md)
+    max_analysis: Duration | None = None
+    underpowered: Literal["pause", "promote"] = UNDERPOWERED_DEFAULT
 
     @field_validator("bake", "bake_before", mode="before")
     @classmethod
     def _bake_duration(cls, v: object) -> float:
         return parse_duration(v)
+
+    @field_validator("max_analysis", mode="before")
+    @classmethod
+    def _max_analysis(cls, v: object) -> float | None:
+        if v is None:
+            return None
+        seconds = parse_duration(v)
+        if seconds <= 0:
+            raise ValueError(f"max_analysis must be longer than 0s (how long the last step's analysis may extend "
+                             f"for lack of power, e.g. 10m); got {v!r}")
+        return seconds
+
+    def max_analysis_for(self, analysis_seconds: float) -> float:
+        """How long the last comparative step may be analysed for lack of power: `max_analysis`, else
+        MAX_ANALYSIS_FACTOR × the analysis of a step with `underpowered: pause` and no extension with `promote`
+        (it would only delay the same promotion); never less than that analysis."""
+        if self.max_analysis is not None:
+            return max(self.max_analysis, analysis_seconds)
+        return MAX_ANALYSIS_FACTOR * analysis_seconds if self.underpowered == "pause" else analysis_seconds
 
     @field_validator("queries")
     @classmethod

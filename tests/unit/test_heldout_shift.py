@@ -120,3 +120,21 @@ def test_low_traffic_is_between_0_2_and_1_request_a_second() -> None:
     for rec in recs:
         total = arr(rec, "requests", "canary") + arr(rec, "requests", "baseline")
         assert np.nanmean(total) / heldout.STEP < 1.5 * 1.3  # rps × U(0.7, 1.3) × the wave
+
+
+def test_window_adds_the_pre_rollout_counts_and_changes_no_series(tmp_path: Path) -> None:
+    heldout.generate(tmp_path / "plain", SEED, 12, novel=False)
+    heldout.generate(tmp_path / "window", SEED, 12, novel=False, window=True)
+    for plain, windowed in zip(sorted((tmp_path / "plain").iterdir()), sorted((tmp_path / "window").iterdir()),
+                               strict=True):
+        a, b = json.loads(plain.read_text()), json.loads(windowed.read_text())
+        assert a["series"] == b["series"] and "models" not in a
+        before = b["models"]["#before"]
+        start, end = before["window"]
+        assert end - start == heldout.WINDOW_TICKS * heldout.STEP and before["missing"] == {}
+        assert 0 <= before["before"]["errors"] <= before["before"]["requests"]
+        # about 60 ticks of the service's whole traffic (both arms were the previous version then)
+        per_tick = np.nansum(arr(b, "requests", "canary")) + np.nansum(arr(b, "requests", "baseline"))
+        per_tick /= len(b["series"]["requests"]["canary"])
+        expected = heldout.WINDOW_TICKS * per_tick
+        assert 0.3 * expected <= before["before"]["requests"] <= 3 * expected + 50

@@ -764,3 +764,50 @@ def test_rules_check_says_what_a_check_without_action_does(tmp_path):
     assert result.exit_code == 0, result.output
     out = " ".join(result.output.split())
     assert "a: threshold on errors / requests, fails -> rollback (no action given: the default)" in out, out
+
+
+# -- power-aware promotion: min_detectable, max_analysis, underpowered (docs/rules.md, "Power") --------------
+def test_power_fields_parse_with_their_defaults():
+    rf = parse_text(textwrap.dedent("""\
+        service: x
+        max_analysis: 10m
+        underpowered: pause
+        checks:
+          - {name: e, kind: compare, ratio: errors / requests, min_detectable: 3x}
+          - {name: s, kind: compare, ratio: slow / requests, tolerance: 1.5, min_detectable: "×4"}
+          - {name: p, kind: compare, signal: p99_seconds, min_detectable: 40%}
+          - {name: q, kind: compare, signal: p99_seconds, tolerance: 30%}
+          - {name: r, kind: compare, ratio: errors / requests}
+        """), "x.yaml")
+    assert (rf.max_analysis, rf.underpowered) == (600.0, "pause")
+    assert [c.effective_min_detectable for c in rf.checks] == pytest.approx([3.0, 4.0, 0.4, 0.375, 2.0])
+    default = parse_text(VALID, "v.yaml")
+    assert (default.max_analysis, default.underpowered) == (None, "promote")
+    assert default.max_analysis_for(60.0) == 60.0  # promote: no extension unless asked for
+    assert parse_text("service: x\nunderpowered: pause\n", "p.yaml").max_analysis_for(60.0) == 180.0
+    assert rf.max_analysis_for(60.0) == 600.0
+    assert rf.max_analysis_for(900.0) == 900.0  # never shorter than the step's own analysis
+
+
+@pytest.mark.parametrize(("line", "field", "words"), [
+    ("underpowered: maybe", "underpowered", "'pause' or 'promote'"),
+    ("max_analysis: soon", "max_analysis", "bad duration 'soon'"),
+    ("max_analysis: 0s", "max_analysis", "longer than 0s"),
+])
+def test_bad_power_settings_name_their_line_and_field(line, field, words):
+    p = only_problem(f"service: x\n{line}\nchecks:\n  - {{name: e, kind: compare, ratio: errors / requests}}\n")
+    assert (p.line, p.field) == (2, field)
+    assert words in p.message, p.message
+
+
+@pytest.mark.parametrize(("check", "words"), [
+    ("ratio: errors / requests, min_detectable: 1", "not above the check's tolerance ×1"),
+    ("ratio: errors / requests, tolerance: 1.5, min_detectable: 1.2x", "not above the check's tolerance ×1.5"),
+    ("ratio: errors / requests, min_detectable: lots", "expected a ratio such as 2, 2x or ×2"),
+    ("signal: p99_seconds, min_detectable: 10%", "below the check's margin (tolerance) 20%"),
+    ("signal: requests, test: collapse, min_detectable: 2", "applies to the rate and sign tests"),
+])
+def test_a_min_detectable_no_test_could_see_is_refused_with_its_line(check, words):
+    p = only_problem(f"service: x\nchecks:\n  - {{name: e, kind: compare, {check}}}\n")
+    assert (p.line, p.field) == (3, "checks[0].min_detectable")
+    assert words in p.message, p.message
