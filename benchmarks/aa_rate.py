@@ -8,12 +8,13 @@ binomial, or overdispersed: multiplied by a gamma factor of coefficient of varia
 bursts the baseline cannot cancel; or one factor for both: a dependency outage). The same process runs
 `--history` ticks before the rollout: the service's pre-rollout window that the guard fetches.
 
-Two columns, the two ways the default policy runs the rate test (guardian.judge.sequential, as
-judge/compare.py calls it: staggered starts every 6 ticks, no warm-up for errors):
-- "share test": without a pre-rollout reference: the conditional-binomial share test alone, tempered by the
-  baseline's dispersion (share_test_dispersion), capped at ×3 per tick, with all of α;
-- "share + level": with the reference: the share test at α·(1 − LEVEL_ALPHA_SHARE) and the level test (the
-  fast path: each tick's canary count against the service's own rate, negative binomial) at the rest.
+Two columns, the two ways the default policy runs the rate test (`rate_test_first_rejection`, as
+judge/compare.py runs it: staggered starts every 6 ticks, no warm-up for errors): the share test (the
+conditional-binomial share, tempered by the baseline's dispersion, capped at ×3 per tick) at α·(1 −
+LEVEL_ALPHA_SHARE) and the level test (the fast path: each tick's canary count against the service's own
+rate, negative binomial) at the rest,
+- "no window": the level test's reference is the baseline's own ticks (a recording without `#before`);
+- "with window": it is also the service's `--history` ticks before the rollout.
 The target: every rate at or below alpha. Prints a table and one JSON line.
 """
 from __future__ import annotations
@@ -28,31 +29,11 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from guardian.judge.sequential import (  # noqa: E402
-    LEVEL_ALPHA_SHARE,
-    first_rejection,
-    level_log_cap,
-    level_log_lr,
-    rate_log_lr,
-    share_test_dispersion,
-)
+from guardian.judge.sequential import rate_test_first_rejection  # noqa: E402
 from tests.fixtures.aa_counts import aa_rollout  # noqa: E402
 
 SCENARIOS = {"binomial": (0.0, False), "gamma cv 0.3, per arm": (0.3, False), "gamma cv 1, per arm": (1.0, False),
              "gamma cv 2, per arm": (2.0, False), "gamma cv 2, both arms at once": (2.0, True)}
-
-
-def first_rollback(k_c, n_c, k_b, n_b, alpha: float, reference: tuple[float, float, float] | None) -> int | None:
-    """The first tick the default rate test rejects on this path (None: never), as judge/compare.py runs it."""
-    share_alpha = alpha if reference is None else alpha * (1 - LEVEL_ALPHA_SHARE)
-    share = rate_log_lr(k_c, n_c, k_b, n_b, dispersion=share_test_dispersion(k_b, n_b))
-    ticks = [first_rejection(share, share_alpha, warmup=0, every=6)]
-    if reference is not None:
-        level_alpha = alpha * LEVEL_ALPHA_SHARE
-        level = level_log_lr(k_c, n_c, k_b, n_b, reference=reference, log_cap=level_log_cap(level_alpha))
-        ticks.append(first_rejection(level, level_alpha, warmup=0, every=6))
-    found = [t for t in ticks if t is not None]
-    return min(found) if found else None
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -64,19 +45,20 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--seed", type=int, default=7)
     a = p.parse_args(argv)
     began, rows, h = time.perf_counter(), {}, a.history
-    print(f"{'scenario':<32}{'share test':>12}{'share + level':>15}   (alpha {a.alpha:g}, {a.runs} runs, "
+    print(f"{'scenario':<32}{'no window':>12}{'with window':>15}   (alpha {a.alpha:g}, {a.runs} runs, "
           f"{a.ticks} ticks, {h} ticks before)")
     for name, (cv, shared) in SCENARIOS.items():
         rng = np.random.default_rng(a.seed)
-        hits = {"share test": 0, "share + level": 0}
+        hits = {"no window": 0, "with window": 0}
         for _ in range(a.runs):
             k_c, n_c, k_b, n_b = aa_rollout(rng, a.ticks + h, cv, shared=shared)
             reference = (k_c[:h].sum() + k_b[:h].sum(), n_c[:h].sum() + n_b[:h].sum(), float(h))
             path = (k_c[h:], n_c[h:], k_b[h:], n_b[h:])
-            hits["share test"] += first_rollback(*path, a.alpha, None) is not None
-            hits["share + level"] += first_rollback(*path, a.alpha, reference if h else None) is not None
+            hits["no window"] += rate_test_first_rejection(*path, alpha=a.alpha) is not None
+            with_window = rate_test_first_rejection(*path, alpha=a.alpha, reference=reference if h else None)
+            hits["with window"] += with_window is not None
         rows[name] = {mode: round(n / a.runs, 4) for mode, n in hits.items()}
-        print(f"{name:<32}{rows[name]['share test']:>12.4f}{rows[name]['share + level']:>15.4f}", flush=True)
+        print(f"{name:<32}{rows[name]['no window']:>12.4f}{rows[name]['with window']:>15.4f}", flush=True)
     ok = all(v <= a.alpha for r in rows.values() for v in r.values())
     print(json.dumps({"benchmark": "aa_rate", "command": "benchmarks/aa_rate.py " + " ".join(argv or sys.argv[1:]),
                       "alpha": a.alpha, "runs": a.runs, "ticks": a.ticks, "history_ticks": h,

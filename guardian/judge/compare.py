@@ -17,13 +17,14 @@ from guardian.judge.bake import bake_rate, bake_sign, bake_start
 from guardian.judge.power import rate_power, sign_power
 from guardian.judge.sequential import (
     LEVEL_ALPHA_SHARE,
+    NO_REFERENCE,
     DispersionTracker,
     collapse_p_value,
     cumulative,
+    flapping_p_value,
     level_log_cap,
     level_log_lr,
     rate_log_lr,
-    share_test_dispersion,
     sign_log_lr,
     staggered_from_cumulative,
 )
@@ -32,6 +33,7 @@ from guardian.rules.models import CompareCheck
 TREND_TICKS = 12  # the window a leak's trend is judged on
 TREND_P = 0.01
 COLLAPSE_MIN_TICKS = 3  # a crash loop is a run of ticks without traffic, not one empty scrape
+COLLAPSE_WINDOW, FLAP_MIN_ZERO = 6, 2  # or two of the last six ticks empty (a crash loop between crashes)
 
 
 WARMUP_TICKS, EVERY_TICKS = 3, 6  # the defaults when a check gives no `warmup` / `every`
@@ -72,21 +74,15 @@ def _cumulative_llr(ev: Evidence, key: tuple, t: int, rows) -> np.ndarray:
     return cum.view
 
 
-def _dispersion(ev: Evidence, num: str, k_b: np.ndarray, n_b: np.ndarray, lo: int, hi: int) -> np.ndarray:
-    """The share test's φ for ticks [lo, hi) (`share_test_dispersion`), from running sums memoised on the evidence
-    when the ticks come one look at a time, from the whole history otherwise."""
-    key = ("dispersion", num)
+def _dispersion(ev: Evidence, num: str, den: str, k_b: np.ndarray, n_b: np.ndarray, lo: int, hi: int) -> np.ndarray:
+    """The share test's φ for ticks [lo, hi) (`share_test_dispersion`, each tick's from the ticks before it), from
+    running sums memoised on the evidence: a look adds its new ticks only."""
+    key = ("dispersion", num, den)
     tracker = ev.cache.get(key)
-    if tracker is None or tracker.seen != lo or hi - lo > 8:
-        if hi - lo > 8 or lo == 0:
-            ev.cache[key] = tracker = DispersionTracker()
-            phi = share_test_dispersion(k_b[:hi], n_b[:hi])
-            for t in range(hi):  # the running sums, for the looks to come
-                tracker.step(float(k_b[t]), float(n_b[t]))
-            return phi[lo:hi]
-        ev.cache[key] = tracker = DispersionTracker()
-        for t in range(lo):
-            tracker.step(float(k_b[t]), float(n_b[t]))
+    if tracker is None or tracker.seen > lo:
+        tracker = ev.cache[key] = DispersionTracker()
+    while tracker.seen < lo:
+        tracker.step(float(k_b[tracker.seen]), float(n_b[tracker.seen]))
     return np.array([tracker.step(float(k_b[t]), float(n_b[t])) for t in range(lo, hi)])
 
 
@@ -129,8 +125,7 @@ def with_power(check: object, verdict: Verdict, ev: Evidence, t: int) -> Verdict
     warmup = _warmup(check, ev.step_seconds)
     if test == "sign":
         return dataclasses.replace(verdict, **sign_power(check, ev, t, warmup))
-    share_alpha = check.alpha if level_reference(ev, *check.signals) is None else check.alpha * (1 - LEVEL_ALPHA_SHARE)
-    return dataclasses.replace(verdict, **rate_power(check, ev, t, warmup, share_alpha))
+    return dataclasses.replace(verdict, **rate_power(check, ev, t, warmup, share_alpha(check)))
 
 
 def evaluate(check: CompareCheck, ev: Evidence, t: int) -> Verdict:
@@ -170,6 +165,11 @@ def level_reference(ev: Evidence, num: str, den: str) -> tuple[float, float, flo
     return float(k), float(n), span / ev.step_seconds
 
 
+def share_alpha(check: CompareCheck) -> float:
+    """The part of a rate check's α its share test spends: what the level test (LEVEL_ALPHA_SHARE) leaves."""
+    return check.alpha * (1 - LEVEL_ALPHA_SHARE)
+
+
 def _rate(check: CompareCheck, ev: Evidence, t: int, base: dict) -> Verdict:
     num, den = check.signals
     k_c, n_c = ev.array(num, "canary")[: t + 1], ev.array(den, "canary")[: t + 1]
@@ -178,29 +178,29 @@ def _rate(check: CompareCheck, ev: Evidence, t: int, base: dict) -> Verdict:
     warmup, every = _warmup(check, ev.step_seconds), _every(check, ev.step_seconds)
     cap = check.burst_cap
     reference = level_reference(ev, num, den)
-    share_alpha = check.alpha if reference is None else check.alpha * (1 - LEVEL_ALPHA_SHARE)
+    alpha = share_alpha(check)
 
     def rows(lo: int, hi: int) -> np.ndarray:
-        phi = _dispersion(ev, num, k_b, n_b, lo, hi)  # each tick's from the ticks before it
         return rate_log_lr(k_c[lo:hi], n_c[lo:hi], k_b[lo:hi], n_b[lo:hi], tolerance=lam0, burst_cap=cap,
-                           dispersion=phi)
+                           dispersion=_dispersion(ev, num, den, k_b, n_b, lo, hi))
 
     cum = _cumulative_llr(ev, ("rate", num, den, lam0, cap), t, rows)
-    result = staggered_from_cumulative(cum, t, share_alpha, warmup=warmup, every=every)
+    result = staggered_from_cumulative(cum, t, alpha, warmup=warmup, every=every)
     test = "e_value"
-    if reference is not None:  # the fast path: each tick's canary count against the service's own rate
-        level_alpha = check.alpha * LEVEL_ALPHA_SHARE
-        log_cap = level_log_cap(level_alpha)
+    # the fast path: each tick's canary count against the service's own rate (its window before the rollout, when
+    # the guard has one, and the baseline's ticks so far)
+    level_alpha = check.alpha * LEVEL_ALPHA_SHARE
+    log_cap = level_log_cap(level_alpha)
 
-        def level_rows(lo: int, hi: int) -> np.ndarray:
-            return level_log_lr(k_c[:hi], n_c[:hi], k_b[:hi], n_b[:hi], reference=reference, tolerance=lam0,
-                                log_cap=log_cap, start=lo)
+    def level_rows(lo: int, hi: int) -> np.ndarray:
+        return level_log_lr(k_c[:hi], n_c[:hi], k_b[:hi], n_b[:hi], reference=reference or NO_REFERENCE,
+                            tolerance=lam0, log_cap=log_cap, start=lo)
 
-        level_cum = _cumulative_llr(ev, ("level", num, den, lam0, reference), t, level_rows)
-        level = staggered_from_cumulative(level_cum, t, level_alpha, warmup=warmup, every=every)
-        if level.rejected or (not result.rejected and level.e_value / level.threshold > result.e_value
-                              / result.threshold):
-            result, test = level, "level e_value"
+    level_cum = _cumulative_llr(ev, ("level", num, den, lam0, reference), t, level_rows)
+    level = staggered_from_cumulative(level_cum, t, level_alpha, warmup=warmup, every=every)
+    if level.rejected or (not result.rejected and level.e_value / level.threshold > result.e_value
+                          / result.threshold):
+        result, test = level, "level e_value"
     since = min(result.start if result.start is not None else warmup, t + 1)
     cs = _csums(ev, ((num, "canary"), (den, "canary"), (num, "baseline"), (den, "baseline")), t)
     with np.errstate(invalid="ignore", over="ignore"):
@@ -214,7 +214,7 @@ def _rate(check: CompareCheck, ev: Evidence, t: int, base: dict) -> Verdict:
     stat = f"{test}={result.e_value:.3g} (reject at {result.threshold:.3g} = 1/alpha_j, alpha={check.alpha:g})"
     if test == "level e_value":
         stat += (f" against the service's rate before the rollout ({reference[0]:g}/{reference[1]:g} {num} per {den})"
-                 if reference else "")
+                 " and the baseline's" if reference else " against the baseline's rate")
     facts = (f"canary {ec:g}/{rc:g} {num} per {den} vs baseline {eb:g}/{rb:g} since tick {since}"
              + (f", ratio {ratio:.2f}" if ratio is not None else ""))
     common = {**base, "value": ratio, "threshold": lam0, "sample_size": rc,
@@ -292,16 +292,25 @@ def _collapse(check: CompareCheck, ev: Evidence, t: int, base: dict) -> Verdict:
             f"no data for {signal} from either arm{ev.why_missing(signal, 'canary')}: nothing to judge a "
             "collapse by"))
     p, run, baseline, share = collapse_p_value(n_c, n_b, t, warmup=warmup)
-    # checked at every tick: Bonferroni over the looks so far keeps the whole rollout at alpha
-    alpha_t = check.alpha / max(1, t + 1 - warmup)
+    # checked at every tick: Bonferroni over the looks so far and the two tests keeps the whole rollout at alpha
+    alpha_t = check.alpha / 2 / max(1, t + 1 - warmup)
     common = {**base, "value": p, "threshold": alpha_t, "sample_size": baseline,
               "statistic": f"p=(1-share)^baseline_{signal}"}
     if p <= alpha_t and run >= COLLAPSE_MIN_TICKS:
         return Verdict(result=Result.FAIL, **common, reason=(
             f"the canary stopped getting {signal}: none for {run} ticks while the baseline got {baseline:g} "
             f"(canary share was >= {share:.3g}); p = {p:.3g} <= alpha/looks {alpha_t:.3g}"))
+    p_flap, zeros, b_flap, s_flap = flapping_p_value(n_c, n_b, t, warmup=warmup, window=COLLAPSE_WINDOW,
+                                                     min_zero=FLAP_MIN_ZERO)
+    if p_flap <= alpha_t:
+        return Verdict(result=Result.FAIL, **{**common, "value": p_flap, "sample_size": b_flap, "statistic": (
+            f"p=C({COLLAPSE_WINDOW},{zeros})(1-share)^baseline_{signal}")}, reason=(
+            f"the canary keeps dropping out: no {signal} in {zeros} of its last {COLLAPSE_WINDOW} ticks while the "
+            f"baseline got {b_flap:g} in them (canary share otherwise >= {s_flap:.3g}); p = {p_flap:.3g} <= "
+            f"alpha/looks {alpha_t:.3g}"))
     return Verdict(result=Result.PASS, **common, reason=(
-        f"canary traffic has not collapsed (zero-{signal} run of {run} ticks, p = {p:.3g})"))
+        f"canary traffic has not collapsed (zero-{signal} run of {run} ticks, p = {p:.3g}; {zeros} of the last "
+        f"{COLLAPSE_WINDOW} ticks empty)"))
 
 
 def _trend(check: CompareCheck, ev: Evidence, t: int, base: dict) -> Verdict:

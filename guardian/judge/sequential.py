@@ -28,8 +28,9 @@ its shape from the burstiness of the per-tick rate (`burst_cv2`: the baseline's 
 a pessimistic cv² of 4) and from the pooled rate's own uncertainty; the null also allows the rate of the
 baseline's latest ticks (so an outage hitting both arms at once is not the canary's fault). Its null is
 pessimistic enough that one tick of overwhelming evidence may decide (`level_log_cap`); A/A runs with bursts
-of cv 2 in each arm stay far inside α (benchmarks/aa_rate.py). The level test spends LEVEL_ALPHA_SHARE
-of α, the share test the rest; without a pre-rollout reference only the share test runs, with all of α.
+of cv 2 in each arm stay inside α (benchmarks/aa_rate.py). The level test spends LEVEL_ALPHA_SHARE of α, the
+share test the rest; without a pre-rollout reference (NO_REFERENCE) the baseline's own ticks are the reference,
+and the level test starts once they hold LEVEL_MIN_REFERENCE_TICKS ticks' worth of the service's traffic.
 
 Sign test (gauges such as P99): each tick is one Bernoulli trial "canary > (1+margin)·baseline";
 under H0 (same distribution) its probability is at most 1/2. The same machinery runs on it.
@@ -235,7 +236,9 @@ SHARE_CV2_PRIOR, SHARE_PRIOR_TICKS = 2.0, 3.0  # the same for the share test's t
 LEVEL_FIXED_RATES = (0.05, 0.25)  # absolute canary error rates among the alternatives (for a spotless service)
 LEVEL_MULTIPLES = (3.0, 10.0, 30.0)  # and multiples of the tolerated rate
 LEVEL_COLUMNS = len(LEVEL_MULTIPLES) + len(LEVEL_FIXED_RATES)
-LEVEL_MIN_REFERENCE_TICKS = 30  # the ticks' worth of traffic the pre-rollout reference must hold
+LEVEL_MIN_REFERENCE_TICKS = 20  # the ticks' worth of the service's traffic the reference must hold
+LEVEL_SPREAD_WEIGHT = 6.0  # × the variance of the pooled rate's mean over its ticks (bursts are skewed: pessimistic)
+NO_REFERENCE = (0.0, 0.0, 0.0)  # no window before the rollout: the baseline's own ticks are the reference
 LEVEL_RECENT_TICKS = 6  # the baseline's latest ticks whose rate H0 also allows the canary (a shared outage)
 
 
@@ -335,7 +338,8 @@ def level_log_lr(k_c, n_c, k_b, n_b, *, reference: tuple[float, float, float], t
         # service younger than the window holds less than the window's length); too few, and no level test
         per_tick = np.cumsum(nb + np.where(valid, nc, 0.0)) / np.maximum(np.cumsum(ok_b), 1)
         worth = np.minimum(ref_ticks, ref_n / np.maximum(per_tick, 1e-9))
-        valid &= worth >= LEVEL_MIN_REFERENCE_TICKS
+        # the baseline's own ticks count too: without a window, the test starts once they hold enough
+        valid &= worth + np.cumsum(nb) / np.maximum(per_tick, 1e-9) >= LEVEL_MIN_REFERENCE_TICKS
         spread = worth + np.cumsum(ok_b)
         # the baseline's last LEVEL_RECENT_TICKS ticks (this one included), one standard deviation up: an outage
         # that hits both arms shows there before the pooled rate notices it
@@ -346,7 +350,7 @@ def level_log_lr(k_c, n_c, k_b, n_b, *, reference: tuple[float, float, float], t
             kb, nb, kc, nc, valid, big_k, big_n, cv2, spread, recent_k, recent_n = (
                 x[start:] for x in (kb, nb, kc, nc, valid, big_k, big_n, cv2, spread, recent_k, recent_n))
         pooled = (big_k + 0.5) / (big_n + 1)
-        own = (1 + 1 / (big_k + 0.5)) * (1 + cv2 / spread) - 1  # the pooled rate's own uncertainty
+        own = (1 + 1 / (big_k + 0.5)) * (1 + LEVEL_SPREAD_WEIGHT * cv2 / spread) - 1  # the pooled rate's uncertainty
         shape = 1 / ((1 + cv2) * (1 + own) - 1)
         now = (recent_k + np.sqrt(recent_k) + 10 * pooled) / (recent_n + 10)
         p0 = tolerance * pooled
@@ -401,6 +405,36 @@ def collapse_p_value(n_c, n_b, t: int, *, warmup: int, min_before: float = 5.0) 
     return float(math.exp(baseline * math.log1p(-share))), run, baseline, float(share)
 
 
+def flapping_p_value(n_c, n_b, t: int, *, warmup: int, window: int = 6, min_zero: int = 2,
+                     min_before: float = 5.0) -> tuple[float, int, float, float]:
+    """Does the canary keep dropping out (a crash loop that comes back between crashes)?
+
+    Among the last `window` answered ticks up to t (after the warm-up), the ticks with *zero* canary requests while
+    the baseline got some; with at least `min_zero` of them and the canary's traffic share ρ from its other ticks
+    (their Wilson lower bound, to be cautious), the chance under H0 (the share unchanged) that exactly those ticks
+    were empty is (1 − ρ)^B, B the baseline's requests in them; times the C(window, zeros) ways to pick them.
+    Returns (p, zero ticks, B, ρ); p = 1 when there are too few zero ticks or the canary's share is unknown."""
+    n_c, n_b = np.asarray(n_c[: t + 1], dtype=float), np.asarray(n_b[: t + 1], dtype=float)
+    answered = [i for i in range(warmup, t + 1) if not (np.isnan(n_c[i]) or np.isnan(n_b[i]))][-window:]
+    zeros = [i for i in answered if n_c[i] == 0 and n_b[i] > 0]
+    if len(zeros) < min_zero:
+        return 1.0, len(zeros), 0.0, float("nan")
+    others = np.ones(t + 1, dtype=bool)
+    others[zeros] = False
+    others[:warmup] = False
+    seen_c, seen_b = np.nansum(n_c[others]), np.nansum(n_b[others])
+    baseline = float(np.sum(n_b[zeros]))
+    if seen_c < min_before or seen_c + seen_b <= 0:
+        return 1.0, len(zeros), baseline, float("nan")
+    from guardian.judge.threshold import wilson_bounds
+
+    share, _ = wilson_bounds(seen_c, seen_c + seen_b, 0.95)
+    if not 0 < share < 1:
+        return 1.0, len(zeros), baseline, share
+    log_p = baseline * math.log1p(-share) + math.log(math.comb(len(answered), len(zeros)))
+    return float(math.exp(min(log_p, 0.0))), len(zeros), baseline, float(share)
+
+
 def first_rejection(log_lr: np.ndarray, alpha: float, *, warmup: int, every: int) -> int | None:
     """The first tick at which `staggered_mixture` rejects on this path, or None: the same test
     checked at every tick, computed for a whole path at once (for simulations and benchmarks)."""
@@ -419,3 +453,20 @@ def first_rejection(log_lr: np.ndarray, alpha: float, *, warmup: int, every: int
         if hits.size and (earliest is None or s + int(hits[0]) < earliest):
             earliest = s + int(hits[0])
     return earliest
+
+
+def rate_test_first_rejection(k_c, n_c, k_b, n_b, *, alpha: float, reference: tuple[float, float, float] | None = None,
+                              tolerance: float = 1.0, burst_cap: float = 3.0, warmup: int = 0,
+                              every: int = 6) -> int | None:
+    """The first tick the default rate test rejects on this whole path (None: never), as judge/compare.py runs it
+    one tick at a time: the share test (tempered by `share_test_dispersion`, capped at `burst_cap`) at α·(1 −
+    LEVEL_ALPHA_SHARE) and the level test (against `reference`, the window before the rollout, or the baseline's
+    own ticks without one) at the rest. For simulations and benchmarks."""
+    level_alpha = alpha * LEVEL_ALPHA_SHARE
+    share = rate_log_lr(k_c, n_c, k_b, n_b, tolerance=tolerance, burst_cap=burst_cap,
+                        dispersion=share_test_dispersion(k_b, n_b))
+    level = level_log_lr(k_c, n_c, k_b, n_b, reference=reference or NO_REFERENCE, tolerance=tolerance,
+                         log_cap=level_log_cap(level_alpha))
+    found = [t for t in (first_rejection(share, alpha - level_alpha, warmup=warmup, every=every),
+                         first_rejection(level, level_alpha, warmup=warmup, every=every)) if t is not None]
+    return min(found) if found else None

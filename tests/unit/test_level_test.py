@@ -1,8 +1,8 @@
 """The rate test's fast path (the level test, judge/sequential.py): a canary's errors judged tick by tick against
 the service's own error rate before the rollout. Blatant failures go within two ticks; one tick decides only
 when it is overwhelming; an outage hitting both arms is not the canary's fault; A/A stays inside α; without
-the pre-rollout window the share test decides alone; the window is fetched once at tick 0, frozen with the
-models, and replays alike."""
+the pre-rollout window the baseline's own ticks are the reference once they hold enough traffic; the window is
+fetched once at tick 0, frozen with the models, and replays alike."""
 from __future__ import annotations
 
 import json
@@ -21,11 +21,13 @@ from guardian.engine.store import SQLiteStore
 from guardian.errors import SourceUnavailable
 from guardian.judge.sequential import (
     LEVEL_ALPHA_SHARE,
+    LEVEL_MIN_REFERENCE_TICKS,
+    NO_REFERENCE,
     first_rejection,
     level_log_cap,
     level_log_lr,
     rate_log_lr,
-    share_test_dispersion,
+    rate_test_first_rejection,
 )
 from guardian.rules.book import RuleBook
 from guardian.sources.recording import RecordingSource
@@ -77,11 +79,18 @@ def test_an_outage_hitting_both_arms_is_not_the_canarys_fault():
     assert level_rejects(k_c, n_c, k_b, n_b) is None
 
 
-def test_a_reference_with_too_little_traffic_gives_no_level_evidence():
-    k_c, n_c, k_b, n_b = blatant(np.random.default_rng(1))
-    lr = level_log_lr(k_c, n_c, k_b, n_b, reference=(0.0, 500.0, 300.0), log_cap=CAP)  # 5 ticks' worth
-    assert np.isnan(lr).all()
-    assert level_rejects(k_c, n_c, k_b, n_b, (0.0, 500.0, 300.0)) is None
+def test_the_level_test_waits_until_its_reference_holds_enough_traffic():
+    """The reference must hold LEVEL_MIN_REFERENCE_TICKS ticks' worth of the service's traffic (100 requests a
+    tick here): a window of 5 ticks' worth starts the test once the baseline's own ticks (90 a tick) add the rest;
+    without a window, the baseline's ticks alone must hold it."""
+    assert LEVEL_MIN_REFERENCE_TICKS == 20
+    k_c, n_c, k_b, n_b = np.zeros(40), np.full(40, 10.0), np.zeros(40), np.full(40, 90.0)
+    k_c[:] = 5  # blatant from the first tick
+    short = level_log_lr(k_c, n_c, k_b, n_b, reference=(0.0, 500.0, 300.0), log_cap=CAP)  # 5 ticks' worth
+    assert np.isnan(short[:16]).all() and not np.isnan(short[16:]).any()  # 5 + 0.9 × 17 >= 20 at tick 16
+    alone = level_log_lr(k_c, n_c, k_b, n_b, reference=NO_REFERENCE, log_cap=CAP)
+    assert np.isnan(alone[:22]).all() and not np.isnan(alone[22:]).any()  # 0.9 × 23 >= 20 at tick 22
+    assert level_rejects(k_c, n_c, k_b, n_b, NO_REFERENCE) == 22
 
 
 @pytest.mark.parametrize("cv", [0.0, 1.0])
@@ -93,9 +102,16 @@ def test_aa_with_the_level_test_stays_inside_alpha(cv):
         k_c, n_c, k_b, n_b = aa_rollout(rng, 120 + h, cv)
         reference = (k_c[:h].sum() + k_b[:h].sum(), n_c[:h].sum() + n_b[:h].sum(), float(h))
         path = (k_c[h:], n_c[h:], k_b[h:], n_b[h:])
-        share = rate_log_lr(*path, dispersion=share_test_dispersion(path[2], path[3]))
-        false += (first_rejection(share, ALPHA * (1 - LEVEL_ALPHA_SHARE), warmup=0, every=6) is not None
-                  or level_rejects(*path, reference) is not None)
+        false += rate_test_first_rejection(*path, alpha=ALPHA, reference=reference) is not None
+    assert false / runs <= ALPHA
+
+
+@pytest.mark.parametrize("cv", [0.0, 1.0])
+def test_aa_without_a_window_stays_inside_alpha(cv):
+    """The same without the window: the level test's reference is the baseline's own ticks."""
+    rng, runs, false = np.random.default_rng(98), 300, 0
+    for _ in range(runs):
+        false += rate_test_first_rejection(*aa_rollout(rng, 120, cv), alpha=ALPHA) is not None
     assert false / runs <= ALPHA
 
 
@@ -171,11 +187,13 @@ def test_the_guard_judges_a_blatant_canary_against_the_service_before_the_rollou
     assert (replayed.decision, replayed.tick) == ("rollback", rollback.tick)
 
 
-def test_without_the_window_the_share_test_decides_alone_and_later(rules):
+def test_without_the_window_the_baseline_is_the_reference_and_the_decision_later(rules):
     guard, state, decisions = run(rules, WithHistory(bad_recording()))
     assert guard.store.get(state.id).phase is Phase.ROLLED_BACK
     failing = next(v for v in decisions[-1].verdicts if v.result is Result.FAIL)
-    assert failing.statistic.startswith("e_value=")
+    assert failing.statistic.startswith(("e_value=", "level e_value="))
+    if failing.statistic.startswith("level"):
+        assert failing.statistic.endswith("against the baseline's rate")
     assert decisions[-1].tick >= 4
 
 

@@ -11,6 +11,7 @@ from guardian.judge.sequential import (
     baseline_dispersion,
     collapse_p_value,
     first_rejection,
+    flapping_p_value,
     rate_log_lr,
     sign_log_lr,
     staggered_mixture,
@@ -117,6 +118,24 @@ def test_traffic_collapse_needs_traffic_before_and_enough_baseline_requests():
     assert collapse_p_value(silent, n_b, 29, warmup=3)[0] == 1.0  # never had traffic: silent, not crashed
     # a missing scrape is not a zero
     assert collapse_p_value(np.where(np.arange(30) == 29, np.nan, 40.0), n_b, 29, warmup=3)[0] == 1.0
+
+
+def test_a_canary_that_keeps_dropping_out_is_a_crash_loop_but_a_quiet_one_is_not():
+    n_b = np.full(30, 40.0)
+    n_c = np.full(30, 40.0)
+    n_c[[22, 24]] = 0  # down, up, down: never three empty ticks in a row
+    assert collapse_p_value(n_c, n_b, 24, warmup=3)[1] == 1  # the run test sees a run of one
+    p, zeros, baseline, share = flapping_p_value(n_c, n_b, 24, warmup=3)
+    assert zeros == 2 and baseline == 80 and p < 1e-10
+    assert flapping_p_value(n_c, n_b, 23, warmup=3)[0] == 1.0  # one empty tick is not enough
+    # a canary at 2% of 40 requests a tick: empty ticks are what it does, not a crash
+    low_c, low_b = np.where(np.arange(30) % 2 == 0, 0.0, 1.0), np.full(30, 40.0)
+    assert flapping_p_value(low_c, low_b, 29, warmup=3)[0] > 0.01
+    # an empty tick counts only when the baseline got traffic in it, and a missing scrape is not a zero
+    gap_b = n_b.copy()
+    gap_b[[22, 24]] = 0
+    assert flapping_p_value(n_c, gap_b, 24, warmup=3)[0] == 1.0
+    assert flapping_p_value(np.where(n_c == 0, np.nan, n_c), n_b, 24, warmup=3)[0] == 1.0
 
 
 def test_the_single_tick_path_computes_the_same_log_lr_as_the_vector_path():
