@@ -127,9 +127,9 @@ def label(v: dict[str, Any]) -> str:
 def _kind(v: dict[str, Any]) -> str:
     stat = v.get("statistic") or ""
     reason = v.get("reason") or ""
-    if stat.startswith("e_value"):
+    if stat.startswith(("e_value", "level e_value")):
         return "rate" if " per " in reason else "sign"
-    if stat.startswith("p=(1-share)"):
+    if stat.startswith(("p=hypergeometric", "p=C(", "p=(1-share)")):  # the last: recordings before 2026-12
         return "collapse"
     if stat.startswith("growth") or reason.startswith("canary/baseline "):
         return "trend"

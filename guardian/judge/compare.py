@@ -33,6 +33,7 @@ from guardian.rules.models import CompareCheck
 TREND_TICKS = 12  # the window a leak's trend is judged on
 TREND_P = 0.01
 COLLAPSE_MIN_TICKS = 3  # a crash loop is a run of ticks without traffic, not one empty scrape
+COLLAPSE_MIN_MISSED = 20  # and it took away at least this many canary requests (a quiet canary's empty ticks are not)
 COLLAPSE_WINDOW, FLAP_MIN_ZERO = 6, 2  # or two of the last six ticks empty (a crash loop between crashes)
 
 
@@ -295,22 +296,28 @@ def _collapse(check: CompareCheck, ev: Evidence, t: int, base: dict) -> Verdict:
     # checked at every tick: Bonferroni over the looks so far and the two tests keeps the whole rollout at alpha
     alpha_t = check.alpha / 2 / max(1, t + 1 - warmup)
     common = {**base, "value": p, "threshold": alpha_t, "sample_size": baseline,
-              "statistic": f"p=(1-share)^baseline_{signal}"}
-    if p <= alpha_t and run >= COLLAPSE_MIN_TICKS:
+              "statistic": f"p=hypergeometric(no canary {signal} among the baseline's {baseline:g} in the run)"}
+    if p <= alpha_t and run >= COLLAPSE_MIN_TICKS and _missed(baseline, share) >= COLLAPSE_MIN_MISSED:
         return Verdict(result=Result.FAIL, **common, reason=(
             f"the canary stopped getting {signal}: none for {run} ticks while the baseline got {baseline:g} "
-            f"(canary share was >= {share:.3g}); p = {p:.3g} <= alpha/looks {alpha_t:.3g}"))
+            f"(canary share was {share:.3g} before); p = {p:.3g} <= alpha/looks {alpha_t:.3g}"))
     p_flap, zeros, b_flap, s_flap = flapping_p_value(n_c, n_b, t, warmup=warmup, window=COLLAPSE_WINDOW,
                                                      min_zero=FLAP_MIN_ZERO)
-    if p_flap <= alpha_t:
+    if p_flap <= alpha_t and _missed(b_flap, s_flap) >= COLLAPSE_MIN_MISSED:
         return Verdict(result=Result.FAIL, **{**common, "value": p_flap, "sample_size": b_flap, "statistic": (
-            f"p=C({COLLAPSE_WINDOW},{zeros})(1-share)^baseline_{signal}")}, reason=(
+            f"p=C({COLLAPSE_WINDOW},{zeros})·hypergeometric(no canary {signal} among the baseline's "
+            f"{b_flap:g})")}, reason=(
             f"the canary keeps dropping out: no {signal} in {zeros} of its last {COLLAPSE_WINDOW} ticks while the "
-            f"baseline got {b_flap:g} in them (canary share otherwise >= {s_flap:.3g}); p = {p_flap:.3g} <= "
+            f"baseline got {b_flap:g} in them (canary share otherwise {s_flap:.3g}); p = {p_flap:.3g} <= "
             f"alpha/looks {alpha_t:.3g}"))
     return Verdict(result=Result.PASS, **common, reason=(
         f"canary traffic has not collapsed (zero-{signal} run of {run} ticks, p = {p:.3g}; {zeros} of the last "
         f"{COLLAPSE_WINDOW} ticks empty)"))
+
+
+def _missed(baseline: float, share: float) -> float:
+    """The canary requests an empty stretch took away: the baseline's requests in it at the canary's share."""
+    return baseline * share / (1 - share) if 0 < share < 1 else 0.0
 
 
 def _trend(check: CompareCheck, ev: Evidence, t: int, base: dict) -> Verdict:

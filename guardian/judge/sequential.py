@@ -372,14 +372,15 @@ def sign_log_lr(g_c, g_b, *, margin: float = 0.2) -> np.ndarray:
     return np.where(valid[:, None], ll, np.nan)
 
 
-def collapse_p_value(n_c, n_b, t: int, *, warmup: int, min_before: float = 5.0) -> tuple[float, int, float, float]:
+def collapse_p_value(n_c, n_b, t: int, *, warmup: int, min_before: float = 20.0) -> tuple[float, int, float, float]:
     """Has the canary stopped getting traffic it used to get (a crash loop)?
 
     Finds the trailing run of ticks with *zero* canary requests (missing scrapes neither count nor
-    break it) and the canary's traffic share before it (its Wilson lower bound, to be cautious).
-    Under H0 (the share is unchanged) the chance of no canary request among the baseline's B
-    requests is (1 − ρ)^B. Returns (p, run length in ticks, B, ρ); p = 1 when there is no run or
-    the canary never had traffic (a canary that never had any is a silent canary, not a crash)."""
+    break it). Under H0 (each request the canary's with one constant chance) the chance that all the canary's
+    requests since the warm-up fell before the run, none among the baseline's B requests in it, is
+    hypergeometric (`_all_before`: exact at any traffic, about (1 − ρ)^B). Returns (p, run length in ticks, B,
+    ρ the canary's share before the run); p = 1 when there is no run or the canary never had traffic (a canary
+    that never had any is a silent canary, not a crash)."""
     n_c, n_b = np.asarray(n_c[: t + 1], dtype=float), np.asarray(n_b[: t + 1], dtype=float)
     i, run, baseline = t, 0, 0.0
     while i >= warmup:
@@ -393,26 +394,33 @@ def collapse_p_value(n_c, n_b, t: int, *, warmup: int, min_before: float = 5.0) 
         i -= 1
     if run == 0:  # the canary got traffic at its latest answered tick: nothing has collapsed
         return 1.0, 0, 0.0, float("nan")
-    before = slice(warmup if i >= warmup else 0, i + 1)
+    before = slice(warmup if i >= warmup else 0, i)  # not tick i: it is there because it had traffic (selected)
     seen_c, seen_b = np.nansum(n_c[before]), np.nansum(n_b[before])
     if seen_c < min_before or seen_c + seen_b <= 0:
         return 1.0, run, baseline, float("nan")
-    from guardian.judge.threshold import wilson_bounds
+    return _all_before(seen_c, seen_c + seen_b, baseline), run, baseline, float(seen_c / (seen_c + seen_b))
 
-    share, _ = wilson_bounds(seen_c, seen_c + seen_b, 0.95)
-    if not 0 < share < 1:  # also nonsense counts (negative, or too large to add up) that put it outside (0, 1)
-        return 1.0, run, baseline, share
-    return float(math.exp(baseline * math.log1p(-share))), run, baseline, float(share)
+
+def _all_before(canary: float, before: float, after: float) -> float:
+    """Under H0 (each request the canary's with one constant chance), given the canary's `canary` requests among
+    the `before` requests of both arms in some ticks and `after` more requests in the others: the chance that all
+    of the canary's fell in the first (hypergeometric, exact at any traffic): C(before, canary) / C(before + after,
+    canary). Counts that add up to nonsense (negative, not finite, canary > before) give 1."""
+    if not all(math.isfinite(x) for x in (canary, before, after)) or canary < 0 or after < 0 or canary > before:
+        return 1.0
+    lg = math.lgamma
+    log_p = (lg(before + 1) - lg(before - canary + 1)) - (lg(before + after + 1) - lg(before + after - canary + 1))
+    return float(math.exp(min(log_p, 0.0)))
 
 
 def flapping_p_value(n_c, n_b, t: int, *, warmup: int, window: int = 6, min_zero: int = 2,
-                     min_before: float = 5.0) -> tuple[float, int, float, float]:
+                     min_before: float = 20.0) -> tuple[float, int, float, float]:
     """Does the canary keep dropping out (a crash loop that comes back between crashes)?
 
     Among the last `window` answered ticks up to t (after the warm-up), the ticks with *zero* canary requests while
-    the baseline got some; with at least `min_zero` of them and the canary's traffic share ρ from its other ticks
-    (their Wilson lower bound, to be cautious), the chance under H0 (the share unchanged) that exactly those ticks
-    were empty is (1 − ρ)^B, B the baseline's requests in them; times the C(window, zeros) ways to pick them.
+    the baseline got some; with at least `min_zero` of them, the chance under H0 (each request the canary's with
+    one constant chance) that all the canary's requests fell in its other ticks, none among the baseline's B
+    requests in those (`_all_before`, exact), times the C(window, zeros) ways to pick them.
     Returns (p, zero ticks, B, ρ); p = 1 when there are too few zero ticks or the canary's share is unknown."""
     n_c, n_b = np.asarray(n_c[: t + 1], dtype=float), np.asarray(n_b[: t + 1], dtype=float)
     answered = [i for i in range(warmup, t + 1) if not (np.isnan(n_c[i]) or np.isnan(n_b[i]))][-window:]
@@ -426,13 +434,9 @@ def flapping_p_value(n_c, n_b, t: int, *, warmup: int, window: int = 6, min_zero
     baseline = float(np.sum(n_b[zeros]))
     if seen_c < min_before or seen_c + seen_b <= 0:
         return 1.0, len(zeros), baseline, float("nan")
-    from guardian.judge.threshold import wilson_bounds
-
-    share, _ = wilson_bounds(seen_c, seen_c + seen_b, 0.95)
-    if not 0 < share < 1:
-        return 1.0, len(zeros), baseline, share
-    log_p = baseline * math.log1p(-share) + math.log(math.comb(len(answered), len(zeros)))
-    return float(math.exp(min(log_p, 0.0))), len(zeros), baseline, float(share)
+    ways = math.comb(len(answered), len(zeros))
+    p = min(1.0, ways * _all_before(seen_c, seen_c + seen_b, baseline))
+    return p, len(zeros), baseline, float(seen_c / (seen_c + seen_b))
 
 
 def first_rejection(log_lr: np.ndarray, alpha: float, *, warmup: int, every: int) -> int | None:
