@@ -129,7 +129,7 @@ def _kind(v: dict[str, Any]) -> str:
     reason = v.get("reason") or ""
     if stat.startswith(("e_value", "level e_value")):
         return "rate" if " per " in reason else "sign"
-    if stat.startswith(("p=hypergeometric", "p=C(", "p=(1-share)")):  # the last: recordings before 2026-12
+    if stat.startswith(("p=hypergeometric", "p=sum of hypergeometric", "p=C(", "p=(1-share)")):  # the last two: older
         return "collapse"
     if stat.startswith("growth") or reason.startswith("canary/baseline "):
         return "trend"

@@ -19,11 +19,11 @@ from guardian.judge.sequential import (
     LEVEL_ALPHA_SHARE,
     NO_REFERENCE,
     DispersionTracker,
+    LevelTracker,
     collapse_p_value,
     cumulative,
     flapping_p_value,
     level_log_cap,
-    level_log_lr,
     rate_log_lr,
     sign_log_lr,
     staggered_from_cumulative,
@@ -32,7 +32,9 @@ from guardian.rules.models import CompareCheck
 
 TREND_TICKS = 12  # the window a leak's trend is judged on
 TREND_P = 0.01
-COLLAPSE_MIN_TICKS = 3  # a crash loop is a run of ticks without traffic, not one empty scrape
+# one tick without traffic is a collapse once it is beyond chance and took away enough of the canary's requests
+# (a missing scrape is missing, not empty: it neither counts nor breaks a run)
+COLLAPSE_MIN_TICKS = 1
 COLLAPSE_MIN_MISSED = 20  # and it took away at least this many canary requests (a quiet canary's empty ticks are not)
 COLLAPSE_WINDOW, FLAP_MIN_ZERO = 6, 2  # or two of the last six ticks empty (a crash loop between crashes)
 
@@ -194,8 +196,12 @@ def _rate(check: CompareCheck, ev: Evidence, t: int, base: dict) -> Verdict:
     log_cap = level_log_cap(level_alpha)
 
     def level_rows(lo: int, hi: int) -> np.ndarray:
-        return level_log_lr(k_c[:hi], n_c[:hi], k_b[:hi], n_b[:hi], reference=reference or NO_REFERENCE,
-                            tolerance=lam0, log_cap=log_cap, start=lo)
+        key = ("level_tracker", num, den, lam0, reference)
+        tracker = ev.cache.get(key)
+        if tracker is None or tracker.seen > lo:
+            tracker = ev.cache[key] = LevelTracker(reference or NO_REFERENCE, lam0, log_cap)
+        rows = [tracker.step(*(float(x[i]) for x in (k_c, n_c, k_b, n_b))) for i in range(tracker.seen, hi)]
+        return np.array(rows[len(rows) - (hi - lo):]).reshape(hi - lo, -1)
 
     level_cum = _cumulative_llr(ev, ("level", num, den, lam0, reference), t, level_rows)
     level = staggered_from_cumulative(level_cum, t, level_alpha, warmup=warmup, every=every)
@@ -305,8 +311,8 @@ def _collapse(check: CompareCheck, ev: Evidence, t: int, base: dict) -> Verdict:
                                                      min_zero=FLAP_MIN_ZERO)
     if p_flap <= alpha_t and _missed(b_flap, s_flap) >= COLLAPSE_MIN_MISSED:
         return Verdict(result=Result.FAIL, **{**common, "value": p_flap, "sample_size": b_flap, "statistic": (
-            f"p=C({COLLAPSE_WINDOW},{zeros})·hypergeometric(no canary {signal} among the baseline's "
-            f"{b_flap:g})")}, reason=(
+            f"p=sum of hypergeometric over the C({COLLAPSE_WINDOW},{zeros}) picks of empty ticks (no canary {signal} "
+            f"among the baseline's {b_flap:g})")}, reason=(
             f"the canary keeps dropping out: no {signal} in {zeros} of its last {COLLAPSE_WINDOW} ticks while the "
             f"baseline got {b_flap:g} in them (canary share otherwise {s_flap:.3g}); p = {p_flap:.3g} <= "
             f"alpha/looks {alpha_t:.3g}"))

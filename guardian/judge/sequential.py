@@ -23,20 +23,23 @@ Level test (the fast path for errors, `level_log_lr`). The share test above cann
 whose errors are blatant from one burst of a bursty service, so its cap makes it take five ticks or more. When
 the guard knows the service's error rate from before the rollout (a window of the baseline's history), a second
 e-process judges each tick's canary count on its own: under H0 it is negative binomial around the canary's
-requests × the tolerance × the service's pooled rate (the pre-rollout window and the baseline's ticks so far),
-its shape from the burstiness of the per-tick rate (`burst_cv2`: the baseline's excess variance, shrunk towards
-a pessimistic cv² of 4) and from the pooled rate's own uncertainty; the null also allows the rate of the
-baseline's latest ticks (so an outage hitting both arms at once is not the canary's fault). Its null is
+requests × the tolerance × the service's pooled rate (the pre-rollout window and the baseline's ticks so far,
+one standard deviation up: its error is the same in every tick), its shape from the burstiness of the per-tick
+rate (`burst_cv2`: the baseline's excess variance, shrunk towards a pessimistic cv² of 4) and from the pooled
+rate's own uncertainty; the null also allows the rate of the baseline's latest ticks (so an outage hitting both
+arms at once is not the canary's fault). Its null is
 pessimistic enough that one tick of overwhelming evidence may decide (`level_log_cap`); A/A runs with bursts
 of cv 2 in each arm stay inside α (benchmarks/aa_rate.py). The level test spends LEVEL_ALPHA_SHARE of α, the
 share test the rest; without a pre-rollout reference (NO_REFERENCE) the baseline's own ticks are the reference,
 and the level test starts once they hold LEVEL_MIN_REFERENCE_TICKS ticks' worth of the service's traffic.
+A live look adds one tick to a `LevelTracker` (running sums); `level_log_lr` judges whole paths at once.
 
 Sign test (gauges such as P99): each tick is one Bernoulli trial "canary > (1+margin)·baseline";
 under H0 (same distribution) its probability is at most 1/2. The same machinery runs on it.
 """
 from __future__ import annotations
 
+import itertools
 import math
 from dataclasses import dataclass
 from functools import lru_cache
@@ -236,7 +239,7 @@ SHARE_CV2_PRIOR, SHARE_PRIOR_TICKS = 2.0, 3.0  # the same for the share test's t
 LEVEL_FIXED_RATES = (0.05, 0.25)  # absolute canary error rates among the alternatives (for a spotless service)
 LEVEL_MULTIPLES = (3.0, 10.0, 30.0)  # and multiples of the tolerated rate
 LEVEL_COLUMNS = len(LEVEL_MULTIPLES) + len(LEVEL_FIXED_RATES)
-LEVEL_MIN_REFERENCE_TICKS = 20  # the ticks' worth of the service's traffic the reference must hold
+LEVEL_MIN_REFERENCE_TICKS = 10  # the ticks' worth of the service's traffic the reference must hold
 LEVEL_SPREAD_WEIGHT = 6.0  # × the variance of the pooled rate's mean over its ticks (bursts are skewed: pessimistic)
 NO_REFERENCE = (0.0, 0.0, 0.0)  # no window before the rollout: the baseline's own ticks are the reference
 LEVEL_RECENT_TICKS = 6  # the baseline's latest ticks whose rate H0 also allows the canary (a shared outage)
@@ -250,40 +253,33 @@ def level_log_cap(alpha: float) -> float:
     return math.log(_BASEL / alpha) + math.log(LEVEL_COLUMNS)
 
 
-_LANCZOS_G = 7.0
-_LANCZOS = (0.99999999999980993, 676.5203681218851, -1259.1392167224028, 771.32342877765313, -176.61502916214059,
-            12.507343278686905, -0.13857109526572012, 9.9843695780195716e-6, 1.5056327351493116e-7)
-
-
-def gammaln(x) -> np.ndarray:
-    """log Γ(x) for x > 0, vectorised (Lanczos, g = 7, n = 9; reflection below 1/2): the guardian itself does not
-    depend on scipy (its container image has no scipy)."""
-    x = np.asarray(x, dtype=float)
-    small = x < 0.5
-    z = np.where(small, 1.0 - x, x) - 1.0
-    a = np.full_like(z, _LANCZOS[0])
-    for i, c in enumerate(_LANCZOS[1:], start=1):
-        a = a + c / (z + i)
-    t = z + _LANCZOS_G + 0.5
-    big = 0.5 * math.log(2 * math.pi) + (z + 0.5) * np.log(t) - t + np.log(a)
-    with np.errstate(divide="ignore", invalid="ignore"):
-        return np.where(small, np.log(math.pi / np.abs(np.sin(math.pi * x))) - big, big)
-
-
-def _nb_logpmf(k: np.ndarray, mu: np.ndarray, s: np.ndarray) -> np.ndarray:
-    """log P(k) of a negative binomial with mean mu and shape s (variance mu + mu²/s)."""
+def _nb_log_kernel(k: np.ndarray, mu: np.ndarray, s: np.ndarray) -> np.ndarray:
+    """log P(k) of a negative binomial with mean mu and shape s (variance mu + mu²/s), less its log-binomial
+    term, which depends on k and s alone and so cancels in the ratio of two means' densities."""
     mu = np.maximum(mu, 1e-300)
-    return gammaln(k + s) - gammaln(s) - gammaln(k + 1) + s * np.log(s / (s + mu)) + k * np.log(mu / (s + mu))
+    return s * np.log(s / (s + mu)) + k * np.log(mu / (s + mu))
+
+
+def _nb_log_kernel_float(k: float, mu: float, s: float) -> float:
+    """`_nb_log_kernel` for one tick's floats (NaN where numpy would give a non-finite value)."""
+    mu = max(mu, 1e-300)
+    try:
+        return s * math.log(s / (s + mu)) + k * math.log(mu / (s + mu))
+    except (ValueError, ZeroDivisionError, OverflowError):
+        return math.nan
 
 
 def _sums_before(x: np.ndarray) -> np.ndarray:
     return np.concatenate([[0.0], np.cumsum(x)[:-1]])
 
 
-def burst_cv2(k_b, n_b, prior: float = BURST_CV2_PRIOR, prior_ticks: float = BURST_PRIOR_TICKS) -> np.ndarray:
+def burst_cv2(k_b, n_b, prior: float | None = None, prior_ticks: float | None = None) -> np.ndarray:
     """Per tick t, from the baseline's ticks < t only (predictable): the squared coefficient of variation of its
     per-tick event rate beyond binomial noise (method of moments: Σ[(k − np)² − np(1 − p)] / Σ(np)²), shrunk
-    towards `prior` with `prior_ticks` pseudo-ticks; a tick weighs fully once it expects an event."""
+    towards `prior` with `prior_ticks` pseudo-ticks (BURST_CV2_PRIOR, BURST_PRIOR_TICKS unless given); a tick
+    weighs fully once it expects an event."""
+    prior = BURST_CV2_PRIOR if prior is None else prior
+    prior_ticks = BURST_PRIOR_TICKS if prior_ticks is None else prior_ticks
     k_b, n_b = np.asarray(k_b, dtype=float), np.asarray(n_b, dtype=float)
     ok = np.isfinite(k_b) & np.isfinite(n_b) & (n_b > 0) & (k_b >= 0)
     kb, nb = np.where(ok, k_b, 0.0), np.where(ok, n_b, 0.0)
@@ -313,7 +309,7 @@ def share_test_dispersion(k_b, n_b) -> np.ndarray:
 
 
 def level_log_lr(k_c, n_c, k_b, n_b, *, reference: tuple[float, float, float], tolerance: float = 1.0,
-                 log_cap: float = math.inf, start: int = 0) -> np.ndarray:
+                 log_cap: float = math.inf) -> np.ndarray:
     """Per-tick log-LRs (tick × LEVEL_COLUMNS) of the level test; NaN where a tick carries no evidence.
 
     `reference`: (events, requests, the window's length in ticks) of the service before the rollout; a tick is
@@ -323,8 +319,7 @@ def level_log_lr(k_c, n_c, k_b, n_b, *, reference: tuple[float, float, float], t
     (t included; one standard deviation up, shrunk towards the pooled rate by 10 pseudo-requests). Its shape
     combines the burstiness (`burst_cv2`) with the pooled rate's own uncertainty (Poisson on its events, bursts
     averaged over its ticks). Alternatives: the canary at LEVEL_MULTIPLES × the null rate and at
-    LEVEL_FIXED_RATES (at least 3×), with the same shape.
-    `start`: the rows from that tick on only (the ticks before it still inform them), for a live tick's one row."""
+    LEVEL_FIXED_RATES (at least 3×), with the same shape. A live look adds one tick: `LevelTracker`."""
     k_c, n_c, k_b, n_b = (np.asarray(a, dtype=float) for a in (k_c, n_c, k_b, n_b))
     ref_k, ref_n, ref_ticks = (max(0.0, float(x)) if math.isfinite(x) else 0.0 for x in reference)
     ok_b = np.isfinite(k_b) & np.isfinite(n_b) & (n_b > 0) & (k_b >= 0)
@@ -346,20 +341,92 @@ def level_log_lr(k_c, n_c, k_b, n_b, *, reference: tuple[float, float, float], t
         cum_k, cum_n = np.concatenate([[0.0], np.cumsum(kb)]), np.concatenate([[0.0], np.cumsum(nb)])
         back = np.maximum(np.arange(1, len(kb) + 1) - LEVEL_RECENT_TICKS, 0)
         recent_k, recent_n = cum_k[1:] - cum_k[back], cum_n[1:] - cum_n[back]
-        if start:  # the rows asked for: the densities below are the expensive part
-            kb, nb, kc, nc, valid, big_k, big_n, cv2, spread, recent_k, recent_n = (
-                x[start:] for x in (kb, nb, kc, nc, valid, big_k, big_n, cv2, spread, recent_k, recent_n))
         pooled = (big_k + 0.5) / (big_n + 1)
         own = (1 + 1 / (big_k + 0.5)) * (1 + LEVEL_SPREAD_WEIGHT * cv2 / spread) - 1  # the pooled rate's uncertainty
         shape = 1 / ((1 + cv2) * (1 + own) - 1)
         now = (recent_k + np.sqrt(recent_k) + 10 * pooled) / (recent_n + 10)
-        p0 = tolerance * pooled
-        log0 = np.maximum(_nb_logpmf(kc, nc * p0, shape), _nb_logpmf(kc, nc * tolerance * now, shape))
+        # the null's rate one standard deviation above the pooled one (the rate's Jeffreys posterior, Gamma(K + ½):
+        # 1.2 events over its requests when it has none): the pooled rate's error is the same in every tick, so the
+        # shape above cannot carry it alone (a canary's events one by one over many ticks against a young,
+        # spotless reference add up otherwise)
+        p0 = tolerance * (big_k + 0.5 + np.sqrt(big_k + 0.5)) / (big_n + 1)
+        log0 = np.maximum(_nb_log_kernel(kc, nc * p0, shape), _nb_log_kernel(kc, nc * tolerance * now, shape))
         rates = [m * p0 for m in LEVEL_MULTIPLES] + [np.maximum(3 * p0, r) for r in LEVEL_FIXED_RATES]
-        ll = np.column_stack([_nb_logpmf(kc, nc * np.minimum(p1, 0.95), shape) - log0 for p1 in rates])
+        ll = np.column_stack([_nb_log_kernel(kc, nc * np.minimum(p1, 0.95), shape) - log0 for p1 in rates])
         ll = np.minimum(ll, log_cap)
     ok = valid[:, None] & np.isfinite(ll)
     return np.where(ok, ll, np.nan)
+
+
+class LevelTracker:
+    """`level_log_lr` one tick at a time, from running sums (a live look or a replay's adds one tick: the whole
+    history each time costs O(ticks) a tick). `step(k_c, n_c, k_b, n_b)` returns the tick's LEVEL_COLUMNS
+    log-LRs (NaN where it carries no evidence) and then counts it; tests/unit/test_level_test.py holds it equal to
+    `level_log_lr` on whole paths."""
+
+    def __init__(self, reference: tuple[float, float, float], tolerance: float = 1.0,
+                 log_cap: float = math.inf) -> None:
+        self.ref_k, self.ref_n, self.ref_ticks = (max(0.0, float(x)) if math.isfinite(x) else 0.0 for x in reference)
+        self.tolerance, self.log_cap = tolerance, log_cap
+        self.seen = 0
+        self.k = self.n = self.kk = self.nn = self.kn = self.w = 0.0  # the baseline's ticks before this one
+        self.answered = 0.0  # baseline ticks that answered
+        self.traffic = 0.0  # both arms' requests where they count towards the service's traffic per tick
+        self.recent: list[tuple[float, float]] = []  # the baseline's latest LEVEL_RECENT_TICKS ticks
+
+    def _cv2(self) -> float:
+        """`burst_cv2` of the ticks seen (before this one)."""
+        p = self.k / self.n if self.n > 0 else 0.0
+        excess = self.kk - 2 * p * self.kn + p * p * self.nn - p * (1 - p) * self.n
+        denom = p * p * self.nn
+        try:
+            estimate = excess / denom if denom > 0 else 0.0
+            cv2 = (estimate * self.w + BURST_CV2_PRIOR * BURST_PRIOR_TICKS) / (self.w + BURST_PRIOR_TICKS)
+        except ZeroDivisionError:
+            return BURST_CV2_PRIOR
+        return max(cv2, 0.0) if math.isfinite(cv2) else BURST_CV2_PRIOR
+
+    def step(self, k_c: float, n_c: float, k_b: float, n_b: float) -> np.ndarray:
+        ok_b = math.isfinite(k_b) and math.isfinite(n_b) and n_b > 0 and k_b >= 0
+        kb, nb = (k_b, n_b) if ok_b else (0.0, 0.0)
+        valid = ok_b and math.isfinite(k_c) and math.isfinite(n_c) and n_c > 0 and k_c >= 0
+        kc, nc = (k_c, n_c) if valid else (0.0, 1.0)
+        cv2 = self._cv2()
+        p = self.k / self.n if self.n > 0 else 0.0
+        # count the tick (the sums below include it, as level_log_lr's cumulative sums do)
+        self.k, self.n = self.k + kb, self.n + nb
+        self.kk, self.nn, self.kn = self.kk + kb * kb, self.nn + nb * nb, self.kn + kb * nb
+        if ok_b:
+            self.w += min(1.0, (nb * p) * (nb * p))
+            self.answered += 1
+        self.traffic += nb + (nc if valid else 0.0)
+        self.recent = (self.recent + [(kb, nb)])[-LEVEL_RECENT_TICKS:]
+        self.seen += 1
+        row = [math.nan] * LEVEL_COLUMNS
+        if not valid:
+            return np.array(row)
+        per_tick = max(self.traffic / max(self.answered, 1.0), 1e-9)
+        worth = min(self.ref_ticks, self.ref_n / per_tick)
+        if worth + self.n / per_tick < LEVEL_MIN_REFERENCE_TICKS:
+            return np.array(row)
+        big_k, big_n = self.ref_k + self.k, self.ref_n + self.n
+        spread = worth + self.answered
+        pooled = (big_k + 0.5) / (big_n + 1)
+        own = (1 + 1 / (big_k + 0.5)) * (1 + LEVEL_SPREAD_WEIGHT * cv2 / spread) - 1
+        shape = 1 / ((1 + cv2) * (1 + own) - 1)
+        recent_k, recent_n = sum(x for x, _ in self.recent), sum(x for _, x in self.recent)
+        now = (recent_k + math.sqrt(recent_k) + 10 * pooled) / (recent_n + 10)
+        p0 = self.tolerance * (big_k + 0.5 + math.sqrt(big_k + 0.5)) / (big_n + 1)
+        # as _nb_log_kernel, in plain floats: five numbers a tick cost numpy more than the arithmetic
+        nulls = (_nb_log_kernel_float(kc, nc * p0, shape), _nb_log_kernel_float(kc, nc * self.tolerance * now, shape))
+        if any(math.isnan(x) for x in nulls):  # as numpy's maximum: a NaN null is no evidence
+            return np.array(row)
+        log0 = max(nulls)
+        rates = [m * p0 for m in LEVEL_MULTIPLES] + [max(3 * p0, r) for r in LEVEL_FIXED_RATES]
+        for j, p1 in enumerate(rates):
+            ll = min(_nb_log_kernel_float(kc, nc * min(p1, 0.95), shape) - log0, self.log_cap)
+            row[j] = ll if math.isfinite(ll) else math.nan
+        return np.array(row)
 
 
 def sign_log_lr(g_c, g_b, *, margin: float = 0.2) -> np.ndarray:
@@ -418,12 +485,20 @@ def flapping_p_value(n_c, n_b, t: int, *, warmup: int, window: int = 6, min_zero
     """Does the canary keep dropping out (a crash loop that comes back between crashes)?
 
     Among the last `window` answered ticks up to t (after the warm-up), the ticks with *zero* canary requests while
-    the baseline got some; with at least `min_zero` of them, the chance under H0 (each request the canary's with
-    one constant chance) that all the canary's requests fell in its other ticks, none among the baseline's B
-    requests in those (`_all_before`, exact), times the C(window, zeros) ways to pick them.
-    Returns (p, zero ticks, B, ρ); p = 1 when there are too few zero ticks or the canary's share is unknown."""
+    the baseline got some; with z >= `min_zero` of them, a union bound over every choice S of z ticks of the window:
+    the sum of the chances under H0 (each request the canary's with one constant chance) that all the canary's
+    requests fell outside S (`_all_before`, exact, each S with its own requests). The empty ticks are picked by
+    the data, so every pick the data could have made counts: at low traffic a pick of quiet ticks is likely, and
+    C(window, z) times the chance of the busy ticks the canary missed would understate it.
+    Returns (p, zero ticks, B the baseline's requests in them, ρ); p = 1 when there are too few zero ticks or the
+    canary's share is unknown."""
     n_c, n_b = np.asarray(n_c[: t + 1], dtype=float), np.asarray(n_b[: t + 1], dtype=float)
-    answered = [i for i in range(warmup, t + 1) if not (np.isnan(n_c[i]) or np.isnan(n_b[i]))][-window:]
+    answered: list[int] = []
+    for i in range(t, warmup - 1, -1):  # the latest `window` answered ticks, oldest first
+        if not (math.isnan(n_c[i]) or math.isnan(n_b[i])):
+            answered.insert(0, i)
+            if len(answered) == window:
+                break
     zeros = [i for i in answered if n_c[i] == 0 and n_b[i] > 0]
     if len(zeros) < min_zero:
         return 1.0, len(zeros), 0.0, float("nan")
@@ -434,9 +509,15 @@ def flapping_p_value(n_c, n_b, t: int, *, warmup: int, window: int = 6, min_zero
     baseline = float(np.sum(n_b[zeros]))
     if seen_c < min_before or seen_c + seen_b <= 0:
         return 1.0, len(zeros), baseline, float("nan")
-    ways = math.comb(len(answered), len(zeros))
-    p = min(1.0, ways * _all_before(seen_c, seen_c + seen_b, baseline))
-    return p, len(zeros), baseline, float(seen_c / (seen_c + seen_b))
+    total = seen_c + seen_b + baseline  # every request since the warm-up (the empty ticks hold the baseline's only)
+    load = {i: float(n_c[i] + n_b[i]) for i in answered}
+    p = 0.0
+    for pick in itertools.combinations(answered, len(zeros)):
+        held = sum(load[i] for i in pick)
+        p += _all_before(seen_c, total - held, held)
+        if p >= 1.0:
+            break
+    return min(p, 1.0), len(zeros), baseline, float(seen_c / (seen_c + seen_b))
 
 
 def first_rejection(log_lr: np.ndarray, alpha: float, *, warmup: int, every: int) -> int | None:

@@ -197,3 +197,50 @@ def test_errors_are_judged_from_the_first_tick_slow_requests_after_their_warm_up
     checks = {c.name: c for c in DEFAULT_RULESET.rules.checks}
     assert _warmup(checks["errors-vs-baseline"], 2.0) == 0
     assert _warmup(checks["slow-vs-baseline"], 2.0) == 3 and _warmup(checks["p99-vs-baseline"], 2.0) == 3
+
+
+def _traffic_check_verdict(canary: list[float | None], baseline: float):
+    """The default policy's canary-traffic (collapse) verdict at the last of these ticks."""
+    from guardian.domain import Evidence
+    from guardian.judge.compare import evaluate
+    from guardian.rules.defaults import DEFAULT_RULES
+    check = next(c for c in DEFAULT_RULES.checks if c.kind_of_test == "collapse")
+    ev = Evidence(step_seconds=10.0, counters=frozenset({"requests"}))
+    for n in canary:
+        ev.append({"requests": {"canary": n, "baseline": baseline}})
+    return evaluate(check, ev, len(canary) - 1)
+
+
+def test_one_tick_without_the_canary_while_the_baseline_is_busy_is_a_collapse():
+    """A canary that served nothing for a whole tick while the baseline served hundreds (a crash) is off at that
+    tick; a missing scrape is not an empty tick, and a quiet canary's empty tick is chance, not a crash."""
+    from guardian.domain import Result
+    busy = _traffic_check_verdict([30.0] * 20 + [0.0], 270.0)  # ~30 canary requests taken away
+    assert busy.result is Result.FAIL, busy.reason
+    assert "none for 1 ticks" in busy.reason and busy.statistic.startswith("p=hypergeometric")
+    assert _traffic_check_verdict([30.0] * 20 + [None], 270.0).result is Result.PASS  # missing, not empty
+    # at 1 canary request a tick an empty tick is chance (p ~ e^-1), and it took too little away
+    assert _traffic_check_verdict([1.0] * 20 + [0.0], 9.0).result is Result.PASS
+    # 10 requests taken away is beyond chance (p ~ e^-10) but fewer than COLLAPSE_MIN_MISSED: not yet
+    assert _traffic_check_verdict([10.0] * 20 + [0.0], 90.0).result is Result.PASS
+    assert _traffic_check_verdict([10.0] * 20 + [0.0, 0.0], 90.0).result is Result.FAIL
+
+
+def test_a_quiet_canarys_empty_ticks_count_every_pick_the_data_could_have_made():
+    """A healthy canary at 0.25 requests/s (held-out set 4412, recording 0136): three of its last six ticks empty,
+    two of them busy ticks for the baseline. The chance of exactly those busy ticks being empty is 3e-6 (5.8e-5
+    times the 20 ways to pick three of six, the old statistic, under its α/looks of 1.5e-4), but the data could as
+    well have emptied quiet ticks: summed over every pick, p is 0.0036 and the release is not rolled back."""
+    n_c = [2, 4, 5, 1, 3, 1, 3, 4, 6, 0, 1, 4, 3, 2, 5, 4, 6, 3, 0, 3, 2, 4, 2, 4, 0, 3, 1, 1, 4, 4, 3, 0, 1, 1, 0, 0]
+    n_b = [3, 4, 4, 2, 2, 4, 1, 0, 1, 3, 1, 4, 1, 3, 2, 2, 0, 4, 0, 2, 5, 4, 3, 4, 1, 1, 2, 1, 2, 1, 3, 4, 2, 1, 8, 5]
+    p, zeros, baseline, _ = flapping_p_value(np.array(n_c, float), np.array(n_b, float), 35, warmup=3)
+    assert zeros == 3 and baseline == 17
+    assert 1e-3 < p < 1e-2
+    from guardian.domain import Evidence, Result
+    from guardian.judge.compare import evaluate
+    from guardian.rules.defaults import DEFAULT_RULES
+    check = next(c for c in DEFAULT_RULES.checks if c.kind_of_test == "collapse")
+    ev = Evidence(step_seconds=10.0, counters=frozenset({"requests"}))
+    for c, b in zip(n_c, n_b, strict=True):
+        ev.append({"requests": {"canary": float(c), "baseline": float(b)}})
+    assert evaluate(check, ev, 35).result is Result.PASS
