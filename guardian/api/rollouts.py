@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import contextlib
 import re
+import time
 from typing import Annotated, Any
 
 from fastapi import APIRouter, HTTPException, Query
@@ -20,6 +21,18 @@ from guardian.engine.start import start_spec
 from guardian.errors import ActuatorError, RolloutConflict
 
 router = APIRouter()
+
+# A promotion replaces the baseline's targets: the old ones' series go stale at once, the promoted ones show up
+# under the baseline's label only at their next scrape. A start in that gap finds the arm's label value absent
+# while the label has others: the preflight asks again for a few seconds before refusing it (only for that).
+PREFLIGHT_SETTLE_SECONDS, PREFLIGHT_POLL_SECONDS = 10.0, 1.0
+_ARM_VALUE_ABSENT = re.compile(r'series has \S+="[^"]*" \(the (canary|baseline)\); its ')
+
+
+def _settling(findings: list) -> bool:
+    """Are the blocking findings all an arm's label value absent while its label has other values?"""
+    blocking = [f for f in findings if f.blocking]
+    return bool(blocking) and all(_ARM_VALUE_ABSENT.search(f.detail) for f in blocking)
 _SERVICE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.\-]{0,252}$")
 
 
@@ -106,6 +119,14 @@ def start_rollout(body: StartRollout, c: Deps) -> Any:
 
     spec = start_spec(c.settings, **body.model_dump(exclude={"allow_missing"}))
     findings = preflight(c.rulebook, c.source, spec, c.clock.now()) or []
+    waited = 0.0
+    while not body.allow_missing and _settling(findings) and waited < PREFLIGHT_SETTLE_SECONDS:
+        if not waited:
+            logger.info("rollout of {}: an arm's series are not there yet ({}); asking again for up to {:g}s",
+                        spec.service, summary(findings), PREFLIGHT_SETTLE_SECONDS)
+        time.sleep(PREFLIGHT_POLL_SECONDS)
+        waited += PREFLIGHT_POLL_SECONDS
+        findings = preflight(c.rulebook, c.source, spec, c.clock.now()) or []
     blocking = [f for f in findings if f.blocking]
     if blocking and not body.allow_missing:
         logger.warning("rollout of {} refused by the preflight: {}", spec.service, summary(findings))
