@@ -130,6 +130,21 @@ def baseline_dispersion(k_b, n_b) -> np.ndarray:
     return np.where(np.isfinite(phi), np.maximum(phi, 1.0), 1.0)
 
 
+def cv2_from_sums(k: float, n: float, kk: float, nn: float, kn: float, w: float, prior: float,
+                  prior_ticks: float) -> float:
+    """`burst_cv2` of one tick from the running sums of the baseline's ticks before it (Σk, Σn, Σk², Σn², Σkn and
+    the weight Σ min(1, (n·p)²)), for the trackers that add one tick a look."""
+    p = k / n if n > 0 else 0.0
+    denom = p * p * nn
+    try:
+        excess = kk - 2 * p * kn + p * p * nn - p * (1 - p) * n
+        estimate = excess / denom if denom > 0 else 0.0
+        cv2 = (estimate * w + prior * prior_ticks) / (w + prior_ticks)
+    except ZeroDivisionError:
+        return prior
+    return max(cv2, 0.0) if math.isfinite(cv2) else prior
+
+
 class DispersionTracker:
     """`share_test_dispersion` one tick at a time, from running sums (a live rollout or a replay adds one tick per
     look: recomputing the whole history each time would cost O(ticks) a tick). `step(k_b, n_b)` returns the
@@ -153,14 +168,7 @@ class DispersionTracker:
         except ZeroDivisionError:
             pearson = math.nan
         pearson = max(pearson, 1.0) if math.isfinite(pearson) else 1.0
-        denom = p * p * self.nn
-        try:
-            excess = self.kk - 2 * p * self.kn + p * p * self.nn - p * (1 - p) * self.sn
-            estimate = excess / denom if denom > 0 else 0.0
-            cv2 = (estimate * self.w + SHARE_CV2_PRIOR * SHARE_PRIOR_TICKS) / (self.w + SHARE_PRIOR_TICKS)
-        except ZeroDivisionError:
-            cv2 = math.nan
-        cv2 = max(cv2, 0.0) if math.isfinite(cv2) else SHARE_CV2_PRIOR
+        cv2 = cv2_from_sums(self.sk, self.sn, self.kk, self.nn, self.kn, self.w, SHARE_CV2_PRIOR, SHARE_PRIOR_TICKS)
         rate = (self.sk + 0.5) / (self.sn + 1)
         burst = 1 + (n if ok else 0.0) * rate * cv2
         phi = max(pearson, burst if math.isfinite(burst) else 1.0)
@@ -374,24 +382,12 @@ class LevelTracker:
         self.traffic = 0.0  # both arms' requests where they count towards the service's traffic per tick
         self.recent: list[tuple[float, float]] = []  # the baseline's latest LEVEL_RECENT_TICKS ticks
 
-    def _cv2(self) -> float:
-        """`burst_cv2` of the ticks seen (before this one)."""
-        p = self.k / self.n if self.n > 0 else 0.0
-        excess = self.kk - 2 * p * self.kn + p * p * self.nn - p * (1 - p) * self.n
-        denom = p * p * self.nn
-        try:
-            estimate = excess / denom if denom > 0 else 0.0
-            cv2 = (estimate * self.w + BURST_CV2_PRIOR * BURST_PRIOR_TICKS) / (self.w + BURST_PRIOR_TICKS)
-        except ZeroDivisionError:
-            return BURST_CV2_PRIOR
-        return max(cv2, 0.0) if math.isfinite(cv2) else BURST_CV2_PRIOR
-
     def step(self, k_c: float, n_c: float, k_b: float, n_b: float) -> np.ndarray:
         ok_b = math.isfinite(k_b) and math.isfinite(n_b) and n_b > 0 and k_b >= 0
         kb, nb = (k_b, n_b) if ok_b else (0.0, 0.0)
         valid = ok_b and math.isfinite(k_c) and math.isfinite(n_c) and n_c > 0 and k_c >= 0
         kc, nc = (k_c, n_c) if valid else (0.0, 1.0)
-        cv2 = self._cv2()
+        cv2 = cv2_from_sums(self.k, self.n, self.kk, self.nn, self.kn, self.w, BURST_CV2_PRIOR, BURST_PRIOR_TICKS)
         p = self.k / self.n if self.n > 0 else 0.0
         # count the tick (the sums below include it, as level_log_lr's cumulative sums do)
         self.k, self.n = self.k + kb, self.n + nb
