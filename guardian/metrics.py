@@ -32,6 +32,11 @@ class GuardianMetrics:
                                     ["service", "watch"], registry=r)
         self.annotations = Counter("guardian_annotations_total", "Grafana annotations by result (sent, failed, "
                                    "dropped)", ["result"], registry=r)
+        self.notifications = Counter("guardian_notifications_total", "Slack, Teams, webhook and e-mail notifications "
+                                     "by route and result (sent, retried, failed, dropped)", ["route", "result"],
+                                     registry=r)
+        self.notification_queue = Gauge("guardian_notification_queue", "Notifications waiting to be sent, by route",
+                                        ["route"], registry=r)
         self.grafana_dashboard = Gauge(
             "guardian_grafana_dashboard", "The configured Grafana dashboard UID as the start-up check found it: 1 "
             "for its state (found; missing: Grafana would file the annotations organisation-wide; unverified: the "

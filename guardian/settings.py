@@ -16,6 +16,7 @@ from ruamel.yaml import YAML
 from ruamel.yaml.error import MarkedYAMLError
 
 from guardian.errors import Problem, RuleError
+from guardian.notifiers.routes import NotifyRoute
 
 
 class Settings(BaseSettings):
@@ -95,6 +96,20 @@ class Settings(BaseSettings):
     grafana_dashboard_uid: str | None = None  # annotate this dashboard only (default: organisation-wide)
     grafana_panel_id: int | None = None  # and this panel of it
 
+    # chat, webhook and e-mail notifications (notifiers/channels.py; docs/notifications.md): routes per channel,
+    # service and event, e.g. GUARDIAN_NOTIFY_ROUTES='[{"channel": "slack", "url": "https://hooks.slack.com/..."}]'
+    notify_routes: list[NotifyRoute] = Field([], description="where decisions are sent: slack, teams, webhook "
+                                             "(CloudEvents) or email routes, each with the services and events it "
+                                             "hears")
+    public_url: str | None = Field(None, description="the guardian's address as its readers reach it (links in "
+                                   "notifications: PUBLIC_URL/ui/rollouts/ID)")
+    smtp_host: str | None = None  # the SMTP server of email routes
+    smtp_port: int = Field(25, ge=1, le=65535)
+    smtp_user: str | None = None
+    smtp_password: SecretStr | None = None
+    smtp_from: str = "guardian@localhost"
+    smtp_starttls: bool = False
+
     @field_validator("alert_labels")
     @classmethod
     def _alert_labels(cls, v: dict[str, str]) -> dict[str, str]:
@@ -123,6 +138,12 @@ class Settings(BaseSettings):
             except OSError as e:
                 raise ValueError(f"{info.field_name} {v!r} cannot be read: {e.strerror or e}") from None
         return v
+
+    @model_validator(mode="after")
+    def _mail_server(self) -> Settings:
+        if any(r.channel == "email" for r in self.notify_routes) and not self.smtp_host:
+            raise ValueError("notify_routes has an email route: set smtp_host (and smtp_port, smtp_from)")
+        return self
 
     @model_validator(mode="after")
     def _safe(self) -> Settings:

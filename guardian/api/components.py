@@ -67,14 +67,24 @@ def build(settings: Settings, *, source: MetricSource | None = None, clock: Cloc
         policy=Policy(on_inconclusive=Action(settings.on_inconclusive)),
         alert_labels=tuple(settings.alert_labels.items()), align_ticks=settings.align_ticks,
     )
-    notifier: Notifier = LogNotifier()
+    notifiers: list[Notifier] = [LogNotifier()]
     if settings.grafana_url:
         from guardian.notifiers.grafana import GrafanaNotifier
 
         token = settings.grafana_token.get_secret_value() if settings.grafana_token else None
-        notifier = FanOut(notifier, GrafanaNotifier(
+        notifiers.append(GrafanaNotifier(
             settings.grafana_url, token, dashboard_uid=settings.grafana_dashboard_uid,
             panel_id=settings.grafana_panel_id, metrics=metrics))
+    if settings.notify_routes:
+        from guardian.notifiers.channels import ChannelNotifier, SmtpSettings
+
+        smtp = SmtpSettings(
+            settings.smtp_host, settings.smtp_port, settings.smtp_user,
+            settings.smtp_password.get_secret_value() if settings.smtp_password else None, settings.smtp_from,
+            settings.smtp_starttls) if settings.smtp_host else None
+        notifiers.append(ChannelNotifier(settings.notify_routes, base_url=settings.public_url, smtp=smtp,
+                                         metrics=metrics))
+    notifier: Notifier = notifiers[0] if len(notifiers) == 1 else FanOut(*notifiers)
     guard_class = Guard if isinstance(leases, LocalLeases) else ReplicaGuard  # replicas share a PostgreSQL store
     guard = guard_class(store, source, rulebook, actuators, clock, config, notifier=notifier, metrics=metrics,
                         models=ModelDirectory(settings.models_dir))

@@ -602,6 +602,7 @@ class Guard:
             "rollout_id": state.id, "service": state.service, "image": state.image, "phase": state.phase.value,
             "started_at": state.created_at,
             "weight": state.weight, "action": decision.action.value, "reason": decision.reason,
+            "baking": state.bake_tick is not None,
             "source": decision.source, "tick": decision.tick, "at": decision.at,
             "verdicts": [v.to_dict() for v in decision.verdicts],
             "outcome": outcome.to_dict() if outcome else None,
