@@ -5,6 +5,7 @@ Nothing here does I/O. Judges read `Evidence` (arrays, never a client) and retur
 """
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass, field, replace
 from enum import Enum
 from typing import Any, Literal
@@ -38,6 +39,8 @@ class Action(str, Enum):
     SCALE = "scale"  # add (or remove) replicas of the stable version
     ROLLBACK = "rollback"  # all traffic back to the stable version
     NOTIFY = "notify"  # a check wants a human to know; the rollout goes on
+    APPROVAL = "approval"  # every check passed at a step that holds for a human "go": it waits (and notifies)
+    APPROVE = "approve"  # a human's "go" for a step that waits for approval
 
 
 class Phase(str, Enum):
@@ -298,6 +301,18 @@ class RolloutState:
     # A state stored before these existed: no extension (None: `analysis_seconds`), promoted as before
     max_analysis_seconds: float | None = None
     underpowered: str = "promote"  # "pause" | "promote"
+    # approval steps (`steps: [10, 25, approve, 50, 100]`, rule file `approve_before: promote`; judge/policy.py):
+    # the indexes of the steps whose end waits for a human "go", those approved so far, since when the current
+    # step has waited, and how long it may wait before the rollout pauses (None: without end)
+    approvals: tuple[int, ...] = ()
+    approved: tuple[int, ...] = ()
+    awaiting_since: float | None = None
+    approval_timeout_seconds: float | None = None
+
+    @property
+    def needs_approval(self) -> bool:
+        """Does the end of the current step wait for a human "go" not given yet?"""
+        return self.step_index in self.approvals and self.step_index not in self.approved
 
     @property
     def baking(self) -> bool:
@@ -346,6 +361,7 @@ class RolloutState:
         d["strategy"] = self.strategy.value
         d["phase"] = self.phase.value
         d["steps"] = list(self.steps)
+        d["approvals"], d["approved"] = list(self.approvals), list(self.approved)
         d["weight"] = self.weight
         return d
 
@@ -358,5 +374,32 @@ class RolloutState:
                 "strategy": Strategy(d["strategy"]),
                 "phase": Phase(d["phase"]),
                 "steps": tuple(d["steps"]),
+                "approvals": tuple(d.get("approvals") or ()),
+                "approved": tuple(d.get("approved") or ()),
             }
         )
+
+
+APPROVE_STEP = "approve"  # in a list of steps: the step before it waits for a human "go" before going on
+
+
+def split_steps(items: Sequence[int | str]) -> tuple[tuple[int, ...], tuple[int, ...]]:
+    """`[10, 25, "approve", 50, 100]` -> the traffic steps (10, 25, 50, 100) and the indexes of the steps whose end
+    waits for approval (1: after 25%). Raises ValueError naming what is wrong."""
+    steps: list[int] = []
+    approvals: list[int] = []
+    for i, item in enumerate(items):
+        if isinstance(item, str) and item.strip().lower() == APPROVE_STEP:
+            if not steps:
+                raise ValueError("`approve` must follow a traffic step (it holds the end of the step before it)")
+            if approvals and approvals[-1] == len(steps) - 1:
+                raise ValueError(f"`approve` twice in a row (item {i + 1})")
+            approvals.append(len(steps) - 1)
+            continue
+        if isinstance(item, bool) or not isinstance(item, int | str):
+            raise ValueError(f"step {i + 1}: expected a percentage or `approve`, got {item!r}")
+        try:
+            steps.append(int(item))
+        except ValueError:
+            raise ValueError(f"step {i + 1}: expected a percentage or `approve`, got {item!r}") from None
+    return tuple(steps), tuple(approvals)

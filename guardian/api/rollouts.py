@@ -16,7 +16,7 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator
 from guardian.actuators import registry
 from guardian.api.components import Components
 from guardian.api.deps import Deps, Mutating
-from guardian.domain import Action, Phase, Strategy
+from guardian.domain import Action, Phase, Strategy, split_steps
 from guardian.engine.start import start_spec
 from guardian.errors import ActuatorError, RolloutConflict
 
@@ -42,7 +42,9 @@ class StartRollout(BaseModel):
     service: str = Field(description="the service to roll out (letters, digits, . _ -)")
     image: str = Field(min_length=1, max_length=512, description="the new version's image")
     strategy: Strategy = Strategy.CANARY
-    steps: list[int] | None = Field(None, description="canary traffic percentages, rising, e.g. [10, 25, 50, 100]")
+    steps: list[int | str] | None = Field(None, description=(
+        "canary traffic percentages, rising, e.g. [10, 25, 50, 100]; `approve` after a step holds its end for a "
+        "human \"go\" (POST /v1/rollouts/{id}/approve), e.g. [10, 25, \"approve\", 50, 100]"))
     target: str | None = Field(None, description=(
         "actuator URI: noop, webhook+http://host:port/path, docker:?options, nginx:/path/upstream.conf?options, "
         "swarm:SERVICE"))
@@ -76,12 +78,21 @@ class StartRollout(BaseModel):
 
     @field_validator("steps")
     @classmethod
-    def _steps(cls, v: list[int] | None) -> list[int] | None:
+    def _steps(cls, v: list[int | str] | None) -> list[int | str] | None:
         if v is None:
             return v
-        if not v or any(not 0 < s <= 100 for s in v) or any(a >= b for a, b in zip(v, v[1:], strict=False)):
-            raise ValueError("steps must be strictly rising percentages in 1..100")
+        steps, _ = split_steps(v)
+        if not steps or any(not 0 < s <= 100 for s in steps) or any(
+                a >= b for a, b in zip(steps, steps[1:], strict=False)):
+            raise ValueError("steps must be strictly rising percentages in 1..100 (with `approve` after any of them)")
         return v
+
+    def spec_fields(self) -> dict[str, Any]:
+        """The fields `start_spec` takes: the traffic steps and, apart, the steps that wait for approval."""
+        fields = self.model_dump(exclude={"allow_missing"})
+        if self.steps is not None:
+            fields["steps"], fields["approvals"] = split_steps(self.steps)
+        return fields
 
     @field_validator("target")
     @classmethod
@@ -117,7 +128,7 @@ def start_rollout(body: StartRollout, c: Deps) -> Any:
     naming each and why (engine/preflight.py), unless `allow_missing`: then it starts paused."""
     from guardian.engine.preflight import preflight, summary
 
-    spec = start_spec(c.settings, **body.model_dump(exclude={"allow_missing"}))
+    spec = start_spec(c.settings, **body.spec_fields())
     findings = preflight(c.rulebook, c.source, spec, c.clock.now()) or []
     waited = 0.0
     while not body.allow_missing and _settling(findings) and waited < PREFLIGHT_SETTLE_SECONDS:
@@ -206,6 +217,10 @@ def _override_route(action: Action):
 
 
 _OVERRIDES = {
+    Action.APPROVE: "Give the human \"go\" a step waiting for approval needs (`approve` in its steps, or the rule "
+                    "file's `approve_before: promote`): the rollout goes on at its next tick if its checks still pass; "
+                    "a rollout paused because its approval timed out goes on too (409 also when it is not waiting "
+                    "for approval).",
     Action.PAUSE: "Hold the rollout where it is: the guardian keeps watching but does not act until resumed.",
     Action.RESUME: "Resume a paused rollout; the current step's analysis starts again.",
     Action.PROMOTE: "Make the new version stable now, skipping the remaining steps.",

@@ -30,6 +30,7 @@ from guardian.cli.console import (
     out,
 )
 from guardian.cli.root import app, rollout_app
+from guardian.domain import APPROVE_STEP
 from guardian.errors import RuleError
 from guardian.rules.models import parse_duration
 
@@ -120,7 +121,9 @@ def rollout_start(
     image: Annotated[str, typer.Option("--image", help="the new version's image")],
     strategy: Annotated[str, typer.Option(help="canary | rolling | blue-green | observe")] = "canary",
     steps: Annotated[str | None, typer.Option(show_default="the guardian's `steps`: 10,25,50,100",
-                                              help="canary weights in %, rising, e.g. 10,25,50,100")] = None,
+                                              help="canary weights in %, rising, e.g. 10,25,50,100; `approve` "
+                                                   "after a step holds its end for `guardian rollout approve ID`, "
+                                                   "e.g. 10,25,approve,50,100")] = None,
     target: Annotated[str | None, typer.Option(show_default="the guardian's `default_target`: noop",
                                                help="actuator: noop, webhook+http://host:port/path, docker:..., "
                                                     "nginx:..., swarm:SERVICE, kubernetes:NS/NAME")] = None,
@@ -165,9 +168,10 @@ def rollout_start(
         body["allow_missing"] = True
     if steps:
         try:
-            body["steps"] = [int(s) for s in steps.split(",")]
+            body["steps"] = [APPROVE_STEP if s.strip().lower() == APPROVE_STEP else int(s) for s in steps.split(",")]
         except ValueError:
-            raise fail(f"--steps: expected comma-separated whole numbers, got {steps!r}") from None
+            raise fail(f"--steps: expected comma-separated whole numbers (and `approve` after a step that must wait "
+                       f"for a human go), got {steps!r}") from None
     for key, value in (("target", target), ("step_seconds", step_seconds), ("analysis_seconds", analysis_seconds)):
         if value is not None:
             body[key] = value
@@ -315,8 +319,9 @@ def rollout_status(rollout_id: IdArg, api: ApiOpt = "http://127.0.0.1:8080", tok
 
 
 def _print_state(r: dict[str, Any]) -> None:
+    approval = status.approval_text(r)
     out.print(f"{r['id']} {r['service']} → {r['image']}: {status.phase_text(r)}, {status.step_text(r)}"
-              + (f", {status.seconds(r['time_left_in_step'])} left in step"
+              + (f", {approval}" if approval else f", {status.seconds(r['time_left_in_step'])} left in step"
                  if r.get("time_left_in_step") is not None else ""), markup=False)
     for v in r.get("verdicts") or []:
         out.print(f"  {status.verdict_line(v)}")
@@ -429,10 +434,12 @@ def _override(action: str):
         "resume": "Resume a paused rollout.",
         "promote": "Make the new version stable now, skipping the remaining steps.",
         "rollback": "Send all traffic back to the stable version now.",
+        "approve": "Give the go a step waiting for approval needs (`--steps 10,25,approve,50,100`, or the rule "
+                   "file's `approve_before: promote`); the rollout goes on at its next tick if its checks pass.",
     }[action]
     return command
 
 
-for _action in ("pause", "resume", "promote", "rollback"):
+for _action in ("pause", "resume", "promote", "rollback", "approve"):
     rollout_app.command(_action)(_override(_action))
 

@@ -261,10 +261,23 @@ def state_line(r: dict[str, Any], *, time_left: bool = True) -> str:
             parts.append(f"{seconds(r['bake_left'])} of passing ticks left")
         return " · ".join(parts)
     parts.append(step_text(r))
+    if approval := approval_text(r):
+        parts.append(approval)
+        return " · ".join(parts)
     left = r.get("time_left_in_step")
     if time_left and left is not None:
         parts.append(f"{seconds(left)} left in step")
     return " · ".join(parts)
+
+
+def approval_text(r: dict[str, Any]) -> str | None:
+    """'waiting for approval (guardian rollout approve ID)' while the current step's end waits for a human go."""
+    waiting = r.get("step_index") in (r.get("approvals") or []) and r.get("step_index") not in (r.get("approved") or [])
+    if not waiting or r.get("phase") in ("promoted", "rolled_back"):
+        return None
+    if r.get("awaiting_since") is None and not str(r.get("reason") or "").startswith("approval timed out"):
+        return None
+    return f"waiting for approval (guardian rollout approve {r['id']})"
 
 
 def decision_text(d: dict[str, Any]) -> str:

@@ -57,7 +57,7 @@ from guardian.files import atomic_write
 from guardian.forecast.model_files import ModelDirectory, ModelLoader, thaw
 from guardian.judge import steady
 from guardian.judge.checks import evaluate, with_power
-from guardian.judge.policy import Policy, bake_counts, decide, power_due
+from guardian.judge.policy import APPROVAL_TIMED_OUT, Policy, bake_counts, decide, power_due
 from guardian.metrics import GuardianMetrics
 from guardian.notifiers import LogNotifier, Notifier
 from guardian.rules.book import RuleBook
@@ -302,6 +302,8 @@ class Guard:
             decision = Decision(Action.NOTIFY, f"scale-out limit ({self.config.max_scale}) reached: {decision.reason}",
                                 tick=t, at=now, verdicts=decision.verdicts)
         state = state.evolve(last_tick=t, updated_at=now)
+        if decision.action is Action.APPROVAL:  # the step's end waits for a human "go" from now on
+            state = transition(state, decision, now, self.config.max_scale)
         if state.phase is Phase.BAKING and decision.action in (Action.CONTINUE, Action.PROMOTE) and bake_counts(
                 verdicts):
             state = state.evolve(baked_ticks=state.baked_ticks + 1)  # the bake's clock: passing ticks only
@@ -310,7 +312,7 @@ class Guard:
         self._write_recording(state)
         if decision.action in ACTUATED:
             state, _ = self._act(state, decision)
-        elif decision.action is Action.NOTIFY:
+        elif decision.action in (Action.NOTIFY, Action.APPROVAL):
             self.store.log_decision(state.id, decision, None, now)
             self._notify(state, decision, None)
         self.metrics.decisions.labels(decision.action.value).inc()
@@ -589,12 +591,33 @@ class Guard:
                 raise RolloutConflict(f"rollout {rollout_id} is not paused")
             if action is Action.PROMOTE and state.strategy is Strategy.WATCH:
                 raise RolloutConflict(f"{rollout_id} is a watch: it has nothing to promote")
+            if action is Action.APPROVE:
+                return self._approve(state, reason, source)
             decision = Decision(action, reason or f"{action.value} by a user", at=self.clock.now(), source=source)
             new_state, outcome = self._act(state, decision)
             self.metrics.decisions.labels(decision.action.value).inc()
             if not outcome.ok:
                 raise ActuatorError(f"{action.value} failed: {outcome.detail}")
             return new_state
+
+    def _approve(self, state: RolloutState, reason: str, source: str) -> RolloutState:
+        """A human's "go" for the step that waits for it (judge/policy.py): logged with who gave it; the next tick
+        goes on if the checks still pass. Nothing for an actuator to do."""
+        if not state.needs_approval or (state.awaiting_since is None and not (
+                state.phase is Phase.PAUSED and state.reason.startswith(APPROVAL_TIMED_OUT))):
+            waits = [f"{state.steps[i]}%" for i in state.approvals if i not in state.approved]
+            raise RolloutConflict(f"rollout {state.id} is not waiting for approval (at {state.weight}%, "
+                                  + (f"its next approval is at the end of {', '.join(waits)})" if waits
+                                     else "no step of it waits for approval)"))
+        now = self.clock.now()
+        decision = Decision(Action.APPROVE, reason or f"approved by {source} at {state.weight}%", at=now,
+                            source=source, tick=state.last_tick)  # given after this tick: the next one goes on
+        new_state = transition(state, decision, now, self.config.max_scale)
+        self.store.log_decision(state.id, decision, None, now, state=new_state)
+        self.metrics.decisions.labels(decision.action.value).inc()
+        self._notify(new_state, decision, None)
+        self._refresh_gauges()
+        return new_state
 
     # -- side outputs -----------------------------------------------------------------------------------
     def _notify(self, state: RolloutState, decision: Decision, outcome: Outcome | None) -> None:

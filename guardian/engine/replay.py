@@ -90,6 +90,22 @@ def _replaying_guard(recording: dict[str, Any], ruleset: RuleSet
     return source, clock, store, guard
 
 
+def _with_approvals(decisions: list[dict[str, Any]], recording: dict[str, Any]) -> tuple[dict[str, Any], ...]:
+    """The replay's decisions with the recording's approvals (who gave each human "go", after which tick) placed
+    where they were given: a replay judges the recording's ticks, and shows the approvals as recorded."""
+    recorded = [a for a in recording.get("approvals") or () if isinstance(a, dict) and isinstance(a.get("tick"), int)]
+    if not recorded:
+        return tuple(decisions)
+    merged = list(decisions)
+    for a in recorded:
+        entry = {"action": "approve", "source": str(a.get("by") or "user"), "tick": a["tick"], "at": a.get("at"),
+                 "reason": f"{a.get('reason') or 'approved'} (recorded)", "verdicts": []}
+        at = next((i for i, d in enumerate(merged) if (d.get("tick") if d.get("tick") is not None else -1) > a["tick"]),
+                  len(merged))
+        merged.insert(at, entry)
+    return tuple(merged)
+
+
 def replay_recording(recording: dict[str, Any], name: str, ruleset: RuleSet = DEFAULT_RULESET) -> ReplayResult:
     if isinstance(recording.get("watch"), dict):  # a watch's recording: judged as the watch was (judge/steady.py)
         return replay_watch(recording, name, ruleset)
@@ -115,12 +131,13 @@ def replay_recording(recording: dict[str, Any], name: str, ruleset: RuleSet = DE
             continue
         last, last_reason = decision, decision.reason
         if decision.action is Action.ROLLBACK:
-            return ReplayResult(name, "rollback", t, decision.reason, tuple(store.decisions(state.id)),
-                                store.get(state.id).to_dict(), **common)
+            return ReplayResult(name, "rollback", t, decision.reason,
+                                _with_approvals(store.decisions(state.id), recording), store.get(state.id).to_dict(),
+                                **common)
         if decision.action is Action.PAUSE:
             paused_at = t
     final = store.get(state.id)
-    decisions = tuple(store.decisions(state.id))
+    decisions = _with_approvals(store.decisions(state.id), recording)
     if last is not None and final.phase is not Phase.PAUSED:  # the end decides: what each check could have seen
         last = guard.with_power(state.id, last)
     store.close()

@@ -29,6 +29,7 @@ class StartSpec:
     source: str = "user"  # who started it: "user", or "guardian" (the Swarm watcher)
     force: bool = False  # start even while a critical alert freezes the service's releases
     bake_seconds: float | None = None  # the bake after the last step; None: the rule file's `bake`
+    approvals: tuple[int, ...] = ()  # the steps whose end waits for a human "go" (`approve` in the steps)
 
     @property
     def open_ended(self) -> bool:
@@ -53,7 +54,8 @@ class StartDefaults(Protocol):
 def start_spec(defaults: StartDefaults, *, service: str, image: str, strategy: Strategy = Strategy.CANARY,
                steps: Sequence[int] | None = None, target: str | None = None, step_seconds: float | None = None,
                analysis_seconds: float | None = None, previous_image: str | None = None, reason: str | None = None,
-               source: str = "user", force: bool = False, bake_seconds: float | None = None) -> StartSpec:
+               source: str = "user", force: bool = False, bake_seconds: float | None = None,
+               approvals: Sequence[int] = ()) -> StartSpec:
     """A start request as a StartSpec, what it leaves out taken from `defaults`. The one way a rollout is
     started: `POST /v1/rollouts` and the watchers both call this, then `Guard.start`."""
     if not steps:
@@ -63,6 +65,7 @@ def start_spec(defaults: StartDefaults, *, service: str, image: str, strategy: S
         step_seconds=step_seconds or defaults.tick_seconds,
         analysis_seconds=defaults.analysis_seconds if analysis_seconds is None else analysis_seconds,
         previous_image=previous_image, reason=reason, source=source, force=force, bake_seconds=bake_seconds,
+        approvals=tuple(approvals),
     )
 
 
@@ -80,7 +83,21 @@ def first_state(spec: StartSpec, ruleset: RuleSet, now: float, *, align_ticks: b
             ruleset.rules.bake if spec.bake_seconds is None else spec.bake_seconds),
         max_analysis_seconds=ruleset.rules.max_analysis_for(spec.analysis_seconds),
         underpowered=ruleset.rules.underpowered,
+        approvals=approvals_of(spec, ruleset),
+        approval_timeout_seconds=ruleset.rules.approval_timeout or None,
     )
 
 
-__all__ = ["StartDefaults", "StartSpec", "first_state", "start_spec"]
+def approvals_of(spec: StartSpec, ruleset: RuleSet) -> tuple[int, ...]:
+    """The steps whose end waits for a human "go": those the start request marks (`approve` after them) and, with
+    the rule file's `approve_before: promote`, the last. A rollout whose traffic the guardian does not move
+    (observe, a gate's) waits for nobody."""
+    if spec.strategy is Strategy.OBSERVE or spec.open_ended or not spec.steps:
+        return ()
+    marked = {i for i in spec.approvals if 0 <= i < len(spec.steps)}
+    if ruleset.rules.approve_before == "promote":
+        marked.add(len(spec.steps) - 1)
+    return tuple(sorted(marked))
+
+
+__all__ = ["StartDefaults", "StartSpec", "approvals_of", "first_state", "start_spec"]

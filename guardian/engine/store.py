@@ -23,7 +23,7 @@ from typing import Any, Protocol
 
 import orjson
 
-from guardian.domain import ARMS, Decision, Evidence, Outcome, Phase, RolloutState, Verdict
+from guardian.domain import ARMS, Action, Decision, Evidence, Outcome, Phase, RolloutState, Verdict
 from guardian.engine.alerts import StoredAlert
 from guardian.errors import RolloutConflict, RolloutNotFound
 from guardian.redact import redact
@@ -376,6 +376,10 @@ class SQLiteStore:
         }
         if state.previous_image:  # labels are free-form: a recording without it reads as before
             doc["labels"]["previous_image"] = state.previous_image
+        approvals = [{"tick": d.get("tick"), "by": d.get("source"), "reason": d.get("reason"), "at": d.get("at")}
+                     for d in self.decisions(rollout_id) if d.get("action") == Action.APPROVE.value]
+        if approvals:  # who gave each human "go", after which tick (replay shows them where they were given)
+            doc["approvals"] = approvals
         models = dict(self.models(rollout_id))
         if isinstance(watch := models.pop(WATCH_KEY, None), dict):  # a watch: what it started from (docs/rules.md)
             doc["watch"] = watch

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 from guardian.domain import Action, Decision, Phase, RolloutState
+from guardian.judge.policy import APPROVAL_TIMED_OUT
 
 
 def weight_after(state: RolloutState, action: Action) -> int:
@@ -24,7 +25,14 @@ def transition(state: RolloutState, decision: Decision, now: float, max_scale: i
     if a is Action.START:
         return s.evolve(step_index=0, step_started_at=now)
     if a is Action.ADVANCE:
-        return s.evolve(step_index=state.step_index + 1, step_started_at=now)
+        return s.evolve(step_index=state.step_index + 1, step_started_at=now, awaiting_since=None)
+    if a is Action.APPROVAL:  # the step's end waits for a human "go" from now on
+        return s.evolve(awaiting_since=now)
+    if a is Action.APPROVE:  # the step is approved; a rollout paused for want of it goes on
+        back = state.phase is Phase.PAUSED and state.paused_by == "guardian" and state.reason.startswith(
+            APPROVAL_TIMED_OUT)
+        return s.evolve(approved=tuple(sorted({*state.approved, state.step_index})), awaiting_since=None,
+                        **({"phase": Phase.PROGRESSING, "paused_by": None} if back else {}))
     if a is Action.BAKE:  # the bake's first tick is the next one
         first = (decision.tick + 1) if decision.tick is not None else state.last_tick + 1
         return s.evolve(phase=Phase.BAKING, paused_by=None, step_started_at=now, bake_tick=first, baked_ticks=0)

@@ -17,6 +17,10 @@ Order of precedence:
    analysis: CONTINUE until `max_analysis_seconds` of it, then PAUSE (`underpowered: pause`, resumed once the
    evidence has the power) or go on as if powered (`underpowered: promote`), saying so. The decision that
    goes on (ADVANCE, BAKE, PROMOTE) states what each check could have seen.
+7. approval (a step followed by `approve` in `steps`, or the last one with `approve_before: promote`): where the
+   rollout would go on (ADVANCE, BAKE, PROMOTE) from a step that waits for a human "go" not given yet, it says
+   so once (APPROVAL: the guard notifies) and then CONTINUEs, judged every tick (a failing check still rolls it
+   back); after `approval_timeout` of waiting it PAUSEs, and stays paused until approved (APPROVE, by a user).
 An optional check whose signal neither arm reports abstains (visibly, in the evidence) and is left
 out; with no check left, nothing is known and the rollout pauses.
 A rollout the guardian (or an Alertmanager alert) paused is RESUMEd when the evidence is conclusive
@@ -24,7 +28,7 @@ again and no alert fails it.
 """
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 from guardian.domain import Action, Decision, Phase, Result, RolloutState, Strategy, Verdict
@@ -50,6 +54,7 @@ def reasons(verdicts: Sequence[Verdict]) -> str:
     return "; ".join(f"{v.check}: {v.reason}" for v in verdicts)
 
 
+APPROVAL_TIMED_OUT = "approval timed out"  # the start of the reason of a pause for want of a human "go"
 UNDERPOWERED = "underpowered"  # the start of the reason of a pause for lack of power (it resumes only with it)
 GATING = (Action.ROLLBACK, Action.PAUSE)  # a check whose failure would stop the rollout must have seen enough
 
@@ -150,6 +155,8 @@ def decide(
     if state.phase is Phase.PAUSED and state.paused_by in ("guardian", "alertmanager"):
         if state.paused_by == "guardian" and state.reason.startswith(UNDERPOWERED) and (lacking := weak(judged)):
             return make(Action.CONTINUE, f"{UNDERPOWERED}, still paused: {_lacking(lacking)}")
+        if state.paused_by == "guardian" and state.reason.startswith(APPROVAL_TIMED_OUT) and state.needs_approval:
+            return make(Action.CONTINUE, f"{APPROVAL_TIMED_OUT}, still paused until approved: " + reasons(vs))
         return make(Action.RESUME, "all checks pass again: " + reasons(vs))
     if state.baking:
         baked = (state.baked_ticks + 1) * state.step_seconds  # this tick passed: it counts
@@ -178,9 +185,31 @@ def decide(
                                       f"(max_analysis {limit:g}s; underpowered: pause): {_lacking(lacking)}")
         note = (f", {UNDERPOWERED} after {analysed:.0f}s of analysis (underpowered: promote; could have detected "
                 f"with 80% power: {power_said(vs)}): {_lacking(lacking)}")
+    if state.needs_approval:
+        return _awaiting(make, state, now, note, vs)
     if state.last_step and state.bake_seconds > 0:
         return make(Action.BAKE, f"all checks passed on every step{note}: baking at 100% for "
                                  f"{state.bake_seconds:g}s, the previous version kept warm: " + reasons(vs))
     if state.last_step:
         return make(Action.PROMOTE, f"all checks passed on every step{note}: " + reasons(vs))
     return make(Action.ADVANCE, f"all checks passed for {analysed:.0f}s at {state.weight}%{note}: " + reasons(vs))
+
+
+def _awaiting(make: Callable[[Action, str], Decision], state: RolloutState, now: float, note: str,
+              vs: tuple[Verdict, ...]) -> Decision:
+    """The step passed but waits for a human "go": say so once, then hold; pause after `approval_timeout`."""
+    then = ("promotion" if state.bake_seconds <= 0 else "the bake") if state.last_step else (
+        f"{state.steps[state.step_index + 1]}%")
+    if state.awaiting_since is None:
+        timeout = (f"; it pauses after {state.approval_timeout_seconds:g}s without one"
+                   if state.approval_timeout_seconds else "")
+        return make(Action.APPROVAL, f"waiting for approval at {state.weight}% before {then}: all checks passed"
+                                     f"{note}{timeout}: " + reasons(vs))
+    waited = now - state.awaiting_since
+    limit = state.approval_timeout_seconds
+    if limit and waited >= limit:
+        return make(Action.PAUSE, f"{APPROVAL_TIMED_OUT} after {waited:.0f}s at {state.weight}% "
+                                  f"(approval_timeout {limit:g}s): approve it to go on to {then}")
+    left = f", {limit - waited:.0f}s before it pauses" if limit else ""
+    return make(Action.CONTINUE, f"waiting for approval at {state.weight}% before {then} ({waited:.0f}s{left}); "
+                                 "checks pass: " + reasons(vs))

@@ -20,7 +20,8 @@ DROVE = {"rollback": ("fail",), "pause": ("fail", "inconclusive", "error"), "sca
          "notify": ("fail",)}
 DONE = {"start": "started", "advance": "advanced", "bake": "began its bake", "promote": "promoted",
         "rollback": "rolled back",
-        "pause": "paused", "resume": "resumed", "scale": "scaled out", "notify": "notified"}
+        "pause": "paused", "resume": "resumed", "scale": "scaled out", "notify": "notified",
+        "approval": "waited for approval", "approve": "approved"}
 WHO = {"guardian": "the guardian", "user": "a user", "alertmanager": "an Alertmanager alert",
        "replay": "the replay"}
 MOVES = ("start", "advance", "bake", "promote", "rollback")  # the actions that change the canary's weight

@@ -27,7 +27,8 @@ if TYPE_CHECKING:
     from guardian.rules.models import RuleFile
 
 COLOURS = {"rollback": "#d62728", "promote": "#2ca02c", "pause": "#ff7f0e", "resume": "#1f77b4",
-           "advance": "#1f77b4", "start": "#7f7f7f", "scale": "#9467bd", "notify": "#8c564b"}
+           "advance": "#1f77b4", "start": "#7f7f7f", "scale": "#9467bd", "notify": "#8c564b",
+           "approval": "#bcbd22", "approve": "#17becf"}
 ARM_STYLE = {"canary": {"color": "#d62728", "label": "canary"}, "baseline": {"color": "#1f77b4", "label": "baseline"}}
 
 

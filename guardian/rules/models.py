@@ -560,6 +560,7 @@ class Watch(_Strict):
 
 
 MAX_ANALYSIS_FACTOR = 3.0  # `max_analysis` by default: 3 × the analysis of a step
+APPROVAL_TIMEOUT_DEFAULT = 3600.0  # a rollout waits this long for a human "go" before it pauses (rule file)
 UNDERPOWERED_DEFAULT = "promote"  # what an underpowered rollout does after `max_analysis` (docs/rules.md, "Power")
 
 
@@ -584,8 +585,12 @@ class RuleFile(_Strict):
     # pause, docs/rules.md)
     max_analysis: Duration | None = None
     underpowered: Literal["pause", "promote"] = UNDERPOWERED_DEFAULT
+    # approval steps (docs/rules.md, "Approval"): `promote` holds the last step's end for a human "go" (besides any
+    # `approve` in a start request's steps); a rollout that waits `approval_timeout` without one pauses (0: never)
+    approve_before: Literal["promote"] | None = None
+    approval_timeout: Duration = APPROVAL_TIMEOUT_DEFAULT
 
-    @field_validator("bake", "bake_before", mode="before")
+    @field_validator("bake", "bake_before", "approval_timeout", mode="before")
     @classmethod
     def _bake_duration(cls, v: object) -> float:
         return parse_duration(v)

@@ -5,7 +5,6 @@ webhooks, following their documented formats and answers)."""
 from __future__ import annotations
 
 import json
-import os
 from pathlib import Path
 
 import pytest
@@ -17,17 +16,14 @@ from guardian.clock import FakeClock
 from guardian.notifiers.channels import ChannelNotifier
 from guardian.settings import Settings
 from guardian.sources.recording import RecordingSource
+from tests.fixtures.env import clean_guardian_env  # noqa: F401 - the fixture
 from tests.stubs.chat_stub import ChatStub, slack_problem
 from tests.unit.recordings import steady_recording
 
 REPO = Path(__file__).resolve().parents[2]
 
 
-@pytest.fixture(autouse=True)
-def clean_env(monkeypatch):
-    for name in list(os.environ):
-        if name.upper().startswith("GUARDIAN_"):
-            monkeypatch.delenv(name)
+pytestmark = pytest.mark.usefixtures("clean_guardian_env")
 
 
 def test_a_rollback_reaches_slack_with_its_evidence_and_a_promotion_only_the_routes_that_hear_it(

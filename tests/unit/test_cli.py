@@ -325,6 +325,24 @@ def test_rollout_start_and_overrides_through_the_api(runner, guardian):
     assert run(runner, "rollout", "watch", rid, "--token", "tok").exit_code == 0  # promoted
 
 
+def test_rollout_start_with_an_approval_step_and_approve(runner, guardian):
+    result = run(runner, "rollout", "start", "checkout", "--image", "checkout:2", "--steps", "20,approve,100",
+                 "--token", "tok")
+    assert result.exit_code == 0, result.output
+    rid = text(result.stdout).splitlines()[-1]
+    state = guardian.store.get(rid)
+    assert (state.steps, state.approvals) == ((20, 100), (0,))
+    result = run(runner, "rollout", "approve", rid, "--token", "tok")  # not waiting yet: the API's 409, exit 2
+    assert result.exit_code == 2 and "not waiting for approval" in text(result.output)
+    guardian.store.save(state.evolve(awaiting_since=1.0))  # as the guard leaves it when the step passed
+    assert "waiting for approval (guardian rollout approve" in text(run(runner, "rollout", "status", rid,
+                                                                        "--token", "tok").stdout)
+    assert run(runner, "rollout", "approve", rid, "--token", "tok").exit_code == 0
+    assert guardian.store.get(rid).approved == (0,)
+    assert run(runner, "rollout", "start", "checkout", "--image", "c:3", "--steps", "20,aprove",
+               "--token", "tok").exit_code == 2
+
+
 def test_rollout_rollback_then_watch_exits_1(runner, guardian):
     rid = text(run(runner, "rollout", "start", "checkout", "--image", "c:2", "--token", "tok").stdout).split()[-1]
     assert run(runner, "rollout", "rollback", rid, "--token", "tok").exit_code == 0
@@ -576,7 +594,8 @@ def _option_rows(help_text: str) -> dict[str, str]:
 
 
 COMMANDS = [["serve"], ["rules", "check"], ["baseline", "fit"], ["rollout", "start"], ["rollout", "status"],
-            ["rollout", "watch"], ["rollout", "pause"], ["rollout", "list"], ["rollout", "explain"], ["alerts"],
+            ["rollout", "watch"], ["rollout", "pause"], ["rollout", "approve"], ["rollout", "list"],
+            ["rollout", "explain"], ["alerts"],
             ["report"], ["replay"], ["detect"]]
 
 

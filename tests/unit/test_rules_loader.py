@@ -811,3 +811,22 @@ def test_a_min_detectable_no_test_could_see_is_refused_with_its_line(check, word
     p = only_problem(f"service: x\nchecks:\n  - {{name: e, kind: compare, {check}}}\n")
     assert (p.line, p.field) == (3, "checks[0].min_detectable")
     assert words in p.message, p.message
+
+
+# -- approval steps: approve_before, approval_timeout (docs/rules.md, "Approval") ---------------------------------
+def test_approval_fields_parse_with_their_defaults():
+    rf = parse_text("service: x\napprove_before: promote\napproval_timeout: 2h\n", "a.yaml")
+    assert (rf.approve_before, rf.approval_timeout) == ("promote", 7200.0)
+    default = parse_text(VALID, "v.yaml")
+    assert (default.approve_before, default.approval_timeout) == (None, 3600.0)
+
+
+@pytest.mark.parametrize(("line", "field", "words"), [
+    ("approve_before: deploy", "approve_before", "'promote'"),
+    ("approval_timeout: later", "approval_timeout", "bad duration 'later'"),
+    ("approval_timeout: -5", "approval_timeout", "negative"),
+])
+def test_bad_approval_settings_name_their_line_and_field(line, field, words):
+    p = only_problem(f"service: x\n{line}\n")
+    assert (p.line, p.field) == (2, field)
+    assert words in p.message, p.message
