@@ -109,6 +109,7 @@ class Decision:
     source: str = "guardian"  # "guardian", "user" or "alertmanager"
     replicas: int = 0
     logs: tuple[dict[str, Any], ...] = ()  # log templates new in / far more frequent in the canary
+    by: str | None = None  # a user's decision: the operator who made it (a named operator token's name)
 
     def to_dict(self) -> dict[str, Any]:
         d = {
@@ -122,6 +123,8 @@ class Decision:
         }
         if self.logs:
             d["logs"] = list(self.logs)
+        if self.by is not None:
+            d["by"] = self.by
         return d
 
     @classmethod
@@ -135,6 +138,7 @@ class Decision:
             replicas=d.get("replicas", 0),
             verdicts=tuple(Verdict.from_dict(v) for v in d.get("verdicts", [])),
             logs=tuple(d.get("logs") or ()),
+            by=d.get("by"),
         )
 
 

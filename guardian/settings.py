@@ -6,6 +6,7 @@ shorter than the source can answer, a delay that swallows the tick.
 from __future__ import annotations
 
 import ipaddress
+import re
 from contextvars import ContextVar
 from pathlib import Path
 from typing import Any, Literal
@@ -18,6 +19,9 @@ from ruamel.yaml.error import MarkedYAMLError
 from guardian.errors import Problem, RuleError
 from guardian.notifiers.routes import NotifyRoute
 
+NAME_RE = re.compile(r"^[A-Za-z0-9._@-]{1,64}$")
+RESERVED_NAMES = frozenset({"guardian", "user", "alertmanager", "replay", "gate", "flagger"})  # decision sources
+
 
 class Settings(BaseSettings):
     model_config = SettingsConfigDict(env_prefix="GUARDIAN_", extra="forbid", env_nested_delimiter="__")
@@ -25,6 +29,12 @@ class Settings(BaseSettings):
     host: str = "127.0.0.1"
     port: int = Field(8080, ge=0, le=65535)
     token: SecretStr | None = None  # bearer token for mutating endpoints
+    # named operator tokens (`name: token`): each acts like `token`, and the decision log says who acted
+    # (GUARDIAN_OPERATOR_TOKENS='{"alice": "…", "bob": "…"}'); the web UI's login takes any of them
+    operator_tokens: dict[str, SecretStr] = Field({}, description="named operator tokens: the decision log names "
+                                                  "who approved, paused, promoted or rolled back")
+    viewer_token: SecretStr | None = Field(None, description="a token that may read (the web UI, GET routes) but "
+                                           "not act")
     # Alertmanager's webhook (POST /v1/alerts) authenticates with its own bearer token or basic auth
     # (`http_config` in alertmanager.yml); with neither set it needs the operator token (if any).
     alerts_token: SecretStr | None = None
@@ -139,6 +149,17 @@ class Settings(BaseSettings):
                 raise ValueError(f"{info.field_name} {v!r} cannot be read: {e.strerror or e}") from None
         return v
 
+    @field_validator("operator_tokens")
+    @classmethod
+    def _token_names(cls, v: dict[str, SecretStr]) -> dict[str, SecretStr]:
+        for name, secret in v.items():
+            if not NAME_RE.match(name) or name in RESERVED_NAMES:
+                raise ValueError(f"operator token name {name!r}: 1-64 letters, digits, '.', '_', '-' or '@', not "
+                                 f"one of {sorted(RESERVED_NAMES)}")
+            if len(secret.get_secret_value()) < 8:
+                raise ValueError(f"operator token {name!r} is shorter than 8 characters")
+        return v
+
     @model_validator(mode="after")
     def _mail_server(self) -> Settings:
         if any(r.channel == "email" for r in self.notify_routes) and not self.smtp_host:
@@ -161,7 +182,7 @@ class Settings(BaseSettings):
             except (ssl.SSLError, OSError) as e:
                 raise ValueError(f"tls_certfile {self.tls_certfile!r} and tls_keyfile {self.tls_keyfile!r} do not "
                                  f"load as a PEM certificate and its key: {e}") from None
-        if self.token is None and not _is_loopback(self.host):
+        if self.token is None and not self.operator_tokens and not _is_loopback(self.host):
             raise ValueError(f"refusing to listen on {self.host} without a token: set GUARDIAN_TOKEN or "
                              "listen on 127.0.0.1")
         if self.evaluation_delay >= self.tick_seconds:

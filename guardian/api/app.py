@@ -24,6 +24,7 @@ from guardian.actuators import Closeable
 from guardian.api import alerts, gates, health, rollouts, rules
 from guardian.api.alerts import AlertsFastLane
 from guardian.api.components import Components
+from guardian.api.identity import operator_tokens
 from guardian.api.limits import BodyLimit
 from guardian.api.openapi import with_security
 from guardian.api.tokenfirst import OperatorTokenFirst
@@ -107,8 +108,7 @@ def create_app(components: Components, *, run_scheduler: bool = True) -> FastAPI
     app.state.components = components
     app.add_middleware(BodyLimit, max_bytes=components.settings.max_body_bytes,  # 413 before any handler
                        per_path={"/v1/alerts": components.settings.alerts_max_bytes})  # Alertmanager's groups
-    token = components.settings.token
-    app.add_middleware(OperatorTokenFirst, token=token.get_secret_value() if token else None)  # 401 before the body
+    app.add_middleware(OperatorTokenFirst, tokens=tuple(operator_tokens(components.settings).values()))  # 401 first
     app.add_middleware(AlertsFastLane, max_bytes=components.settings.alerts_max_bytes)  # webhook posts: alerts.py
 
     @app.exception_handler(RequestValidationError)

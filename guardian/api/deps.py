@@ -16,6 +16,7 @@ from fastapi import Depends, Header, HTTPException, Request
 from loguru import logger
 
 from guardian.api.components import Components
+from guardian.api.identity import UNNAMED, caller_of_header, operator_tokens
 from guardian.api.tokenfirst import REFUSED, refusal, what_was_wrong
 
 
@@ -34,20 +35,22 @@ def _client(request: Request) -> str:
 _REFUSER = {"/v1/alerts": "alert webhook"}  # with no Alertmanager credentials the webhook takes the operator token
 
 
-def require_token(request: Request, c: Deps, authorization: Annotated[str | None, Header()] = None) -> None:
-    """The operator token, on every mutating route (OperatorTokenFirst has usually answered already). Every
-    refusal is logged, without the secret."""
-    token = c.settings.token
-    if token is None:
-        return
-    expected = f"Bearer {token.get_secret_value()}".encode()
-    if not authorization or not hmac.compare_digest(authorization.encode(), expected):
+def require_token(request: Request, c: Deps, authorization: Annotated[str | None, Header()] = None) -> str:
+    """An operator token, on every mutating route (OperatorTokenFirst has usually answered already): the name of the
+    operator it belongs to ("user" for the unnamed `token`; "user" too when none is configured). Every refusal is
+    logged, without the secret."""
+    if not operator_tokens(c.settings):
+        return UNNAMED
+    caller = caller_of_header(c.settings, authorization)
+    if caller is None or not caller.may_act:
         what = _REFUSER.get(request.url.path, "operator call")
         refusal(what, request.method, request.url.path, _client(request), what_was_wrong(authorization))
         raise HTTPException(401, REFUSED)  # the same words as OperatorTokenFirst's, which answers first
+    return caller.name
 
 
 Mutating = [Depends(require_token)]
+Operator = Annotated[str, Depends(require_token)]  # a route that needs to know who acts
 
 
 async def require_alertmanager(request: Request, c: Deps, authorization: Annotated[str | None, Header()] = None,

@@ -15,7 +15,8 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from guardian.actuators import registry
 from guardian.api.components import Components
-from guardian.api.deps import Deps, Mutating
+from guardian.api.deps import Deps, Mutating, Operator
+from guardian.api.identity import UNNAMED
 from guardian.domain import Action, Phase, Strategy, split_steps
 from guardian.engine.start import start_spec
 from guardian.errors import ActuatorError, RolloutConflict
@@ -209,8 +210,8 @@ def get_recording(rollout_id: str, c: Deps) -> dict[str, Any]:
 
 
 def _override_route(action: Action):
-    def override(rollout_id: str, c: Deps) -> dict[str, Any]:
-        c.guard.override(rollout_id, action)
+    def override(rollout_id: str, c: Deps, who: Operator) -> dict[str, Any]:
+        c.guard.override(rollout_id, action, by=None if who == UNNAMED else who)
         return rollout_view(c, rollout_id)
 
     return override
@@ -229,6 +230,6 @@ _OVERRIDES = {
 for _action, _doc in _OVERRIDES.items():
     router.add_api_route(
         f"/v1/rollouts/{{rollout_id}}/{_action.value}", _override_route(_action), methods=["POST"],
-        dependencies=Mutating, summary=f"{_action.value.capitalize()} a rollout", description=_doc
+        summary=f"{_action.value.capitalize()} a rollout", description=_doc
         + " 409 when the rollout's phase does not allow it; 502 when the actuator failed (nothing changed).",
     )

@@ -18,7 +18,7 @@ from starlette.types import ASGIApp, Receive, Scope, Send
 
 from guardian.api.limits import _answer
 
-OPERATOR_PATHS = re.compile(r"^/v1/(rollouts(/[^/]+/(pause|resume|promote|rollback))?|rules/reload)/?$")
+OPERATOR_PATHS = re.compile(r"^/v1/(rollouts(/[^/]+/(pause|resume|promote|rollback|approve))?|rules/reload)/?$")
 REFUSED = "a valid 'Authorization: Bearer <token>' header is required"
 # schemes named in a refusal's log line; any other first word might be the secret itself, so it is not shown
 _SCHEMES = {"basic", "bearer", "digest", "negotiate", "token", "apikey", "hoba", "mutual", "ntlm", "aws4-hmac-sha256"}
@@ -54,15 +54,18 @@ def client_of(scope: Scope) -> str:
 
 
 class OperatorTokenFirst:
-    def __init__(self, app: ASGIApp, token: str | None) -> None:
+    def __init__(self, app: ASGIApp, token: str | None = None, tokens: tuple[str, ...] = ()) -> None:
+        """`token` (the unnamed operator token) and `tokens` (every operator token, named ones included): a POST to
+        an operator path must carry one of them."""
         self.app = app
-        self.expected = f"Bearer {token}".encode("latin-1", "replace") if token else None
+        accepted = (*tokens, *((token,) if token else ()))
+        self.expected = tuple(f"Bearer {t}".encode("latin-1", "replace") for t in accepted) or None
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if (self.expected is not None and scope["type"] == "http" and scope["method"] == "POST"
                 and OPERATOR_PATHS.match(scope["path"])):
             given = next((v for k, v in scope.get("headers") or () if k == b"authorization"), b"")
-            if not hmac.compare_digest(given, self.expected):
+            if not any([hmac.compare_digest(given, e) for e in self.expected]):  # a list: every one compared
                 refusal("operator call", scope["method"], scope["path"], client_of(scope), what_was_wrong(given))
                 await _answer(send, 401, "unauthorized", REFUSED)
                 return

@@ -576,10 +576,11 @@ class Guard:
         return [ended for s in watches if (ended := self.end_watch(s.id, reason)) is not None]
 
     # -- manual overrides -------------------------------------------------------------------------------
-    def override(self, rollout_id: str, action: Action, reason: str = "", *, source: str = "user") -> RolloutState:
+    def override(self, rollout_id: str, action: Action, reason: str = "", *, source: str = "user",
+                 by: str | None = None) -> RolloutState:
         """pause / resume / promote / rollback by a user (or by `source`: a gate's client, "flagger" / "gate").
         Raises RolloutConflict when the rollout's phase does not allow it, ActuatorError when the actuator
-        failed (the state is then unchanged)."""
+        failed (the state is then unchanged). `by`: the operator's name, recorded with the decision."""
         with self._lock(rollout_id):
             self._resume_pending_ops(rollout_id)
             state = self.store.get(rollout_id)
@@ -592,15 +593,16 @@ class Guard:
             if action is Action.PROMOTE and state.strategy is Strategy.WATCH:
                 raise RolloutConflict(f"{rollout_id} is a watch: it has nothing to promote")
             if action is Action.APPROVE:
-                return self._approve(state, reason, source)
-            decision = Decision(action, reason or f"{action.value} by a user", at=self.clock.now(), source=source)
+                return self._approve(state, reason, source, by)
+            decision = Decision(action, reason or f"{action.value} by {by or 'a user'}", at=self.clock.now(),
+                                source=source, by=by)
             new_state, outcome = self._act(state, decision)
             self.metrics.decisions.labels(decision.action.value).inc()
             if not outcome.ok:
                 raise ActuatorError(f"{action.value} failed: {outcome.detail}")
             return new_state
 
-    def _approve(self, state: RolloutState, reason: str, source: str) -> RolloutState:
+    def _approve(self, state: RolloutState, reason: str, source: str, by: str | None) -> RolloutState:
         """A human's "go" for the step that waits for it (judge/policy.py): logged with who gave it; the next tick
         goes on if the checks still pass. Nothing for an actuator to do."""
         if not state.needs_approval or (state.awaiting_since is None and not (
@@ -610,8 +612,8 @@ class Guard:
                                   + (f"its next approval is at the end of {', '.join(waits)})" if waits
                                      else "no step of it waits for approval)"))
         now = self.clock.now()
-        decision = Decision(Action.APPROVE, reason or f"approved by {source} at {state.weight}%", at=now,
-                            source=source, tick=state.last_tick)  # given after this tick: the next one goes on
+        decision = Decision(Action.APPROVE, reason or f"approved by {by or source} at {state.weight}%", at=now,
+                            source=source, tick=state.last_tick, by=by)  # given after this tick: the next one goes on
         new_state = transition(state, decision, now, self.config.max_scale)
         self.store.log_decision(state.id, decision, None, now, state=new_state)
         self.metrics.decisions.labels(decision.action.value).inc()

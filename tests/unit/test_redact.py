@@ -200,10 +200,12 @@ def test_every_credential_check_is_constant_time():
     import inspect
 
     from guardian.api import deps as routes  # the credential checks (once in routes.py)
+    from guardian.api import identity  # who an operator or viewer token names
 
-    for fn in (routes.require_token, routes.require_alertmanager):
+    for fn in (identity.caller_of_token, routes.require_alertmanager):
         source = inspect.getsource(fn)
         assert "compare_digest" in source and "==" not in source.replace("is None", "")
+    assert "caller_of_header" in inspect.getsource(routes.require_token)  # the operator tokens: through identity
 
 
 # -- secrets out of logs, recordings, annotations, webhook payloads ----------------------------------------
