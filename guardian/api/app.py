@@ -18,10 +18,11 @@ from fastapi.responses import JSONResponse
 from fastapi_offline import FastAPIOffline
 from loguru import logger
 from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.staticfiles import StaticFiles
 
 from guardian import __version__
 from guardian.actuators import Closeable
-from guardian.api import alerts, gates, health, rollouts, rules
+from guardian.api import alerts, gates, health, rollouts, rules, ui
 from guardian.api.alerts import AlertsFastLane
 from guardian.api.components import Components
 from guardian.api.identity import operator_tokens
@@ -152,4 +153,6 @@ def create_app(components: Components, *, run_scheduler: bool = True) -> FastAPI
     app.include_router(alerts.router)  # /v1/alerts: Alertmanager's webhook and the alerts known
     app.include_router(health.router)  # /healthz, /readyz, /v1/status, /metrics
     app.include_router(gates.router)  # Flagger webhooks and the Argo Rollouts web metric
+    app.include_router(ui.router)  # the web UI's pages and their JSON (/ui; not in the OpenAPI document)
+    app.mount("/ui/static", StaticFiles(directory=ui.pages.STATIC), name="ui-static")  # its scripts, styles, uPlot
     return app

@@ -13,6 +13,8 @@ Teams workflow webhook (learn.microsoft.com, "Create incoming webhooks with Work
     "application/vnd.microsoft.card.adaptive", "content": {"type": "AdaptiveCard", "version", "body"}}]} -> 202
     - 400 when the body is not such a message.
 
+A generic webhook receiver answers POST /hooks/… with 200 for a CloudEvents 1.0 JSON event (400 otherwise).
+
 `received` keeps every accepted payload (path, JSON); `statuses` every answer's status; `hold` (a threading.Event
 that is cleared) keeps each request waiting until it is set.
 """
@@ -83,6 +85,9 @@ class ChatStub:
                     body = None
                 if self.path.startswith("/services/"):
                     self._slack(body)
+                elif self.path.startswith("/hooks/"):  # a generic webhook receiver: a CloudEvent in, 200 out
+                    ok = isinstance(body, dict) and body.get("specversion") == "1.0" and body.get("id")
+                    self._answer(200 if ok else 400, "" if ok else "not a CloudEvent", body)
                 elif self.path.startswith("/workflows/"):
                     problem = teams_problem(body)
                     self._answer(400 if problem else 202, problem or "", body)
