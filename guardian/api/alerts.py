@@ -13,7 +13,7 @@ from fastapi import APIRouter, HTTPException, Query, Request, Response
 from fastapi.exceptions import RequestValidationError
 from pydantic import ValidationError
 
-from guardian.api.deps import Deps, require_alertmanager
+from guardian.api.deps import Deps, Reading, require_alertmanager
 from guardian.api.intake import intake_for
 from guardian.engine.alerts import StoredAlert, WebhookPayload, freezes, matches, route
 
@@ -53,7 +53,7 @@ async def receive_alerts(request: Request) -> Response:
                     media_type="application/json")
 
 
-@router.get("/v1/alerts")
+@router.get("/v1/alerts", dependencies=Reading)
 def list_alerts(c: Deps, every: bool = Query(False, alias="all")) -> list[dict[str, Any]]:
     """The alerts the guardian knows (firing ones, or every one with ?all=true), each with the rollouts
     in flight it is about and what it asks of them."""

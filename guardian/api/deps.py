@@ -1,6 +1,7 @@
 """What the routes depend on: the app's components (`Deps`) and the credentials each kind of caller presents.
 
-- `require_token` (`Mutating`): the operator token, on every mutating route (start, the overrides, rules reload);
+- `require_token` (`Mutating`): an operator token, on every mutating route (start, the overrides, rules reload);
+- `require_reader` (`Reading`): with a viewer token configured, it or an operator token on the GET routes;
 - `require_alertmanager`: Alertmanager's own credentials on `POST /v1/alerts`, else the operator token;
 - `require_gate`: the gates' token (Flagger may send it as `metadata.token` in the body), else the operator token.
 
@@ -49,7 +50,19 @@ def require_token(request: Request, c: Deps, authorization: Annotated[str | None
     return caller.name
 
 
+def require_reader(request: Request, c: Deps, authorization: Annotated[str | None, Header()] = None) -> None:
+    """With a viewer token configured, reading (the GET routes of rollouts, rules, alerts, the doctor) needs it or
+    an operator token; without one, reading stays open as it always was (/metrics, /healthz, /readyz, /v1/status
+    stay open either way)."""
+    if c.settings.viewer_token is None:
+        return
+    if caller_of_header(c.settings, authorization) is None:
+        refusal("read", request.method, request.url.path, _client(request), what_was_wrong(authorization))
+        raise HTTPException(401, REFUSED)
+
+
 Mutating = [Depends(require_token)]
+Reading = [Depends(require_reader)]
 Operator = Annotated[str, Depends(require_token)]  # a route that needs to know who acts
 
 

@@ -15,7 +15,7 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from guardian.actuators import registry
 from guardian.api.components import Components
-from guardian.api.deps import Deps, Mutating, Operator
+from guardian.api.deps import Deps, Mutating, Operator, Reading
 from guardian.api.identity import UNNAMED
 from guardian.domain import Action, Phase, Strategy, split_steps
 from guardian.engine.start import start_spec
@@ -155,7 +155,7 @@ def start_rollout(body: StartRollout, c: Deps) -> Any:
     return rollout_view(c, state.id)
 
 
-@router.get("/v1/services/{service}/doctor")
+@router.get("/v1/services/{service}/doctor", dependencies=Reading)
 def doctor(service: str, c: Deps, window: float = Query(60.0, gt=0, le=3600, description="seconds of values read"),
            canary: str | None = Query(None, description="the canary's arm label value, where the rule file's "
                                                        "follows the release ({version} …)"),
@@ -173,7 +173,7 @@ def doctor(service: str, c: Deps, window: float = Query(60.0, gt=0, le=3600, des
         raise HTTPException(409, f"this guardian's metric source cannot be examined: {e}") from None
 
 
-@router.get("/v1/rollouts")
+@router.get("/v1/rollouts", dependencies=Reading)
 def list_rollouts(c: Deps,
                   active: Annotated[bool, Query(description="only rollouts in flight (progressing or paused)")] = False,
                   service: Annotated[str | None, Query(description="only this service's rollouts")] = None,
@@ -184,12 +184,12 @@ def list_rollouts(c: Deps,
             if (service is None or s.service == service) and (phase is None or s.phase is phase)]
 
 
-@router.get("/v1/rollouts/{rollout_id}")
+@router.get("/v1/rollouts/{rollout_id}", dependencies=Reading)
 def get_rollout(rollout_id: str, c: Deps) -> dict[str, Any]:
     return rollout_view(c, rollout_id)
 
 
-@router.get("/v1/rollouts/{rollout_id}/explain")
+@router.get("/v1/rollouts/{rollout_id}/explain", dependencies=Reading)
 def explain_rollout(rollout_id: str, c: Deps) -> dict[str, Any]:
     """Why the rollout is where it is: every decision in plain words, with the checks that drove it
     (value, threshold, sample size, statistic), what the actuator did, and the canary's log templates."""
@@ -198,13 +198,13 @@ def explain_rollout(rollout_id: str, c: Deps) -> dict[str, Any]:
     return explain(c.store.get(rollout_id).to_dict(), c.store.decisions(rollout_id))
 
 
-@router.get("/v1/rollouts/{rollout_id}/ticks")
+@router.get("/v1/rollouts/{rollout_id}/ticks", dependencies=Reading)
 def get_ticks(rollout_id: str, c: Deps) -> list[dict[str, Any]]:
     c.store.get(rollout_id)
     return c.store.ticks(rollout_id)
 
 
-@router.get("/v1/rollouts/{rollout_id}/recording")
+@router.get("/v1/rollouts/{rollout_id}/recording", dependencies=Reading)
 def get_recording(rollout_id: str, c: Deps) -> dict[str, Any]:
     return c.store.recording(rollout_id)
 

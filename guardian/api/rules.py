@@ -6,7 +6,7 @@ from typing import Any
 
 from fastapi import APIRouter, Response
 
-from guardian.api.deps import Deps, Mutating
+from guardian.api.deps import Deps, Mutating, Reading
 
 router = APIRouter()
 
@@ -21,7 +21,7 @@ def reload_rules(c: Deps, response: Response) -> dict[str, Any]:
     return {"services": sorted(c.rulebook.services())}
 
 
-@router.get("/v1/rules")
+@router.get("/v1/rules", dependencies=Reading)
 def get_rules(c: Deps) -> dict[str, Any]:
     return {
         name: {"source": rs.source, "checks": [ch.model_dump(by_alias=True) for ch in rs.rules.checks]}

@@ -35,7 +35,11 @@ def test_the_decision_log_names_the_operator_and_a_viewer_cannot_act(tmp_path):
         assert client.post(f"/v1/rollouts/{rid}/pause", headers=as_("viewer-secret-1")).status_code == 401
         assert client.post(f"/v1/rollouts/{rid}/pause", headers=as_("alice-secret-1")).status_code == 200
         assert client.post(f"/v1/rollouts/{rid}/resume", headers=as_("unnamed-tok")).status_code == 200
-        decisions = client.get(f"/v1/rollouts/{rid}").json()["decisions"]
+        assert client.get(f"/v1/rollouts/{rid}").status_code == 401  # with a viewer token, reading needs a token
+        assert client.get("/v1/alerts", headers=as_("wrong-token")).status_code == 401
+        assert client.get("/v1/rules", headers=as_("viewer-secret-1")).status_code == 200
+        assert client.get("/metrics").status_code == 200 and client.get("/healthz").status_code == 200  # open
+        decisions = client.get(f"/v1/rollouts/{rid}", headers=as_("alice-secret-1")).json()["decisions"]
     pause, resume = decisions[-2:]
     assert (pause["action"], pause["source"], pause["by"], pause["reason"]) == ("pause", "user", "alice",
                                                                                 "pause by alice")
