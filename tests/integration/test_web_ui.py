@@ -144,6 +144,10 @@ def test_the_list_updates_while_a_rollout_advances_without_a_reload(guardian, br
     shot(browser, "rollouts")
     browser.get(guardian.url + "/ui?phase=promoted")  # filters: none promoted yet
     until(lambda: "0 rollout(s)" in browser.find_element(By.ID, "count").text, why="the phase filter")
+    browser.get(guardian.url + "/ui?strategy=canary&service=checkout")
+    until(lambda: rid in browser.find_element(By.ID, "rollouts").text, why="the strategy and service filters")
+    browser.get(guardian.url + "/ui?strategy=watch")
+    until(lambda: "0 rollout(s)" in browser.find_element(By.ID, "count").text, why="no watch")
 
 
 def test_a_rollout_page_shows_its_plots_and_evidence(guardian, browser):

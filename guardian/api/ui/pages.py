@@ -15,7 +15,7 @@ from guardian.api.components import Components
 from guardian.api.identity import caller_of_token
 from guardian.api.ui.session import COOKIE, SESSION_SECONDS, Session, csrf_ok, issue, session_of
 from guardian.api.ui.views import ACTIONS, list_row, rollout_data
-from guardian.domain import Action, Phase
+from guardian.domain import Action, Phase, Strategy
 from guardian.errors import ActuatorError, RolloutConflict, RolloutNotFound
 
 HERE = Path(__file__).resolve().parent
@@ -86,14 +86,14 @@ def logout(request: Request) -> Response:
 
 
 @router.get("/ui")
-def rollouts_page(request: Request, service: str = "", phase: str = "") -> Response:
+def rollouts_page(request: Request, service: str = "", phase: str = "", strategy: str = "") -> Response:
     session = _session(request)
     if session is None:
         return _to_login(request)
     c = _c(request)
     services = sorted({s.service for s in c.store.list()})
-    return _page("list.html", session, service=service, phase=phase, services=services,
-                 phases=[p.value for p in Phase])
+    return _page("list.html", session, service=service, phase=phase, strategy=strategy, services=services,
+                 phases=[p.value for p in Phase], strategies=[s.value for s in Strategy])
 
 
 @router.get("/ui/rollouts/{rollout_id}")
@@ -121,13 +121,13 @@ def _unauthorised() -> JSONResponse:
 
 
 @router.get("/ui/data/rollouts")
-def rollouts_data(request: Request, service: str = "", phase: str = "") -> Response:
+def rollouts_data(request: Request, service: str = "", phase: str = "", strategy: str = "") -> Response:
     if _session(request) is None:
         return _unauthorised()
     c = _c(request)
     now = c.clock.now()
-    states = [s for s in c.store.list() if (not service or s.service == service) and (not phase or s.phase.value
-                                                                                       == phase)]
+    states = [s for s in c.store.list() if (not service or s.service == service)
+              and (not phase or s.phase.value == phase) and (not strategy or s.strategy.value == strategy)]
     states.sort(key=lambda s: (s.phase.terminal, -s.updated_at))
     rows = [list_row(s, c.store.latest_tick(s.id), now) for s in states[:500]]
     return JSONResponse({"rollouts": rows, "total": len(states), "now": now})

@@ -5,6 +5,7 @@
   const query = new URLSearchParams();
   if (params.get("service")) query.set("service", params.get("service"));
   if (params.get("phase")) query.set("phase", params.get("phase"));
+  if (params.get("strategy")) query.set("strategy", params.get("strategy"));
   const body = document.querySelector("#rollouts tbody");
   const count = document.getElementById("count");
   function row(r) {
