@@ -21,6 +21,9 @@ from typing import Any, TypeVar
 
 import httpx
 
+from guardian.sources.prometheus import PrometheusSource
+from guardian.sources.victoriametrics import VictoriaMetricsSource
+
 T = TypeVar("T")
 REPO = Path(__file__).resolve().parents[1]  # `python -m demo.app` runs from here, whatever the caller's folder
 
@@ -292,6 +295,62 @@ class PrometheusServer:
             return self.log_path.read_text(errors="replace")[-chars:]
         except OSError:
             return ""
+
+    def source(self, **options: Any) -> PrometheusSource:
+        """The guardian's metric source for this server."""
+        return PrometheusSource(self.url, **options)
+
+
+def start_demo_pair(started: list[Any]) -> tuple[DemoApp, DemoApp]:
+    """The baseline (v1) and the canary (v2) demo apps of checkout, 5 ms a request, appended to `started` (stopped in
+    reverse by the caller) as each comes up."""
+    pair = []
+    for name, version in (("baseline", "v1"), ("canary", "v2")):
+        pair.append(DemoApp(name, latency=0.005, version=version).start())
+        started.append(pair[-1])
+    return pair[0], pair[1]
+
+
+def victoria_metrics_binary() -> str:
+    path = shutil.which("victoria-metrics")
+    if path is None:
+        raise RuntimeError("the victoria-metrics binary is not installed: run scripts/setup.sh (Debian's "
+                           "'victoria-metrics')")
+    return path
+
+
+class VictoriaMetricsServer(PrometheusServer):
+    """A real single-node VictoriaMetrics scraping the same targets with the same prometheus.yml (its `promscrape`),
+    answering the Prometheus query API. `-search.latencyOffset=0s`: by default VictoriaMetrics hides the newest 30 s
+    of samples from queries (for late, out-of-order writes), which a guardian judging 2-10 s ticks cannot wait for."""
+
+    def __init__(self, targets: list[tuple[str, dict[str, str]]], scrape_interval: str = "1s", *,
+                 workdir: Path | None = None, binary: str | None = None, file_sd: Path | None = None) -> None:
+        super().__init__(targets, scrape_interval, workdir=workdir, binary=binary or victoria_metrics_binary(),
+                         file_sd=file_sd)
+
+    def start(self, timeout: float = 30.0) -> VictoriaMetricsServer:
+        cmd = [self.binary, f"-promscrape.config={self.config_path}", f"-storageDataPath={self.data_dir}",
+               f"-httpListenAddr=127.0.0.1:{self.port}", "-search.latencyOffset=0s", "-loggerLevel=WARN",
+               "-promscrape.config.strictParse=false", "-retentionPeriod=1d"]
+        log = self.log_path.open("ab")
+        self.proc = subprocess.Popen(cmd, stdout=log, stderr=log, cwd=self.workdir)
+        log.close()
+
+        def ready() -> bool:
+            if self.proc is not None and self.proc.poll() is not None:
+                raise RuntimeError(f"victoria-metrics exited ({self.proc.returncode}): {self.log_tail()}")
+            return httpx.get(f"{self.url}/health", timeout=1).status_code == 200
+
+        try:
+            wait_until(ready, timeout, 0.1, f"victoria-metrics ready on {self.url}", ignore=(httpx.HTTPError,))
+        except (TimeoutError, RuntimeError) as exc:
+            self.stop()
+            raise RuntimeError(f"{exc}\n{self.log_tail()}") from None
+        return self
+
+    def source(self, **options: Any) -> VictoriaMetricsSource:
+        return VictoriaMetricsSource(self.url, **options)
 
 
 class GuardianServer:

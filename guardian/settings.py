@@ -50,6 +50,11 @@ class Settings(BaseSettings):
     tls_certfile: str | None = Field(None, description="serve HTTPS with this PEM certificate chain; needs tls_keyfile")
     tls_keyfile: str | None = Field(None, description="the PEM private key of tls_certfile")
     prometheus_url: str = "http://127.0.0.1:9090"
+    # the metric store of services whose rule file names none (`source:`), and VictoriaMetrics' address
+    # (sources/victoriametrics.py; docs/sources.md)
+    source: Literal["prometheus", "victoriametrics"] = "prometheus"
+    victoriametrics_url: str | None = Field(None, description="VictoriaMetrics' address (its Prometheus query API), "
+                                            "for source victoriametrics, e.g. http://127.0.0.1:8428")
     prometheus_timeout: float = Field(5.0, gt=0)
     min_window: float = Field(15.0, gt=0, description="shortest {{window}} put into PromQL rate() windows")
     rules: list[str] = ["rules"]
@@ -159,6 +164,24 @@ class Settings(BaseSettings):
             if len(secret.get_secret_value()) < 8:
                 raise ValueError(f"operator token {name!r} is shorter than 8 characters")
         return v
+
+    @field_validator("victoriametrics_url")
+    @classmethod
+    def _store_url(cls, v: str | None, info: Any) -> str | None:
+        if v is not None:
+            from urllib.parse import urlsplit
+
+            parts = urlsplit(v)
+            if parts.scheme not in ("http", "https") or not parts.hostname:
+                raise ValueError(f"{info.field_name} must be an http(s):// URL with a host, e.g. "
+                                 f"http://127.0.0.1:8428 (got scheme {parts.scheme!r})")
+        return v
+
+    @model_validator(mode="after")
+    def _source_url(self) -> Settings:
+        if self.source == "victoriametrics" and not self.victoriametrics_url:
+            raise ValueError("source is victoriametrics: set victoriametrics_url (GUARDIAN_VICTORIAMETRICS_URL)")
+        return self
 
     @model_validator(mode="after")
     def _mail_server(self) -> Settings:

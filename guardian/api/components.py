@@ -4,7 +4,7 @@ API's routes (api/deps.py hands them to each request) and its lifespan (api/app.
 `api/`: it imports nothing else of it."""
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -16,12 +16,14 @@ from guardian.engine.guard import Guard, GuardConfig
 from guardian.engine.ha import ReplicaGuard, open_store
 from guardian.engine.leases import Leases, LocalLeases
 from guardian.engine.store import StateStore
+from guardian.errors import Problem, RuleError
 from guardian.forecast.model_files import ModelDirectory
 from guardian.judge.policy import Policy
 from guardian.metrics import GuardianMetrics
 from guardian.notifiers import FanOut, LogNotifier, Notifier
 from guardian.redact import install_log_redaction
 from guardian.rules.book import RuleBook
+from guardian.rules.loader import RuleSet
 from guardian.settings import Settings
 from guardian.sources import MetricSource
 
@@ -40,20 +42,68 @@ class Components:
     leases: Leases | None = None  # which rollouts this replica acts on (engine/leases.py)
 
 
+def _store(settings: Settings, name: str) -> MetricSource:
+    from guardian.sources.prometheus import PrometheusSource
+    from guardian.sources.victoriametrics import VictoriaMetricsSource
+
+    kind, url = {"prometheus": (PrometheusSource, settings.prometheus_url),
+                 "victoriametrics": (VictoriaMetricsSource, settings.victoriametrics_url)}[name]
+    store: MetricSource = kind(url or "", timeout=settings.prometheus_timeout, min_window=settings.min_window)
+    if settings.batch_queries:
+        from guardian.sources.batching import BatchingSource
+
+        store = BatchingSource(store)
+    return store
+
+
+def source_problems(settings: Settings, rulesets: Iterable[RuleSet]) -> list[Problem]:
+    """Rule files naming a store the settings give no address for: `FILE:LINE: source: …` each."""
+    configured = {"prometheus": settings.prometheus_url, "victoriametrics": settings.victoriametrics_url}
+    problems = []
+    for ruleset in rulesets:
+        name = ruleset.rules.source
+        if name and not configured.get(name):
+            problems.append(Problem(ruleset.source, line_of(ruleset.source, "source"), "source",
+                                    f"{name} has no address: set GUARDIAN_{name.upper()}_URL "
+                                    f"(or the settings file's {name}_url)"))
+    return problems
+
+
+def line_of(path: str, key: str) -> int:
+    """The line of a top-level `key:` in a rule file (1 when it cannot be read)."""
+    try:
+        for i, line in enumerate(Path(path).read_text().splitlines(), 1):
+            if line.startswith(f"{key}:"):
+                return i
+    except OSError:
+        pass
+    return 1
+
+
+def metric_sources(settings: Settings, rulebook: RuleBook) -> MetricSource:
+    """The metric store(s) the rule files read: one source (batched unless `batch_queries` is off), or a router
+    when some rule file names another store than the settings' `source`. Raises RuleError naming the file, line
+    and field of a rule file whose store has no address."""
+    if problems := source_problems(settings, rulebook.services().values()):
+        raise RuleError(problems)
+    names = {settings.source} | {rs.rules.source for rs in rulebook.services().values() if rs.rules.source}
+    if names == {settings.source}:
+        return _store(settings, settings.source)
+    from guardian.sources.router import SourceRouter
+
+    def choose(service: str) -> str:
+        return rulebook.for_service(service).rules.source or settings.source
+
+    return SourceRouter({n: _store(settings, n) for n in sorted(names)}, choose)
+
+
 def build(settings: Settings, *, source: MetricSource | None = None, clock: Clock | None = None,
           actuators: Callable[[str], Actuator] | None = None) -> Components:
     """Wire everything. Raises RuleError when a rule file is invalid: nothing is started then."""
     install_log_redaction(settings)  # the settings' secrets never reach a log line (guardian/redact.py)
     rulebook = RuleBook(settings.rules)
     if source is None:
-        from guardian.sources.prometheus import PrometheusSource
-
-        source = PrometheusSource(settings.prometheus_url, timeout=settings.prometheus_timeout,
-                                  min_window=settings.min_window)
-        if settings.batch_queries:
-            from guardian.sources.batching import BatchingSource
-
-            source = BatchingSource(source)
+        source = metric_sources(settings, rulebook)
     clock = clock or SystemClock()
     store, leases = open_store(settings)  # SQLite, or PostgreSQL shared by replicas (database_url)
     metrics = GuardianMetrics()

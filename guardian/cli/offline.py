@@ -33,6 +33,10 @@ def rules_check(paths: Annotated[list[Path], typer.Argument(help="rule files or 
         raise typer.Exit(EXIT_ERROR) from None
     if missing:
         raise typer.Exit(EXIT_ERROR)
+    if problems := _store_problems(sets.values()):
+        for problem in problems:
+            out.print(str(problem), markup=False)
+        raise typer.Exit(EXIT_ERROR)
     files = rule_files(paths)
     out.print(f"ok: {len(files)} file(s), {sum(len(s.rules.checks) for s in sets.values())} check(s) "
               f"for {', '.join(sorted(sets)) or 'no service'}", markup=False)
@@ -40,6 +44,20 @@ def rules_check(paths: Annotated[list[Path], typer.Argument(help="rule files or 
         out.print(f"  {sets[service].source} ({service}):", markup=False)
         for line in describe(sets[service]):
             out.print(f"    {line}", markup=False)
+
+
+def _store_problems(rulesets) -> list:
+    """A rule file's `source:` that this environment's settings give no address for (GUARDIAN_* variables)."""
+    from pydantic import ValidationError
+
+    from guardian.api.components import source_problems
+    from guardian.settings import Settings
+
+    try:
+        settings = Settings()
+    except ValidationError:
+        return []  # the settings themselves are wrong: `guardian serve` says how; the rule files are judged alone
+    return source_problems(settings, rulesets)
 
 
 @app.command()

@@ -12,12 +12,14 @@ from typing import Any
 from guardian.domain import ARMS, RolloutState, Strategy
 from guardian.engine.arms import arm_selectors
 from guardian.engine.start import StartSpec
-from guardian.sources import ArmSelector, Introspectable
+from guardian.sources import ArmSelector, Introspectable, Routing
 from guardian.sources.doctor import Finding, examine
 
 
 def preflight(rulebook: Any, source: Any, spec: StartSpec, now: float) -> list[Finding] | None:
     """The findings for the signals `spec`'s policy reads; None when `source` cannot be introspected."""
+    if isinstance(source, Routing):  # several stores: the one this service's rule file reads
+        source = source.for_service(spec.service)
     if not isinstance(source, Introspectable):
         return None
     ruleset = rulebook.for_service(spec.service)
@@ -44,6 +46,8 @@ def checkup(rulebook: Any, source: Any, service: str, now: float, *, window: flo
         else:
             unresolved[arm] = (f"the {arm}'s {arms.label} value follows the release ({getattr(arms, arm)}): name it "
                                f"with --{arm} VALUE")
+    if isinstance(source, Routing):
+        source = source.for_service(service)
     if not isinstance(source, Introspectable):
         raise TypeError(f"{type(source).__name__} cannot be asked about its series")
     findings = examine(source, ruleset, service, selectors, now, window=window, unresolved=unresolved)

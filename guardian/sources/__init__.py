@@ -69,6 +69,13 @@ class Planning(Protocol):
 
 
 @runtime_checkable
+class Routing(Protocol):
+    def for_service(self, service: str) -> MetricSource:
+        """The source this service's signals are read from (a rule file's `source:`): sources/router.py."""
+        ...
+
+
+@runtime_checkable
 class Pinging(Protocol):
     def ping(self) -> bool:
         """Does the source answer (the guardian's readiness shows it)?"""

@@ -146,6 +146,10 @@ def gauge_value(result: list[dict[str, Any]], where: str, promql: str) -> float:
 class PrometheusSource:
     """A `MetricSource` backed by the Prometheus HTTP API (through `prometheus-api-client`)."""
 
+    product = "Prometheus"  # how messages name the store
+    extra_params: dict[str, str] = {}  # sent with every query (a PromQL-compatible store's own switches)
+    ready_path = "/-/ready"
+
     def __init__(
         self,
         url: str,
@@ -167,15 +171,15 @@ class PrometheusSource:
         )
 
     def __repr__(self) -> str:
-        return f"PrometheusSource({self.safe_url!r})"
+        return f"{type(self).__name__}({self.safe_url!r})"
 
     def close(self) -> None:
         self._session.close()
 
     def ping(self) -> bool:
-        """True when Prometheus answers `/-/ready` with 200 (for the guardian's own readiness)."""
+        """True when the store answers its readiness path (`/-/ready`) with 200 (for the guardian's own readiness)."""
         try:
-            r = self._session.get(f"{self.url}/-/ready", headers=self._headers, timeout=self.timeout)
+            r = self._session.get(f"{self.url}{self.ready_path}", headers=self._headers, timeout=self.timeout)
         except requests.RequestException:
             return False
         return r.status_code == 200
@@ -209,13 +213,13 @@ class PrometheusSource:
         # The client rounds start/end to whole seconds: these params override them. The step is given
         # in integer ms (a float step is truncated by Prometheus) so the second point lands on `end`.
         s_ms, e_ms = _ms(start), _ms(end)
-        params = {"start": _ts(s_ms), "end": _ts(e_ms)}
+        params = {"start": _ts(s_ms), "end": _ts(e_ms), **self.extra_params}
         step = f"{max(e_ms - s_ms, 1)}ms"
         return self._call(promql, self._client.custom_query_range, promql, _dt(start), _dt(end), step, params)
 
     def instant_result(self, promql: str, at: float) -> list[dict[str, Any]]:
         """The series of `promql` at `at` (a scalar answer as one series without labels)."""
-        result = self._call(promql, self._client.custom_query, promql, {"time": _ts(_ms(at))})
+        result = self._call(promql, self._client.custom_query, promql, {"time": _ts(_ms(at)), **self.extra_params})
         if result and not isinstance(result[0], dict):  # a scalar answer: [ts, "value"]
             result = [{"metric": {}, "value": result}]
         return result
@@ -227,7 +231,7 @@ class PrometheusSource:
         except (PrometheusApiClientException, requests.RequestException, ValueError, KeyError, TypeError) as exc:
             reason = self._reason(exc)
             raise SourceUnavailable(
-                f"Prometheus at {self.safe_url} unavailable: {reason}; query: {promql}"
+                f"{self.product} at {self.safe_url} unavailable: {reason}; query: {promql}"
             ) from exc
 
     def _reason(self, exc: Exception) -> str:

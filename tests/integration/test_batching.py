@@ -10,6 +10,7 @@ from collections.abc import Iterator
 
 import pytest
 
+from demo.stack import VictoriaMetricsServer
 from guardian.errors import NoData, SourceUnavailable
 from guardian.rules.defaults import STANDARD_QUERIES
 from guardian.sources import ArmSelector, SignalQuery
@@ -36,12 +37,15 @@ def outcome(source, query, service, arm, start, end):
         return "SourceUnavailable"
 
 
-@pytest.fixture(scope="module")
-def prom(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[PrometheusServer, Fleet]]:
+@pytest.fixture(scope="module", params=["prometheus", "victoriametrics"])
+def prom(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory
+         ) -> Iterator[tuple[PrometheusServer, Fleet]]:
     fleet = Fleet(SERVICES, start=time.time() - 60)
     server = serve(fleet)
-    prom = PrometheusServer([(f"127.0.0.1:{server.server_address[1]}", {})], "1s",
-                            workdir=tmp_path_factory.mktemp("prometheus"), binary=prometheus_binary()).start()
+    targets = [(f"127.0.0.1:{server.server_address[1]}", {})]
+    workdir = tmp_path_factory.mktemp(request.param)
+    prom = (PrometheusServer(targets, "1s", workdir=workdir, binary=prometheus_binary())
+            if request.param == "prometheus" else VictoriaMetricsServer(targets, "1s", workdir=workdir)).start()
     try:
         prom.wait_for_series("count(http_requests_total) > 0")
         yield prom, fleet
@@ -57,8 +61,8 @@ def test_batched_answers_are_the_per_rollout_answers(prom) -> None:
     fleet.reset("checkout", "canary")  # a counter reset within the window
     time.sleep(2.2)
     end = server.wait_for_scrape(after=time.time())
-    single = PrometheusSource(server.url, timeout=3)
-    batched = BatchingSource(PrometheusSource(server.url, timeout=3))
+    single = server.source(timeout=3)
+    batched = BatchingSource(server.source(timeout=3))
     asked = [(q, s, a, start, end) for q in QUERIES for s in [*SERVICES, GHOST] for a in ARMS]
     batched.plan(asked)
     want = {(q.signal, s, a.arm): outcome(single, q, s, a, start, end) for q, s, a, *_ in asked}
@@ -87,8 +91,8 @@ def test_a_service_outside_the_plan_is_asked_again_and_answered(prom) -> None:
     server, _ = prom
     end = server.wait_for_scrape(after=time.time())
     start = end - 10
-    batched = BatchingSource(PrometheusSource(server.url, timeout=3))
-    single = PrometheusSource(server.url, timeout=3)
+    batched = BatchingSource(server.source(timeout=3))
+    single = server.source(timeout=3)
     q = QUERIES[0]
     batched.plan([(q, "checkout", ARMS[0], start, end)])
     assert outcome(batched, q, "checkout", ARMS[0], start, end) == outcome(single, q, "checkout", ARMS[0], start, end)

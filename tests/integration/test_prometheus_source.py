@@ -1,4 +1,5 @@
-"""PrometheusSource against a real Prometheus scraping two real demo apps (one stack per module).
+"""PrometheusSource against a real Prometheus scraping two real demo apps (one stack per store), and the same tests
+against a real VictoriaMetrics (Debian's victoria-metrics) scraping them with the same configuration.
 
 Counter checks are exact, not approximate: `settled()` waits until Prometheus has scraped every
 target after the last request, so the instant values at a window's start and end bracket exactly
@@ -15,6 +16,7 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import pytest
 
+from demo.stack import VictoriaMetricsServer
 from guardian.domain import SignalType
 from guardian.errors import NoData, SourceUnavailable
 from guardian.sources import ArmSelector, SignalQuery
@@ -54,9 +56,13 @@ class Stack:
         return time.time()
 
 
-@pytest.fixture(scope="module")
-def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
-    binary = prometheus_binary()
+STORES = {"prometheus": lambda targets, workdir: PrometheusServer(targets, workdir=workdir, binary=prometheus_binary()),
+          # the same tests against VictoriaMetrics: PromQL-compatible, scraping with the same prometheus.yml
+          "victoriametrics": lambda targets, workdir: VictoriaMetricsServer(targets, workdir=workdir)}
+
+
+@pytest.fixture(scope="module", params=list(STORES))
+def stack(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
     apps = {"baseline": DemoApp("baseline", latency=0.002), "canary": DemoApp("canary", latency=0.01)}
     prom = None
     try:
@@ -65,9 +71,9 @@ def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
         for app in apps.values():
             app.wait_ready().hit(1)  # labelled series only exist after their first request
         targets = [(app.target, {"service": "checkout", "track": name}) for name, app in apps.items()]
-        prom = PrometheusServer(targets, workdir=tmp_path_factory.mktemp("prometheus"), binary=binary).start()
+        prom = STORES[request.param](targets, tmp_path_factory.mktemp(request.param)).start()
         prom.wait_for_series('count(http_requests_total{service="checkout"}) >= 2')
-        source = PrometheusSource(prom.url, timeout=3)
+        source = prom.source(timeout=3)
         yield Stack(apps["canary"], apps["baseline"], prom, source)
         source.close()
     finally:
@@ -135,9 +141,10 @@ def test_a_service_without_series_is_nodata(stack: Stack, query: SignalQuery, se
 
 def test_a_bad_query_is_unavailable_not_nodata(stack: Stack) -> None:
     broken = SignalQuery("x", SignalType.GAUGE, 'sum(http_requests_total{service="{{service}}"}')
-    with pytest.raises(SourceUnavailable, match="HTTP 400") as info:
+    with pytest.raises(SourceUnavailable, match="HTTP 4(00|22)") as info:  # Prometheus 400, VictoriaMetrics 422
         stack.source.fetch(broken, "checkout", CANARY, time.time() - 5, time.time())
     assert stack.prom.url in str(info.value) and "sum(http_requests_total" in str(info.value)
+    assert str(info.value).startswith(stack.source.product)  # "Prometheus at …" or "VictoriaMetrics at …"
 
 
 def test_a_stopped_prometheus_is_unavailable_and_its_data_survives_a_restart(stack: Stack) -> None:

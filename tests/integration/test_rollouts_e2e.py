@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 
 from demo.loadgen import LoadGenerator
-from demo.stack import DemoApp, GuardianServer, PrometheusServer, wait_until
+from demo.stack import DemoApp, GuardianServer, PrometheusServer, start_demo_pair, wait_until
 from guardian.engine.replay import replay_recording
 from guardian.rules.loader import RuleSet, parse_text
 from tests.integration.conftest import REPO, prometheus_binary
@@ -57,10 +57,7 @@ def stack(tmp_path_factory):
     work = tmp_path_factory.mktemp("e2e")
     started = []
     try:
-        baseline = DemoApp("baseline", latency=0.005, version="v1").start()
-        started.append(baseline)
-        canary = DemoApp("canary", latency=0.005, version="v2").start()
-        started.append(canary)
+        baseline, canary = start_demo_pair(started)
         (work / "prometheus").mkdir()
         prom = PrometheusServer(
             [(baseline.target, {"service": "checkout", "track": "baseline"}),

@@ -13,7 +13,7 @@ from selenium.webdriver.chrome.service import Service
 from selenium.webdriver.common.by import By
 
 from demo.loadgen import LoadGenerator
-from demo.stack import DemoApp, GuardianServer, PrometheusServer, wait_until
+from demo.stack import GuardianServer, PrometheusServer, start_demo_pair, wait_until
 from tests.integration.conftest import prometheus_binary
 from tests.integration.test_web_ui import SHOTS
 
@@ -26,10 +26,7 @@ def live(tmp_path):
     prometheus_binary()
     started = []
     try:
-        baseline = DemoApp("baseline", latency=0.005, version="v1").start()
-        started.append(baseline)
-        canary = DemoApp("canary", latency=0.005, version="v2").start()
-        started.append(canary)
+        baseline, canary = start_demo_pair(started)
         (tmp_path / "prometheus").mkdir()
         prom = PrometheusServer([(baseline.target, {"service": "checkout", "track": "baseline"}),
                                  (canary.target, {"service": "checkout", "track": "canary"})], "1s",

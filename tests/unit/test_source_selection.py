@@ -1,0 +1,101 @@
+"""Which metric store a service's signals come from: the rule file's `source:`, else the settings' `source`; a store
+without an address is refused with the file, line and field; the router hands each fetch to its service's store."""
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+from pydantic import ValidationError
+from typer.testing import CliRunner
+
+from guardian.api.components import metric_sources
+from guardian.cli import app
+from guardian.domain import SignalType
+from guardian.errors import RuleError, SourceUnavailable
+from guardian.rules.book import RuleBook
+from guardian.settings import Settings
+from guardian.sources import ArmSelector, SignalQuery
+from guardian.sources.batching import BatchingSource
+from guardian.sources.router import SourceRouter
+from guardian.sources.victoriametrics import VictoriaMetricsSource
+from tests.fixtures.env import clean_guardian_env  # noqa: F401 - the fixture
+
+pytestmark = pytest.mark.usefixtures("clean_guardian_env")
+Q = SignalQuery("requests", SignalType.COUNTER, "x")
+
+
+def _rules(tmp_path: Path, **services: str | None) -> Path:
+    for name, source in services.items():
+        (tmp_path / f"{name}.yaml").write_text(f"service: {name}\n" + (f"source: {source}\n" if source else ""))
+    return tmp_path
+
+
+def test_a_rule_file_naming_a_store_without_an_address_is_refused_with_its_line(tmp_path):
+    rules = _rules(tmp_path, checkout="victoriametrics", payments=None)
+    with pytest.raises(RuleError) as e:
+        metric_sources(Settings(), RuleBook([rules]))
+    (p,) = e.value.problems
+    assert (Path(p.file).name, p.line, p.field) == ("checkout.yaml", 2, "source")
+    assert "GUARDIAN_VICTORIAMETRICS_URL" in p.message
+    result = CliRunner().invoke(app, ["rules", "check", str(rules)])
+    assert result.exit_code == 2 and "checkout.yaml:2: source: victoriametrics has no address" in result.output
+
+
+def test_an_unknown_store_is_refused_by_rules_check(tmp_path):
+    (tmp_path / "c.yaml").write_text("service: c\nsource: influxdb2\n")
+    result = CliRunner().invoke(app, ["rules", "check", str(tmp_path)])
+    assert result.exit_code == 2 and "c.yaml:2: source:" in result.output and "victoriametrics" in result.output
+
+
+@pytest.mark.parametrize(("settings", "says"), [
+    ({"victoriametrics_url": "localhost:8428"}, "must be an http(s):// URL"),
+    ({"source": "victoriametrics"}, "set victoriametrics_url"),
+])
+def test_bad_store_settings_are_refused(settings, says):
+    with pytest.raises(ValidationError, match=says.replace("(", r"\(").replace(")", r"\)")):
+        Settings(**settings)
+
+
+def test_one_store_is_used_as_it_is_and_several_through_a_router(tmp_path):
+    (tmp_path / "a").mkdir()
+    (tmp_path / "b").mkdir()
+    one = metric_sources(Settings(), RuleBook([_rules(tmp_path / "a", payments=None)]))
+    assert isinstance(one, BatchingSource)
+    both = metric_sources(Settings(victoriametrics_url="http://127.0.0.1:8428"),
+                          RuleBook([_rules(tmp_path / "b", checkout="victoriametrics", payments=None)]))
+    assert isinstance(both, SourceRouter) and set(both.sources) == {"prometheus", "victoriametrics"}
+    assert isinstance(both.for_service("checkout").inner, VictoriaMetricsSource)
+    assert type(both.for_service("payments").inner).__name__ == "PrometheusSource"
+    assert type(both.for_service("no-rule-file").inner).__name__ == "PrometheusSource"  # the settings' default
+
+
+class _Fake:
+    def __init__(self, value: float) -> None:
+        self.value, self.planned, self.closed = value, [], False
+
+    def fetch(self, query, service, arm, start, end) -> float:
+        return self.value
+
+    def plan(self, requests) -> None:
+        self.planned += list(requests)
+
+    def ping(self) -> bool:
+        return self.value > 0
+
+    def close(self) -> None:
+        self.closed = True
+
+
+def test_the_router_hands_each_fetch_and_plan_to_its_services_store():
+    prom, vm = _Fake(1.0), _Fake(2.0)
+    r = SourceRouter({"prometheus": prom, "victoriametrics": vm},
+                     lambda s: {"checkout": "victoriametrics", "lost": "influxdb"}.get(s, "prometheus"))
+    arm = ArmSelector("canary")
+    assert (r.fetch(Q, "checkout", arm, 0, 10), r.fetch(Q, "payments", arm, 0, 10)) == (2.0, 1.0)
+    r.plan([(Q, "checkout", arm, 0, 10), (Q, "payments", arm, 0, 10), (Q, "lost", arm, 0, 10)])
+    assert [x[1] for x in vm.planned] == ["checkout"] and [x[1] for x in prom.planned] == ["payments"]
+    with pytest.raises(SourceUnavailable, match="not configured"):  # unavailable, never "no data"
+        r.fetch(Q, "lost", arm, 0, 10)
+    assert r.ping()
+    r.close()
+    assert prom.closed and vm.closed
