@@ -1,11 +1,13 @@
 """Scale: one guardian, N concurrent rollouts against a real Prometheus; batched versus per-rollout queries.
 
     .venv/bin/python benchmarks/scale.py --rollouts 500 --duration 120 --tick 10 --mode both [--json out.json]
+                                         [--store prometheus|victoriametrics]
 
 What runs (all real processes on loopback):
 - one exporter (`python -m tests.fixtures.fleet`) serving the series of N services × 2 arms that the six
   default templates read (requests by code, the latency histogram, CPU, memory), changing over time;
-- Debian's `prometheus` scraping it every 5 s;
+- Debian's `prometheus` scraping it every 5 s (`--store victoriametrics`: Debian's single-node `victoria-metrics`
+  scraping it with the same configuration, the guardian reading it through its VictoriaMetrics source);
 - `guardian serve` (noop actuator, SQLite, the built-in default policy: 6 signals × 2 arms per tick,
   `batch_queries` on or off, aligned ticks), with N canary rollouts started at once through its API
   (analysis_seconds long enough that none ends during the run).
@@ -16,8 +18,9 @@ Measured over `duration` seconds, from half a tick after the first tick of every
   seconds; ticks due but never evaluated by the end count as lag = end - due (so a guardian that falls
   behind cannot look good by skipping). The guardian's own `guardian_tick_lag_seconds` (start lag) is
   reported beside it (its p99 from the histogram buckets, an upper bound);
-- Prometheus queries: its own `prometheus_http_requests_total` for /api/v1/query and /query_range, read
-  from its /metrics before and after; per second and per tick window;
+- store queries: Prometheus's own `prometheus_http_requests_total` for /api/v1/query and /query_range
+  (VictoriaMetrics: `vm_http_requests_total` for the same paths), read from its /metrics before and after; per
+  second and per tick window;
 - guardian CPU % (of one core: utime + stime from /proc over the window) and peak RSS (VmHWM).
 
 `run()` is what benchmarks/run_all.py calls; the CLI prints a table and writes JSON.
@@ -40,7 +43,14 @@ from prometheus_client.parser import text_string_to_metric_families
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from demo.stack import GuardianServer, PrometheusServer, free_port, terminate, wait_until  # noqa: E402
+from demo.stack import (  # noqa: E402
+    GuardianServer,
+    PrometheusServer,
+    VictoriaMetricsServer,
+    free_port,
+    terminate,
+    wait_until,
+)
 from tests.fixtures.fleet import service_names  # noqa: E402
 
 EVALUATION_DELAY = 1.0
@@ -54,6 +64,9 @@ def _prom_queries(url: str) -> float:
         if family.name == "prometheus_http_requests":
             total += sum(s.value for s in family.samples
                          if s.name.endswith("_total") and s.labels.get("handler") in QUERY_HANDLERS)
+        elif family.name == "vm_http_requests":  # VictoriaMetrics counts its handlers by path
+            total += sum(s.value for s in family.samples
+                         if s.name.endswith("_total") and s.labels.get("path") in QUERY_HANDLERS)
     return total
 
 
@@ -122,7 +135,8 @@ def _lags(db: Path, window_start: float, window_end: float) -> tuple[list[float]
 
 
 def run(rollouts: int = 500, signals: int = 6, tick_seconds: float = 10.0, duration: float = 120.0,
-        batched: bool = True, scrape_interval: str = "5s", verbose: bool = False) -> dict[str, Any]:
+        batched: bool = True, scrape_interval: str = "5s", verbose: bool = False,
+        store: str = "prometheus") -> dict[str, Any]:
     if signals != 6:
         raise ValueError("the benchmark judges with the built-in default policy: its 6 standard signals")
     work = Path(tempfile.mkdtemp(prefix="scale-bench-"))
@@ -135,13 +149,14 @@ def run(rollouts: int = 500, signals: int = 6, tick_seconds: float = 10.0, durat
     try:
         wait_until(lambda: httpx.get(f"http://127.0.0.1:{exporter_port}/metrics", timeout=30).status_code == 200,
                    60, 0.2, "the exporter", ignore=(httpx.HTTPError,))
-        prom = PrometheusServer([(f"127.0.0.1:{exporter_port}", {})], scrape_interval,
-                                workdir=work / "prometheus").start()
+        server = VictoriaMetricsServer if store == "victoriametrics" else PrometheusServer
+        prom = server([(f"127.0.0.1:{exporter_port}", {})], scrape_interval, workdir=work / store).start()
         prom.wait_for_series(f"count(http_requests_total) >= {rollouts * 2}", timeout=60)
+        reading = {"source": "victoriametrics", "victoriametrics_url": prom.url} if store == "victoriametrics" else {}
         guardian = GuardianServer(work, prometheus_url=prom.url, rules=[str(work / "rules")],
                                   tick_seconds=tick_seconds, evaluation_delay=EVALUATION_DELAY,
                                   batch_queries=batched, align_ticks=True, analysis_seconds=86400,
-                                  log_level="WARNING").start()
+                                  log_level="WARNING", **reading).start()
         assert guardian.proc is not None
         pid = guardian.proc.pid
         began = time.time()
@@ -164,7 +179,8 @@ def run(rollouts: int = 500, signals: int = 6, tick_seconds: float = 10.0, durat
         windows = duration / tick_seconds
         queries = q1 - q0
         result = {
-            "rollouts": rollouts, "signals": signals, "tick_seconds": tick_seconds, "duration": duration,
+            "store": store, "rollouts": rollouts, "signals": signals, "tick_seconds": tick_seconds,
+            "duration": duration,
             "batched": batched, "start_seconds": round(started - began, 1),
             "tick_lag_p50_s": round(_quantile(lags, 0.50), 3) if lags else None,
             "tick_lag_p99_s": round(_quantile(lags, 0.99), 3) if lags else None,
@@ -224,6 +240,8 @@ def main() -> None:
     parser.add_argument("--tick", type=float, default=10.0)
     parser.add_argument("--mode", choices=("batched", "per-rollout", "both"), default="both")
     parser.add_argument("--json", type=Path, help="write the results here")
+    parser.add_argument("--store", choices=("prometheus", "victoriametrics"), default="prometheus",
+                        help="the metric store the guardian reads")
     args = parser.parse_args()
     modes = {"batched": [True], "per-rollout": [False], "both": [True, False]}[args.mode]
     results = {}
@@ -231,8 +249,9 @@ def main() -> None:
         name = "batched" if batched else "per_rollout"
         print(f"running {name}: {args.rollouts} rollouts, {args.tick:g} s ticks, {args.duration:g} s ...",
               file=sys.stderr)
-        results[name] = run(args.rollouts, args.signals, args.tick, args.duration, batched, verbose=True)
-    print(f"scale: {args.rollouts} rollouts x {args.signals} signals x 2 arms, {args.tick:g} s ticks, "
+        results[name] = run(args.rollouts, args.signals, args.tick, args.duration, batched, verbose=True,
+                            store=args.store)
+    print(f"scale ({args.store}): {args.rollouts} rollouts x {args.signals} signals x 2 arms, {args.tick:g} s ticks, "
           f"{args.duration:g} s measured, {os.cpu_count()} cores")
     print(table(results))
     if args.json:

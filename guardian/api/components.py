@@ -81,21 +81,21 @@ def line_of(path: str, key: str) -> int:
 
 
 def metric_sources(settings: Settings, rulebook: RuleBook) -> MetricSource:
-    """The metric store(s) the rule files read: one source (batched unless `batch_queries` is off), or a router
-    when some rule file names another store than the settings' `source`. Raises RuleError naming the file, line
-    and field of a rule file whose store has no address."""
+    """The metric stores the settings give an address for (each batched unless `batch_queries` is off), behind a
+    router that reads each service from the store its rule file names (`source:`), else the settings' `source`:
+    decided at each fetch, so a rule file reloaded with another store is read from it (or, without an address for
+    it, is unavailable: its rollouts pause). Raises RuleError naming the file, line and field of a rule file whose
+    store has no address."""
     if problems := source_problems(settings, rulebook.services().values()):
         raise RuleError(problems)
-    names = {settings.source} | {rs.rules.source for rs in rulebook.services().values() if rs.rules.source}
-    if names == {settings.source}:
-        return _store(settings, settings.source)
     from guardian.sources.router import SourceRouter
+
+    names = ["prometheus"] + (["victoriametrics"] if settings.victoriametrics_url else [])
 
     def choose(service: str) -> str:
         return rulebook.for_service(service).rules.source or settings.source
 
-    return SourceRouter({n: _store(settings, n) for n in sorted(names)}, choose)
-
+    return SourceRouter({n: _store(settings, n) for n in names}, choose)
 
 def build(settings: Settings, *, source: MetricSource | None = None, clock: Clock | None = None,
           actuators: Callable[[str], Actuator] | None = None) -> Components:

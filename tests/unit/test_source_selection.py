@@ -56,11 +56,12 @@ def test_bad_store_settings_are_refused(settings, says):
         Settings(**settings)
 
 
-def test_one_store_is_used_as_it_is_and_several_through_a_router(tmp_path):
+def test_each_service_is_read_from_its_rule_files_store_or_the_default(tmp_path):
     (tmp_path / "a").mkdir()
     (tmp_path / "b").mkdir()
     one = metric_sources(Settings(), RuleBook([_rules(tmp_path / "a", payments=None)]))
-    assert isinstance(one, BatchingSource)
+    assert isinstance(one, SourceRouter) and list(one.sources) == ["prometheus"]
+    assert isinstance(one.for_service("payments"), BatchingSource)
     both = metric_sources(Settings(victoriametrics_url="http://127.0.0.1:8428"),
                           RuleBook([_rules(tmp_path / "b", checkout="victoriametrics", payments=None)]))
     assert isinstance(both, SourceRouter) and set(both.sources) == {"prometheus", "victoriametrics"}
@@ -99,3 +100,14 @@ def test_the_router_hands_each_fetch_and_plan_to_its_services_store():
     assert r.ping()
     r.close()
     assert prom.closed and vm.closed
+
+
+def test_a_rule_file_reloaded_with_another_store_is_read_from_it_or_unavailable(tmp_path):
+    rules = _rules(tmp_path, checkout=None)
+    book = RuleBook([rules])
+    router = metric_sources(Settings(), book)
+    assert type(router.for_service("checkout").inner).__name__ == "PrometheusSource"
+    _rules(tmp_path, checkout="victoriametrics")
+    assert book.reload() == []
+    with pytest.raises(SourceUnavailable, match="GUARDIAN_VICTORIAMETRICS_URL"):
+        router.fetch(Q, "checkout", ArmSelector("canary"), 0, 10)  # never read from the wrong store
