@@ -27,7 +27,7 @@ def stack(tmp_path_factory):
         vm.wait_for_series('http_requests_total{service="checkout",track="canary"}', timeout=30)
         (work / "guardian").mkdir()
         guardian = GuardianServer(work / "guardian", prometheus_url="http://127.0.0.1:9", rules=[], tick_seconds=2,
-                                  evaluation_delay=1.5, min_window=4, analysis_seconds=20, source="victoriametrics",
+                                  evaluation_delay=1.5, min_window=4, analysis_seconds=10, source="victoriametrics",
                                   victoriametrics_url=vm.url).start()
         started.append(guardian)
         yield canary, guardian
