@@ -64,7 +64,7 @@ def _prom_queries(url: str) -> float:
         if family.name == "prometheus_http_requests":
             total += sum(s.value for s in family.samples
                          if s.name.endswith("_total") and s.labels.get("handler") in QUERY_HANDLERS)
-        elif family.name == "vm_http_requests":  # VictoriaMetrics counts its handlers by path
+        elif family.name in ("vm_http_requests", "vm_http_requests_total"):  # VictoriaMetrics: by path, untyped
             total += sum(s.value for s in family.samples
                          if s.name.endswith("_total") and s.labels.get("path") in QUERY_HANDLERS)
     return total
