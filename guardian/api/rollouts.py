@@ -218,8 +218,8 @@ def _override_route(action: Action):
 
 
 _OVERRIDES = {
-    Action.APPROVE: "Give the human \"go\" a step waiting for approval needs (`approve` in its steps, or the rule "
-                    "file's `approve_before: promote`): the rollout goes on at its next tick if its checks still pass; "
+    Action.APPROVE: "Approve a rollout that waits for a human \"go\" at a step (`approve` in its steps, or the rule "
+                    "file's `approve_before: promote`): it goes on at its next tick if its checks still pass; "
                     "a rollout paused because its approval timed out goes on too (409 also when it is not waiting "
                     "for approval).",
     Action.PAUSE: "Hold the rollout where it is: the guardian keeps watching but does not act until resumed.",

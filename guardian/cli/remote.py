@@ -434,8 +434,8 @@ def _override(action: str):
         "resume": "Resume a paused rollout.",
         "promote": "Make the new version stable now, skipping the remaining steps.",
         "rollback": "Send all traffic back to the stable version now.",
-        "approve": "Give the go a step waiting for approval needs (`--steps 10,25,approve,50,100`, or the rule "
-                   "file's `approve_before: promote`); the rollout goes on at its next tick if its checks pass.",
+        "approve": "Approve a rollout that waits for a human go at a step (`--steps 10,25,approve,50,100`, or the "
+                   "rule file's `approve_before: promote`); it goes on at its next tick if its checks still pass.",
     }[action]
     return command
 
