@@ -81,6 +81,11 @@ def register_settings(settings: Any) -> None:
             found += secrets_of(value.get_secret_value())
         elif isinstance(value, str) and "://" in value and "@" in value:
             found += secrets_of(value)[1:]  # the URL's password, not the whole URL
+        elif isinstance(value, dict):  # named operator tokens
+            found += [s for v in value.values() if isinstance(v, SecretStr) for s in secrets_of(v.get_secret_value())]
+        elif isinstance(value, list):  # notification routes: a webhook URL is a secret
+            found += [s for route in value for v in vars(route).values() if isinstance(v, SecretStr)
+                      for s in secrets_of(v.get_secret_value())] if all(hasattr(r, "__dict__") for r in value) else []
     register(*found)
 
 

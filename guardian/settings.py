@@ -52,9 +52,15 @@ class Settings(BaseSettings):
     prometheus_url: str = "http://127.0.0.1:9090"
     # the metric store of services whose rule file names none (`source:`), and VictoriaMetrics' address
     # (sources/victoriametrics.py; docs/sources.md)
-    source: Literal["prometheus", "victoriametrics"] = "prometheus"
+    source: Literal["prometheus", "victoriametrics", "influxdb"] = "prometheus"
     victoriametrics_url: str | None = Field(None, description="VictoriaMetrics' address (its Prometheus query API), "
                                             "for source victoriametrics, e.g. http://127.0.0.1:8428")
+    # InfluxDB 1.x (sources/influxdb.py): the standard signals as Telegraf's prometheus input writes them
+    influxdb_url: str | None = Field(None, description="InfluxDB 1.x's HTTP API, for source influxdb, e.g. "
+                                     "http://127.0.0.1:8086")
+    influxdb_database: str = Field("telegraf", min_length=1, description="the database Telegraf writes to")
+    influxdb_username: str | None = None
+    influxdb_password: SecretStr | None = None
     prometheus_timeout: float = Field(5.0, gt=0)
     min_window: float = Field(15.0, gt=0, description="shortest {{window}} put into PromQL rate() windows")
     rules: list[str] = ["rules"]
@@ -165,7 +171,7 @@ class Settings(BaseSettings):
                 raise ValueError(f"operator token {name!r} is shorter than 8 characters")
         return v
 
-    @field_validator("victoriametrics_url")
+    @field_validator("victoriametrics_url", "influxdb_url")
     @classmethod
     def _store_url(cls, v: str | None, info: Any) -> str | None:
         if v is not None:
@@ -179,8 +185,8 @@ class Settings(BaseSettings):
 
     @model_validator(mode="after")
     def _source_url(self) -> Settings:
-        if self.source == "victoriametrics" and not self.victoriametrics_url:
-            raise ValueError("source is victoriametrics: set victoriametrics_url (GUARDIAN_VICTORIAMETRICS_URL)")
+        if self.source != "prometheus" and not getattr(self, f"{self.source}_url"):
+            raise ValueError(f"source is {self.source}: set {self.source}_url (GUARDIAN_{self.source.upper()}_URL)")
         return self
 
     @model_validator(mode="after")

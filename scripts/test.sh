@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# The test command of the README: installs what the tests need (Debian's prometheus, victoria-metrics, chromium and chromium-driver,
+# The test command of the README: installs what the tests need (Debian's prometheus, victoria-metrics, influxdb, chromium and chromium-driver,
 # prometheus-alertmanager, docker.io, docker-compose, nginx, busybox-static, postgresql; the .venv), starts a
 # Docker engine and builds the demo images, then runs the whole suite. The fixtures start every
 # other server the tests talk to (Prometheus, nginx, the demo app, a webhook receiver) on free
@@ -7,7 +7,7 @@
 #   bash scripts/test.sh [PYTEST ARGS...]
 set -euo pipefail
 cd "$(dirname "$(readlink -f "${BASH_SOURCE[0]}")")/.."
-bash scripts/setup.sh prometheus prometheus-alertmanager docker.io docker-compose nginx busybox-static postgresql chromium chromium-driver victoria-metrics
+bash scripts/setup.sh prometheus prometheus-alertmanager docker.io docker-compose nginx busybox-static postgresql chromium chromium-driver victoria-metrics influxdb
 bash scripts/docker-up.sh
 start=$(date +%s)
 # The layers first (README, Architecture; contracts in pyproject.toml): a floor importing one above it fails CI.

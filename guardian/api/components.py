@@ -46,6 +46,13 @@ def _store(settings: Settings, name: str) -> MetricSource:
     from guardian.sources.prometheus import PrometheusSource
     from guardian.sources.victoriametrics import VictoriaMetricsSource
 
+    if name == "influxdb":
+        from guardian.sources.influxdb import InfluxDBSource
+
+        password = settings.influxdb_password.get_secret_value() if settings.influxdb_password else None
+        return InfluxDBSource(settings.influxdb_url or "", database=settings.influxdb_database,
+                              username=settings.influxdb_username, password=password,
+                              timeout=settings.prometheus_timeout, min_window=settings.min_window)
     kind, url = {"prometheus": (PrometheusSource, settings.prometheus_url),
                  "victoriametrics": (VictoriaMetricsSource, settings.victoriametrics_url)}[name]
     store: MetricSource = kind(url or "", timeout=settings.prometheus_timeout, min_window=settings.min_window)
@@ -58,7 +65,8 @@ def _store(settings: Settings, name: str) -> MetricSource:
 
 def source_problems(settings: Settings, rulesets: Iterable[RuleSet]) -> list[Problem]:
     """Rule files naming a store the settings give no address for: `FILE:LINE: source: …` each."""
-    configured = {"prometheus": settings.prometheus_url, "victoriametrics": settings.victoriametrics_url}
+    configured = {"prometheus": settings.prometheus_url, "victoriametrics": settings.victoriametrics_url,
+                  "influxdb": settings.influxdb_url}
     problems = []
     for ruleset in rulesets:
         name = ruleset.rules.source
@@ -66,6 +74,10 @@ def source_problems(settings: Settings, rulesets: Iterable[RuleSet]) -> list[Pro
             problems.append(Problem(ruleset.source, line_of(ruleset.source, "source"), "source",
                                     f"{name} has no address: set GUARDIAN_{name.upper()}_URL "
                                     f"(or the settings file's {name}_url)"))
+        if (name or settings.source) == "influxdb" and ruleset.rules.queries:
+            problems.append(Problem(ruleset.source, line_of(ruleset.source, "queries"), "queries",
+                                    "an influxdb source reads the standard signals only (as Telegraf writes them); "
+                                    "PromQL queries cannot run there"))
     return problems
 
 
@@ -90,7 +102,7 @@ def metric_sources(settings: Settings, rulebook: RuleBook) -> MetricSource:
         raise RuleError(problems)
     from guardian.sources.router import SourceRouter
 
-    names = ["prometheus"] + (["victoriametrics"] if settings.victoriametrics_url else [])
+    names = ["prometheus"] + [n for n in ("victoriametrics", "influxdb") if getattr(settings, f"{n}_url")]
 
     def choose(service: str) -> str:
         return rulebook.for_service(service).rules.source or settings.source

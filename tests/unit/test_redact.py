@@ -280,3 +280,14 @@ def test_a_webhook_payload_carries_no_secret():
                                  reason=reason)).ok
     assert bodies[0]["reason"] == "rollback: alert at http://ops:***@wiki.local/x (token ***)"
     assert bodies[0]["key"] == "r1:1:rollback" and bodies[0]["action"] == "rollback"
+
+
+def test_named_operator_tokens_webhook_urls_and_the_influxdb_password_are_masked_in_logs():
+    from guardian.redact import redact_text, register_settings
+    from guardian.settings import Settings
+
+    register_settings(Settings(operator_tokens={"alice": "alice-secret-1"}, influxdb_url="http://127.0.0.1:8086",
+                               influxdb_password="pw-secret-9", notify_routes=[
+                                   {"channel": "slack", "url": "https://hooks.slack.com/services/T/B/XYZsecret"}]))
+    text = redact_text("alice-secret-1 https://hooks.slack.com/services/T/B/XYZsecret pw-secret-9")
+    assert "alice-secret-1" not in text and "XYZsecret" not in text and "pw-secret-9" not in text

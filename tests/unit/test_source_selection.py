@@ -111,3 +111,23 @@ def test_a_rule_file_reloaded_with_another_store_is_read_from_it_or_unavailable(
     assert book.reload() == []
     with pytest.raises(SourceUnavailable, match="GUARDIAN_VICTORIAMETRICS_URL"):
         router.fetch(Q, "checkout", ArmSelector("canary"), 0, 10)  # never read from the wrong store
+
+
+def test_influxdb_is_chosen_like_the_others_and_refuses_promql_queries(tmp_path):
+    with pytest.raises(ValidationError, match="set influxdb_url"):
+        Settings(source="influxdb")
+    with pytest.raises(ValidationError, match="must be an http"):
+        Settings(influxdb_url="127.0.0.1:8086")
+    (tmp_path / "checkout.yaml").write_text(
+        'service: checkout\nsource: influxdb\nqueries:\n  requests: {type: counter, promql: "sum(x)"}\n')
+    settings = Settings(influxdb_url="http://127.0.0.1:8086", influxdb_username="telegraf",
+                        influxdb_password="pw-secret")
+    with pytest.raises(RuleError) as e:
+        metric_sources(settings, RuleBook([tmp_path]))
+    (p,) = e.value.problems
+    assert (p.line, p.field) == (3, "queries") and "standard signals only" in p.message
+    (tmp_path / "checkout.yaml").write_text("service: checkout\nsource: influxdb\n")
+    router = metric_sources(settings, RuleBook([tmp_path]))
+    assert set(router.sources) == {"prometheus", "influxdb"}
+    assert repr(router.for_service("checkout")) == "InfluxDBSource('http://127.0.0.1:8086', database='telegraf')"
+    assert "pw-secret" not in repr(router)
