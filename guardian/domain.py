@@ -261,6 +261,7 @@ class Outcome:
 # An analysis this long never completes: the rollout judges every tick until something else ends it (a gate's
 # rollout: its client's last call, a new revision, or its client going quiet; api/gates.py).
 OPEN_ENDED_ANALYSIS = 1e9
+APPROVAL_TIMED_OUT = "approval timed out"  # the start of the reason of a pause for want of a human "go" (policy)
 
 
 @dataclass(frozen=True)
@@ -319,6 +320,15 @@ class RolloutState:
         return self.step_index in self.approvals and self.step_index not in self.approved
 
     @property
+    def awaiting_approval(self) -> bool:
+        """Is it waiting for that "go" now: its step has passed (`awaiting_since`), or the guardian paused it because
+        the wait timed out? (What `approve` may act on; the API's view, the UI and `rollout status` show it.)"""
+        if self.phase.terminal or not self.needs_approval:
+            return False
+        return self.awaiting_since is not None or (
+            self.phase is Phase.PAUSED and self.paused_by == "guardian" and self.reason.startswith(APPROVAL_TIMED_OUT))
+
+    @property
     def baking(self) -> bool:
         """In the bake: BAKING, or paused (or held) after its BAKE took effect."""
         return self.bake_tick is not None and not self.phase.terminal
@@ -367,11 +377,12 @@ class RolloutState:
         d["steps"] = list(self.steps)
         d["approvals"], d["approved"] = list(self.approvals), list(self.approved)
         d["weight"] = self.weight
+        d["awaiting_approval"] = self.awaiting_approval
         return d
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> RolloutState:
-        d = {k: v for k, v in d.items() if k != "weight"}
+        d = {k: v for k, v in d.items() if k not in ("weight", "awaiting_approval")}  # derived
         return cls(
             **{
                 **d,

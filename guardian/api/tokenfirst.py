@@ -54,12 +54,11 @@ def client_of(scope: Scope) -> str:
 
 
 class OperatorTokenFirst:
-    def __init__(self, app: ASGIApp, token: str | None = None, tokens: tuple[str, ...] = ()) -> None:
-        """`token` (the unnamed operator token) and `tokens` (every operator token, named ones included): a POST to
-        an operator path must carry one of them."""
+    def __init__(self, app: ASGIApp, tokens: tuple[str, ...] = ()) -> None:
+        """`tokens`: every operator token (the unnamed one and the named ones); a POST to an operator path must carry
+        one of them. None configured: the paths are open (loopback only)."""
         self.app = app
-        accepted = (*tokens, *((token,) if token else ()))
-        self.expected = tuple(f"Bearer {t}".encode("latin-1", "replace") for t in accepted) or None
+        self.expected = tuple(f"Bearer {t}".encode("latin-1", "replace") for t in tokens) or None
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if (self.expected is not None and scope["type"] == "http" and scope["method"] == "POST"

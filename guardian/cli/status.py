@@ -272,10 +272,7 @@ def state_line(r: dict[str, Any], *, time_left: bool = True) -> str:
 
 def approval_text(r: dict[str, Any]) -> str | None:
     """'waiting for approval (guardian rollout approve ID)' while the current step's end waits for a human go."""
-    waiting = r.get("step_index") in (r.get("approvals") or []) and r.get("step_index") not in (r.get("approved") or [])
-    if not waiting or r.get("phase") in ("promoted", "rolled_back"):
-        return None
-    if r.get("awaiting_since") is None and not str(r.get("reason") or "").startswith("approval timed out"):
+    if not r.get("awaiting_approval"):  # RolloutState.awaiting_approval, in the API's view
         return None
     return f"waiting for approval (guardian rollout approve {r['id']})"
 

@@ -57,7 +57,7 @@ from guardian.files import atomic_write
 from guardian.forecast.model_files import ModelDirectory, ModelLoader, thaw
 from guardian.judge import steady
 from guardian.judge.checks import evaluate, with_power
-from guardian.judge.policy import APPROVAL_TIMED_OUT, Policy, bake_counts, decide, power_due
+from guardian.judge.policy import Policy, bake_counts, decide, power_due
 from guardian.metrics import GuardianMetrics
 from guardian.notifiers import LogNotifier, Notifier
 from guardian.rules.book import RuleBook
@@ -605,8 +605,7 @@ class Guard:
     def _approve(self, state: RolloutState, reason: str, source: str, by: str | None) -> RolloutState:
         """A human's "go" for the step that waits for it (judge/policy.py): logged with who gave it; the next tick
         goes on if the checks still pass. Nothing for an actuator to do."""
-        if not state.needs_approval or (state.awaiting_since is None and not (
-                state.phase is Phase.PAUSED and state.reason.startswith(APPROVAL_TIMED_OUT))):
+        if not state.awaiting_approval:
             waits = [f"{state.steps[i]}%" for i in state.approvals if i not in state.approved]
             raise RolloutConflict(f"rollout {state.id} is not waiting for approval (at {state.weight}%, "
                                   + (f"its next approval is at the end of {', '.join(waits)})" if waits

@@ -376,8 +376,9 @@ class SQLiteStore:
         }
         if state.previous_image:  # labels are free-form: a recording without it reads as before
             doc["labels"]["previous_image"] = state.previous_image
+        logged = self.decisions(rollout_id) if state.approvals else ()  # written every tick: the log only then
         approvals = [{"tick": d.get("tick"), "by": d.get("source"), "reason": d.get("reason"), "at": d.get("at")}
-                     for d in self.decisions(rollout_id) if d.get("action") == Action.APPROVE.value]
+                     for d in logged if d.get("action") == Action.APPROVE.value]
         if approvals:  # who gave each human "go", after which tick (replay shows them where they were given)
             doc["approvals"] = approvals
         models = dict(self.models(rollout_id))

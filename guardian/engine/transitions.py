@@ -1,8 +1,7 @@
 """The rollout state machine: pure functions from a state and a decision that took effect."""
 from __future__ import annotations
 
-from guardian.domain import Action, Decision, Phase, RolloutState
-from guardian.judge.policy import APPROVAL_TIMED_OUT
+from guardian.domain import APPROVAL_TIMED_OUT, Action, Decision, Phase, RolloutState
 
 
 def weight_after(state: RolloutState, action: Action) -> int:

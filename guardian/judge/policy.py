@@ -31,7 +31,7 @@ from __future__ import annotations
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
-from guardian.domain import Action, Decision, Phase, Result, RolloutState, Strategy, Verdict
+from guardian.domain import APPROVAL_TIMED_OUT, Action, Decision, Phase, Result, RolloutState, Strategy, Verdict
 from guardian.judge.power import asked, headline
 
 SEVERITY = {Action.ROLLBACK: 4, Action.PAUSE: 3, Action.SCALE: 2, Action.NOTIFY: 1}
@@ -54,7 +54,6 @@ def reasons(verdicts: Sequence[Verdict]) -> str:
     return "; ".join(f"{v.check}: {v.reason}" for v in verdicts)
 
 
-APPROVAL_TIMED_OUT = "approval timed out"  # the start of the reason of a pause for want of a human "go"
 UNDERPOWERED = "underpowered"  # the start of the reason of a pause for lack of power (it resumes only with it)
 GATING = (Action.ROLLBACK, Action.PAUSE)  # a check whose failure would stop the rollout must have seen enough
 

@@ -14,7 +14,6 @@ not one (an error in the result, a refused credential, no connection) is SourceU
 from __future__ import annotations
 
 import math
-from collections.abc import Iterable
 from typing import Any
 
 import httpx
@@ -124,10 +123,10 @@ class InfluxDBSource:
         return (f"{identifier('service')} = {literal(service)} AND {identifier(arm.label)} = "
                 f"{literal(arm.label_value)}{extra}")
 
-    def _increase(self, measurement: str, where: str, start: float, end: float, field: str) -> float:
+    def _increase(self, measurement: str, where: str, start: float, end: float, *fields: str) -> list[float]:
+        """Each field's increase within [start, end], summed over series (one read of the series at each end)."""
         before, after = self.last_values(measurement, where, start), self.last_values(measurement, where, end)
-        pairs: Iterable = [(before.get(k, {}).get(field), v.get(field)) for k, v in after.items()]
-        return counter_increase(pairs)
+        return [counter_increase([(before.get(k, {}).get(f), v.get(f)) for k, v in after.items()]) for f in fields]
 
     def fetch(self, query: SignalQuery, service: str, arm: ArmSelector, start: float, end: float) -> float:
         if end <= start:
@@ -136,18 +135,18 @@ class InfluxDBSource:
         sel = self._where(service, arm)
         try:
             if query.signal == "requests":
-                return self._increase(REQUESTS, sel, start, end, "counter")
+                return self._increase(REQUESTS, sel, start, end, "counter")[0]
             if query.signal == "errors":
                 try:
                     return self._increase(REQUESTS, self._where(service, arm, " AND \"code\" =~ /^5/"), start, end,
-                                          "counter")
+                                          "counter")[0]
                 except NoData:  # no 5xx series: 0 errors if the service answered at all (PromQL's `or … * 0`)
-                    return 0.0 * self._increase(REQUESTS, sel, start, end, "counter")
+                    return 0.0 * self._increase(REQUESTS, sel, start, end, "counter")[0]
             if query.signal == "slow":
-                return (self._increase(DURATION, sel, start, end, "count")
-                        - self._increase(DURATION, sel, start, end, SLOW_OBJECTIVE_LE))
+                count, fast = self._increase(DURATION, sel, start, end, "count", SLOW_OBJECTIVE_LE)
+                return count - fast
             if query.signal == "cpu_seconds":
-                return self._increase(CPU, sel, start, end, "counter")
+                return self._increase(CPU, sel, start, end, "counter")[0]
             if query.signal == "memory_bytes":
                 values = [v["gauge"] for v in self.last_values(MEMORY, sel, end).values() if "gauge" in v]
                 if not values:

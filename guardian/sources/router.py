@@ -4,7 +4,6 @@ splits a plan of fetches between them (each batching store batches its own), ans
 does, and closes them all. A service whose store is not configured is unavailable, never "no data"."""
 from __future__ import annotations
 
-from collections import defaultdict
 from collections.abc import Callable, Iterable, Mapping
 
 from guardian.errors import SourceUnavailable
@@ -49,11 +48,3 @@ class SourceRouter:
             if isinstance(s, Closeable):
                 s.close()
 
-
-def used_sources(default: str, named: Iterable[str | None]) -> dict[str, int]:
-    """How many rule sets read each store (the default's for those that name none)."""
-    counts: dict[str, int] = defaultdict(int)
-    for n in named:
-        counts[n or default] += 1
-    counts.setdefault(default, 0)
-    return dict(counts)

@@ -18,13 +18,6 @@ def version_of(image: str) -> str:
     return tail.split(":", 1)[1] if ":" in tail else image
 
 
-def waiting_for_approval(state: RolloutState) -> bool:
-    if state.phase.terminal or not state.needs_approval:
-        return False
-    return state.awaiting_since is not None or (
-        state.phase is Phase.PAUSED and state.reason.startswith("approval timed out"))
-
-
 def allowed_actions(state: RolloutState) -> list[str]:
     """The actions the rollout's phase allows (the others are refused with 409 anyway)."""
     if state.phase.terminal:
@@ -33,7 +26,7 @@ def allowed_actions(state: RolloutState) -> list[str]:
     out.append("resume" if state.phase is Phase.PAUSED else "pause")
     if state.strategy.value != "watch":
         out.append("promote")
-    if waiting_for_approval(state):
+    if state.awaiting_approval:
         out.append("approve")
     return [a for a in ACTIONS if a in out]
 
@@ -47,7 +40,7 @@ def list_row(state: RolloutState, latest: dict[str, Any] | None, now: float) -> 
         "weight": state.weight, "time_in_step": None if state.phase.terminal else max(0.0, now - state.step_started_at),
         "verdicts": [{"check": v.get("check"), "result": v.get("result")} for v in verdicts],
         "reason": state.reason, "updated_at": state.updated_at, "created_at": state.created_at,
-        "awaiting_approval": waiting_for_approval(state),
+        "awaiting_approval": state.awaiting_approval,
     }
 
 
