@@ -29,6 +29,7 @@ from guardian.api.identity import operator_tokens
 from guardian.api.limits import BodyLimit
 from guardian.api.openapi import with_security
 from guardian.api.tokenfirst import OperatorTokenFirst
+from guardian.engine.intents import HoldsIntents, IntentKeeper
 from guardian.engine.scheduler import Scheduler
 from guardian.engine.watches import WatchKeeper
 from guardian.errors import ActuatorError, ModelMissing, RolloutConflict, RolloutNotFound, UnknownActuator
@@ -65,7 +66,9 @@ def create_app(components: Components, *, run_scheduler: bool = True) -> FastAPI
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         scheduler = Scheduler(components.guard, components.rulebook, leases=components.leases,
                               max_concurrent_ticks=components.settings.max_concurrent_ticks,
-                              watches=WatchKeeper(components.guard, components.rulebook, components.settings))
+                              watches=WatchKeeper(components.guard, components.rulebook, components.settings),
+                              intents=IntentKeeper(components.guard, components.store)
+                              if isinstance(components.store, HoldsIntents) else None)
         task = asyncio.create_task(scheduler.run()) if run_scheduler else None
         watchers = _watchers(components) if run_scheduler else []
         watching = [asyncio.create_task(w.run(components.settings.watch_seconds)) for w in watchers]

@@ -42,6 +42,7 @@ from loguru import logger
 from pydantic import BaseModel, ConfigDict
 from starlette.concurrency import run_in_threadpool
 
+from guardian.api.commands import command
 from guardian.api.components import Components
 from guardian.api.deps import Deps, require_gate
 from guardian.domain import OPEN_ENDED_ANALYSIS, Action, Decision, Phase, RolloutState, Strategy
@@ -223,9 +224,10 @@ def _post_rollout(c: Components, service: str, revision: str, body: FlaggerPaylo
     state = gate_rollout(c, service, revision, start=False)
     if state is not None and state.target == GATE_TARGET and not state.phase.terminal:
         action = Action.PROMOTE if body.phase == "Succeeded" else Action.ROLLBACK
-        with contextlib.suppress(*_ENDING):
-            ended = c.guard.override(state.id, action, f"Flagger: canary {body.namespace}/{body.name} "
-                                                       f"{body.phase or 'ended'}", source="flagger").phase.value
+        with contextlib.suppress(*_ENDING):  # another replica holds it: filed for that one (api/commands.py)
+            done = command(c, state.id, action, f"Flagger: canary {body.namespace}/{body.name} "
+                                                f"{body.phase or 'ended'}", source="flagger")
+            ended = done.phase.value if isinstance(done, RolloutState) else f"{action.value} filed as intent {done.id}"
     return JSONResponse({"hook": "post-rollout", "rollout": state.id if state else None, "ended": ended})
 
 

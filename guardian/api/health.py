@@ -20,11 +20,16 @@ def healthz() -> dict[str, str]:
 
 @router.get("/v1/status")
 def status(c: Deps) -> dict[str, Any]:
-    """This replica: its lease holder id, the lease time and the rollouts it holds (id -> fencing token)."""
+    """This replica: its lease holder id, the lease time and the rollouts it holds (id -> fencing token); with
+    replicas sharing a store, how many are live and this one's share of the rollouts in flight (engine/leases.py)."""
     leases = c.leases
-    return {"replica": leases.holder if leases else None, "store": type(c.store).__name__,
-            "lease_seconds": c.settings.lease_seconds if leases and leases.lease_seconds != float("inf") else None,
+    shared = bool(leases) and leases.lease_seconds != float("inf")
+    view = {"replica": leases.holder if leases else None, "store": type(c.store).__name__,
+            "lease_seconds": c.settings.lease_seconds if shared else None,
             "leases": leases.held() if leases else {}}
+    if shared and leases.share != float("inf"):
+        view |= {"replicas_live": leases.live, "share": leases.share}
+    return view
 
 
 @router.get("/readyz")

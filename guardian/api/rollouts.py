@@ -14,10 +14,12 @@ from loguru import logger
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from guardian.actuators import registry
+from guardian.api.commands import accepted, command
 from guardian.api.components import Components
 from guardian.api.deps import Deps, Mutating, Operator, Reading
 from guardian.api.identity import UNNAMED
 from guardian.domain import Action, Phase, Strategy, split_steps
+from guardian.engine.intents import HoldsIntents, Intent
 from guardian.engine.start import start_spec
 from guardian.errors import ActuatorError, RolloutConflict
 
@@ -210,11 +212,29 @@ def get_recording(rollout_id: str, c: Deps) -> dict[str, Any]:
 
 
 def _override_route(action: Action):
-    def override(rollout_id: str, c: Deps, who: Operator) -> dict[str, Any]:
-        c.guard.override(rollout_id, action, by=None if who == UNNAMED else who)
-        return rollout_view(c, rollout_id)
+    def override(rollout_id: str, c: Deps, who: Operator) -> Any:
+        done = command(c, rollout_id, action, by=None if who == UNNAMED else who)
+        return accepted(done) if isinstance(done, Intent) else rollout_view(c, rollout_id)
 
     return override
+
+
+@router.get("/v1/intents/{intent_id}", dependencies=Reading)
+def get_intent(intent_id: int, c: Deps, wait: Annotated[float, Query(ge=0, le=60, description=(
+        "wait up to this many seconds for it to be carried out (answers as soon as it is)"))] = 0.0) -> dict[str, Any]:
+    """A command another replica received for a rollout this one holds (or the other way round), as filed when the
+    command was answered 202: `pending`, `running`, then `done`, `refused` (the rollout's phase did not allow it:
+    what a direct call answers 409) or `failed` (the actuator failed, nothing changed: 502), with `detail`, the
+    replica that carried it out and when. 404 when there is no such intent (or this guardian keeps none: a single
+    replica never files one)."""
+    if not isinstance(c.store, HoldsIntents):
+        raise HTTPException(404, f"no intent with id {intent_id}: this guardian runs alone and files none")
+    deadline = time.monotonic() + wait
+    intent = c.store.intent(intent_id)
+    while not intent.finished and time.monotonic() < deadline:
+        time.sleep(0.1)
+        intent = c.store.intent(intent_id)
+    return intent.to_dict()
 
 
 _OVERRIDES = {
@@ -231,5 +251,8 @@ for _action, _doc in _OVERRIDES.items():
     router.add_api_route(
         f"/v1/rollouts/{{rollout_id}}/{_action.value}", _override_route(_action), methods=["POST"],
         summary=f"{_action.value.capitalize()} a rollout", description=_doc
-        + " 409 when the rollout's phase does not allow it; 502 when the actuator failed (nothing changed).",
+        + " 409 when the rollout's phase does not allow it; 502 when the actuator failed (nothing changed). "
+        "With several replicas, one that does not hold the rollout files the command for the one that does and "
+        "answers 202 with the intent (Location: /v1/intents/{id}), carried out at the holder's next pass.",
+        responses={202: {"description": "filed for the replica holding the rollout: follow `intent.links.intent`"}},
     )

@@ -25,6 +25,7 @@ from guardian.cli.console import (
     IdArg,
     TimeoutOpt,
     TokenOpt,
+    err,
     esc,
     fail,
     out,
@@ -424,9 +425,36 @@ def rollout_watch(rollout_id: IdArg, api: ApiOpt = "http://127.0.0.1:8080", toke
     raise typer.Exit(_watch(api, token, rollout_id, timeout))
 
 
+INTENT_WAIT_SECONDS = 30.0  # how long a command filed for another replica is followed before the CLI gives up
+
+
+def _follow_intent(api: str, token: str | None, filed: dict[str, Any]) -> dict[str, Any]:
+    """A command the receiving replica filed for the one holding the rollout (HTTP 202): wait until that one has
+    carried it out, then the rollout as it is. Refused (409's case) and failed (502's) exit 2 with the reason."""
+    intent = filed["intent"]
+    err.print(f"rollout {intent['rollout_id']} is held by another replica: {intent['action']} filed as intent "
+              f"{intent['id']}, waiting for it to be carried out …", markup=False)
+    deadline = time.monotonic() + INTENT_WAIT_SECONDS
+    while intent["status"] not in ("done", "refused", "failed") and time.monotonic() < deadline:
+        intent = _call(api, token, "GET", f"/v1/intents/{intent['id']}",
+                       params={"wait": min(10.0, max(0.0, deadline - time.monotonic()))})
+    if intent["status"] == "refused":
+        raise fail(f"{intent['action']} refused by replica {intent['done_by']}: {intent['detail']}")
+    if intent["status"] == "failed":
+        raise fail(f"{intent['action']} failed on replica {intent['done_by']} (nothing changed): {intent['detail']}")
+    if intent["status"] != "done":
+        raise fail(f"intent {intent['id']} is still {intent['status']} after {INTENT_WAIT_SECONDS:g} s: the replica "
+                   f"holding rollout {intent['rollout_id']} has not carried it out yet; follow it with "
+                   f"GET {api}/v1/intents/{intent['id']}")
+    err.print(f"carried out by replica {intent['done_by']}", markup=False)
+    return _call(api, token, "GET", f"/v1/rollouts/{intent['rollout_id']}")
+
+
 def _override(action: str):
     def command(rollout_id: IdArg, api: ApiOpt = "http://127.0.0.1:8080", token: TokenOpt = None) -> None:
         r = _call(api, token, "POST", f"/v1/rollouts/{rollout_id}/{action}")
+        if r.get("status") == "accepted" and "intent" in r:
+            r = _follow_intent(api, token, r)
         _print_state(r)
 
     command.__doc__ = {

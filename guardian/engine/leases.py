@@ -13,10 +13,18 @@ check in the same transaction that this replica still holds the lease with the t
 so a replica that lost its lease (paused, partitioned) cannot write, and above all cannot begin an
 action (`begin_op`): it gets `LeaseLost`.
 
+Spread (`balance`): each replica writes a heartbeat to `replicas` at most every second (`lease_seconds / 3` if
+shorter); the live ones are those seen within LIVE_SECONDS. A replica's share is ceil(rollouts in flight / live
+replicas). Over its share it releases the excess (not those mid-tick); under it, it takes free rollouts (no
+lease, or an expired one) up to its share, found in one query; it asks about no other rollout it does not hold.
+So rollouts spread over the live replicas, a joining replica takes its share from the others within a few
+passes, and a leaving one's rollouts (released at a clean stop, expired after a kill) are taken by the rest.
+
 `LocalLeases` is the single-process implementation used with SQLite: always granted.
 """
 from __future__ import annotations
 
+import math
 import os
 import socket
 import threading
@@ -30,7 +38,14 @@ LEASES_SCHEMA = """
 CREATE TABLE IF NOT EXISTS leases (
     rollout_id TEXT PRIMARY KEY, holder TEXT NOT NULL, token BIGINT NOT NULL,
     acquired_at TIMESTAMPTZ NOT NULL, expires_at TIMESTAMPTZ NOT NULL);
+CREATE TABLE IF NOT EXISTS replicas (
+    holder TEXT PRIMARY KEY, started_at TIMESTAMPTZ NOT NULL, seen_at TIMESTAMPTZ NOT NULL);
 """
+
+
+# a replica is live while its heartbeat (every balance, at most 1 s apart) is this recent: one that missed three
+# is left out of the shares (it keeps what it holds until its leases expire; only free rollouts move)
+LIVE_SECONDS = 3.0
 
 
 def _q(conn: Any, sql: str, params: tuple = ()) -> Any:
@@ -48,6 +63,8 @@ def replica_id() -> str:
 class Leases(Protocol):
     holder: str
     lease_seconds: float
+    live: int  # replicas sharing the store that are alive, this one included
+    share: float  # how many of the rollouts in flight this replica should hold (inf: all, before it has looked)
 
     def acquire(self, rollout_id: str) -> bool:
         """Take or renew the rollout's lease; False while another replica holds it."""
@@ -63,11 +80,21 @@ class Leases(Protocol):
         """The rollouts this replica holds, with their fencing tokens."""
         ...
 
+    def balance(self, active: set[str], busy: set[str]) -> None:
+        """Keep this replica's share of the rollouts in flight (`active`): release the excess (never one of
+        `busy`, mid-tick), take free ones while under it. Every scheduler pass; it queries when it is due."""
+        ...
+
+    def leave(self) -> None:
+        """This replica stops: release every lease and say so (the others take its share at once)."""
+        ...
+
 
 class LocalLeases:
     """One process owns everything (SQLite): every lease is granted, nothing expires."""
 
     lease_seconds = float("inf")
+    live, share = 1, math.inf
 
     def __init__(self, holder: str | None = None):
         self.holder = holder or replica_id()
@@ -86,6 +113,12 @@ class LocalLeases:
     def held(self) -> dict[str, int]:
         return dict(self._held)
 
+    def balance(self, active: set[str], busy: set[str]) -> None:
+        return None
+
+    def leave(self) -> None:
+        self._held.clear()
+
 
 class PostgresLeases:
     """Leases in the `leases` table of a PostgresStore (one row per rollout: holder, token, expiry)."""
@@ -96,6 +129,9 @@ class PostgresLeases:
         self._renewed = 0.0  # monotonic time of the last renewal of every held lease
         self._retry_at: dict[str, float] = {}  # rollout id -> when another replica's lease may have expired
         self._lock = threading.Lock()
+        self.share = math.inf  # how many rollouts this replica should hold (balance); all until it has looked
+        self.live = 1  # replicas seen within LIVE_SECONDS, itself included
+        self._balanced = 0.0  # monotonic time of the last balance that asked the database
 
     # -- the scheduler's side -------------------------------------------------------------------------
     def acquire(self, rollout_id: str) -> bool:
@@ -104,6 +140,11 @@ class PostgresLeases:
                 return True  # held, and renewed recently enough
             if time.monotonic() < self._retry_at.get(rollout_id, 0.0):
                 return False  # leased to another replica, which renewed it: no need to ask before it may expire
+            if rollout_id not in self._held and self.share != math.inf:
+                return False  # balancing: free rollouts are taken by `balance`, up to the replica's share
+        return self._take(rollout_id)
+
+    def _take(self, rollout_id: str) -> bool:
         with self.pool.connection() as conn, conn.transaction():
             row = _q(
                 conn, "INSERT INTO leases AS l (rollout_id, holder, token, acquired_at, expires_at) "
@@ -159,6 +200,38 @@ class PostgresLeases:
     def held(self) -> dict[str, int]:
         with self._lock:
             return dict(self._held)
+
+    def balance(self, active: set[str], busy: set[str]) -> None:
+        if time.monotonic() - self._balanced < min(1.0, self.lease_seconds / 3):
+            return
+        self._balanced = time.monotonic()
+        with self.pool.connection() as conn:
+            _q(conn, "INSERT INTO replicas (holder, started_at, seen_at) VALUES (%s, now(), now()) "
+                     "ON CONFLICT (holder) DO UPDATE SET seen_at = now()", (self.holder,))
+            live = _q(conn, "SELECT count(*) FROM replicas WHERE seen_at > now() - make_interval(secs => %s)",
+                      (LIVE_SECONDS,)).fetchone()[0]
+            self.live = max(1, int(live))
+            self.share = math.ceil(len(active) / self.live)
+            with self._lock:
+                held = [rid for rid in self._held if rid in active]
+            wanted = self.share - len(held)
+            free = [] if wanted <= 0 else [r[0] for r in _q(
+                conn, "SELECT r.id FROM unnest(%s::text[]) AS r(id) LEFT JOIN leases l ON l.rollout_id = r.id "
+                      "WHERE l.rollout_id IS NULL OR l.expires_at <= now() ORDER BY r.id LIMIT %s",
+                (sorted(active - set(held)), wanted)).fetchall()]
+        if wanted < 0:  # over its share: the first taken go to the others
+            for rid in [r for r in held if r not in busy][:-wanted]:
+                self.release(rid)
+        for rid in free:
+            with self._lock:
+                self._retry_at.pop(rid, None)
+            self._take(rid)
+
+    def leave(self) -> None:
+        for rid in list(self.held()):
+            self.release(rid)
+        with self.pool.connection() as conn:
+            _q(conn, "DELETE FROM replicas WHERE holder = %s", (self.holder,))
 
     # -- the store's side: inside a write transaction ------------------------------------------------
     def fence(self, conn: Any, rollout_id: str, *, required: bool = True) -> bool:

@@ -4,7 +4,9 @@ A rollout is never ticked twice at once (its tick runs under the guard's per-rol
 scheduler does not start a second one while the first is running). Rule files are re-read when
 they change; an invalid change keeps the last good rules. With several replicas on one store, a
 rollout is ticked only by the replica holding its lease (engine/leases.py): acquired or renewed
-before each tick, renewed every lease_seconds / 3, released when the rollout ends.
+before each tick, renewed every lease_seconds / 3, released when the rollout ends; each pass also keeps this
+replica's share of the rollouts in flight (`Leases.balance`) and carries out the commands other replicas filed
+for the rollouts it holds (engine/intents.py), each in the tick pool and never beside a tick of its rollout.
 
 Ticks run in the scheduler's own pool of `max_concurrent_ticks` threads, so one slow Prometheus answer,
 actuator or webhook holds up one thread, not the others. Due rollouts start oldest-due first; when the
@@ -23,6 +25,7 @@ from concurrent.futures import ThreadPoolExecutor
 from loguru import logger
 
 from guardian.engine.guard import Guard
+from guardian.engine.intents import Intent, IntentKeeper
 from guardian.engine.leases import Leases, LocalLeases
 from guardian.engine.watches import WatchKeeper
 from guardian.errors import LeaseLost
@@ -32,8 +35,8 @@ from guardian.rules.book import RuleBook
 class Scheduler:
     def __init__(self, guard: Guard, rulebook: RuleBook, *, poll_seconds: float = 0.2,
                  rules_check_seconds: float = 2.0, leases: Leases | None = None, max_concurrent_ticks: int = 32,
-                 watches: WatchKeeper | None = None):
-        self.guard, self.rulebook, self.watches = guard, rulebook, watches
+                 watches: WatchKeeper | None = None, intents: IntentKeeper | None = None):
+        self.guard, self.rulebook, self.watches, self.intents = guard, rulebook, watches, intents
         self.leases = leases or LocalLeases()
         self.poll_seconds, self.rules_check_seconds = poll_seconds, rules_check_seconds
         self._running: dict[str, asyncio.Task] = {}
@@ -54,9 +57,8 @@ class Scheduler:
                 await asyncio.wait_for(self._stop.wait(), timeout=self.poll_seconds)
         await asyncio.gather(*self._running.values(), return_exceptions=True)
         self._pool.shutdown(wait=False)
-        for rollout_id in self.leases.held():  # a replica stopping hands its rollouts over at once
-            with contextlib.suppress(Exception):
-                await asyncio.to_thread(self.leases.release, rollout_id)
+        with contextlib.suppress(Exception):  # a replica stopping hands its rollouts over at once
+            await asyncio.to_thread(self.leases.leave)
         logger.info("scheduler stopped")
 
     async def run_once(self) -> None:
@@ -69,7 +71,12 @@ class Scheduler:
                 await asyncio.to_thread(self.watches.run_once, states)
             except Exception as e:  # noqa: BLE001 - the rollouts' ticks go on
                 logger.exception("watch keeper pass failed: {}", e)
-        await asyncio.to_thread(self._keep_leases, {s.id for s in states})
+        await asyncio.to_thread(self._keep_leases, {s.id for s in states}, set(self._running))
+        if self.intents is not None:
+            held = [rid for rid in self.leases.held() if rid not in self._running]
+            for intent in await asyncio.to_thread(self.intents.due, held):
+                if intent.rollout_id not in self._running:  # one at a time per rollout, never beside its tick
+                    self._running[intent.rollout_id] = asyncio.create_task(self._carry_out(intent))
         due = [s for s in states if s.id not in self._running and self.guard.due(s)]
         due.sort(key=lambda s: self.guard.due_at(s, s.last_tick + 1))  # the longest waiting first
         mine = []
@@ -91,13 +98,23 @@ class Scheduler:
         finally:
             self._running.pop(rollout_id, None)
 
-    def _keep_leases(self, active: set[str]) -> None:
+    async def _carry_out(self, intent: Intent) -> None:
+        assert self.intents is not None
+        try:
+            await asyncio.get_running_loop().run_in_executor(self._pool, self.intents.carry_out, intent)
+        except Exception as e:  # noqa: BLE001 - it stays pending (or running) and is tried again
+            logger.exception("intent {} of rollout {} failed: {}", intent.id, intent.rollout_id, e)
+        finally:
+            self._running.pop(intent.rollout_id, None)
+
+    def _keep_leases(self, active: set[str], busy: set[str]) -> None:
         ended = self._active - active  # (not merely unseen: one created since the list was read is held already)
         self._active = active
-        for rollout_id in set(self.leases.held()) & ended - set(self._running):
+        for rollout_id in set(self.leases.held()) & ended - busy:
             self.leases.release(rollout_id)
         for rollout_id in self.leases.renew():
             logger.warning("lost the lease of rollout {}: another replica acts on it now", rollout_id)
+        self.leases.balance(active, busy)
 
     def stop(self) -> None:
         self._stop.set()

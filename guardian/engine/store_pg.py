@@ -2,7 +2,8 @@
 
 The same tables and semantics as `SQLiteStore` (engine/store.py): the partial unique index refuses a
 second rollout in flight per service (RolloutConflict), the operation log's keys are UNIQUE, every
-multi-row change is one transaction, alerts keep the latest word per fingerprint. Plus `leases`
+multi-row change is one transaction, alerts keep the latest word per fingerprint. Plus `intents`
+(engine/intents.py: commands another replica received, for the holder to carry out) and `leases`
 (engine/leases.py): every write for a rollout (its state, ticks, operation log and decision log)
 checks in its own transaction that this replica holds the rollout's lease, so a replica that lost it
 cannot write; `pending_ops` hands interrupted operations only to the holder.
@@ -23,6 +24,7 @@ from psycopg_pool import ConnectionPool
 
 from guardian.domain import RolloutState
 from guardian.engine.alerts import StoredAlert
+from guardian.engine.intents import PENDING, RUNNING, Intent
 from guardian.engine.leases import LEASES_SCHEMA, PostgresLeases
 from guardian.engine.store import IN_FLIGHT_SQL, SQLiteStore, _dumps
 from guardian.errors import RolloutConflict, RolloutNotFound, StoreError
@@ -53,6 +55,11 @@ CREATE TABLE IF NOT EXISTS alerts (
     received_at DOUBLE PRECISION NOT NULL, group_key TEXT NOT NULL DEFAULT '', posts INTEGER NOT NULL DEFAULT 1);
 CREATE TABLE IF NOT EXISTS marks (
     rollout_id TEXT NOT NULL, name TEXT NOT NULL, at DOUBLE PRECISION NOT NULL, PRIMARY KEY (rollout_id, name));
+CREATE TABLE IF NOT EXISTS intents (
+    id BIGSERIAL PRIMARY KEY, rollout_id TEXT NOT NULL, action TEXT NOT NULL, reason TEXT NOT NULL,
+    by_name TEXT, source TEXT NOT NULL, filed_by TEXT NOT NULL, filed_at DOUBLE PRECISION NOT NULL,
+    status TEXT NOT NULL, detail TEXT NOT NULL DEFAULT '', done_by TEXT, done_at DOUBLE PRECISION, token BIGINT);
+CREATE INDEX IF NOT EXISTS intents_open ON intents(rollout_id) WHERE status IN ('pending', 'running');
 """ + LEASES_SCHEMA
 
 _SCHEMA_LOCK = 0x67756172  # advisory lock: two replicas starting at once create the schema one after the other
@@ -290,3 +297,57 @@ class PostgresStore(SQLiteStore):
                               "ORDER BY seq", (rollout_id,)).fetchall()
         return [{"seq": r["seq"], "at": r["at"], **orjson.loads(r["decision"]),
                  "outcome": orjson.loads(r["outcome"]) if r["outcome"] else None} for r in rows]
+
+    # -- intents: commands for the rollout's holder (engine/intents.py) --------------------------------
+    def file_intent(self, rollout_id: str, action: str, reason: str, by: str | None, source: str,
+                    at: float) -> Intent:
+        with self._tx() as db:
+            if db.execute("SELECT 1 AS one FROM rollouts WHERE id = ?", (rollout_id,)).fetchone() is None:
+                raise RolloutNotFound(f"no rollout with id {rollout_id!r}")
+            row = db.execute(
+                "INSERT INTO intents (rollout_id, action, reason, by_name, source, filed_by, filed_at, status) "
+                "VALUES (?,?,?,?,?,?,?,?) RETURNING *", (rollout_id, action, reason, by, source, self.leases.holder,
+                                                         at, PENDING)).fetchone()
+        return _intent(row)
+
+    def intent(self, intent_id: int) -> Intent:
+        with self._read() as db:
+            row = db.execute("SELECT * FROM intents WHERE id = ?", (intent_id,)).fetchone()
+        if row is None:
+            raise RolloutNotFound(f"no intent with id {intent_id}")
+        return _intent(row)
+
+    def pending_intents(self, rollout_ids: list[str]) -> list[Intent]:
+        held = self.leases.held()
+        with self._read() as db:
+            rows = db.execute("SELECT * FROM intents WHERE status IN ('pending', 'running') AND rollout_id = ANY(?) "
+                              "ORDER BY id", (list(rollout_ids),)).fetchall()
+        # running under an older token: claimed by a holder that lost the rollout before finishing it
+        return [_intent(r) for r in rows if r["status"] == PENDING or (r["token"] or 0) < held.get(r["rollout_id"], 0)]
+
+    def claim_intent(self, intent: Intent) -> bool:
+        with self._tx() as db:
+            if not self.leases.fence(db.conn, intent.rollout_id, required=False):
+                return False
+            token = self.leases.held().get(intent.rollout_id, 0)
+            row = db.execute(
+                "UPDATE intents SET status = ?, token = ?, done_by = ? WHERE id = ? AND (status = ? OR "
+                "(status = ? AND COALESCE(token, 0) < ?)) RETURNING id",
+                (RUNNING, token, self.leases.holder, intent.id, PENDING, RUNNING, token)).fetchone()
+        return row is not None
+
+    def finish_intent(self, intent_id: int, status: str, detail: str, at: float) -> None:
+        with self._tx() as db:
+            row = db.execute("SELECT rollout_id FROM intents WHERE id = ?", (intent_id,)).fetchone()
+            if row is None or not self.leases.fence(db.conn, row["rollout_id"], required=False):
+                # the outcome stands in the rollout's own log; the intent stays running for the next holder
+                return
+            db.execute("UPDATE intents SET status = ?, detail = ?, done_by = ?, done_at = ? WHERE id = ?",
+                       (status, detail, self.leases.holder, at, intent_id))
+
+
+def _intent(row: dict[str, Any]) -> Intent:
+    return Intent(id=row["id"], rollout_id=row["rollout_id"], action=row["action"], reason=row["reason"],
+                  by=row["by_name"], source=row["source"], filed_by=row["filed_by"], filed_at=row["filed_at"],
+                  status=row["status"], detail=row["detail"], done_by=row["done_by"], done_at=row["done_at"],
+                  token=row["token"])

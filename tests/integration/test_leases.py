@@ -9,7 +9,7 @@ import pytest
 from guardian.domain import Action, Decision, Outcome, RolloutState, Strategy
 from guardian.engine.leases import LocalLeases
 from guardian.engine.store_pg import PostgresStore
-from guardian.errors import LeaseLost
+from guardian.errors import LeaseLost, RolloutNotFound
 
 pytestmark = pytest.mark.integration
 
@@ -96,3 +96,47 @@ def test_sqlite_leases_are_always_granted():
     assert leases.acquire("r1") and leases.renew() == [] and leases.held() == {"r1": 1}
     leases.release("r1")
     assert leases.held() == {}
+
+
+def test_an_intent_is_claimed_only_by_the_holder_and_taken_again_after_a_takeover(replicas):
+    a, b = replicas
+    a.create(rollout())
+    filed = b.file_intent("r1", "pause", "", "alice", "user", 5.0)  # b received the command; a holds r1
+    assert (filed.status, filed.filed_by, filed.by) == ("pending", "replica-b", "alice")
+    assert not b.claim_intent(filed)  # fenced: b does not hold r1
+    assert [i.id for i in a.pending_intents(["r1"])] == [filed.id]
+    assert a.claim_intent(filed) and not a.claim_intent(filed)  # once
+    assert a.intent(filed.id).status == "running" and a.pending_intents(["r1"]) == []
+    time.sleep(LEASE + 0.2)  # a dies before finishing it
+    assert b.leases.acquire("r1")  # token 2
+    assert [i.id for i in b.pending_intents(["r1"])] == [filed.id]  # claimed under token 1: b takes it again
+    assert b.claim_intent(filed)
+    a.finish_intent(filed.id, "done", "late", 6.0)  # a lost r1: its word does not count
+    assert b.intent(filed.id).status == "running"
+    b.finish_intent(filed.id, "done", "pause: the rollout is paused at 10%", 7.0)
+    done = a.intent(filed.id)
+    assert (done.status, done.done_by, done.done_at) == ("done", "replica-b", 7.0)
+    with pytest.raises(RolloutNotFound):
+        a.file_intent("nope", "pause", "", None, "user", 8.0)
+
+
+def test_balance_spreads_the_rollouts_over_the_live_replicas(replicas):
+    a, b = replicas
+    ids = {f"r{i}" for i in range(5)}
+    for rid in sorted(ids):
+        a.create(rollout(rid).evolve(service=f"svc-{rid}"))
+    a.leases.balance(ids, set())  # alone so far: its share is all five
+    assert (a.leases.live, a.leases.share, len(a.leases.held())) == (1, 5, 5)
+    b.leases.balance(ids, set())  # b joins: share 3, but a holds all five
+    assert (b.leases.live, b.leases.share, b.leases.held()) == (2, 3, {})
+    a.leases._balanced = 0.0
+    a.leases.balance(ids, {"r0"})  # a gives up two, never one mid-tick
+    assert len(a.leases.held()) == 3 and "r0" in a.leases.held()
+    b.leases._balanced = 0.0
+    b.leases.balance(ids, set())
+    assert len(b.leases.held()) == 2 and not set(a.leases.held()) & set(b.leases.held())
+    assert not a.leases.acquire(next(iter(b.leases.held())))  # at its share, a asks about no rollout of b's
+    b.leases.leave()  # b stops: everything is free again and b is no longer live
+    a.leases._balanced = 0.0
+    a.leases.balance(ids, set())
+    assert (a.leases.live, len(a.leases.held())) == (1, 5)

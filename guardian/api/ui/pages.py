@@ -11,11 +11,13 @@ from jinja2 import Environment, FileSystemLoader, select_autoescape
 from loguru import logger
 
 from guardian.api.alerts import list_alerts
+from guardian.api.commands import command
 from guardian.api.components import Components
 from guardian.api.identity import caller_of_token
 from guardian.api.ui.session import COOKIE, SESSION_SECONDS, Session, csrf_ok, issue, session_of
 from guardian.api.ui.views import ACTIONS, list_row, rollout_data
 from guardian.domain import Action, Phase, Strategy
+from guardian.engine.intents import Intent
 from guardian.errors import ActuatorError, RolloutConflict, RolloutNotFound
 
 HERE = Path(__file__).resolve().parent
@@ -162,12 +164,15 @@ def act(request: Request, rollout_id: str, action: str) -> Response:
         return JSONResponse({"error": f"unknown action {action!r}: one of {', '.join(ACTIONS)}"}, 404)
     c = _c(request)
     try:
-        state = c.guard.override(rollout_id, Action(action), by=session.caller.name)
+        state = command(c, rollout_id, Action(action), by=session.caller.name)
     except RolloutNotFound as e:
         return JSONResponse({"error": str(e)}, 404)
     except RolloutConflict as e:
         return JSONResponse({"error": str(e)}, 409)
     except ActuatorError as e:
         return JSONResponse({"error": str(e)}, 502)
+    if isinstance(state, Intent):  # another replica holds it: it carries it out at its next pass
+        logger.info("web UI: {} {} by {} filed as intent {}", action, rollout_id, session.caller.name, state.id)
+        return JSONResponse({"ok": True, "intent": state.to_dict()}, 202)
     logger.info("web UI: {} {} by {}", action, rollout_id, session.caller.name)
     return JSONResponse({"ok": True, "phase": state.phase.value, "weight": state.weight})

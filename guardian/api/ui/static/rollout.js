@@ -78,7 +78,9 @@
     b.addEventListener("click", async () => {
       if (!confirm(`${b.dataset.action} rollout ${id}?`)) return;
       const r = await RG.act(id, b.dataset.action);
-      $("action-result").textContent = r.ok ? `${b.dataset.action}: done` : `${b.dataset.action} refused: ${r.body.error || r.status}`;
+      $("action-result").textContent = !r.ok ? `${b.dataset.action} refused: ${r.body.error || r.status}`
+        : r.status === 202 ? `${b.dataset.action}: sent to the replica holding the rollout (intent ${r.body.intent.id})`
+        : `${b.dataset.action}: done`;
       $("action-result").className = r.ok ? "ok" : "error";
       refresh();
     });

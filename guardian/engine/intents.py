@@ -1,0 +1,126 @@
+"""Commands sent to a replica that does not hold the rollout: filed as an *intent*, carried out by the holder.
+
+With several replicas behind one address (a load balancer), an operator's pause, resume, promote, rollback or
+approve reaches any of them, but only the replica holding the rollout's lease may act on it (engine/leases.py).
+The receiving replica tries the command itself; when the store refuses it the lease (LeaseLost: another replica
+holds the rollout, and nothing was written), it files the command as a row of the store's `intents` table and
+answers 202 with where to follow it (`GET /v1/intents/{id}`). The holder's scheduler reads the pending intents of
+the rollouts it holds at every pass (one query) and carries each out through `Guard.override`, as if it had been
+sent to it, with the operator's name and reason.
+
+Each intent goes pending -> running -> done | refused | failed:
+- *claimed* (pending -> running) in a transaction fenced by the rollout's lease, so only the holder can take it
+  and two replicas never both do; a holder that loses the lease or dies after claiming leaves it running with
+  its fencing token, and the next holder (a greater token) takes it again;
+- *done*: carried out (the rollout's decision log names the operator); *refused*: the rollout's phase does not
+  allow it (e.g. it ended meanwhile), with the reason, as a direct call answers 409; *failed*: the actuator
+  failed and nothing changed, as a direct call answers 502.
+
+A replica alone (SQLite) holds every rollout: it never files an intent.
+"""
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+from typing import Any, Protocol, runtime_checkable
+
+from loguru import logger
+
+from guardian.domain import Action
+from guardian.errors import ActuatorError, LeaseLost, RolloutConflict, RolloutNotFound
+
+PENDING, RUNNING, DONE, REFUSED, FAILED = "pending", "running", "done", "refused", "failed"
+FINISHED = frozenset({DONE, REFUSED, FAILED})
+COMMANDS = frozenset({Action.PAUSE, Action.RESUME, Action.PROMOTE, Action.ROLLBACK, Action.APPROVE})
+
+
+@dataclass(frozen=True)
+class Intent:
+    id: int
+    rollout_id: str
+    action: str
+    reason: str
+    by: str | None  # the operator's name
+    source: str  # who sent it: "user", "gate", "flagger" …
+    filed_by: str  # the replica that received it
+    filed_at: float
+    status: str = PENDING
+    detail: str = ""  # the outcome in words, once finished
+    done_by: str | None = None  # the replica that carried it out
+    done_at: float | None = None
+    token: int | None = None  # the fencing token of the claim (running)
+
+    @property
+    def finished(self) -> bool:
+        return self.status in FINISHED
+
+    def to_dict(self) -> dict[str, Any]:
+        view = asdict(self)
+        view.pop("token")
+        view["links"] = {"intent": f"/v1/intents/{self.id}", "rollout": f"/v1/rollouts/{self.rollout_id}"}
+        return view
+
+
+@runtime_checkable
+class HoldsIntents(Protocol):
+    """A store shared by replicas (store_pg.py) keeps the intents; SQLite, used by one process, has none."""
+
+    def file_intent(self, rollout_id: str, action: str, reason: str, by: str | None, source: str,
+                    at: float) -> Intent:
+        """Store a command for the rollout's holder (RolloutNotFound when there is no such rollout)."""
+        ...
+
+    def intent(self, intent_id: int) -> Intent:
+        """One intent; RolloutNotFound (404) when there is none."""
+        ...
+
+    def pending_intents(self, rollout_ids: list[str]) -> list[Intent]:
+        """The intents of these rollouts still to carry out (pending, or running under an older token than
+        the lease this replica holds), oldest first."""
+        ...
+
+    def claim_intent(self, intent: Intent) -> bool:
+        """Mark it running, fenced by the rollout's lease; False when another replica took it or holds the rollout."""
+        ...
+
+    def finish_intent(self, intent_id: int, status: str, detail: str, at: float) -> None: ...
+
+
+def file_command(store: HoldsIntents, rollout_id: str, action: Action, reason: str, by: str | None,
+                 source: str, at: float, refused: LeaseLost) -> Intent:
+    """File a command the store refused this replica (`refused`) for the holder to carry out."""
+    intent = store.file_intent(rollout_id, action.value, reason, by, source, at)
+    logger.info("{} of rollout {} filed as intent {} for its lease holder ({})", action.value, rollout_id,
+                intent.id, refused)
+    return intent
+
+
+class IntentKeeper:
+    """The holder's side: carries out the pending intents of the rollouts this replica holds (the scheduler
+    asks it every pass). `guard` is the replica's Guard; `clock` its clock."""
+
+    def __init__(self, guard: Any, store: HoldsIntents) -> None:
+        self.guard, self.store = guard, store
+
+    def due(self, held: list[str]) -> list[Intent]:
+        return self.store.pending_intents(held) if held else []
+
+    def carry_out(self, intent: Intent) -> None:
+        """Claim it (fenced) and do it through Guard.override, recording how it ended."""
+        if not self.store.claim_intent(intent):
+            return  # another replica holds the rollout now, or took the intent: it is theirs
+        status, detail = DONE, ""
+        try:
+            state = self.guard.override(intent.rollout_id, Action(intent.action), intent.reason,
+                                        source=intent.source, by=intent.by)
+            detail = f"{intent.action}: the rollout is {state.phase.value} at {state.weight}%"
+        except LeaseLost as e:
+            logger.warning("intent {} ({} of {}) left running for the next holder: {}", intent.id, intent.action,
+                           intent.rollout_id, e)
+            return
+        except (RolloutConflict, RolloutNotFound) as e:
+            status, detail = REFUSED, str(e)
+        except ActuatorError as e:
+            status, detail = FAILED, str(e)
+        self.store.finish_intent(intent.id, status, detail, self.guard.clock.now())
+        logger.info("intent {} ({} of rollout {} by {}): {}: {}", intent.id, intent.action, intent.rollout_id,
+                    intent.by or intent.source, status, detail)
