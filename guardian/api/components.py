@@ -50,9 +50,14 @@ def _store(settings: Settings, name: str) -> MetricSource:
         from guardian.sources.influxdb import InfluxDBSource
 
         password = settings.influxdb_password.get_secret_value() if settings.influxdb_password else None
-        return InfluxDBSource(settings.influxdb_url or "", database=settings.influxdb_database,
-                              username=settings.influxdb_username, password=password,
-                              timeout=settings.prometheus_timeout, min_window=settings.min_window)
+        influx = InfluxDBSource(settings.influxdb_url or "", database=settings.influxdb_database,
+                                username=settings.influxdb_username, password=password,
+                                timeout=settings.prometheus_timeout, min_window=settings.min_window)
+        if not settings.batch_queries:
+            return influx
+        from guardian.sources.influxdb_batching import BatchingInfluxDBSource
+
+        return BatchingInfluxDBSource(influx)
     kind, url = {"prometheus": (PrometheusSource, settings.prometheus_url),
                  "victoriametrics": (VictoriaMetricsSource, settings.victoriametrics_url)}[name]
     store: MetricSource = kind(url or "", timeout=settings.prometheus_timeout, min_window=settings.min_window)

@@ -34,6 +34,7 @@ from guardian.errors import NotBatchable, SourceUnavailable
 from guardian.rules.promql import _PLACEHOLDER, escape_label_value, format_duration
 from guardian.sources import ArmSelector, SignalQuery
 from guardian.sources.prometheus import PrometheusSource, counter_value, gauge_value
+from guardian.sources.wrapping import Wrapping
 
 _S = {"service": "__rg_service__", "arm": "__rg_arm__", "arm_label": "__rg_arm_label__", "window": "__rg_window__"}
 _SERVICES, _ARMS = "__rg_services__", "__rg_arms__"
@@ -245,7 +246,7 @@ class _Batch:
         return service in self.services and arm in self.arms
 
 
-class BatchingSource:
+class BatchingSource(Wrapping):
     """A MetricSource over a PrometheusSource that asks once per (signal template, window, arm label)."""
 
     def __init__(self, inner: PrometheusSource, *, failure_ttl: float = 2.0, keep_windows: int = 3) -> None:
@@ -257,19 +258,6 @@ class BatchingSource:
         self._batches: dict[Key, _Batch] = {}
         self.batch_queries = 0  # queries this wrapper sent: batched, and per rollout (fallbacks)
         self.single_queries = 0
-
-    def __getattr__(self, name: str) -> Any:  # url, safe_url, timeout … of the wrapped source
-        return getattr(self.inner, name)
-
-    def __repr__(self) -> str:
-        return f"BatchingSource({self.inner!r})"
-
-    # the wrapped source's capabilities (guardian/sources/__init__.py), declared here so that isinstance sees them
-    def ping(self) -> bool:
-        return self.inner.ping()
-
-    def close(self) -> None:
-        self.inner.close()
 
     def render(self, query: SignalQuery, service: str, arm: ArmSelector, start: float, end: float) -> str:
         return self.inner.render(query, service, arm, start, end)

@@ -129,5 +129,6 @@ def test_influxdb_is_chosen_like_the_others_and_refuses_promql_queries(tmp_path)
     (tmp_path / "checkout.yaml").write_text("service: checkout\nsource: influxdb\n")
     router = metric_sources(settings, RuleBook([tmp_path]))
     assert set(router.sources) == {"prometheus", "influxdb"}
-    assert repr(router.for_service("checkout")) == "InfluxDBSource('http://127.0.0.1:8086', database='telegraf')"
+    assert repr(router.for_service("checkout")) == (  # batched (settings' batch_queries)
+        "BatchingInfluxDBSource(InfluxDBSource('http://127.0.0.1:8086', database='telegraf'))")
     assert "pw-secret" not in repr(router)
