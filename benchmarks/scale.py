@@ -113,6 +113,12 @@ def _lags(db: Path, window_start: float, window_end: float) -> tuple[list[float]
         stored = {(r[0], r[1]): r[2] for r in con.execute("SELECT rollout_id, tick, at FROM ticks")}
     finally:
         con.close()
+    return tick_lags(states, stored, window_start, window_end)
+
+
+def tick_lags(states: list[dict[str, Any]], stored: dict[tuple[str, int], float], window_start: float,
+              window_end: float) -> tuple[list[float], int, int]:
+    """`_lags` from the rollouts' states and the ticks stored ((rollout id, tick) -> at), whatever the store."""
     lags: list[float] = []
     missing = 0
     for s in states:

@@ -14,7 +14,7 @@ from loguru import logger
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from guardian.actuators import registry
-from guardian.api.commands import accepted, command
+from guardian.api.commands import accepted, command, start_or_file
 from guardian.api.components import Components
 from guardian.api.deps import Deps, Mutating, Operator, Reading
 from guardian.api.identity import UNNAMED
@@ -128,7 +128,9 @@ def rollout_view(c: Components, rollout_id: str) -> dict[str, Any]:
 def start_rollout(body: StartRollout, c: Deps) -> Any:
     """Start a rollout, after a preflight: a signal its policy needs that has no series at all (a label
     mismatch, a histogram without the objective's bucket …) refuses the start with 422 `missing_metrics`
-    naming each and why (engine/preflight.py), unless `allow_missing`: then it starts paused."""
+    naming each and why (engine/preflight.py), unless `allow_missing`: then it starts paused. With several
+    replicas, a start that must end the service's watch held by another replica is filed for that one: 202 with
+    the intent, which names the rollout to come (`starts`)."""
     from guardian.engine.preflight import preflight, summary
 
     spec = start_spec(c.settings, **body.spec_fields())
@@ -149,12 +151,14 @@ def start_rollout(body: StartRollout, c: Deps) -> Any:
             for f in blocking] + [{"field": "allow_missing", "message": "fix the metrics (`guardian doctor "
                                    f"{spec.service}` shows every signal), or start with allow_missing (--allow-"
                                    "missing): it then starts paused until the data comes"}]})
-    state = c.guard.start(spec)
-    if blocking:
+    pause = f"started paused: signals with no data: {summary(findings)}" if blocking else None
+    started = start_or_file(c, spec, pause)
+    if isinstance(started, Intent):
+        return accepted(started)
+    if pause:
         with contextlib.suppress(RolloutConflict, ActuatorError):
-            c.guard.override(state.id, Action.PAUSE, f"started paused: signals with no data: {summary(findings)}",
-                             source="guardian")
-    return rollout_view(c, state.id)
+            c.guard.override(started.id, Action.PAUSE, pause, source="guardian")
+    return rollout_view(c, started.id)
 
 
 @router.get("/v1/services/{service}/doctor", dependencies=Reading)

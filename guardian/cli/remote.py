@@ -182,6 +182,8 @@ def rollout_start(
         except ValueError as e:
             raise fail(f"--bake: {e} (e.g. 10m, 90s, 0)") from None
     r = _call(api, token, "POST", "/v1/rollouts", json=body)
+    if r.get("status") == "accepted" and "intent" in r:  # the service's watch is held by another replica
+        r = _follow_intent(api, token, r)
     out.print(f"started rollout [bold]{r['id']}[/bold] of {r['service']} → {r['image']} "
               f"({r['strategy']}, steps {r['steps']}, target {r['target']})")
     if wait:
@@ -432,8 +434,10 @@ def _follow_intent(api: str, token: str | None, filed: dict[str, Any]) -> dict[s
     """A command the receiving replica filed for the one holding the rollout (HTTP 202): wait until that one has
     carried it out, then the rollout as it is. Refused (409's case) and failed (502's) exit 2 with the reason."""
     intent = filed["intent"]
-    err.print(f"rollout {intent['rollout_id']} is held by another replica: {intent['action']} filed as intent "
-              f"{intent['id']}, waiting for it to be carried out …", markup=False)
+    held = f"the watch of rollout {intent['starts']}'s service" if intent.get("starts") else \
+        f"rollout {intent['rollout_id']}"
+    err.print(f"{held} is held by another replica: {intent['action']} filed as intent {intent['id']}, waiting for "
+              "it to be carried out …", markup=False)
     deadline = time.monotonic() + INTENT_WAIT_SECONDS
     while intent["status"] not in ("done", "refused", "failed") and time.monotonic() < deadline:
         intent = _call(api, token, "GET", f"/v1/intents/{intent['id']}",
@@ -447,7 +451,7 @@ def _follow_intent(api: str, token: str | None, filed: dict[str, Any]) -> dict[s
                    f"holding rollout {intent['rollout_id']} has not carried it out yet; follow it with "
                    f"GET {api}/v1/intents/{intent['id']}")
     err.print(f"carried out by replica {intent['done_by']}", markup=False)
-    return _call(api, token, "GET", f"/v1/rollouts/{intent['rollout_id']}")
+    return _call(api, token, "GET", intent["links"]["rollout"])
 
 
 def _override(action: str):

@@ -16,21 +16,28 @@ Each intent goes pending -> running -> done | refused | failed:
   allow it (e.g. it ended meanwhile), with the reason, as a direct call answers 409; *failed*: the actuator
   failed and nothing changed, as a direct call answers 502.
 
+A rollout's *start* can need another replica too: it ends the service's watch first (engine/watches.py), and the
+watch is a rollout leased like the others. A start refused that way is filed as a `start` intent on the watch, with
+the start's request (a StartSpec, its id chosen already, so the 202 names the rollout to come) and, when the
+preflight found signals with no data and the request allowed it, the reason to start it paused.
+
 A replica alone (SQLite) holds every rollout: it never files an intent.
 """
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass
+import uuid
+from dataclasses import asdict, dataclass, replace
 from typing import Any, Protocol, runtime_checkable
 
 from loguru import logger
 
-from guardian.domain import Action
-from guardian.errors import ActuatorError, LeaseLost, RolloutConflict, RolloutNotFound
+from guardian.domain import Action, RolloutState, Strategy
+from guardian.engine.start import StartSpec
+from guardian.errors import ActuatorError, LeaseLost, ModelMissing, RolloutConflict, RolloutNotFound
 
 PENDING, RUNNING, DONE, REFUSED, FAILED = "pending", "running", "done", "refused", "failed"
 FINISHED = frozenset({DONE, REFUSED, FAILED})
-COMMANDS = frozenset({Action.PAUSE, Action.RESUME, Action.PROMOTE, Action.ROLLBACK, Action.APPROVE})
+START = "start"  # the action of a start filed on the service's watch
 
 
 @dataclass(frozen=True)
@@ -48,16 +55,35 @@ class Intent:
     done_by: str | None = None  # the replica that carried it out
     done_at: float | None = None
     token: int | None = None  # the fencing token of the claim (running)
+    payload: dict[str, Any] | None = None  # a start's request: {"spec": StartSpec fields, "pause": reason | None}
 
     @property
     def finished(self) -> bool:
         return self.status in FINISHED
 
+    @property
+    def subject(self) -> str:
+        """The rollout it is about: the one a start starts (`rollout_id` is then the watch it ends)."""
+        return self.payload["spec"]["id"] if self.action == START and self.payload else self.rollout_id
+
     def to_dict(self) -> dict[str, Any]:
         view = asdict(self)
         view.pop("token")
-        view["links"] = {"intent": f"/v1/intents/{self.id}", "rollout": f"/v1/rollouts/{self.rollout_id}"}
+        view.pop("payload")
+        if self.action == START:
+            view["starts"] = self.subject
+        view["links"] = {"intent": f"/v1/intents/{self.id}", "rollout": f"/v1/rollouts/{self.subject}"}
         return view
+
+
+def start_payload(spec: StartSpec, pause: str | None) -> dict[str, Any]:
+    return {"spec": {**asdict(spec), "strategy": spec.strategy.value}, "pause": pause}
+
+
+def spec_of(payload: dict[str, Any]) -> StartSpec:
+    fields = payload["spec"]
+    return StartSpec(**{**fields, "strategy": Strategy(fields["strategy"]), "steps": tuple(fields["steps"]),
+                        "approvals": tuple(fields["approvals"])})
 
 
 @runtime_checkable
@@ -65,7 +91,7 @@ class HoldsIntents(Protocol):
     """A store shared by replicas (store_pg.py) keeps the intents; SQLite, used by one process, has none."""
 
     def file_intent(self, rollout_id: str, action: str, reason: str, by: str | None, source: str,
-                    at: float) -> Intent:
+                    at: float, payload: dict[str, Any] | None = None) -> Intent:
         """Store a command for the rollout's holder (RolloutNotFound when there is no such rollout)."""
         ...
 
@@ -94,6 +120,20 @@ def file_command(store: HoldsIntents, rollout_id: str, action: Action, reason: s
     return intent
 
 
+def file_start(store: HoldsIntents, spec: StartSpec, watch: RolloutState, pause: str | None, at: float,
+               refused: LeaseLost) -> Intent:
+    """File a start whose service's watch another replica holds: that one ends the watch and starts it."""
+    spec = replace(spec, id=spec.id or new_id())
+    intent = store.file_intent(watch.id, START, spec.start_reason, None, spec.source, at, start_payload(spec, pause))
+    logger.info("start of {} ({}) filed as intent {} for the replica holding its watch {} ({})", spec.service,
+                spec.id, intent.id, watch.id, refused)
+    return intent
+
+
+def new_id() -> str:
+    return uuid.uuid4().hex[:12]
+
+
 class IntentKeeper:
     """The holder's side: carries out the pending intents of the rollouts this replica holds (the scheduler
     asks it every pass). `guard` is the replica's Guard; `clock` its clock."""
@@ -110,17 +150,24 @@ class IntentKeeper:
             return  # another replica holds the rollout now, or took the intent: it is theirs
         status, detail = DONE, ""
         try:
-            state = self.guard.override(intent.rollout_id, Action(intent.action), intent.reason,
-                                        source=intent.source, by=intent.by)
-            detail = f"{intent.action}: the rollout is {state.phase.value} at {state.weight}%"
+            state = self._start(intent) if intent.action == START else self.guard.override(
+                intent.rollout_id, Action(intent.action), intent.reason, source=intent.source, by=intent.by)
+            detail = f"{intent.action}: rollout {state.id} is {state.phase.value} at {state.weight}%"
         except LeaseLost as e:
             logger.warning("intent {} ({} of {}) left running for the next holder: {}", intent.id, intent.action,
                            intent.rollout_id, e)
             return
-        except (RolloutConflict, RolloutNotFound) as e:
+        except (RolloutConflict, RolloutNotFound, ModelMissing) as e:
             status, detail = REFUSED, str(e)
         except ActuatorError as e:
             status, detail = FAILED, str(e)
         self.store.finish_intent(intent.id, status, detail, self.guard.clock.now())
         logger.info("intent {} ({} of rollout {} by {}): {}: {}", intent.id, intent.action, intent.rollout_id,
                     intent.by or intent.source, status, detail)
+
+    def _start(self, intent: Intent) -> RolloutState:
+        assert intent.payload is not None
+        state = self.guard.start(spec_of(intent.payload))
+        if (why := intent.payload.get("pause")) is not None:  # the preflight's missing signals, allowed
+            state = self.guard.override(state.id, Action.PAUSE, why, source="guardian")
+        return state

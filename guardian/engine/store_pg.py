@@ -58,7 +58,9 @@ CREATE TABLE IF NOT EXISTS marks (
 CREATE TABLE IF NOT EXISTS intents (
     id BIGSERIAL PRIMARY KEY, rollout_id TEXT NOT NULL, action TEXT NOT NULL, reason TEXT NOT NULL,
     by_name TEXT, source TEXT NOT NULL, filed_by TEXT NOT NULL, filed_at DOUBLE PRECISION NOT NULL,
-    status TEXT NOT NULL, detail TEXT NOT NULL DEFAULT '', done_by TEXT, done_at DOUBLE PRECISION, token BIGINT);
+    status TEXT NOT NULL, detail TEXT NOT NULL DEFAULT '', done_by TEXT, done_at DOUBLE PRECISION, token BIGINT,
+    payload TEXT);
+ALTER TABLE intents ADD COLUMN IF NOT EXISTS payload TEXT;
 CREATE INDEX IF NOT EXISTS intents_open ON intents(rollout_id) WHERE status IN ('pending', 'running');
 """ + LEASES_SCHEMA
 
@@ -300,14 +302,15 @@ class PostgresStore(SQLiteStore):
 
     # -- intents: commands for the rollout's holder (engine/intents.py) --------------------------------
     def file_intent(self, rollout_id: str, action: str, reason: str, by: str | None, source: str,
-                    at: float) -> Intent:
+                    at: float, payload: dict[str, Any] | None = None) -> Intent:
         with self._tx() as db:
             if db.execute("SELECT 1 AS one FROM rollouts WHERE id = ?", (rollout_id,)).fetchone() is None:
                 raise RolloutNotFound(f"no rollout with id {rollout_id!r}")
             row = db.execute(
-                "INSERT INTO intents (rollout_id, action, reason, by_name, source, filed_by, filed_at, status) "
-                "VALUES (?,?,?,?,?,?,?,?) RETURNING *", (rollout_id, action, reason, by, source, self.leases.holder,
-                                                         at, PENDING)).fetchone()
+                "INSERT INTO intents (rollout_id, action, reason, by_name, source, filed_by, filed_at, status, "
+                "payload) VALUES (?,?,?,?,?,?,?,?,?) RETURNING *",
+                (rollout_id, action, reason, by, source, self.leases.holder, at, PENDING,
+                 _dumps(payload) if payload is not None else None)).fetchone()
         return _intent(row)
 
     def intent(self, intent_id: int) -> Intent:
@@ -350,4 +353,4 @@ def _intent(row: dict[str, Any]) -> Intent:
     return Intent(id=row["id"], rollout_id=row["rollout_id"], action=row["action"], reason=row["reason"],
                   by=row["by_name"], source=row["source"], filed_by=row["filed_by"], filed_at=row["filed_at"],
                   status=row["status"], detail=row["detail"], done_by=row["done_by"], done_at=row["done_at"],
-                  token=row["token"])
+                  token=row["token"], payload=orjson.loads(row["payload"]) if row["payload"] else None)

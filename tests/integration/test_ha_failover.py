@@ -120,3 +120,30 @@ def test_rollouts_spread_over_the_live_replicas_and_move_when_one_joins_or_leave
     wait_until(lambda: _holders(ha, ids) == {"e": 6}, 10, 0.1, "e holding all six again")
     for rid in ids:  # the other tests of this module see no rollout of these in flight
         e.api("POST", f"/v1/rollouts/{rid}/rollback")
+
+
+def test_a_start_that_must_end_a_watch_held_by_the_other_replica_is_carried_out_by_it(ha):
+    g, h = _fresh_pair(ha, "g", "h")  # (rollouts of checkout the tests before left in flight are ended)
+    for server in (g, h):
+        server.stop()
+        server.env["GUARDIAN_WATCH_SERVICES"] = '["checkout"]'
+        server.start()
+
+    def watch():
+        rows = g.api("GET", "/v1/rollouts", params={"service": "checkout", "active": True}).json()
+        return next((r for r in rows if r["strategy"] == "watch"), None)
+
+    watch_id = wait_until(lambda: (w := watch()) and w["id"], 20, 0.2, "the watch of checkout")
+    holder = wait_until(lambda: ha.holder(watch_id), 10, 0.1, "the watch's holder")
+    other = h if holder == "g" else g
+    r = other.api("POST", "/v1/rollouts", json={"service": "checkout", "image": "demo:v2", "steps": [50, 100],
+                                               "analysis_seconds": 600})
+    assert r.status_code == 202, r.text
+    intent = r.json()["intent"]
+    assert intent["action"] == "start" and intent["rollout_id"] == watch_id and intent["starts"]
+    done = other.api("GET", f"/v1/intents/{intent['id']}", params={"wait": 10}).json()
+    assert done["status"] == "done" and done["done_by"] == holder, done
+    started = other.rollout(intent["starts"])
+    assert started["phase"] == "progressing" and started["image"] == "demo:v2"
+    assert other.rollout(watch_id)["phase"] == "ended"
+    other.api("POST", f"/v1/rollouts/{intent['starts']}/rollback")
