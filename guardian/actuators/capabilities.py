@@ -2,7 +2,8 @@
 asks `isinstance(actuator, LogSource)` instead of looking for a method by name.
 
     capability    method                                  who has it
-    ArmValues     arm_values(state)                       kubernetes: the arms' pod-template-hashes
+    ArmValues     arm_values(state)                       kubernetes: the arms' pod-template-hashes (router=gateway:
+                                                          the canary Deployment's and the stable's)
     Reconciling   reconcile(request)                      docker: routing put back in line with what runs
     LogSource     arm_logs(request, since=)               docker: the arms' recent log lines
     Closeable     close()                                 every BaseActuator (clients, connections)

@@ -1,8 +1,9 @@
 """The `kubernetes` actuator: guards a Deployment's rolling update through the official `kubernetes` client.
 
 Target: `kubernetes:NAMESPACE/NAME`, `kubernetes:NAME` (namespace `default`) or `kubernetes:` (the
-rollout's service, in `default`). The manual, action by action, and what was tested against what:
-docs/kubernetes.md.
+rollout's service, in `default`), parsed by kube_target.py. With `?router=gateway:NS/HTTPROUTE` the target is a
+weighted canary beside the Deployment instead (kube_gateway.py, which builds on this class). The manual,
+action by action, and what was tested against what: docs/kubernetes.md.
 
 The arms are the `pod-template-hash` of the current revision's ReplicaSet (the canary) and the previous
 one's (the baseline), filled by `arm_values` — and never read before the deployment controller has caught
@@ -49,7 +50,7 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 from guardian.actuators.base import ActionRequest, BaseActuator
-from guardian.actuators.targets import target_body
+from guardian.actuators.kube_target import parse_kube_target, split_target, validate_target
 from guardian.domain import Action, Outcome, RolloutState
 from guardian.errors import ActuatorError
 
@@ -63,10 +64,8 @@ UNDO_KEEPS = frozenset({"kubectl.kubernetes.io/last-applied-configuration", REVI
 MERGE_PATCH = "application/merge-patch+json"
 STRATEGIC_MERGE_PATCH = "application/strategic-merge-patch+json"
 JSON_PATCH = "application/json-patch+json"
-_DNS = re.compile(r"[a-z0-9]([-a-z0-9.]{0,251}[a-z0-9])?")
 _FORBIDDEN = re.compile(r'cannot (\S+) resource "([^"]+)"(?: in API group "([^"]*)")?'
                         r'(?: in the namespace "([^"]+)"| (at the cluster scope))?')
-_HINT = "write kubernetes:NAMESPACE/NAME, kubernetes:NAME or kubernetes:"
 UNKNOWN_ARMS: dict[str, str | None] = {"pod_template_hash": None, "previous_pod_template_hash": None}
 T = TypeVar("T")
 
@@ -77,26 +76,6 @@ class KubeError(ActuatorError):
     def __init__(self, message: str, status: int = 0) -> None:
         super().__init__(message)
         self.status = status
-
-
-def split_target(rest: str) -> tuple[str | None, str | None]:
-    """`ns/name` -> (ns, name); `name` -> ('default', name); '' -> (None, None)."""
-    rest = target_body(rest)
-    if not rest:
-        return None, None
-    namespace, _, name = rest.rpartition("/")
-    return namespace or "default", name
-
-
-def validate_target(rest: str) -> str | None:
-    namespace, name = split_target(rest)
-    if "?" in rest:
-        return ("a kubernetes target takes no options (warm=N cannot be done: the deployment controller scales "
-                f"the previous ReplicaSet to 0; see docs/kubernetes.md, Bake); {_HINT}")
-    for what, value in (("namespace", namespace), ("Deployment name", name)):
-        if value is not None and not _DNS.fullmatch(value):
-            return f"{value!r} is not a valid {what} (lower-case letters, digits, '-', '.'); {_HINT}"
-    return None
 
 
 @dataclass(frozen=True)
@@ -136,6 +115,14 @@ class KubeConnection:
                             "kube_host, or kubeconfig/kube_context, or run in a Pod with a service account") from e
 
 
+def rbac_manifest(verb: str, resource: str, group: str) -> str:
+    """The manifest granting `verb` on `resource`: a weighted canary's own calls (creating and deleting its
+    Deployment and Service, Services, HTTPRoutes) are in rbac-gateway.yaml, every other one in rbac.yaml."""
+    if verb in ("create", "delete") or resource == "services" or group == "gateway.networking.k8s.io":
+        return "deploy/kubernetes/rbac-gateway.yaml"
+    return "deploy/kubernetes/rbac.yaml"
+
+
 def forbidden(message: str, namespace: str | None, name: str) -> KubeError:
     """A 403 as the permission to grant, read from the API server's message (namespaced: "... in the
     namespace "NS"", or "... at the cluster scope" for a request across namespaces)."""
@@ -144,21 +131,22 @@ def forbidden(message: str, namespace: str | None, name: str) -> KubeError:
         where = f"{namespace}/{name}" if namespace else "the cluster scope"
         return KubeError(f"forbidden on {where}: {message}", 403)
     verb, resource, group, ns, cluster = m.groups()
+    manifest = rbac_manifest(verb, resource, group or "")
     resource = f"{resource}{'.' + group if group else ''}"
     ns = None if cluster else ns or namespace
     if ns is None:
         return KubeError(f"forbidden: the guardian may not {verb} {resource} at the cluster scope (missing RBAC "
                          f"permission: verb {verb!r} on resource {resource!r} at the cluster scope: a ClusterRole "
                          "and a ClusterRoleBinding, or GUARDIAN_KUBE_NAMESPACE and a Role in that namespace; see "
-                         f"deploy/kubernetes/rbac.yaml); API server: {message}", 403)
+                         f"{manifest}); API server: {message}", 403)
     return KubeError(f"forbidden: the guardian may not {verb} {resource} in namespace {ns} (missing RBAC "
                      f"permission: verb {verb!r} on resource {resource!r} in namespace {ns!r}; see "
-                     f"deploy/kubernetes/rbac.yaml); API server: {message}", 403)
+                     f"{manifest}); API server: {message}", 403)
 
 
-def api_error(exc: Exception, namespace: str | None, name: str) -> KubeError:
+def api_error(exc: Exception, namespace: str | None, name: str, kind: str = "Deployment") -> KubeError:
     """An ApiException (or a connection error) as a reason a person can act on; namespace None: a request
-    at the cluster scope."""
+    at the cluster scope; `kind` names the object in a 404."""
     status = int(getattr(exc, "status", 0) or 0)
     body: dict[str, Any] = {}
     with contextlib.suppress(ValueError, TypeError):
@@ -168,10 +156,19 @@ def api_error(exc: Exception, namespace: str | None, name: str) -> KubeError:
     if status == 403:
         return forbidden(message, namespace, name)
     if status == 404:
-        return KubeError(f"Deployment {where} not found (deleted?): {message}", 404)
+        return KubeError(f"{kind} {where} not found (deleted?): {message}", 404)
     if status == 0:
         return KubeError(f"Kubernetes API server unreachable: {type(exc).__name__}: {exc}", 0)
     return KubeError(f"Kubernetes API answered {status} for {where}: {message}", status)
+
+
+def containers_to_set(template: dict[str, Any], image: str) -> list[str]:
+    """The containers `kubectl set image` would give `image`: those whose image repository is `image`'s (else
+    the first one), less those already running it."""
+    repo = image.rsplit(":", 1)[0] if ":" in image.rsplit("/", 1)[-1] else image
+    containers = (template.get("spec") or {}).get("containers") or []
+    chosen = [c for c in containers if c.get("image", "").split("@")[0].rsplit(":", 1)[0] == repo]
+    return [c["name"] for c in chosen or containers[:1] if c.get("image") != image]
 
 
 def without_hash(template: dict[str, Any]) -> dict[str, Any]:
@@ -281,6 +278,7 @@ class KubernetesActuator(BaseActuator):
     Capability ArmValues (`arm_values`). One action at a time."""
 
     name = "kubernetes"
+    routes_traffic = False  # True: a router moves the traffic (kube_gateway.GatewayCanaryActuator)
 
     def __init__(self, target: str = "", *, connection: KubeConnection | None = None,
                  api_client: Any = None, sleep: Callable[[float], None] = time.sleep,
@@ -288,7 +286,11 @@ class KubernetesActuator(BaseActuator):
         super().__init__()
         if problem := validate_target(target):
             raise KubeError(f"kubernetes: {problem}")
-        self.namespace, self.deployment = split_target(target)
+        self.target = parse_kube_target(target)
+        if self.target.router and not self.routes_traffic:
+            raise KubeError("kubernetes: a target with router= is a weighted canary: build it with "
+                            "kube_gateway.from_target (the registry does)")
+        self.namespace, self.deployment = self.target.namespace, self.target.name
         self.connection = connection or KubeConnection()
         self._client = api_client
         self._owns = api_client is None
@@ -325,9 +327,11 @@ class KubernetesActuator(BaseActuator):
         fn, args = self.deployment_lister(namespace)
         return self._call(fn, namespace, "*", *args)
 
-    def _call(self, fn: Any, namespace: str | None, name: str, *args: Any, **kwargs: Any) -> Any:
+    def _call(self, fn: Any, namespace: str | None, name: str, *args: Any, kind: str = "Deployment",
+              **kwargs: Any) -> Any:
         """`fn(*args, **kwargs)`'s answer as the API's JSON (not the client's typed model: it drops fields it
-        does not know); failures as KubeError (namespace None: a request at the cluster scope)."""
+        does not know); failures as KubeError (namespace None: a request at the cluster scope; `kind` names
+        the object a 404 is about)."""
         from kubernetes.client.exceptions import ApiException
 
         kwargs.setdefault("_request_timeout", self.connection.timeout)
@@ -338,9 +342,9 @@ class KubernetesActuator(BaseActuator):
             finally:
                 response.release_conn()
         except ApiException as e:
-            raise api_error(e, namespace, name) from e
+            raise api_error(e, namespace, name, kind) from e
         except Exception as e:  # noqa: BLE001 - urllib3 / socket errors: the server did not answer
-            raise api_error(e, namespace, name) from e
+            raise api_error(e, namespace, name, kind) from e
 
     def _patch_deployment(self, namespace: str, name: str, body: Any, content_type: str) -> dict[str, Any]:
         return self._call(self.apps.patch_namespaced_deployment, namespace, name, name, namespace, body,
@@ -394,7 +398,7 @@ class KubernetesActuator(BaseActuator):
                 return info
             self._sleep(self.connection.settle_poll)
 
-    def _retrying(self, namespace: str, name: str, what: str, attempt: Callable[[], T]) -> T:
+    def _retrying(self, namespace: str, name: str, what: str, attempt: Callable[[], T], kind: str = "Deployment") -> T:
         """`attempt()`, which reads afresh and writes conditionally on that read; a 409 Conflict (someone
         wrote in between) is tried again, at most `conflict_retries` times."""
         last: KubeError | None = None
@@ -405,7 +409,7 @@ class KubernetesActuator(BaseActuator):
                 if e.status != 409:
                     raise
                 last = e
-        raise KubeError(f"Deployment {namespace}/{name} kept changing: {self.connection.conflict_retries + 1} "
+        raise KubeError(f"{kind} {namespace}/{name} kept changing: {self.connection.conflict_retries + 1} "
                         f"{what} refused with 409 Conflict ({last})", 409)
 
     def _patch_spec(self, namespace: str, name: str, spec_patch: dict[str, Any]) -> None:
@@ -507,10 +511,7 @@ class KubernetesActuator(BaseActuator):
     def _set_image(self, namespace: str, name: str, image: str) -> None:
         """`kubectl set image`: a strategic-merge patch naming the container(s) whose image repository is
         `image`'s (else the first container) with the new image; nothing when they already run it."""
-        repo = image.rsplit(":", 1)[0] if ":" in image.rsplit("/", 1)[-1] else image
-        containers = self.read(namespace, name)["spec"]["template"]["spec"]["containers"]
-        chosen = [c for c in containers if c.get("image", "").split("@")[0].rsplit(":", 1)[0] == repo]
-        changed = [c["name"] for c in chosen or containers[:1] if c.get("image") != image]
+        changed = containers_to_set(self.read(namespace, name)["spec"]["template"], image)
         if changed:
             patch = {"spec": {"template": {"spec": {"containers": [{"name": c, "image": image} for c in changed]}}}}
             self._patch_deployment(namespace, name, patch, STRATEGIC_MERGE_PATCH)
@@ -601,5 +602,5 @@ class KubernetesActuator(BaseActuator):
             self._client = None
 
 
-__all__ = ["DeploymentRollout", "KubeConnection", "KubeError", "KubernetesActuator", "controller_caught_up",
-           "runs", "split_target", "template_of", "undo_patch", "validate_target"]
+__all__ = ["DeploymentRollout", "KubeConnection", "KubeError", "KubernetesActuator", "containers_to_set",
+           "controller_caught_up", "runs", "split_target", "template_of", "undo_patch", "validate_target"]

@@ -6,7 +6,8 @@ should be readable in one place, and a target that names nothing known must fail
 what is known, instead of importing code named by a user-supplied string.
 
 Targets: `noop`, `noop:`, `noop://anything`; `webhook+http://host:port/path`, `webhook+https://...`;
-`docker:...`, `nginx:...`, `swarm:NAME`, `kubernetes:NAMESPACE/NAME` (see each module).
+`docker:...`, `nginx:...`, `swarm:NAME`, `kubernetes:NAMESPACE/NAME[?router=gateway:NS/HTTPROUTE]` (see each
+module).
 The name is the text before the first `+` or `:` (or the whole target), compared in lower case.
 Each entry builds its actuator from the rest of the target and the `ActuatorDeps`.
 """
@@ -155,13 +156,13 @@ def _swarm_validate(rest: str) -> str | None:
 
 
 def _kubernetes(rest: str, deps: ActuatorDeps) -> Actuator:
-    from guardian.actuators.kubernetes import KubernetesActuator  # the kubernetes client is imported only when used
+    from guardian.actuators.kube_gateway import from_target  # the kubernetes client is imported only when used
 
-    return KubernetesActuator(rest, connection=deps.kube_connection, api_client=deps.kube_client)
+    return from_target(rest, connection=deps.kube_connection, api_client=deps.kube_client)
 
 
 def _kubernetes_validate(rest: str) -> str | None:
-    from guardian.actuators.kubernetes import validate_target
+    from guardian.actuators.kube_target import validate_target
 
     return validate_target(rest)
 

@@ -107,5 +107,5 @@ def test_verify_of_a_bake_fails_once_the_previous_replicaset_is_gone(kube):
 
 def test_a_warm_option_in_the_target_is_refused_with_the_reason():
     problem = registry.validate_target("kubernetes:shop/checkout?warm=2")
-    assert problem is not None and "takes no options (warm=N cannot be done" in problem, problem
+    assert problem is not None and "takes no warm=N option (warm=N cannot be done" in problem, problem
     assert Action.BAKE in KubernetesActuator.supports

@@ -13,6 +13,23 @@ through a `Configuration(host=stub.url)`.
     GET    /apis/apps/v1/namespaces/NS/replicasets?labelSelector=a=b,c=d
     GET    /apis/apps/v1/namespaces/NS/deployments/NAME/scale         autoscaling/v1 Scale
     PATCH  /apis/apps/v1/namespaces/NS/deployments/NAME/scale
+    POST   /apis/apps/v1/namespaces/NS/deployments                    create (the weighted canary's Deployment)
+    POST, GET, PATCH, DELETE  /api/v1/namespaces/NS/services[/NAME]   core v1 Services
+    POST, GET, PATCH, PUT, DELETE  /apis/gateway.networking.k8s.io/v1/namespaces/NS/httproutes[/NAME]
+
+The weighted canary's part (router=gateway; each behaviour checked by tests/integration/test_kubernetes_gateway.py):
+a created Deployment is refused with 409 AlreadyExists when it exists and with 422 when its selector does not
+select its template's labels; a Service with 409, and with 422 for a name that is not an RFC 1035 label, no
+ports, or a clusterIP / nodePort already allocated (one copied from another Service); a DELETE honours
+DeleteOptions.preconditions (uid: 409 when the object is another one). HTTPRoutes are a custom resource: a
+PATCH takes merge-patch and json-patch, a strategic-merge patch is 415 as the API server answers it for
+custom resources; every write is pruned, defaulted (backendRef group "", kind Service, weight 1) and
+validated by the CRD's schema from the Gateway API's v1 types (tests/stubs/httproute_schema.py,
+tests/contracts/gateway_httproute_v1_extract.json: weight 0..1000000, at most 16 backendRefs per rule and 16
+rules, a Service ref needs its port, ...: 422 Invalid naming the field), conditional on a resourceVersion
+(409; `route_conflicts` makes the next N writes race a concurrent writer); `route_history` keeps each
+written spec. `rolling_every` > 0 runs the deployment controller on its own: every incomplete rolling
+update moves one replica that often (a guardian in another process waits on it).
 
 Faithful where the guardian's clients depend on it (each checked by a test in
 tests/integration/test_kubernetes_actuator.py; the requests themselves are checked against the official
@@ -51,6 +68,7 @@ from __future__ import annotations
 import copy
 import hashlib
 import json
+import re
 import threading
 import time
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -58,6 +76,7 @@ from typing import Any
 from urllib.parse import parse_qs, urlsplit
 
 from demo.stack import free_port
+from tests.stubs.httproute_schema import normalize
 
 REVISION = "deployment.kubernetes.io/revision"
 REVISION_HISTORY = "deployment.kubernetes.io/revision-history"
@@ -70,6 +89,7 @@ NOT_COPIED = frozenset({"kubectl.kubernetes.io/last-applied-configuration", REVI
 PATCH_TYPES = ("application/json-patch+json", "application/merge-patch+json",
                "application/strategic-merge-patch+json", "application/apply-patch+yaml")
 USER = "system:serviceaccount:guardian:guardian"
+ROUTE_GROUP = "gateway.networking.k8s.io"
 
 
 def status_body(code: int, reason: str, message: str, details: dict[str, Any] | None = None) -> dict[str, Any]:
@@ -115,14 +135,22 @@ def json_patch(target: dict[str, Any], ops: list[dict[str, Any]]) -> dict[str, A
         node = out
         for p in parts[:-1]:
             node = node[int(p)] if isinstance(node, list) else node.setdefault(p, {})
-        last = parts[-1]
-        if op["op"] in ("replace", "remove") and last not in node:
+        last: Any = parts[-1]
+        if isinstance(node, list):  # an index, or "-" (after the last) for add
+            last = len(node) if last == "-" and op["op"] == "add" else int(last)
+            if not 0 <= last <= len(node) - (op["op"] != "add"):
+                raise KubeError(422, "Invalid", f"{op['op']} operation does not apply: doc is missing path: "
+                                f"{op['path']}")
+            if op["op"] == "add":
+                node.insert(last, copy.deepcopy(op["value"]))
+                continue
+        elif op["op"] in ("replace", "remove", "test") and last not in node:
             raise KubeError(422, "Invalid", f"{op['op']} operation does not apply: doc is missing path: {op['path']}")
         if op["op"] in ("add", "replace"):
             node[last] = copy.deepcopy(op["value"])
         elif op["op"] == "remove":
             node.pop(last)
-        elif op["op"] == "test" and node.get(last) != op["value"]:
+        elif op["op"] == "test" and node[last] != op["value"]:
             raise KubeError(422, "Invalid", f"the test operation on {op['path']} failed")
     return out
 
@@ -138,8 +166,14 @@ def template_hash(template: dict[str, Any]) -> str:
 
 
 class KubeStub:
-    def __init__(self, *, controller_delay: float = 0.0, bookmark_every: float = 0.5) -> None:
+    def __init__(self, *, controller_delay: float = 0.0, bookmark_every: float = 0.5,
+                 rolling_every: float = 0.0) -> None:
         self.deployments: dict[tuple[str, str], dict[str, Any]] = {}
+        self.services: dict[tuple[str, str], dict[str, Any]] = {}  # core v1 Services
+        self.httproutes: dict[tuple[str, str], dict[str, Any]] = {}  # gateway.networking.k8s.io/v1 HTTPRoutes
+        self.route_history: list[tuple[str, dict[str, Any]]] = []  # (namespace/name, spec) after each route write
+        self.route_conflicts = 0  # the next N writes to an HTTPRoute race a concurrent writer (-> 409)
+        self.rolling_every = rolling_every  # > 0: the controller moves every rolling update on its own, this often
         self.replicasets: dict[tuple[str, str], dict[str, Any]] = {}
         self.forbidden: set[tuple[str, str, str]] = set()  # (verb, resource, namespace; "" = cluster scope)
         self.requests: list[tuple[str, str, int]] = []  # (method, path, status)
@@ -152,11 +186,14 @@ class KubeStub:
         self._seen_replicas: dict[tuple[str, str], int] = {}  # spec.replicas at the controller's last sync
         self._timers: list[threading.Timer] = []
         self._rv = 100
+        self._ips = 0
+        self._stopped = threading.Event()
         self._lock = threading.Condition()
         self.port = free_port()
         self.server = ThreadingHTTPServer(("127.0.0.1", self.port), self._handler())
         self.server.daemon_threads = True
-        self._thread = threading.Thread(target=self.server.serve_forever, name="kube-stub", daemon=True)
+        self._thread = threading.Thread(target=self.server.serve_forever, kwargs={"poll_interval": 0.05},
+                                        name="kube-stub", daemon=True)  # stop() waits at most one poll
 
     @property
     def url(self) -> str:
@@ -164,9 +201,23 @@ class KubeStub:
 
     def start(self) -> KubeStub:
         self._thread.start()
+        if self.rolling_every > 0:
+            threading.Thread(target=self._roll, name="kube-stub-controller", daemon=True).start()
         return self
 
+    def _roll(self) -> None:
+        """The deployment controller on its own (`rolling_every` > 0): every Deployment whose update is not
+        complete moves one replica each `rolling_every` seconds, as `progress()` does when a test calls it."""
+        while not self._stopped.wait(self.rolling_every):
+            with self._lock:
+                for (ns, name), dep in list(self.deployments.items()):
+                    new = self._current(ns, name)
+                    old = [rs for rs in self._owned(ns, name) if rs is not new and rs["spec"]["replicas"] > 0]
+                    if new is not None and (old or new["spec"]["replicas"] < dep["spec"]["replicas"]):
+                        self.progress(ns, name)
+
     def stop(self) -> None:
+        self._stopped.set()
         for timer in self._timers:
             timer.cancel()
         with self._lock:
@@ -215,11 +266,21 @@ class KubeStub:
         }
         dep = merge_patch(dep, extra or {}, strategic=True)
         with self._lock:
-            dep["metadata"]["resourceVersion"] = self._next_rv()
-            self.deployments[(namespace, name)] = dep
-            self._event("ADDED", namespace, dep)
-            self._sync(namespace, name)
-            return copy.deepcopy(self.deployments[(namespace, name)])
+            return self._add_deployment(dep)
+
+    def _add_deployment(self, dep: dict[str, Any], *, at_once: bool = True) -> dict[str, Any]:
+        """A new Deployment stored (its resourceVersion, an ADDED event), then the controller's first sync: at
+        once (a test's given cluster), or as after any write (`controller_delay`: a Deployment the client created)."""
+        namespace, name = dep["metadata"]["namespace"], dep["metadata"]["name"]
+        dep["metadata"]["resourceVersion"] = self._next_rv()
+        self.deployments[(namespace, name)] = dep
+        self._event("ADDED", namespace, dep)
+        written = copy.deepcopy(dep)
+        if not at_once:
+            self._kick(namespace, name)
+            return written
+        self._sync(namespace, name)
+        return copy.deepcopy(self.deployments[(namespace, name)])
 
     def set_image(self, namespace: str, name: str, image: str) -> None:
         """`kubectl set image` on the first container: a spec write, then (maybe later) the controller."""
@@ -512,15 +573,18 @@ class KubeStub:
             def do_DELETE(self) -> None:  # noqa: N802
                 self._do("DELETE")
 
+            def do_POST(self) -> None:  # noqa: N802
+                self._do("POST")
+
         return Handler
 
-    def _check(self, verb: str, resource: str, namespace: str, name: str = "") -> None:
+    def _check(self, verb: str, resource: str, namespace: str, name: str = "", group: str = "apps") -> None:
         """RBAC: 403 with the API server's message (responsewriters.forbiddenMessage); namespace "" is a
-        request at the cluster scope."""
+        request at the cluster scope; the core group is "" (`services "x" is forbidden: ... in API group ""`)."""
         if (verb, resource, namespace) not in self.forbidden:
             return
-        group = "apps"
-        what = f'{resource.split("/")[0]}.{group} "{name}"' if name else f"{resource.split('/')[0]}.{group}"
+        plural = resource.split("/")[0] + (f".{group}" if group else "")
+        what = f'{plural} "{name}"' if name else plural
         scope = f'in the namespace "{namespace}"' if namespace else "at the cluster scope"
         raise KubeError(403, "Forbidden", f'{what} is forbidden: User "{USER}" cannot {verb} resource "{resource}" '
                                           f'in API group "{group}" {scope}',
@@ -547,8 +611,18 @@ class KubeStub:
     def route(self, method: str, path: str, query: dict[str, str], body: Any,
               content_type: str) -> tuple[int, Any]:
         parts = path.strip("/").split("/")
+        if parts[:2] == ["api", "v1"] and parts[2:3] == ["namespaces"] and parts[4:5] == ["services"]:
+            with self._lock:
+                return self._services(method, parts[3], parts[5] if len(parts) > 5 else "", body, content_type)
+        if parts[:3] == ["apis", ROUTE_GROUP, "v1"] and parts[3:4] == ["namespaces"] and parts[5:6] == ["httproutes"]:
+            with self._lock:
+                return self._httproutes(method, parts[4], parts[6] if len(parts) > 6 else "", body, content_type)
         if parts[:3] != ["apis", "apps", "v1"]:
             raise KubeError(404, "NotFound", "the server could not find the requested resource")
+        if method == "POST" and len(parts) == 6 and parts[5] == "deployments":
+            with self._lock:
+                self._check("create", "deployments", parts[4])
+                return 201, self._create_deployment(parts[4], body)
         with self._lock:
             if parts[3:] == ["deployments"]:
                 self._check("list", "deployments", "")
@@ -576,9 +650,189 @@ class KubeStub:
             if method == "GET":
                 return 200, copy.deepcopy(dep)
             if method == "DELETE":
+                self._preconditions(dep, body, "deployments.apps")
                 self.delete_deployment(namespace, name)
                 return 200, status_body(200, "", "") | {"status": "Success"}
             return 200, self._store(namespace, name, dep, self._patched(method, dep, body, media))
+
+    # -- Deployments created, Services and HTTPRoutes: what the guardian's weighted canary uses ------------------
+    def _create_deployment(self, namespace: str, body: Any) -> dict[str, Any]:
+        """POST of a Deployment: 409 if it exists, 422 if its selector does not select its template (the API
+        server's validation), else stored as `create_deployment` stores one and synced by the controller."""
+        dep = copy.deepcopy(body)
+        meta = dep.setdefault("metadata", {})
+        name = meta.get("name", "")
+        if meta.get("namespace", namespace) != namespace:
+            raise KubeError(400, "BadRequest", "the namespace of the provided object does not match the namespace "
+                            "sent on the request")
+        if (namespace, name) in self.deployments:
+            raise KubeError(409, "AlreadyExists", f'deployments.apps "{name}" already exists',
+                            {"name": name, "group": "apps", "kind": "deployments"})
+        labels = ((dep.get("spec") or {}).get("template", {}).get("metadata") or {}).get("labels") or {}
+        selector = ((dep.get("spec") or {}).get("selector") or {}).get("matchLabels") or {}
+        if not selector or any(labels.get(k) != v for k, v in selector.items()):
+            raise KubeError(422, "Invalid", f'Deployment.apps "{name}" is invalid: spec.template.metadata.labels: '
+                            f"Invalid value: {json.dumps(labels)}: `selector` does not match template `labels`")
+        meta.update({"namespace": namespace, "uid": f"uid-{namespace}-{name}-{self._next_rv()}", "generation": 1})
+        dep["spec"].setdefault("replicas", 1)
+        dep["status"] = {}
+        return self._add_deployment(dep, at_once=False)
+
+    @staticmethod
+    def _preconditions(obj: dict[str, Any], body: Any, what: str) -> None:
+        """A DELETE's DeleteOptions.preconditions (uid, resourceVersion): 409 when the object is another."""
+        pre = (body or {}).get("preconditions") or {}
+        meta = obj["metadata"]
+        for key, field in (("uid", "UID"), ("resourceVersion", "ResourceVersion")):
+            if pre.get(key) is not None and pre[key] != meta.get(key):
+                raise KubeError(409, "Conflict", f"Precondition failed: {field} in precondition: {pre[key]}, "
+                                f"{field} in object meta: {meta.get(key)}", {"name": meta["name"], "kind": what})
+
+    def create_service(self, namespace: str, name: str, selector: dict[str, str], *, port: int = 80,
+                       target_port: int | str = 8080, **spec: Any) -> dict[str, Any]:
+        """A Service as `kubectl apply` creates it (a test helper)."""
+        body = {"apiVersion": "v1", "kind": "Service", "metadata": {"name": name, "namespace": namespace},
+                "spec": {"selector": selector, "ports": [{"name": "http", "port": port, "targetPort": target_port,
+                                                          "protocol": "TCP"}], **spec}}
+        with self._lock:
+            return self._services("POST", namespace, "", body, "")[1]
+
+    def _services(self, method: str, namespace: str, name: str, body: Any, content_type: str) -> tuple[int, Any]:
+        """core v1 Services: create (a name that is an RFC 1035 label, ports required, a clusterIP or nodePort
+        already allocated refused, 409 if it exists), get, patch (conditional on a resourceVersion), delete
+        (with preconditions)."""
+        verb = {"GET": "get", "POST": "create", "PATCH": "patch", "DELETE": "delete", "PUT": "update"}[method]
+        self._check(verb, "services", namespace, name or (body or {}).get("metadata", {}).get("name", ""), group="")
+        if method == "POST":
+            return 201, self._create_service(namespace, copy.deepcopy(body))
+        svc = self.services.get((namespace, name))
+        if svc is None:
+            raise KubeError(404, "NotFound", f'services "{name}" not found', {"name": name, "kind": "services"})
+        if method == "GET":
+            return 200, copy.deepcopy(svc)
+        if method == "DELETE":
+            self._preconditions(svc, body, "services")
+            del self.services[(namespace, name)]
+            return 200, status_body(200, "", "") | {"status": "Success"}
+        new = self._patched(method, svc, body, self._patch_type(content_type) if method == "PATCH" else "")
+        want = (new.get("metadata") or {}).get("resourceVersion")
+        if want and want != svc["metadata"]["resourceVersion"]:
+            raise KubeError(409, "Conflict", f'Operation cannot be fulfilled on services "{name}": the object has been '
+                            "modified; please apply your changes to the latest version and try again")
+        for key in ("uid", "name", "namespace"):
+            new["metadata"][key] = svc["metadata"][key]
+        new["metadata"]["resourceVersion"] = self._next_rv()
+        self.services[(namespace, name)] = new
+        return 200, copy.deepcopy(new)
+
+    def _create_service(self, namespace: str, svc: dict[str, Any]) -> dict[str, Any]:
+        meta, spec = svc.setdefault("metadata", {}), svc.setdefault("spec", {})
+        name = meta.get("name", "")
+        if not re.fullmatch(r"[a-z]([-a-z0-9]{0,61}[a-z0-9])?", name):
+            raise KubeError(422, "Invalid", f'Service "{name}" is invalid: metadata.name: Invalid value: "{name}": a '
+                            "DNS-1035 label must consist of lower case alphanumeric characters or '-', start with an "
+                            "alphabetic character, and end with an alphanumeric character")
+        if (namespace, name) in self.services:
+            raise KubeError(409, "AlreadyExists", f'services "{name}" already exists',
+                            {"name": name, "kind": "services"})
+        if not spec.get("ports") and spec.get("clusterIP") != "None":
+            raise KubeError(422, "Invalid", f'Service "{name}" is invalid: spec.ports: Required value')
+        used_ips = {s["spec"].get("clusterIP") for s in self.services.values()}
+        used_ports = {p.get("nodePort") for s in self.services.values() for p in s["spec"].get("ports") or []}
+        if spec.get("clusterIP") in used_ips:
+            ip = spec["clusterIP"]
+            raise KubeError(422, "Invalid", f'Service "{name}" is invalid: spec.clusterIPs: Invalid value: ["{ip}"]: '
+                            f"failed to allocate IP {ip}: provided IP is already allocated")
+        if taken := [p["nodePort"] for p in spec.get("ports") or [] if p.get("nodePort") in used_ports - {None}]:
+            raise KubeError(422, "Invalid", f'Service "{name}" is invalid: spec.ports[0].nodePort: Invalid value: '
+                            f"{taken[0]}: provided port is already allocated")
+        self._ips += 1
+        spec.setdefault("type", "ClusterIP")
+        spec.setdefault("clusterIP", f"10.96.{self._ips // 250}.{self._ips % 250 + 1}")
+        spec["clusterIPs"] = [spec["clusterIP"]]
+        meta.update({"namespace": namespace, "uid": f"uid-svc-{namespace}-{name}-{self._next_rv()}",
+                     "resourceVersion": self._next_rv()})
+        self.services[(namespace, name)] = svc
+        return copy.deepcopy(svc)
+
+    def create_httproute(self, namespace: str, name: str, rules: list[dict[str, Any]],
+                         gateway: str = "web") -> dict[str, Any]:
+        """An HTTPRoute as `kubectl apply` creates it (a test helper), attached to the Gateway `gateway`."""
+        body = {"apiVersion": f"{ROUTE_GROUP}/v1", "kind": "HTTPRoute", "metadata": {"name": name},
+                "spec": {"parentRefs": [{"name": gateway}], "rules": rules}}
+        with self._lock:
+            return self._httproutes("POST", namespace, "", body, "")[1]
+
+    def _httproutes(self, method: str, namespace: str, name: str, body: Any, content_type: str) -> tuple[int, Any]:
+        """gateway.networking.k8s.io/v1 HTTPRoutes, a custom resource: create, get, patch (merge and JSON patch:
+        a custom resource takes no strategic-merge patch), update, delete; each write pruned, defaulted and
+        validated by the CRD's schema (tests/stubs/httproute_schema.py), conditional on a resourceVersion."""
+        verb = {"GET": "get", "POST": "create", "PATCH": "patch", "PUT": "update", "DELETE": "delete"}[method]
+        self._check(verb, "httproutes", namespace, name or (body or {}).get("metadata", {}).get("name", ""),
+                    group=ROUTE_GROUP)
+        if method == "POST":
+            name = (body.get("metadata") or {}).get("name", "")
+            if (namespace, name) in self.httproutes:
+                raise KubeError(409, "AlreadyExists", f'httproutes.{ROUTE_GROUP} "{name}" already exists')
+            route = self._valid_route(name, copy.deepcopy(body))
+            route["metadata"].update({"name": name, "namespace": namespace, "generation": 1,
+                                      "uid": f"uid-route-{namespace}-{name}", "resourceVersion": self._next_rv()})
+            return 201, self._keep_route(namespace, name, route)
+        route = self.httproutes.get((namespace, name))
+        if route is None:
+            raise KubeError(404, "NotFound", f'httproutes.{ROUTE_GROUP} "{name}" not found',
+                            {"name": name, "group": ROUTE_GROUP, "kind": "httproutes"})
+        if method == "GET":
+            return 200, copy.deepcopy(route)
+        if method == "DELETE":
+            self._preconditions(route, body, f"httproutes.{ROUTE_GROUP}")
+            del self.httproutes[(namespace, name)]
+            return 200, status_body(200, "", "") | {"status": "Success"}
+        media = ""
+        if method == "PATCH":
+            media = self._patch_type(content_type)
+            if media == "application/strategic-merge-patch+json":
+                raise KubeError(415, "UnsupportedMediaType", "the body of the request was in an unknown format - "
+                                "accepted media types include: application/json-patch+json, "
+                                "application/merge-patch+json, application/apply-patch+yaml")
+        if self.route_conflicts > 0:  # someone else wrote it after the client read it
+            self.route_conflicts -= 1
+            route["metadata"]["resourceVersion"] = self._next_rv()
+        new = self._patched(method, route, body, media)
+        want = (new.get("metadata") or {}).get("resourceVersion")
+        if want and want != route["metadata"]["resourceVersion"]:
+            raise KubeError(409, "Conflict", f'Operation cannot be fulfilled on httproutes.{ROUTE_GROUP} "{name}": the '
+                            "object has been modified; please apply your changes to the latest version and try again",
+                            {"name": name, "group": ROUTE_GROUP, "kind": "httproutes"})
+        new = self._valid_route(name, new)
+        for key in ("uid", "name", "namespace", "generation"):
+            new["metadata"][key] = route["metadata"][key]
+        if new["spec"] != route["spec"]:
+            new["metadata"]["generation"] = route["metadata"]["generation"] + 1
+        new["status"] = route.get("status") or {}
+        new["metadata"]["resourceVersion"] = self._next_rv()
+        return 200, self._keep_route(namespace, name, new)
+
+    @staticmethod
+    def _valid_route(name: str, route: dict[str, Any]) -> dict[str, Any]:
+        """The route as the CRD's structural schema leaves it, or 422 Invalid with every field error."""
+        route, errors = normalize(route)
+        if errors:
+            joined = errors[0] if len(errors) == 1 else "[" + ", ".join(errors) + "]"
+            raise KubeError(422, "Invalid", f'HTTPRoute.{ROUTE_GROUP} "{name}" is invalid: {joined}',
+                            {"name": name, "group": ROUTE_GROUP, "kind": "HTTPRoute",
+                             "causes": [{"reason": "FieldValueInvalid", "message": e} for e in errors]})
+        return route
+
+    def _keep_route(self, namespace: str, name: str, route: dict[str, Any]) -> dict[str, Any]:
+        self.httproutes[(namespace, name)] = route
+        self.route_history.append((f"{namespace}/{name}", copy.deepcopy(route["spec"])))
+        return copy.deepcopy(route)
+
+    def route_weights(self, namespace: str, name: str) -> dict[str, int]:
+        """Each backendRef's name -> weight in the route's first rule (a test helper)."""
+        rule = self.httproutes[(namespace, name)]["spec"]["rules"][0]
+        return {ref["name"]: ref["weight"] for ref in rule.get("backendRefs") or []}
 
     @staticmethod
     def _patched(method: str, current: dict[str, Any], body: Any, media: str) -> dict[str, Any]:
@@ -623,4 +877,4 @@ class KubeStub:
                 "items": chosen}
 
 
-__all__ = ["HASH", "NOT_COPIED", "PATCH_TYPES", "REVISION", "KubeStub", "status_body", "template_hash"]
+__all__ = ["HASH", "NOT_COPIED", "PATCH_TYPES", "REVISION", "ROUTE_GROUP", "KubeStub", "status_body", "template_hash"]
