@@ -1,13 +1,15 @@
 """Scale: one guardian, N concurrent rollouts against a real Prometheus; batched versus per-rollout queries.
 
     .venv/bin/python benchmarks/scale.py --rollouts 500 --duration 120 --tick 10 --mode both [--json out.json]
-                                         [--store prometheus|victoriametrics]
+                                         [--store prometheus|victoriametrics|influxdb]
 
 What runs (all real processes on loopback):
 - one exporter (`python -m tests.fixtures.fleet`) serving the series of N services × 2 arms that the six
   default templates read (requests by code, the latency histogram, CPU, memory), changing over time;
 - Debian's `prometheus` scraping it every 5 s (`--store victoriametrics`: Debian's single-node `victoria-metrics`
-  scraping it with the same configuration, the guardian reading it through its VictoriaMetrics source);
+  scraping it with the same configuration, the guardian reading it through its VictoriaMetrics source;
+  `--store influxdb`: Debian's `influxd`, written every 5 s in the layout of Telegraf's prometheus input by the
+  emulation of Telegraf in tests/fixtures/influx.py scraping the exporter, in this process — Debian ships no Telegraf);
 - `guardian serve` (noop actuator, SQLite, the built-in default policy: 6 signals × 2 arms per tick,
   `batch_queries` on or off, aligned ticks), with N canary rollouts started at once through its API
   (analysis_seconds long enough that none ends during the run).
@@ -19,8 +21,8 @@ Measured over `duration` seconds, from half a tick after the first tick of every
   behind cannot look good by skipping). The guardian's own `guardian_tick_lag_seconds` (start lag) is
   reported beside it (its p99 from the histogram buckets, an upper bound);
 - store queries: Prometheus's own `prometheus_http_requests_total` for /api/v1/query and /query_range
-  (VictoriaMetrics: `vm_http_requests_total` for the same paths), read from its /metrics before and after; per
-  second and per tick window;
+  (VictoriaMetrics: `vm_http_requests_total` for the same paths; InfluxDB: `queryReq`, the /query requests its
+  httpd answered, from its /debug/vars), read before and after; per second and per tick window;
 - guardian CPU % (of one core: utime + stime from /proc over the window) and peak RSS (VmHWM).
 
 `run()` is what benchmarks/run_all.py calls; the CLI prints a table and writes JSON.
@@ -52,6 +54,7 @@ from demo.stack import (  # noqa: E402
     wait_until,
 )
 from tests.fixtures.fleet import service_names  # noqa: E402
+from tests.fixtures.influx import InfluxDBServer, TelegrafLike  # noqa: E402
 
 EVALUATION_DELAY = 1.0
 QUERY_HANDLERS = ("/api/v1/query", "/api/v1/query_range")
@@ -68,6 +71,35 @@ def _prom_queries(url: str) -> float:
             total += sum(s.value for s in family.samples
                          if s.name.endswith("_total") and s.labels.get("path") in QUERY_HANDLERS)
     return total
+
+
+def _influx_queries(url: str) -> float:
+    """The /query requests influxd's httpd has answered (its own count, /debug/vars)."""
+    stats = httpx.get(f"{url}/debug/vars", timeout=10).json()
+    return float(sum(v["values"]["queryReq"] for k, v in stats.items() if k.startswith("httpd")))
+
+
+class TelegrafInflux:
+    """Debian's influxd, and the emulation of Telegraf (tests/fixtures/influx.py) writing the exporter into it."""
+
+    def __init__(self, target: str, interval: str, workdir: Path) -> None:
+        workdir.mkdir(parents=True, exist_ok=True)
+        self.influx = InfluxDBServer(workdir)
+        self.telegraf = TelegrafLike(self.influx, [(f"http://{target}/metrics", {})],
+                                     interval=float(interval.rstrip("s")))
+        self.url = self.influx.url
+
+    def start(self) -> TelegrafInflux:
+        self.influx.start()
+        self.telegraf.start().settled()  # a write holds every service's series
+        return self
+
+    def queries(self) -> float:
+        return _influx_queries(self.url)
+
+    def stop(self) -> None:
+        self.telegraf.stop()
+        self.influx.stop()
 
 
 def _cpu_seconds(pid: int) -> float:
@@ -155,11 +187,17 @@ def run(rollouts: int = 500, signals: int = 6, tick_seconds: float = 10.0, durat
     try:
         wait_until(lambda: httpx.get(f"http://127.0.0.1:{exporter_port}/metrics", timeout=30).status_code == 200,
                    60, 0.2, "the exporter", ignore=(httpx.HTTPError,))
-        server = VictoriaMetricsServer if store == "victoriametrics" else PrometheusServer
-        prom = server([(f"127.0.0.1:{exporter_port}", {})], scrape_interval, workdir=work / store).start()
-        prom.wait_for_series(f"count(http_requests_total) >= {rollouts * 2}", timeout=60)
-        reading = {"source": "victoriametrics", "victoriametrics_url": prom.url} if store == "victoriametrics" else {}
-        guardian = GuardianServer(work, prometheus_url=prom.url, rules=[str(work / "rules")],
+        if store == "influxdb":
+            prom = TelegrafInflux(f"127.0.0.1:{exporter_port}", scrape_interval, work / store).start()
+        else:
+            server = VictoriaMetricsServer if store == "victoriametrics" else PrometheusServer
+            prom = server([(f"127.0.0.1:{exporter_port}", {})], scrape_interval, workdir=work / store).start()
+            prom.wait_for_series(f"count(http_requests_total) >= {rollouts * 2}", timeout=60)
+        queries_of = prom.queries if isinstance(prom, TelegrafInflux) else (lambda: _prom_queries(prom.url))
+        reading = {"source": store, f"{store}_url": prom.url} if store != "prometheus" else {}
+        unused = "http://127.0.0.1:9"  # no service reads Prometheus when the settings' source is influxdb
+        guardian = GuardianServer(work, prometheus_url=unused if store == "influxdb" else prom.url,
+                                  rules=[str(work / "rules")],
                                   tick_seconds=tick_seconds, evaluation_delay=EVALUATION_DELAY,
                                   batch_queries=batched, align_ticks=True, analysis_seconds=86400,
                                   log_level="WARNING", **reading).start()
@@ -174,9 +212,9 @@ def run(rollouts: int = 500, signals: int = 6, tick_seconds: float = 10.0, durat
         # so it holds exactly duration / tick_seconds tick windows (for whole multiples)
         first_due = (int(started // tick_seconds) + 2) * tick_seconds + EVALUATION_DELAY
         time.sleep(max(0.0, first_due + tick_seconds / 2 - time.time()))
-        q0, cpu0, w0 = _prom_queries(prom.url), _cpu_seconds(pid), time.time()
+        q0, cpu0, w0 = queries_of(), _cpu_seconds(pid), time.time()
         time.sleep(duration)
-        q1, cpu1, w1 = _prom_queries(prom.url), _cpu_seconds(pid), time.time()
+        q1, cpu1, w1 = queries_of(), _cpu_seconds(pid), time.time()
         time.sleep(min(tick_seconds, 5.0))  # let ticks due just before the end be stored
         start_lag_p99 = _histogram_quantile(guardian.url, "guardian_tick_lag_seconds", 0.99)
         peak = _peak_rss_mb(pid)
@@ -193,7 +231,7 @@ def run(rollouts: int = 500, signals: int = 6, tick_seconds: float = 10.0, durat
             "tick_lag_max_s": round(max(lags), 3) if lags else None,
             "tick_start_lag_p99_s": start_lag_p99,
             "ticks_due": due, "ticks_not_evaluated": missing,
-            "prom_queries": int(queries),
+            "prom_queries": int(queries),  # the store's own count (named so before there were other stores)
             "prom_queries_per_s": round(queries / (w1 - w0), 1),
             "queries_per_tick": round(queries / windows, 1),
             "guardian_cpu_percent": round(100 * (cpu1 - cpu0) / (w1 - w0), 1),
@@ -213,7 +251,7 @@ def run(rollouts: int = 500, signals: int = 6, tick_seconds: float = 10.0, durat
 ROWS = [
     ("tick lag p50 (s)", "tick_lag_p50_s"), ("tick lag p99 (s)", "tick_lag_p99_s"),
     ("tick lag max (s)", "tick_lag_max_s"), ("tick start lag p99 (s, histogram bound)", "tick_start_lag_p99_s"),
-    ("ticks due / not evaluated", None), ("Prometheus queries/s", "prom_queries_per_s"),
+    ("ticks due / not evaluated", None), ("store queries/s (its own count)", "prom_queries_per_s"),
     ("queries per tick", "queries_per_tick"), ("guardian CPU (% of a core)", "guardian_cpu_percent"),
     ("guardian peak RSS (MB)", "guardian_peak_rss_mb"),
 ]
@@ -246,7 +284,7 @@ def main() -> None:
     parser.add_argument("--tick", type=float, default=10.0)
     parser.add_argument("--mode", choices=("batched", "per-rollout", "both"), default="both")
     parser.add_argument("--json", type=Path, help="write the results here")
-    parser.add_argument("--store", choices=("prometheus", "victoriametrics"), default="prometheus",
+    parser.add_argument("--store", choices=("prometheus", "victoriametrics", "influxdb"), default="prometheus",
                         help="the metric store the guardian reads")
     args = parser.parse_args()
     modes = {"batched": [True], "per-rollout": [False], "both": [True, False]}[args.mode]
