@@ -1,7 +1,7 @@
 """Scale: one guardian, N concurrent rollouts against a real Prometheus; batched versus per-rollout queries.
 
     .venv/bin/python benchmarks/scale.py --rollouts 500 --duration 120 --tick 10 --mode both [--json out.json]
-                                         [--store prometheus|victoriametrics|influxdb]
+                                         [--store prometheus|victoriametrics|influxdb|cloudwatch]
 
 What runs (all real processes on loopback):
 - one exporter (`python -m tests.fixtures.fleet`) serving the series of N services × 2 arms that the six
@@ -9,7 +9,10 @@ What runs (all real processes on loopback):
 - Debian's `prometheus` scraping it every 5 s (`--store victoriametrics`: Debian's single-node `victoria-metrics`
   scraping it with the same configuration, the guardian reading it through its VictoriaMetrics source;
   `--store influxdb`: Debian's `influxd`, written every 5 s in the layout of Telegraf's prometheus input by the
-  emulation of Telegraf in tests/fixtures/influx.py scraping the exporter, in this process — Debian ships no Telegraf);
+  emulation of Telegraf in tests/fixtures/influx.py scraping the exporter, in this process — Debian ships no Telegraf;
+  `--store cloudwatch`: moto's server, an EMULATOR of CloudWatch's API with the p99 and trimmed-count statistics it
+  lacks added (tests/fixtures/cloudwatch.py), fed every 5 s through PutMetricData by its FleetPublisher in this
+  process, the same rates as the exporter's);
 - `guardian serve` (noop actuator, SQLite, the built-in default policy: 6 signals × 2 arms per tick,
   `batch_queries` on or off, aligned ticks), with N canary rollouts started at once through its API
   (analysis_seconds long enough that none ends during the run).
@@ -22,7 +25,8 @@ Measured over `duration` seconds, from half a tick after the first tick of every
   reported beside it (its p99 from the histogram buckets, an upper bound);
 - store queries: Prometheus's own `prometheus_http_requests_total` for /api/v1/query and /query_range
   (VictoriaMetrics: `vm_http_requests_total` for the same paths; InfluxDB: `queryReq`, the /query requests its
-  httpd answered, from its /debug/vars), read before and after; per second and per tick window;
+  httpd answered, from its /debug/vars; CloudWatch: the emulator's count of GetMetricData requests), read before
+  and after; per second and per tick window;
 - guardian CPU % (of one core: utime + stime from /proc over the window) and peak RSS (VmHWM).
 
 `run()` is what benchmarks/run_all.py calls; the CLI prints a table and writes JSON.
@@ -100,6 +104,36 @@ class TelegrafInflux:
     def stop(self) -> None:
         self.telegraf.stop()
         self.influx.stop()
+
+
+class MotoCloudWatch:
+    """moto's server for CloudWatch (an emulator: tests/fixtures/cloudwatch.py) and the fleet publishing to it; the
+    guardian gets the emulator's endpoint and credentials (this process's environment, which it inherits)."""
+
+    def __init__(self, rollouts: int, interval: str) -> None:
+        from tests.fixtures.cloudwatch import CREDENTIALS, REGION, CloudWatchEmulator
+
+        self.emulator = CloudWatchEmulator()
+        self.rollouts, self.interval = rollouts, float(interval.rstrip("s"))
+        os.environ.update(CREDENTIALS)
+        self.publisher = None
+        self.settings = {"source": "cloudwatch", "cloudwatch_region": REGION}
+
+    def start(self) -> MotoCloudWatch:
+        from tests.fixtures.cloudwatch import FleetPublisher
+
+        self.emulator.start()
+        self.settings["cloudwatch_endpoint_url"] = self.url = self.emulator.url
+        self.publisher = FleetPublisher(self.emulator.client(), service_names(self.rollouts), self.interval).start()
+        return self
+
+    def queries(self) -> float:
+        return float(self.emulator.calls("GetMetricData"))
+
+    def stop(self) -> None:
+        if self.publisher is not None:
+            self.publisher.stop()
+        self.emulator.stop()
 
 
 def _cpu_seconds(pid: int) -> float:
@@ -189,14 +223,18 @@ def run(rollouts: int = 500, signals: int = 6, tick_seconds: float = 10.0, durat
                    60, 0.2, "the exporter", ignore=(httpx.HTTPError,))
         if store == "influxdb":
             prom = TelegrafInflux(f"127.0.0.1:{exporter_port}", scrape_interval, work / store).start()
+        elif store == "cloudwatch":
+            prom = MotoCloudWatch(rollouts, scrape_interval).start()
         else:
             server = VictoriaMetricsServer if store == "victoriametrics" else PrometheusServer
             prom = server([(f"127.0.0.1:{exporter_port}", {})], scrape_interval, workdir=work / store).start()
             prom.wait_for_series(f"count(http_requests_total) >= {rollouts * 2}", timeout=60)
-        queries_of = prom.queries if isinstance(prom, TelegrafInflux) else (lambda: _prom_queries(prom.url))
-        reading = {"source": store, f"{store}_url": prom.url} if store != "prometheus" else {}
+        queries_of = prom.queries if isinstance(prom, TelegrafInflux | MotoCloudWatch) else (
+            lambda: _prom_queries(prom.url))
+        reading = {"source": store, f"{store}_url": prom.url} if store not in ("prometheus", "cloudwatch") else {}
+        reading |= prom.settings if isinstance(prom, MotoCloudWatch) else {}
         unused = "http://127.0.0.1:9"  # no service reads Prometheus when the settings' source is influxdb
-        guardian = GuardianServer(work, prometheus_url=unused if store == "influxdb" else prom.url,
+        guardian = GuardianServer(work, prometheus_url=unused if store in ("influxdb", "cloudwatch") else prom.url,
                                   rules=[str(work / "rules")],
                                   tick_seconds=tick_seconds, evaluation_delay=EVALUATION_DELAY,
                                   batch_queries=batched, align_ticks=True, analysis_seconds=86400,
@@ -284,7 +322,8 @@ def main() -> None:
     parser.add_argument("--tick", type=float, default=10.0)
     parser.add_argument("--mode", choices=("batched", "per-rollout", "both"), default="both")
     parser.add_argument("--json", type=Path, help="write the results here")
-    parser.add_argument("--store", choices=("prometheus", "victoriametrics", "influxdb"), default="prometheus",
+    parser.add_argument("--store", choices=("prometheus", "victoriametrics", "influxdb", "cloudwatch"),
+                        default="prometheus",
                         help="the metric store the guardian reads")
     args = parser.parse_args()
     modes = {"batched": [True], "per-rollout": [False], "both": [True, False]}[args.mode]

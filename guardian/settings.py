@@ -52,7 +52,7 @@ class Settings(BaseSettings):
     prometheus_url: str = "http://127.0.0.1:9090"
     # the metric store of services whose rule file names none (`source:`), and VictoriaMetrics' address
     # (sources/victoriametrics.py; docs/sources.md)
-    source: Literal["prometheus", "victoriametrics", "influxdb"] = "prometheus"
+    source: Literal["prometheus", "victoriametrics", "influxdb", "cloudwatch"] = "prometheus"
     victoriametrics_url: str | None = Field(None, description="VictoriaMetrics' address (its Prometheus query API), "
                                             "for source victoriametrics, e.g. http://127.0.0.1:8428")
     # InfluxDB 1.x (sources/influxdb.py): the standard signals as Telegraf's prometheus input writes them
@@ -61,6 +61,14 @@ class Settings(BaseSettings):
     influxdb_database: str = Field("telegraf", min_length=1, description="the database Telegraf writes to")
     influxdb_username: str | None = None
     influxdb_password: SecretStr | None = None
+    # Amazon CloudWatch (sources/cloudwatch.py): the standard signals in the layout of docs/sources.md; the credentials
+    # come from boto3's chain (AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY, AWS_PROFILE, a role), never from settings
+    cloudwatch_region: str | None = Field(None, description="the AWS region whose CloudWatch is read, for source "
+                                          "cloudwatch, e.g. eu-west-1")
+    cloudwatch_endpoint_url: str | None = Field(None, description="CloudWatch's endpoint when not the region's own "
+                                                "(a VPC endpoint), e.g. https://monitoring.eu-west-1.amazonaws.com")
+    cloudwatch_namespace: str = Field("ReleaseGuardian", pattern=r"^[A-Za-z0-9._/#:\- ]{1,255}$",
+                                      description="the namespace the services publish their metrics in")
     prometheus_timeout: float = Field(5.0, gt=0)
     min_window: float = Field(15.0, gt=0, description="shortest {{window}} put into PromQL rate() windows")
     rules: list[str] = ["rules"]
@@ -172,7 +180,7 @@ class Settings(BaseSettings):
                 raise ValueError(f"operator token {name!r} is shorter than 8 characters")
         return v
 
-    @field_validator("victoriametrics_url", "influxdb_url")
+    @field_validator("victoriametrics_url", "influxdb_url", "cloudwatch_endpoint_url")
     @classmethod
     def _store_url(cls, v: str | None, info: Any) -> str | None:
         if v is not None:
@@ -186,9 +194,29 @@ class Settings(BaseSettings):
 
     @model_validator(mode="after")
     def _source_url(self) -> Settings:
-        if self.source != "prometheus" and not getattr(self, f"{self.source}_url"):
+        if self.cloudwatch_endpoint_url and not self.cloudwatch_region:
+            raise ValueError("cloudwatch_endpoint_url is set but cloudwatch_region is not: set "
+                             "GUARDIAN_CLOUDWATCH_REGION (the region its requests are signed for), e.g. eu-west-1")
+        if self.source == "cloudwatch" and not self.cloudwatch_region:
+            raise ValueError("source is cloudwatch: set cloudwatch_region (GUARDIAN_CLOUDWATCH_REGION), e.g. eu-west-1")
+        if self.source not in ("prometheus", "cloudwatch") and not getattr(self, f"{self.source}_url"):
             raise ValueError(f"source is {self.source}: set {self.source}_url (GUARDIAN_{self.source.upper()}_URL)")
         return self
+
+    @field_validator("cloudwatch_region")
+    @classmethod
+    def _aws_region(cls, v: str | None) -> str | None:
+        if v is not None and not re.match(r"^[a-z]{2}(-[a-z]+)+-[0-9]{1,2}$", v):
+            raise ValueError(f"cloudwatch_region {v!r} is not an AWS region name, e.g. eu-west-1 or us-gov-west-1")
+        return v
+
+    @field_validator("cloudwatch_namespace")
+    @classmethod
+    def _own_namespace(cls, v: str) -> str:
+        if v.startswith("AWS/"):
+            raise ValueError(f"cloudwatch_namespace {v!r}: AWS/ namespaces are AWS's own services', not one a "
+                             "service publishes in")
+        return v
 
     @model_validator(mode="after")
     def _mail_server(self) -> Settings:

@@ -58,6 +58,8 @@ def _store(settings: Settings, name: str) -> MetricSource:
         from guardian.sources.influxdb_batching import BatchingInfluxDBSource
 
         return BatchingInfluxDBSource(influx)
+    if name == "cloudwatch":
+        return _cloudwatch(settings)
     kind, url = {"prometheus": (PrometheusSource, settings.prometheus_url),
                  "victoriametrics": (VictoriaMetricsSource, settings.victoriametrics_url)}[name]
     store: MetricSource = kind(url or "", timeout=settings.prometheus_timeout, min_window=settings.min_window)
@@ -68,21 +70,46 @@ def _store(settings: Settings, name: str) -> MetricSource:
     return store
 
 
+def _cloudwatch(settings: Settings) -> MetricSource:
+    """CloudWatch, with boto3's own credential chain; the secret key and session token found in the environment are
+    registered for redaction (boto3 logs none of them; an error message might quote one)."""
+    import os
+
+    from guardian.redact import register
+    from guardian.sources.cloudwatch import CloudWatchSource
+
+    register(os.environ.get("AWS_SECRET_ACCESS_KEY"), os.environ.get("AWS_SESSION_TOKEN"))
+    return CloudWatchSource(settings.cloudwatch_region or "", endpoint_url=settings.cloudwatch_endpoint_url,
+                            namespace=settings.cloudwatch_namespace, timeout=settings.prometheus_timeout,
+                            min_window=settings.min_window, batch=settings.batch_queries)
+
+
+# what a store without its address needs, when not GUARDIAN_{NAME}_URL
+NOT_CONFIGURED = {"cloudwatch": "has no region: set GUARDIAN_CLOUDWATCH_REGION (or the settings file's "
+                                "cloudwatch_region)"}
+
+
+
 def source_problems(settings: Settings, rulesets: Iterable[RuleSet]) -> list[Problem]:
     """Rule files naming a store the settings give no address for: `FILE:LINE: source: …` each."""
     configured = {"prometheus": settings.prometheus_url, "victoriametrics": settings.victoriametrics_url,
-                  "influxdb": settings.influxdb_url}
+                  "influxdb": settings.influxdb_url, "cloudwatch": settings.cloudwatch_region}
     problems = []
     for ruleset in rulesets:
         name = ruleset.rules.source
         if name and not configured.get(name):
             problems.append(Problem(ruleset.source, line_of(ruleset.source, "source"), "source",
-                                    f"{name} has no address: set GUARDIAN_{name.upper()}_URL "
-                                    f"(or the settings file's {name}_url)"))
+                                    f"{name} " + NOT_CONFIGURED.get(name, f"has no address: set GUARDIAN_"
+                                                                    f"{name.upper()}_URL (or the settings file's "
+                                                                    f"{name}_url)")))
         if (name or settings.source) == "influxdb" and ruleset.rules.queries:
             problems.append(Problem(ruleset.source, line_of(ruleset.source, "queries"), "queries",
                                     "an influxdb source reads the standard signals only (as Telegraf writes them); "
                                     "PromQL queries cannot run there"))
+        if (name or settings.source) == "cloudwatch" and ruleset.rules.queries:
+            problems.append(Problem(ruleset.source, line_of(ruleset.source, "queries"), "queries",
+                                    "the cloudwatch source reads the standard signals only (from the layout of "
+                                    "docs/sources.md); PromQL queries cannot run there"))
     return problems
 
 
@@ -108,6 +135,7 @@ def metric_sources(settings: Settings, rulebook: RuleBook) -> MetricSource:
     from guardian.sources.router import SourceRouter
 
     names = ["prometheus"] + [n for n in ("victoriametrics", "influxdb") if getattr(settings, f"{n}_url")]
+    names += ["cloudwatch"] if settings.cloudwatch_region else []
 
     def choose(service: str) -> str:
         return rulebook.for_service(service).rules.source or settings.source

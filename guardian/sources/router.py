@@ -21,8 +21,9 @@ class SourceRouter:
         name = self.choose(service)
         source = self.sources.get(name)
         if source is None:
+            setting = "GUARDIAN_CLOUDWATCH_REGION" if name == "cloudwatch" else f"GUARDIAN_{name.upper()}_URL"
             raise SourceUnavailable(f"{service}'s rule file reads its signals from {name}, which is not configured "
-                                    f"(set GUARDIAN_{name.upper()}_URL); configured: {', '.join(self.sources)}")
+                                    f"(set {setting}); configured: {', '.join(self.sources)}")
         return source
 
     def fetch(self, query: SignalQuery, service: str, arm: ArmSelector, start: float, end: float) -> float:
