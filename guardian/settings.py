@@ -52,7 +52,7 @@ class Settings(BaseSettings):
     prometheus_url: str = "http://127.0.0.1:9090"
     # the metric store of services whose rule file names none (`source:`), and VictoriaMetrics' address
     # (sources/victoriametrics.py; docs/sources.md)
-    source: Literal["prometheus", "victoriametrics", "influxdb", "cloudwatch"] = "prometheus"
+    source: Literal["prometheus", "victoriametrics", "influxdb", "datadog", "cloudwatch"] = "prometheus"
     victoriametrics_url: str | None = Field(None, description="VictoriaMetrics' address (its Prometheus query API), "
                                             "for source victoriametrics, e.g. http://127.0.0.1:8428")
     # InfluxDB 1.x (sources/influxdb.py): the standard signals as Telegraf's prometheus input writes them
@@ -61,6 +61,15 @@ class Settings(BaseSettings):
     influxdb_database: str = Field("telegraf", min_length=1, description="the database Telegraf writes to")
     influxdb_username: str | None = None
     influxdb_password: SecretStr | None = None
+    # Datadog (sources/datadog.py): the standard signals as the Agent's OpenMetrics check sends them; the keys are
+    # secrets (sent in headers only, never logged) and come from the environment or the settings file
+    datadog_url: str | None = Field(None, description="Datadog's API for your site, for source datadog, e.g. "
+                                    "https://api.datadoghq.com (US1) or https://api.datadoghq.eu (EU1)")
+    datadog_api_key: SecretStr | None = None
+    datadog_app_key: SecretStr | None = Field(None, description="an application key with the timeseries_query "
+                                              "permission")
+    datadog_namespace: str = Field("app", pattern=r"^[A-Za-z][A-Za-z0-9_.]*$", description="the `namespace:` of the "
+                                   "Agent's openmetrics check that scrapes the services")
     # Amazon CloudWatch (sources/cloudwatch.py): the standard signals in the layout of docs/sources.md; the credentials
     # come from boto3's chain (AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY, AWS_PROFILE, a role), never from settings
     cloudwatch_region: str | None = Field(None, description="the AWS region whose CloudWatch is read, for source "
@@ -180,7 +189,7 @@ class Settings(BaseSettings):
                 raise ValueError(f"operator token {name!r} is shorter than 8 characters")
         return v
 
-    @field_validator("victoriametrics_url", "influxdb_url", "cloudwatch_endpoint_url")
+    @field_validator("victoriametrics_url", "influxdb_url", "datadog_url", "cloudwatch_endpoint_url")
     @classmethod
     def _store_url(cls, v: str | None, info: Any) -> str | None:
         if v is not None:
@@ -217,6 +226,24 @@ class Settings(BaseSettings):
             raise ValueError(f"cloudwatch_namespace {v!r}: AWS/ namespaces are AWS's own services', not one a "
                              "service publishes in")
         return v
+
+    @field_validator("datadog_url")
+    @classmethod
+    def _datadog_https(cls, v: str | None) -> str | None:
+        from urllib.parse import urlsplit
+
+        if v is not None and not v.startswith("https://") and not _is_loopback(urlsplit(v).hostname or ""):
+            raise ValueError("datadog_url must be https:// (the API keys travel in its headers), e.g. "
+                             "https://api.datadoghq.com; http:// only on a loopback address")
+        return v
+
+    @model_validator(mode="after")
+    def _datadog_keys(self) -> Settings:
+        missing = [n for n in ("datadog_api_key", "datadog_app_key") if self.datadog_url and not getattr(self, n)]
+        if missing:
+            raise ValueError(f"datadog_url is set but {' and '.join(missing)} {'are' if missing[1:] else 'is'} "
+                             f"not: set {' and '.join('GUARDIAN_' + n.upper() for n in missing)} (the environment)")
+        return self
 
     @model_validator(mode="after")
     def _mail_server(self) -> Settings:

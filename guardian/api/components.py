@@ -58,6 +58,8 @@ def _store(settings: Settings, name: str) -> MetricSource:
         from guardian.sources.influxdb_batching import BatchingInfluxDBSource
 
         return BatchingInfluxDBSource(influx)
+    if name == "datadog":
+        return _datadog(settings)
     if name == "cloudwatch":
         return _cloudwatch(settings)
     kind, url = {"prometheus": (PrometheusSource, settings.prometheus_url),
@@ -68,6 +70,19 @@ def _store(settings: Settings, name: str) -> MetricSource:
 
         store = BatchingSource(store)
     return store
+
+
+def _datadog(settings: Settings) -> MetricSource:
+    from guardian.sources.datadog import DatadogSource
+
+    api_key, app_key = (k.get_secret_value() if k else "" for k in (settings.datadog_api_key, settings.datadog_app_key))
+    source = DatadogSource(settings.datadog_url or "", api_key, app_key, namespace=settings.datadog_namespace,
+                           timeout=settings.prometheus_timeout, min_window=settings.min_window)
+    if not settings.batch_queries:
+        return source
+    from guardian.sources.datadog_batching import BatchingDatadogSource
+
+    return BatchingDatadogSource(source)
 
 
 def _cloudwatch(settings: Settings) -> MetricSource:
@@ -84,16 +99,19 @@ def _cloudwatch(settings: Settings) -> MetricSource:
                             min_window=settings.min_window, batch=settings.batch_queries)
 
 
+# stores that read the standard signals only, from the layout their collector writes (docs/sources.md)
+STANDARD_ONLY = {"influxdb": "as Telegraf writes them", "datadog": "as the Agent's openmetrics check sends them",
+                 "cloudwatch": "from the layout of docs/sources.md"}
 # what a store without its address needs, when not GUARDIAN_{NAME}_URL
 NOT_CONFIGURED = {"cloudwatch": "has no region: set GUARDIAN_CLOUDWATCH_REGION (or the settings file's "
                                 "cloudwatch_region)"}
 
 
-
 def source_problems(settings: Settings, rulesets: Iterable[RuleSet]) -> list[Problem]:
     """Rule files naming a store the settings give no address for: `FILE:LINE: source: …` each."""
     configured = {"prometheus": settings.prometheus_url, "victoriametrics": settings.victoriametrics_url,
-                  "influxdb": settings.influxdb_url, "cloudwatch": settings.cloudwatch_region}
+                  "influxdb": settings.influxdb_url, "datadog": settings.datadog_url,
+                  "cloudwatch": settings.cloudwatch_region}
     problems = []
     for ruleset in rulesets:
         name = ruleset.rules.source
@@ -102,14 +120,10 @@ def source_problems(settings: Settings, rulesets: Iterable[RuleSet]) -> list[Pro
                                     f"{name} " + NOT_CONFIGURED.get(name, f"has no address: set GUARDIAN_"
                                                                     f"{name.upper()}_URL (or the settings file's "
                                                                     f"{name}_url)")))
-        if (name or settings.source) == "influxdb" and ruleset.rules.queries:
+        if (store := name or settings.source) in STANDARD_ONLY and ruleset.rules.queries:
             problems.append(Problem(ruleset.source, line_of(ruleset.source, "queries"), "queries",
-                                    "an influxdb source reads the standard signals only (as Telegraf writes them); "
+                                    f"the {store} source reads the standard signals only ({STANDARD_ONLY[store]}); "
                                     "PromQL queries cannot run there"))
-        if (name or settings.source) == "cloudwatch" and ruleset.rules.queries:
-            problems.append(Problem(ruleset.source, line_of(ruleset.source, "queries"), "queries",
-                                    "the cloudwatch source reads the standard signals only (from the layout of "
-                                    "docs/sources.md); PromQL queries cannot run there"))
     return problems
 
 
@@ -134,7 +148,7 @@ def metric_sources(settings: Settings, rulebook: RuleBook) -> MetricSource:
         raise RuleError(problems)
     from guardian.sources.router import SourceRouter
 
-    names = ["prometheus"] + [n for n in ("victoriametrics", "influxdb") if getattr(settings, f"{n}_url")]
+    names = ["prometheus"] + [n for n in ("victoriametrics", "influxdb", "datadog") if getattr(settings, f"{n}_url")]
     names += ["cloudwatch"] if settings.cloudwatch_region else []
 
     def choose(service: str) -> str:

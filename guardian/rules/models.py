@@ -588,7 +588,7 @@ class RuleFile(_Strict):
     # approval steps (docs/rules.md, "Approval"): `promote` holds the last step's end for a human "go" (besides any
     # `approve` in a start request's steps); a rollout that waits `approval_timeout` without one pauses (0: never)
     # the metric store this service's signals are read from (docs/sources.md); absent: the settings' `source`
-    source: Literal["prometheus", "victoriametrics", "influxdb", "cloudwatch"] | None = None
+    source: Literal["prometheus", "victoriametrics", "influxdb", "datadog", "cloudwatch"] | None = None
     approve_before: Literal["promote"] | None = None
     approval_timeout: Duration = APPROVAL_TIMEOUT_DEFAULT
 

@@ -36,11 +36,11 @@ import random
 import threading
 import time
 from dataclasses import dataclass
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from http.server import BaseHTTPRequestHandler
 from typing import Any
 from urllib.parse import parse_qs, urlsplit
 
-from demo.stack import free_port
+from tests.stubs.loopback import LoopbackServer, json_body
 
 ALL_PERMISSIONS = frozenset({"annotations:create", "annotations:write", "annotations:read", "dashboards:read"})
 TAG_COLUMN = 100  # tag.key and tag.value are VARCHAR(100) (value 512 since Grafana's newest tag migration)
@@ -91,7 +91,7 @@ def _bind_problem(body: Any) -> bool:
     return tags is not None and (not isinstance(tags, list) or not all(isinstance(t, str) for t in tags))
 
 
-class GrafanaStub:
+class GrafanaStub(LoopbackServer):
     def __init__(self, token: str = "stub-token", *, permissions: frozenset[str] | set[str] = ALL_PERMISSIONS,
                  dashboards: dict[str, str] | None = None, tags_length: int = 500, strict_db: bool = True):
         self.token = token
@@ -104,28 +104,7 @@ class GrafanaStub:
         self.calls: list[Call] = []
         self._lock = threading.Lock()
         self._next_id = 1
-        self.port = free_port()
-        self.server = ThreadingHTTPServer(("127.0.0.1", self.port), self._handler())
-        self.server.daemon_threads = True
-        self._thread = threading.Thread(target=self.server.serve_forever, name="grafana-stub", daemon=True)
-
-    @property
-    def url(self) -> str:
-        return f"http://127.0.0.1:{self.port}"
-
-    def start(self) -> GrafanaStub:
-        self._thread.start()
-        return self
-
-    def stop(self) -> None:
-        self.server.shutdown()
-        self.server.server_close()
-
-    def __enter__(self) -> GrafanaStub:
-        return self.start()
-
-    def __exit__(self, *exc: object) -> None:
-        self.stop()
+        self.serve(self._handler(), "grafana-stub")
 
     def find(self, *tags: str) -> list[dict[str, Any]]:
         with self._lock:
@@ -225,13 +204,6 @@ class GrafanaStub:
                     return False
                 return True
 
-            def _body(self) -> Any:
-                length = int(self.headers.get("Content-Length") or 0)
-                try:
-                    return json.loads(self.rfile.read(length) or b"null")
-                except ValueError:
-                    return None
-
             def do_GET(self) -> None:  # noqa: N802
                 url = urlsplit(self.path)
                 if url.path.startswith("/api/dashboards/uid/"):
@@ -244,14 +216,14 @@ class GrafanaStub:
                     self._answer(404, {"message": "Not found"})
 
             def do_POST(self) -> None:  # noqa: N802
-                body = self._body()
+                body = json_body(self)
                 if self.path != "/api/annotations":
                     self._answer(404, {"message": "Not found"}, body)
                 elif self._gate("annotations:create", body):
                     self._answer(*stub.post_annotation(body), body)
 
             def do_PATCH(self) -> None:  # noqa: N802
-                body = self._body()
+                body = json_body(self)
                 parts = self.path.split("/")
                 if len(parts) != 4 or parts[:3] != ["", "api", "annotations"] or not parts[3].isdigit():
                     self._answer(404, {"message": "Not found"}, body)
