@@ -1,7 +1,7 @@
 """Scale: one guardian, N concurrent rollouts against a real Prometheus; batched versus per-rollout queries.
 
     .venv/bin/python benchmarks/scale.py --rollouts 500 --duration 120 --tick 10 --mode both [--json out.json]
-                                         [--store prometheus|victoriametrics|influxdb|cloudwatch]
+                                         [--store prometheus|victoriametrics|influxdb|datadog|cloudwatch]
 
 What runs (all real processes on loopback):
 - one exporter (`python -m tests.fixtures.fleet`) serving the series of N services × 2 arms that the six
@@ -10,9 +10,11 @@ What runs (all real processes on loopback):
   scraping it with the same configuration, the guardian reading it through its VictoriaMetrics source;
   `--store influxdb`: Debian's `influxd`, written every 5 s in the layout of Telegraf's prometheus input by the
   emulation of Telegraf in tests/fixtures/influx.py scraping the exporter, in this process — Debian ships no Telegraf;
-  `--store cloudwatch`: moto's server, an EMULATOR of CloudWatch's API with the p99 and trimmed-count statistics it
-  lacks added (tests/fixtures/cloudwatch.py), fed every 5 s through PutMetricData by its FleetPublisher in this
-  process, the same rates as the exporter's);
+  `--store datadog`: a STUB of Datadog's metrics API (tests/stubs/datadog_stub.py: Datadog is a hosted service),
+  fed every 5 s by the emulation of the Datadog Agent's openmetrics check in tests/fixtures/datadog_agent.py, both in
+  this process; `--store cloudwatch`: moto's server, an EMULATOR of CloudWatch's API with the p99 and trimmed-count
+  statistics it lacks added (tests/fixtures/cloudwatch.py), fed every 5 s through PutMetricData by its FleetPublisher
+  in this process, the same rates as the exporter's);
 - `guardian serve` (noop actuator, SQLite, the built-in default policy: 6 signals × 2 arms per tick,
   `batch_queries` on or off, aligned ticks), with N canary rollouts started at once through its API
   (analysis_seconds long enough that none ends during the run).
@@ -25,8 +27,8 @@ Measured over `duration` seconds, from half a tick after the first tick of every
   reported beside it (its p99 from the histogram buckets, an upper bound);
 - store queries: Prometheus's own `prometheus_http_requests_total` for /api/v1/query and /query_range
   (VictoriaMetrics: `vm_http_requests_total` for the same paths; InfluxDB: `queryReq`, the /query requests its
-  httpd answered, from its /debug/vars; CloudWatch: the emulator's count of GetMetricData requests), read before
-  and after; per second and per tick window;
+  httpd answered, from its /debug/vars; Datadog: the stub's count of POST /api/v2/query/timeseries; CloudWatch: the
+  emulator's count of GetMetricData requests), read before and after; per second and per tick window;
 - guardian CPU % (of one core: utime + stime from /proc over the window) and peak RSS (VmHWM).
 
 `run()` is what benchmarks/run_all.py calls; the CLI prints a table and writes JSON.
@@ -57,8 +59,10 @@ from demo.stack import (  # noqa: E402
     terminate,
     wait_until,
 )
+from tests.fixtures.datadog_agent import AgentLike  # noqa: E402
 from tests.fixtures.fleet import service_names  # noqa: E402
 from tests.fixtures.influx import InfluxDBServer, TelegrafLike  # noqa: E402
+from tests.stubs.datadog_stub import DatadogStub  # noqa: E402
 
 EVALUATION_DELAY = 1.0
 QUERY_HANDLERS = ("/api/v1/query", "/api/v1/query_range")
@@ -104,6 +108,31 @@ class TelegrafInflux:
     def stop(self) -> None:
         self.telegraf.stop()
         self.influx.stop()
+
+
+class AgentDatadog:
+    """The Datadog stub, and the emulation of the Agent's openmetrics check (tests/fixtures/datadog_agent.py) sending
+    the exporter's series to it (namespace `app`, the source's default)."""
+
+    def __init__(self, target: str, interval: str) -> None:
+        self.stub = DatadogStub()
+        self.agent = AgentLike(self.stub.url, self.stub.api_key, [(f"http://{target}/metrics", [])],
+                               interval=float(interval.rstrip("s")))
+        self.url = self.stub.url
+        self.keys = {"datadog_api_key": self.stub.api_key, "datadog_app_key": self.stub.app_key}
+
+    def start(self) -> AgentDatadog:
+        self.stub.start()
+        self.agent.start()
+        wait_until(lambda: self.agent.sends >= 2, 60, 0.1, "two runs of the check (counts from the second)")
+        return self
+
+    def queries(self) -> float:
+        return float(self.stub.count("/api/v2/query/timeseries"))
+
+    def stop(self) -> None:
+        self.agent.stop()
+        self.stub.stop()
 
 
 class MotoCloudWatch:
@@ -223,18 +252,22 @@ def run(rollouts: int = 500, signals: int = 6, tick_seconds: float = 10.0, durat
                    60, 0.2, "the exporter", ignore=(httpx.HTTPError,))
         if store == "influxdb":
             prom = TelegrafInflux(f"127.0.0.1:{exporter_port}", scrape_interval, work / store).start()
+        elif store == "datadog":
+            prom = AgentDatadog(f"127.0.0.1:{exporter_port}", scrape_interval).start()
         elif store == "cloudwatch":
             prom = MotoCloudWatch(rollouts, scrape_interval).start()
         else:
             server = VictoriaMetricsServer if store == "victoriametrics" else PrometheusServer
             prom = server([(f"127.0.0.1:{exporter_port}", {})], scrape_interval, workdir=work / store).start()
             prom.wait_for_series(f"count(http_requests_total) >= {rollouts * 2}", timeout=60)
-        queries_of = prom.queries if isinstance(prom, TelegrafInflux | MotoCloudWatch) else (
+        queries_of = prom.queries if isinstance(prom, TelegrafInflux | AgentDatadog | MotoCloudWatch) else (
             lambda: _prom_queries(prom.url))
         reading = {"source": store, f"{store}_url": prom.url} if store not in ("prometheus", "cloudwatch") else {}
+        reading |= prom.keys if isinstance(prom, AgentDatadog) else {}
         reading |= prom.settings if isinstance(prom, MotoCloudWatch) else {}
         unused = "http://127.0.0.1:9"  # no service reads Prometheus when the settings' source is influxdb
-        guardian = GuardianServer(work, prometheus_url=unused if store in ("influxdb", "cloudwatch") else prom.url,
+        elsewhere = store in ("influxdb", "datadog", "cloudwatch")
+        guardian = GuardianServer(work, prometheus_url=unused if elsewhere else prom.url,
                                   rules=[str(work / "rules")],
                                   tick_seconds=tick_seconds, evaluation_delay=EVALUATION_DELAY,
                                   batch_queries=batched, align_ticks=True, analysis_seconds=86400,
@@ -322,9 +355,8 @@ def main() -> None:
     parser.add_argument("--tick", type=float, default=10.0)
     parser.add_argument("--mode", choices=("batched", "per-rollout", "both"), default="both")
     parser.add_argument("--json", type=Path, help="write the results here")
-    parser.add_argument("--store", choices=("prometheus", "victoriametrics", "influxdb", "cloudwatch"),
-                        default="prometheus",
-                        help="the metric store the guardian reads")
+    parser.add_argument("--store", choices=("prometheus", "victoriametrics", "influxdb", "datadog", "cloudwatch"),
+                        default="prometheus", help="the metric store the guardian reads")
     args = parser.parse_args()
     modes = {"batched": [True], "per-rollout": [False], "both": [True, False]}[args.mode]
     results = {}
