@@ -5,7 +5,8 @@
 What runs (all real processes on loopback): the fleet exporter (`python -m tests.fixtures.fleet`, N services x 2
 arms) scraped every 5 s by Debian's `prometheus`; a PostgreSQL 15 (tests/fixtures/pgserver.py); two replicas r0 and
 r1 (noop actuator, the built-in default policy: 6 signals x 2 arms per tick, batched queries, aligned ticks). The N
-rollouts are started through the API (4 at a time), all of them on r0 (the worst case for the spread: r1 must take its share).
+rollouts are started through the API (4 at a time), all of them on r0 (the worst case for the spread: r1 must take
+its share).
 
 Measured:
 - spread: how long until both replicas hold their share (within one of N/2), then every 2 s over the measured

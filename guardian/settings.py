@@ -86,6 +86,8 @@ class Settings(BaseSettings):
     # it take a lease per rollout (engine/leases.py). A secret: never logged (only its redacted form).
     database_url: SecretStr | None = None
     lease_seconds: float = Field(15.0, ge=1, description="a dead replica's rollouts are taken over within this")
+    database_pool_size: int = Field(16, ge=1, le=200, description=(
+        "PostgreSQL connections this replica opens at most: the ticks running at once share them"))
     replica_id: str | None = None  # this replica's lease holder id (default: host:pid:random)
     recordings_dir: str = "var/recordings"
     models_dir: str = "models"  # forecast models: <models_dir>/<service>/<signal>.json (guardian baseline fit)

@@ -14,9 +14,14 @@ previous version's own ticks are the reference, and a missing pre-rollout window
 
 Every rollout with a rate check fetches the same window (`window`), frozen under BEFORE_ROLLOUT_KEY: without it
 (a source that did not answer, a recording that lacks it) the rate test runs without its level test.
+
+The window ends at the start; for a rollout whose ticks are aligned to the tick grid, at the grid line before the
+start (less than a tick earlier), so rollouts started within the same tick length share the window and a batching
+source reads all of theirs in one query (`before_requests`, planned with the first ticks: Guard.plan).
 """
 from __future__ import annotations
 
+import math
 from typing import Any
 
 from loguru import logger
@@ -43,6 +48,22 @@ def bake_signals(ruleset: RuleSet) -> dict[str, list[CompareCheck]]:
     return out
 
 
+def before_window(state: RolloutState, ruleset: RuleSet) -> tuple[float, float]:
+    """[start, end) of the pre-rollout window: it ends at the start, or at the grid line before it (aligned ticks)."""
+    end = state.created_at if state.tick_origin is None else \
+        math.floor(state.created_at / state.step_seconds) * state.step_seconds
+    return end - ruleset.rules.bake_before, end
+
+
+def before_requests(state: RolloutState, ruleset: RuleSet, baseline: ArmSelector | None) -> list[tuple]:
+    """The fetches `BakeReference.window` makes for this rollout (for a batching source's plan)."""
+    start, end = before_window(state, ruleset)
+    if baseline is None or start >= end:
+        return []
+    return [(SignalQuery(signal, q.type, q.promql), state.service, baseline, start, end)
+            for signal in bake_signals(ruleset) if (q := ruleset.queries.get(signal)) is not None]
+
+
 class BakeReference:
     def __init__(self, source: MetricSource):
         self.source = source
@@ -60,8 +81,7 @@ class BakeReference:
     def window(self, state: RolloutState, ruleset: RuleSet, baseline: ArmSelector | None) -> dict[str, Any]:
         """The pre-rollout window's value of each signal the compare checks read, from the baseline arm (None
         where the source had none), and why any is missing; never raises."""
-        end = state.created_at
-        start = end - ruleset.rules.bake_before
+        start, end = before_window(state, ruleset)
         values: dict[str, float | None] = {}
         missing: dict[str, str] = {}
         for signal in bake_signals(ruleset):

@@ -46,7 +46,7 @@ from guardian.domain import (
 from guardian.engine.alert_book import AlertBook
 from guardian.engine.alerts import DEFAULT_LABELS, StoredAlert
 from guardian.engine.arms import ArmSelection, ArmSelections
-from guardian.engine.bake_reference import BakeReference, level_signals
+from guardian.engine.bake_reference import BakeReference, before_requests, level_signals
 from guardian.engine.log_evidence import LogEvidence
 from guardian.engine.start import StartSpec, first_state
 from guardian.engine.store import StateStore
@@ -210,6 +210,9 @@ class Guard:
             start, end = state.tick_bounds(t)
             requests += [(SignalQuery(name, q.type, q.promql), state.service, selector, start, end)
                          for name, q in ruleset.queries.items() for selector in arms.selectors.values()]
+            if state.last_tick < 0 and state.strategy is not Strategy.WATCH and level_signals(ruleset):  # and its
+                # first tick reads the pre-rollout window
+                requests += before_requests(state, ruleset, arms.selectors.get("baseline"))
         self.arms.plan(selections)
         self.source.plan(requests)
 

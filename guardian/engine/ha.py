@@ -24,7 +24,8 @@ def open_store(settings: Any) -> tuple[StateStore, Leases]:
         return SQLiteStore(settings.db_path), LocalLeases(settings.replica_id)
     from guardian.engine.store_pg import PostgresStore
 
-    store = PostgresStore(url, holder=settings.replica_id, lease_seconds=settings.lease_seconds)
+    store = PostgresStore(url, holder=settings.replica_id, lease_seconds=settings.lease_seconds,
+                          pool_size=settings.database_pool_size)
     logger.info("state store: {} (replica {}, leases of {} s)", store.path, store.leases.holder,
                 settings.lease_seconds)
     return store, store.leases

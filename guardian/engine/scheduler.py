@@ -83,8 +83,9 @@ class Scheduler:
         for state in due[:max(0, self.max_concurrent_ticks - len(self._running))]:  # the rest: next pass
             if await asyncio.to_thread(self.leases.acquire, state.id):  # else another replica holds it
                 mine.append(state)
-        if mine:
-            await asyncio.to_thread(self.guard.plan, due)  # all due ones: the first batch query covers them
+        if mine:  # all due ones this replica holds (not only this pass's): the first batch query covers them
+            held = self.leases.held()
+            await asyncio.to_thread(self.guard.plan, [s for s in due if s.id in held])
         for state in mine:
             self._running[state.id] = asyncio.create_task(self._tick(state.id))
 

@@ -164,3 +164,41 @@ def test_a_hanging_source_for_one_rollout_does_not_delay_another(tmp_path) -> No
     assert lag.get_sample_value("guardian_tick_lag_seconds_count") >= 4
     assert lag.get_sample_value("guardian_tick_lag_seconds_bucket", {"le": "0.25"}) == lag.get_sample_value(
         "guardian_tick_lag_seconds_count")  # every tick started within 0.25 s of being due
+
+
+class PlanningRecorder:
+    """A stub source that records what it is planned and asked (a Planning source, like a batching one)."""
+
+    def __init__(self) -> None:
+        self.planned: list = []
+        self.asked: list = []
+
+    def plan(self, requests) -> None:
+        self.planned += list(requests)
+
+    def fetch(self, query, service, arm, start, end) -> float:
+        self.asked.append((query.signal, service, arm.arm, start, end))
+        return 10.0
+
+
+def test_the_pre_rollout_windows_of_aligned_rollouts_are_shared_and_planned(tmp_path) -> None:
+    clock = FakeClock(1000.3)
+    source = PlanningRecorder()
+    guard = Guard(SQLiteStore(":memory:"), source, RuleBook([tmp_path]),  # type: ignore[arg-type]
+                  lambda target: NoopActuator(), clock, GuardConfig(align_ticks=True, evaluation_delay=1.0))
+    states = []
+    for i in range(4):  # started within one tick length: one pre-rollout window for all of them
+        states.append(guard.start(StartSpec(service=f"svc{i}", image="v2", step_seconds=10.0)))
+        clock.advance(2.0)
+    clock.advance(1021.5 - clock.now())  # tick 0 ([1010, 1020)) is due
+    guard.plan(states)
+    before = {(s, end) for q, s, a, start, end in source.planned if end - start > 10}
+    assert before == {(f"svc{i}", 1000.0) for i in range(4)}  # the grid line before the starts, planned
+    for state in states:
+        guard.tick(state.id)
+    asked = {(svc, start, end) for _, svc, arm, start, end in source.asked if end - start > 10 and arm == "baseline"}
+    assert {(s, e) for s, _, e in asked} == before  # tick 0 read exactly the windows planned
+    clock.advance(10.0)
+    windows = sum(end - start > 10 for *_, start, end in source.planned)
+    guard.plan([guard.store.get(s.id) for s in states])
+    assert sum(end - start > 10 for *_, start, end in source.planned) == windows  # none more after tick 0
