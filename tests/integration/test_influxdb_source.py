@@ -155,7 +155,7 @@ def test_a_whole_rollout_judged_from_influxdb(tmp_path) -> None:
         telegraf.settled()
         (tmp_path / "guardian").mkdir()
         guardian = GuardianServer(tmp_path / "guardian", prometheus_url="http://127.0.0.1:9", rules=[], tick_seconds=2,
-                                  evaluation_delay=1.5, min_window=4, analysis_seconds=10, source="influxdb",
+                                  evaluation_delay=1.5, min_window=4, analysis_seconds=6, source="influxdb",
                                   influxdb_url=influx.url).start()
         started.append(guardian)
         assert guardian.api("GET", "/readyz").status_code == 200  # InfluxDB answers /ping
