@@ -124,7 +124,9 @@ def rollout_view(c: Components, rollout_id: str) -> dict[str, Any]:
     return view
 
 
-@router.post("/v1/rollouts", status_code=201, dependencies=Mutating)
+@router.post("/v1/rollouts", status_code=201, dependencies=Mutating, responses={202: {
+    "description": "the service's watch is held by another replica: the start is filed for it (`intent.starts` names "
+                   "the rollout to come; follow `intent.links.intent`)"}})
 def start_rollout(body: StartRollout, c: Deps) -> Any:
     """Start a rollout, after a preflight: a signal its policy needs that has no series at all (a label
     mismatch, a histogram without the objective's bucket …) refuses the start with 422 `missing_metrics`
