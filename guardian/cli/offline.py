@@ -46,17 +46,21 @@ def rules_check(paths: Annotated[list[Path], typer.Argument(help="rule files or 
             out.print(f"    {line}", markup=False)
 
 
-def _store_problems(rulesets) -> list:
-    """A rule file's `source:` that this environment's settings give no address for (GUARDIAN_* variables)."""
-    from pydantic import ValidationError
+STORE_SETTINGS = ("source", "prometheus", "victoriametrics", "influxdb", "cloudwatch", "datadog")
 
+
+def _store_problems(rulesets) -> list:
+    """A rule file's `source:` that this environment's settings give no address or credentials for (GUARDIAN_*
+    variables), and the settings of a metric store that `guardian serve` would refuse (a malformed URL, a missing
+    key …), as `(settings):1: FIELD: message`; other settings problems are `guardian serve`'s to report."""
     from guardian.api.components import source_problems
-    from guardian.settings import Settings
+    from guardian.settings import load_settings
 
     try:
-        settings = Settings()
-    except ValidationError:
-        return []  # the settings themselves are wrong: `guardian serve` says how; the rule files are judged alone
+        settings = load_settings()
+    except RuleError as e:
+        return [p for p in e.problems if p.field.startswith(STORE_SETTINGS)  # a field, or the whole (a model check)
+                or any(f"{store}_" in p.message or f"source is {store}" in p.message for store in STORE_SETTINGS)]
     return source_problems(settings, rulesets)
 
 

@@ -47,6 +47,25 @@ def test_an_unknown_store_is_refused_by_rules_check(tmp_path):
     assert result.exit_code == 2 and "c.yaml:2: source:" in result.output and "victoriametrics" in result.output
 
 
+@pytest.mark.parametrize(("env", "says"), [
+    ({"GUARDIAN_DATADOG_URL": "http://example.com", "GUARDIAN_DATADOG_API_KEY": "k", "GUARDIAN_DATADOG_APP_KEY": "a"},
+     "(settings):1: datadog_url: datadog_url must be https://"),
+    ({"GUARDIAN_SOURCE": "cloudwatch"}, "source is cloudwatch: set cloudwatch_region"),
+    ({"GUARDIAN_INFLUXDB_URL": "influx:8086"}, "(settings):1: influxdb_url:"),
+])
+def test_rules_check_refuses_the_store_settings_serve_would_refuse(tmp_path, monkeypatch, env, says):
+    for name, value in env.items():
+        monkeypatch.setenv(name, value)
+    result = CliRunner().invoke(app, ["rules", "check", str(_rules(tmp_path, checkout=None))])
+    assert result.exit_code == 2 and says in result.output, result.output
+
+
+def test_rules_check_leaves_other_settings_problems_to_serve(tmp_path, monkeypatch):
+    monkeypatch.setenv("GUARDIAN_PORT", "not-a-port")
+    result = CliRunner().invoke(app, ["rules", "check", str(_rules(tmp_path, checkout=None))])
+    assert result.exit_code == 0 and result.output.startswith("ok:"), result.output
+
+
 @pytest.mark.parametrize(("settings", "says"), [
     ({"victoriametrics_url": "localhost:8428"}, "must be an http(s):// URL"),
     ({"source": "victoriametrics"}, "set victoriametrics_url"),
