@@ -630,7 +630,7 @@ class Guard:
             "started_at": state.created_at,
             "weight": state.weight, "action": decision.action.value, "reason": decision.reason,
             "baking": state.bake_tick is not None,
-            "source": decision.source, "tick": decision.tick, "at": decision.at,
+            "source": decision.source, "by": decision.by, "tick": decision.tick, "at": decision.at,
             "verdicts": [v.to_dict() for v in decision.verdicts],
             "outcome": outcome.to_dict() if outcome else None,
             "logs": list(decision.logs),

@@ -43,7 +43,7 @@ def _evidence_lines(msg: Message) -> list[str]:
 def plain_text(msg: Message) -> str:
     """The message as plain text (an e-mail's body, a chat message's fallback)."""
     lines = [f"{msg.title}: {msg.reason}", f"rollout {msg.rollout_id}, image {msg.image}, phase {msg.phase}"
-             + (f", canary weight {msg.weight}%" if msg.weight is not None else "") + f", by {msg.source}"]
+             + (f", canary weight {msg.weight}%" if msg.weight is not None else "") + f", by {msg.who}"]
     if msg.failing:
         lines.append("checks:")
         lines += [f"  - {line}" for line in _evidence_lines(msg)]
@@ -62,7 +62,7 @@ def slack_payload(msg: Message) -> dict[str, Any]:
                                                                     SLACK_TEXT_MAX)},
          "fields": [{"type": "mrkdwn", "text": _cut(t, SLACK_FIELD_MAX)} for t in (
              f"*Rollout*\n`{e(msg.rollout_id)}`", f"*Image*\n`{e(msg.image)}`", f"*Phase*\n{e(msg.phase)}",
-             f"*By*\n{e(msg.source)}")][:SLACK_FIELDS_MAX]},
+             f"*By*\n{e(msg.who)}")][:SLACK_FIELDS_MAX]},
     ]
     for f in msg.failing[: SLACK_BLOCKS_MAX - 5]:
         blocks.append({"type": "section", "text": {"type": "mrkdwn", "text": _cut(
@@ -86,7 +86,7 @@ def teams_payload(msg: Message) -> dict[str, Any]:
         text(msg.reason),
         {"type": "FactSet", "facts": [
             {"title": "Rollout", "value": msg.rollout_id}, {"title": "Image", "value": msg.image},
-            {"title": "Phase", "value": msg.phase}, {"title": "By", "value": msg.source}]},
+            {"title": "Phase", "value": msg.phase}, {"title": "By", "value": msg.who}]},
     ]
     if msg.failing:
         body.append(text("Checks", weight="Bolder", spacing="Medium"))
@@ -113,7 +113,8 @@ def cloudevent(msg: Message, *, event_id: str, source: str) -> dict[str, Any]:
         **({"time": at.isoformat().replace("+00:00", "Z")} if at else {}),
         "data": {
             "kind": msg.kind, "rollout_id": msg.rollout_id, "service": msg.service, "image": msg.image,
-            "phase": msg.phase, "weight": msg.weight, "reason": msg.reason, "source": msg.source, "link": msg.link,
+            "phase": msg.phase, "weight": msg.weight, "reason": msg.reason, "source": msg.source, "by": msg.by,
+            "link": msg.link,
             "checks": [{"check": f.check, "result": f.result, "reason": f.reason, "value": f.value,
                         "threshold": f.threshold, "sample_size": f.sample_size, "statistic": f.statistic}
                        for f in msg.failing],

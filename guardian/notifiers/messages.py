@@ -74,6 +74,12 @@ class Message:
     log_counts: str | None = None  # "14x in canary vs 0x in baseline"
     link: str | None = None
     extra: dict[str, Any] = field(default_factory=dict)
+    by: str | None = None  # the operator who acted (a named operator token), when a person did
+
+    @property
+    def who(self) -> str:
+        """Who decided, for people to read: the operator's name, else the decision's source."""
+        return f"{self.by} ({self.source})" if self.by else self.source
 
 
 def _num(x: float | None) -> str:
@@ -115,4 +121,5 @@ def message_for(event: dict[str, Any], *, base_url: str | None = None) -> Messag
         log_counts=(f"{top.get('canary_count')}x in canary vs {top.get('baseline_count')}x in baseline"
                     if top and top.get("canary_count") is not None else None),
         link=rollout_link(base_url, str(event.get("rollout_id") or "")),
+        by=str(event["by"]) if event.get("by") else None,
     )

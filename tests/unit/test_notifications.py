@@ -69,6 +69,19 @@ def test_slack_payload_follows_block_kit_and_escapes_what_the_service_sent() -> 
     assert payload["blocks"][-1]["elements"][0]["url"] == "https://g.example/ui/rollouts/r-42"
 
 
+def test_a_named_operators_action_is_notified_with_their_name() -> None:
+    msg = message_for(rollback_event(source="user", by="alice", reason="rollback by alice", verdicts=[]))
+    assert msg is not None and msg.who == "alice (user)"
+    slack = " ".join(str(b) for b in slack_payload(msg)["blocks"])
+    assert "alice (user)" in slack
+    facts = [f for b in teams_payload(msg)["attachments"][0]["content"]["body"] if b["type"] == "FactSet"
+             for f in b["facts"]]
+    assert {"title": "By", "value": "alice (user)"} in facts
+    data = cloudevent(msg, event_id="e1", source="/guardian")["data"]
+    assert data["by"] == "alice" and data["source"] == "user"
+    assert message_for(rollback_event()).who == "guardian"  # the guardian's own decision names no operator
+
+
 def test_teams_payload_is_one_adaptive_card_with_the_evidence() -> None:
     payload = teams_payload(message_for(rollback_event()))
     assert teams_problem(payload) is None
