@@ -161,6 +161,9 @@ class IntentKeeper:
             status, detail = REFUSED, str(e)
         except ActuatorError as e:
             status, detail = FAILED, str(e)
+        except Exception as e:  # noqa: BLE001 - said, never left running for ever (the holder would not retry it)
+            logger.exception("intent {} ({} of {}) failed: {}", intent.id, intent.action, intent.rollout_id, e)
+            status, detail = FAILED, f"{type(e).__name__}: {e}"
         self.store.finish_intent(intent.id, status, detail, self.guard.clock.now())
         logger.info("intent {} ({} of rollout {} by {}): {}: {}", intent.id, intent.action, intent.rollout_id,
                     intent.by or intent.source, status, detail)

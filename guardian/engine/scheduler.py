@@ -103,7 +103,7 @@ class Scheduler:
         assert self.intents is not None
         try:
             await asyncio.get_running_loop().run_in_executor(self._pool, self.intents.carry_out, intent)
-        except Exception as e:  # noqa: BLE001 - it stays pending (or running) and is tried again
+        except Exception as e:  # noqa: BLE001 - the claim or the finish failed (carry_out says how the command ended)
             logger.exception("intent {} of rollout {} failed: {}", intent.id, intent.rollout_id, e)
         finally:
             self._running.pop(intent.rollout_id, None)

@@ -202,7 +202,8 @@ class InfluxDBSource:
         except ValueError:
             chunks = []
         error = next((c["error"] for c in chunks if isinstance(c, dict) and c.get("error")), None)
-        if r.status_code >= 400 or error or not chunks or not all(isinstance(c.get("results"), list) for c in chunks):
+        if r.status_code >= 400 or error or not chunks or not all(
+                isinstance(c, dict) and isinstance(c.get("results"), list) for c in chunks):
             raise SourceUnavailable(f"InfluxDB at {self.safe_url} unavailable: HTTP {r.status_code} "
                                     f"{error or r.text[:200]}; query: {shorten(q)}")
         return r.status_code, merge_chunks(chunks)

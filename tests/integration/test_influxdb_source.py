@@ -169,3 +169,33 @@ def test_a_whole_rollout_judged_from_influxdb(tmp_path) -> None:
     finally:
         for thing in reversed(started):
             thing.stop()
+
+
+@pytest.mark.parametrize("body", ["[]", "null", '"text"', '{"results": 3}'])
+def test_a_server_answering_json_that_is_not_influxdbs_is_unavailable_not_a_crash(body: str) -> None:
+    """A URL pointing at some other service that answers 200 with JSON: unavailable, naming the answer."""
+    import http.server
+    import threading
+
+    class Other(http.server.BaseHTTPRequestHandler):
+        def _answer(self) -> None:
+            data = body.encode()
+            self.send_response(200)
+            self.send_header("Content-Type", "application/json")
+            self.send_header("Content-Length", str(len(data)))
+            self.end_headers()
+            self.wfile.write(data)
+
+        do_GET = do_POST = _answer
+
+        def log_message(self, *args: object) -> None:
+            pass
+
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Other)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        source = InfluxDBSource(f"http://127.0.0.1:{server.server_address[1]}", timeout=3, min_window=4)
+        with pytest.raises(SourceUnavailable, match="unavailable: HTTP 200"):
+            source.fetch(q("requests"), "checkout", CANARY, time.time() - 10, time.time())
+    finally:
+        server.shutdown()
