@@ -15,7 +15,9 @@ GuardianError
 └── StoreError             the state store refused an operation
     ├── RolloutNotFound    no rollout with that id
     └── RolloutConflict    the operation clashes with the rollout's state (e.g. one already in flight)
+        ├── RolloutEnded   the rollout ended already (a command filed for its holder would never be taken)
         └── LeaseLost      another guardian replica holds the rollout's lease: this one may not write
+            └── LeaseRefused   … refused before anything was written (the command may go to the holder)
 
 Missing data is never a zero: sources raise NoData, and judges turn it into *inconclusive*.
 """
@@ -108,5 +110,15 @@ class ReleaseFrozen(RolloutConflict):
     """A critical alert firing for the service forbids starting a rollout of it (unless forced)."""
 
 
+class RolloutEnded(RolloutConflict):
+    """The rollout ended (promoted, rolled back, a watch ended): nothing can be filed for it any more."""
+
+
 class LeaseLost(RolloutConflict):
     """Another replica holds the rollout's lease (or took it over): this replica's write was refused."""
+
+
+class LeaseRefused(LeaseLost):
+    """The store refused a write because another replica holds the rollout, and nothing of the refused step was
+    written. A plain LeaseLost, raised after an action was carried out (its outcome could not be recorded), is not
+    one: the action must not be handed to the holder, whose resumption of the pending operation records it."""

@@ -10,7 +10,9 @@ from guardian.api.components import Components
 from guardian.domain import Action, RolloutState, Strategy
 from guardian.engine.intents import HoldsIntents, Intent, file_command, file_start
 from guardian.engine.start import StartSpec
-from guardian.errors import LeaseLost
+from guardian.errors import LeaseRefused, RolloutEnded
+
+START_ATTEMPTS = 3  # a start whose service's watch ends while it is being filed is tried again here
 
 
 def command(c: Components, rollout_id: str, action: Action, reason: str = "", *, by: str | None = None,
@@ -19,23 +21,31 @@ def command(c: Components, rollout_id: str, action: Action, reason: str = "", *,
     `Guard.override` raises (RolloutNotFound, RolloutConflict, ActuatorError)."""
     try:
         return c.guard.override(rollout_id, action, reason, source=source, by=by)
-    except LeaseLost as refused:  # nothing was written: another replica holds the rollout
+    except LeaseRefused as refused:  # nothing was written: another replica holds the rollout
         if not isinstance(c.store, HoldsIntents):
             raise
+        # (a plain LeaseLost, raised once the action was carried out, is answered 409 and never filed: twice)
         return file_command(c.store, rollout_id, action, reason, by, source, c.clock.now(), refused)
 
 
 def start_or_file(c: Components, spec: StartSpec, pause: str | None) -> RolloutState | Intent:
     """Start it here; when the service's watch, which a start ends first, is held by another replica, file the
-    start for that one (`pause`: the reason it is to start paused, the preflight's missing signals)."""
-    try:
-        return c.guard.start(spec)
-    except LeaseLost as refused:  # ending the watch was refused: nothing was written
-        watch = next((s for s in c.store.list(active_only=True)
-                      if s.service == spec.service and s.strategy is Strategy.WATCH), None)
-        if not isinstance(c.store, HoldsIntents) or watch is None:
-            raise
-        return file_start(c.store, spec, watch, pause, c.clock.now(), refused)
+    start for that one (`pause`: the reason it is to start paused, the preflight's missing signals). When the
+    watch ends between the two (the store refuses to file for it), the start is tried here again."""
+    for attempt in range(START_ATTEMPTS):
+        try:
+            return c.guard.start(spec)
+        except LeaseRefused as refused:  # ending the watch was refused: nothing was written
+            watch = next((s for s in c.store.list(active_only=True)
+                          if s.service == spec.service and s.strategy is Strategy.WATCH), None)
+            if not isinstance(c.store, HoldsIntents) or watch is None:
+                raise
+            try:
+                return file_start(c.store, spec, watch, pause, c.clock.now(), refused)
+            except RolloutEnded:  # the watch ended meanwhile: nobody holds it now
+                if attempt == START_ATTEMPTS - 1:
+                    raise
+    raise AssertionError("unreachable")
 
 
 def accepted(intent: Intent) -> JSONResponse:

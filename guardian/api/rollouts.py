@@ -1,8 +1,10 @@
 """/v1/rollouts: start one (after a preflight of its metrics), list, read, explain, steer; and
 /v1/services/{service}/doctor, the same check of a service's metrics on its own. Handlers are plain `def`:
-they run in the thread pool, because the store and the actuators block."""
+they run in the thread pool, because the store and the actuators block; only GET /v1/intents/{id}, which can
+wait a minute, is `async` (its store reads go to a thread, its waits do not hold one)."""
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import re
 import time
@@ -226,7 +228,7 @@ def _override_route(action: Action):
 
 
 @router.get("/v1/intents/{intent_id}", dependencies=Reading)
-def get_intent(intent_id: int, c: Deps, wait: Annotated[float, Query(ge=0, le=60, description=(
+async def get_intent(intent_id: int, c: Deps, wait: Annotated[float, Query(ge=0, le=60, description=(
         "wait up to this many seconds for it to be carried out (answers as soon as it is)"))] = 0.0) -> dict[str, Any]:
     """A command another replica received for a rollout this one holds (or the other way round), as filed when the
     command was answered 202: `pending`, `running`, then `done`, `refused` (the rollout's phase did not allow it:
@@ -235,11 +237,11 @@ def get_intent(intent_id: int, c: Deps, wait: Annotated[float, Query(ge=0, le=60
     replica never files one)."""
     if not isinstance(c.store, HoldsIntents):
         raise HTTPException(404, f"no intent with id {intent_id}: this guardian runs alone and files none")
-    deadline = time.monotonic() + wait
-    intent = c.store.intent(intent_id)
+    deadline = time.monotonic() + wait  # waited on the event loop: many followers hold no worker thread
+    intent = await asyncio.to_thread(c.store.intent, intent_id)
     while not intent.finished and time.monotonic() < deadline:
-        time.sleep(0.1)
-        intent = c.store.intent(intent_id)
+        await asyncio.sleep(0.2)
+        intent = await asyncio.to_thread(c.store.intent, intent_id)
     return intent.to_dict()
 
 

@@ -14,11 +14,12 @@ transitions.py (the pure state machine).
 """
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import json
 import threading
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -52,7 +53,7 @@ from guardian.engine.start import StartSpec, first_state
 from guardian.engine.store import StateStore
 from guardian.engine.transitions import transition, weight_after
 from guardian.engine.watch_rules import WatchRulesets, watch_gauges, watch_request, watch_rules
-from guardian.errors import ActuatorError, NoData, RolloutConflict, SourceUnavailable
+from guardian.errors import ActuatorError, LeaseLost, NoData, RolloutConflict, SourceUnavailable
 from guardian.files import atomic_write
 from guardian.forecast.model_files import ModelDirectory, ModelLoader, thaw
 from guardian.judge import steady
@@ -142,6 +143,19 @@ class Guard:
     def _lock(self, rollout_id: str) -> threading.Lock:
         with self._locks_guard:
             return self._locks.setdefault(rollout_id, threading.Lock())
+
+    @contextlib.contextmanager
+    def idle(self, rollout_id: str) -> Iterator[bool]:
+        """True, holding the rollout's lock for the block, when no thread acts on it (a tick, an override, a start);
+        False, at once, when one does. The scheduler releases a lease only inside it: a replica must not give a
+        rollout away while one of its API threads acts on it."""
+        lock = self._lock(rollout_id)
+        got = lock.acquire(blocking=False)
+        try:
+            yield got
+        finally:
+            if got:
+                lock.release()
 
     # -- starting -----------------------------------------------------------------------------------
     def start(self, spec: StartSpec) -> RolloutState:
@@ -469,6 +483,22 @@ class Guard:
                   decision: Decision) -> tuple[RolloutState, Outcome]:
         outcome = self._apply(state.target, request)
         crash_point("after_apply", request.action.value)
+        try:
+            new_state = self._record(state, seq, request, decision, outcome)
+        except LeaseLost as lost:  # not a LeaseRefused: the action was carried out, its new holder records it
+            raise LeaseLost(f"{request.action.value} of rollout {state.id} was carried out "
+                            f"({'ok' if outcome.ok else 'failed: ' + outcome.detail}) but this replica lost the "
+                            f"rollout before recording it; its new holder records it ({lost})") from lost
+        crash_point("after_finish_op", request.action.value)
+        if new_state.phase is not state.phase:  # the tick's recording was written before the action: its phase too
+            self._write_recording(new_state)
+        self._notify(new_state, decision, outcome)
+        self._refresh_gauges()
+        return new_state, outcome
+
+    def _record(self, state: RolloutState, seq: int, request: ActionRequest, decision: Decision,
+                outcome: Outcome) -> RolloutState:
+        """The operation's outcome and the rollout's state after it, written (fenced by the lease)."""
         now = self.clock.now()
         if outcome.ok:
             new_state = transition(state, decision, now, self.config.max_scale)
@@ -481,12 +511,7 @@ class Guard:
             new_state = state.evolve(updated_at=now, reason=f"{request.action.value} failed: {outcome.detail}")
             logger.error("rollout {}: {} failed: {}", state.id, request.action.value, outcome.detail)
         self.store.finish_op(state.id, seq, outcome, decision, new_state, now)
-        crash_point("after_finish_op", request.action.value)
-        if new_state.phase is not state.phase:  # the tick's recording was written before the action: its phase too
-            self._write_recording(new_state)
-        self._notify(new_state, decision, outcome)
-        self._refresh_gauges()
-        return new_state, outcome
+        return new_state
 
     def _apply(self, target: str, request: ActionRequest) -> Outcome:
         try:

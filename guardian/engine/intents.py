@@ -14,7 +14,10 @@ Each intent goes pending -> running -> done | refused | failed:
   its fencing token, and the next holder (a greater token) takes it again;
 - *done*: carried out (the rollout's decision log names the operator); *refused*: the rollout's phase does not
   allow it (e.g. it ended meanwhile), with the reason, as a direct call answers 409; *failed*: the actuator
-  failed and nothing changed, as a direct call answers 502.
+  failed and nothing changed, as a direct call answers 502;
+- a rollout that ends before its holder's pass (a second start filed on one watch, a rollback filed as it was
+  promoted) leaves no holder to take its open intents: every replica, every SWEEP_SECONDS, refuses them with why
+  (`orphaned`), and the store refuses to file one for a rollout that ended already (409).
 
 A rollout's *start* can need another replica too: it ends the service's watch first (engine/watches.py), and the
 watch is a rollout leased like the others. A start refused that way is filed as a `start` intent on the watch, with
@@ -38,6 +41,7 @@ from guardian.errors import ActuatorError, LeaseLost, ModelMissing, RolloutConfl
 PENDING, RUNNING, DONE, REFUSED, FAILED = "pending", "running", "done", "refused", "failed"
 FINISHED = frozenset({DONE, REFUSED, FAILED})
 START = "start"  # the action of a start filed on the service's watch
+SWEEP_SECONDS = 2.0  # how often a replica refuses the open intents of rollouts that ended (IntentKeeper.sweep)
 
 
 @dataclass(frozen=True)
@@ -110,6 +114,11 @@ class HoldsIntents(Protocol):
 
     def finish_intent(self, intent_id: int, status: str, detail: str, at: float) -> None: ...
 
+    def refuse_orphaned_intents(self, at: float) -> list[Intent]:
+        """Refuse the open intents of rollouts no longer in flight (ended before their holder's pass: no replica
+        would ever take them), saying why (`orphaned`); returns them."""
+        ...
+
 
 def file_command(store: HoldsIntents, rollout_id: str, action: Action, reason: str, by: str | None,
                  source: str, at: float, refused: LeaseLost) -> Intent:
@@ -130,6 +139,18 @@ def file_start(store: HoldsIntents, spec: StartSpec, watch: RolloutState, pause:
     return intent
 
 
+def orphaned(intent: Intent, phase: str) -> str:
+    """Why an open intent of a rollout that ended (`phase`) is refused."""
+    if intent.action == START:
+        return (f"the watch {intent.rollout_id} ended ({phase}) before the replica holding it carried out the start "
+                f"of {intent.subject}, which was not started: send the start again")
+    if intent.status == PENDING:
+        return (f"rollout {intent.rollout_id} is already {phase}: it ended before its holder carried out the "
+                f"{intent.action}")
+    return (f"rollout {intent.rollout_id} ended ({phase}) while replica {intent.done_by} was carrying out the "
+            f"{intent.action} and that replica stopped before saying how it went: see the rollout's decision log")
+
+
 def new_id() -> str:
     return uuid.uuid4().hex[:12]
 
@@ -140,9 +161,20 @@ class IntentKeeper:
 
     def __init__(self, guard: Any, store: HoldsIntents) -> None:
         self.guard, self.store = guard, store
+        self._swept = float("-inf")
 
     def due(self, held: list[str]) -> list[Intent]:
         return self.store.pending_intents(held) if held else []
+
+    def sweep(self) -> None:
+        """Every SWEEP_SECONDS (by the guard's clock): refuse the open intents of rollouts that ended."""
+        now = self.guard.clock.now()
+        if now - self._swept < SWEEP_SECONDS:
+            return
+        self._swept = now
+        for intent in self.store.refuse_orphaned_intents(now):
+            logger.info("intent {} ({} of rollout {} by {}): refused: {}", intent.id, intent.action,
+                        intent.rollout_id, intent.by or intent.source, intent.detail)
 
     def carry_out(self, intent: Intent) -> None:
         """Claim it (fenced) and do it through Guard.override, recording how it ended."""

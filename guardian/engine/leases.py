@@ -30,9 +30,10 @@ import socket
 import threading
 import time
 import uuid
+from collections.abc import Callable
 from typing import Any, Protocol
 
-from guardian.errors import LeaseLost
+from guardian.errors import LeaseRefused
 
 LEASES_SCHEMA = """
 CREATE TABLE IF NOT EXISTS leases (
@@ -80,9 +81,10 @@ class Leases(Protocol):
         """The rollouts this replica holds, with their fencing tokens."""
         ...
 
-    def balance(self, active: set[str], busy: set[str]) -> None:
+    def balance(self, active: set[str], busy: set[str], let_go: Callable[[str], bool] | None = None) -> None:
         """Keep this replica's share of the rollouts in flight (`active`): release the excess (never one of
-        `busy`, mid-tick), take free ones while under it. Every scheduler pass; it queries when it is due."""
+        `busy`, mid-tick, and only through `let_go`, which releases it unless a thread acts on it and says whether
+        it did; `release` when None), take free ones while under it. Every scheduler pass; it queries when due."""
         ...
 
     def leave(self) -> None:
@@ -113,7 +115,7 @@ class LocalLeases:
     def held(self) -> dict[str, int]:
         return dict(self._held)
 
-    def balance(self, active: set[str], busy: set[str]) -> None:
+    def balance(self, active: set[str], busy: set[str], let_go: Callable[[str], bool] | None = None) -> None:
         return None
 
     def leave(self) -> None:
@@ -201,7 +203,7 @@ class PostgresLeases:
         with self._lock:
             return dict(self._held)
 
-    def balance(self, active: set[str], busy: set[str]) -> None:
+    def balance(self, active: set[str], busy: set[str], let_go: Callable[[str], bool] | None = None) -> None:
         if time.monotonic() - self._balanced < min(1.0, self.lease_seconds / 3):
             return
         self._balanced = time.monotonic()
@@ -219,13 +221,20 @@ class PostgresLeases:
                 conn, "SELECT r.id FROM unnest(%s::text[]) AS r(id) LEFT JOIN leases l ON l.rollout_id = r.id "
                       "WHERE l.rollout_id IS NULL OR l.expires_at <= now() ORDER BY r.id LIMIT %s",
                 (sorted(active - set(held)), wanted)).fetchall()]
-        if wanted < 0:  # over its share: the first taken go to the others
-            for rid in [r for r in held if r not in busy][:-wanted]:
-                self.release(rid)
+        excess = -wanted
+        for rid in held:  # over its share: the first taken go to the others, none a thread acts on
+            if excess <= 0:
+                break
+            if rid not in busy and (let_go(rid) if let_go is not None else self._released(rid)):
+                excess -= 1
         for rid in free:
             with self._lock:
                 self._retry_at.pop(rid, None)
             self._take(rid)
+
+    def _released(self, rollout_id: str) -> bool:
+        self.release(rollout_id)
+        return True
 
     def leave(self) -> None:
         for rid in list(self.held()):
@@ -237,7 +246,7 @@ class PostgresLeases:
     def fence(self, conn: Any, rollout_id: str, *, required: bool = True) -> bool:
         """Check, in the caller's transaction, that this replica holds the rollout's lease, locking the
         lease row until the transaction ends (a takeover waits for it). A rollout nobody holds (new, or
-        its holder's lease expired) is taken over here. Raises LeaseLost (or returns False when not
+        its holder's lease expired) is taken over here. Raises LeaseRefused (or returns False when not
         `required`) when another replica holds it or took it over since this replica was granted it."""
         with self._lock:
             mine = self._held.get(rollout_id)
@@ -262,7 +271,7 @@ class PostgresLeases:
             if not required:
                 return False
             who = f"replica {row[0]} (token {row[1]}, until {row[3]:%H:%M:%S})" if row else "nobody"
-            raise LeaseLost(f"rollout {rollout_id} is leased to {who}, not to this replica ({self.holder}); "
+            raise LeaseRefused(f"rollout {rollout_id} is leased to {who}, not to this replica ({self.holder}); "
                             "send the request to that replica, or retry once its lease expires")
         with self._lock:
             self._held[rollout_id] = token

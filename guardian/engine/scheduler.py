@@ -73,6 +73,7 @@ class Scheduler:
                 logger.exception("watch keeper pass failed: {}", e)
         await asyncio.to_thread(self._keep_leases, {s.id for s in states}, set(self._running))
         if self.intents is not None:
+            await asyncio.to_thread(self.intents.sweep)
             held = [rid for rid in self.leases.held() if rid not in self._running]
             for intent in await asyncio.to_thread(self.intents.due, held):
                 if intent.rollout_id not in self._running:  # one at a time per rollout, never beside its tick
@@ -112,10 +113,18 @@ class Scheduler:
         ended = self._active - active  # (not merely unseen: one created since the list was read is held already)
         self._active = active
         for rollout_id in set(self.leases.held()) & ended - busy:
-            self.leases.release(rollout_id)
+            self._let_go(rollout_id)
         for rollout_id in self.leases.renew():
             logger.warning("lost the lease of rollout {}: another replica acts on it now", rollout_id)
-        self.leases.balance(active, busy)
+        self.leases.balance(active, busy, self._let_go)
+
+    def _let_go(self, rollout_id: str) -> bool:
+        """Release the rollout's lease unless a thread acts on it (an API override, a start): False then, and it
+        stays held until the next pass. Released under the rollout's lock, so no action begins meanwhile."""
+        with self.guard.idle(rollout_id) as idle:
+            if idle:
+                self.leases.release(rollout_id)
+            return idle
 
     def stop(self) -> None:
         self._stop.set()

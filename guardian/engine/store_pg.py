@@ -14,6 +14,7 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 from contextlib import contextmanager
+from dataclasses import replace
 from typing import Any
 from urllib.parse import urlsplit, urlunsplit
 
@@ -22,12 +23,12 @@ import psycopg
 from psycopg.rows import dict_row
 from psycopg_pool import ConnectionPool
 
-from guardian.domain import RolloutState
+from guardian.domain import Phase, RolloutState
 from guardian.engine.alerts import StoredAlert
-from guardian.engine.intents import PENDING, RUNNING, Intent
+from guardian.engine.intents import PENDING, REFUSED, RUNNING, Intent, orphaned
 from guardian.engine.leases import LEASES_SCHEMA, PostgresLeases
 from guardian.engine.store import IN_FLIGHT_SQL, SQLiteStore, _dumps
-from guardian.errors import RolloutConflict, RolloutNotFound, StoreError
+from guardian.errors import RolloutConflict, RolloutEnded, RolloutNotFound, StoreError
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS rollouts (
@@ -304,8 +305,11 @@ class PostgresStore(SQLiteStore):
     def file_intent(self, rollout_id: str, action: str, reason: str, by: str | None, source: str,
                     at: float, payload: dict[str, Any] | None = None) -> Intent:
         with self._tx() as db:
-            if db.execute("SELECT 1 AS one FROM rollouts WHERE id = ?", (rollout_id,)).fetchone() is None:
+            found = db.execute("SELECT phase FROM rollouts WHERE id = ?", (rollout_id,)).fetchone()
+            if found is None:
                 raise RolloutNotFound(f"no rollout with id {rollout_id!r}")
+            if Phase(found["phase"]).terminal:  # what the holder would answer: nothing left to file it for
+                raise RolloutEnded(f"rollout {rollout_id} is already {found['phase']}")
             row = db.execute(
                 "INSERT INTO intents (rollout_id, action, reason, by_name, source, filed_by, filed_at, status, "
                 "payload) VALUES (?,?,?,?,?,?,?,?,?) RETURNING *",
@@ -338,6 +342,22 @@ class PostgresStore(SQLiteStore):
                 "(status = ? AND COALESCE(token, 0) < ?)) RETURNING id",
                 (RUNNING, token, self.leases.holder, intent.id, PENDING, RUNNING, token)).fetchone()
         return row is not None
+
+    def refuse_orphaned_intents(self, at: float) -> list[Intent]:
+        # pending, or running under a lease nobody holds any more (a holder stopped midway); one being carried out
+        # (its holder's lease live) is left to that holder, which finishes it
+        with self._tx() as db:
+            rows = db.execute(
+                "SELECT i.*, r.phase AS rollout_phase FROM intents i JOIN rollouts r ON r.id = i.rollout_id "
+                "WHERE i.status IN ('pending', 'running') AND r.phase NOT IN " + IN_FLIGHT_SQL + " AND "
+                "(i.status = 'pending' OR NOT EXISTS (SELECT 1 FROM leases l WHERE l.rollout_id = i.rollout_id "
+                "AND l.expires_at > now())) ORDER BY i.id FOR UPDATE OF i SKIP LOCKED").fetchall()
+            refused = [replace(_intent(r), status=REFUSED, detail=orphaned(_intent(r), r["rollout_phase"]),
+                               done_by=self.leases.holder, done_at=at) for r in rows]
+            for intent in refused:
+                db.execute("UPDATE intents SET status = ?, detail = ?, done_by = ?, done_at = ? WHERE id = ?",
+                           (intent.status, intent.detail, intent.done_by, at, intent.id))
+        return refused
 
     def finish_intent(self, intent_id: int, status: str, detail: str, at: float) -> None:
         with self._tx() as db:

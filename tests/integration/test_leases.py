@@ -6,10 +6,10 @@ import time
 
 import pytest
 
-from guardian.domain import Action, Decision, Outcome, RolloutState, Strategy
+from guardian.domain import Action, Decision, Outcome, Phase, RolloutState, Strategy
 from guardian.engine.leases import LocalLeases
 from guardian.engine.store_pg import PostgresStore
-from guardian.errors import LeaseLost, RolloutNotFound
+from guardian.errors import LeaseLost, LeaseRefused, RolloutEnded, RolloutNotFound
 
 pytestmark = pytest.mark.integration
 
@@ -64,8 +64,8 @@ def test_a_stale_holder_cannot_begin_an_action_or_write(replicas):
     a.create(rollout())  # the creating replica takes the lease in the same transaction
     assert a.leases.held() == {"r1": 1}
     assert begin(a, "r1:1:advance") == 1
-    with pytest.raises(LeaseLost, match="replica-a"):
-        begin(b, "r1:2:advance")  # b may not act on a rollout a holds
+    with pytest.raises(LeaseRefused, match="replica-a"):
+        begin(b, "r1:2:advance")  # b may not act on a rollout a holds (nothing written: a command may be filed)
     assert b.pending_ops("r1") == []  # nor resume a's pending op: that is the holder's
     time.sleep(LEASE + 0.2)
     assert b.leases.acquire("r1")  # a's lease expired: b takes over (token 2) ...
@@ -130,8 +130,16 @@ def test_balance_spreads_the_rollouts_over_the_live_replicas(replicas):
     b.leases.balance(ids, set())  # b joins: share 3, but a holds all five
     assert (b.leases.live, b.leases.share, b.leases.held()) == (2, 3, {})
     a.leases._balanced = 0.0
-    a.leases.balance(ids, {"r0"})  # a gives up two, never one mid-tick
-    assert len(a.leases.held()) == 3 and "r0" in a.leases.held()
+    kept = []  # an API thread of a's acts on r1: the scheduler's let_go keeps it
+
+    def let_go(rid):
+        if rid == "r1":
+            kept.append(rid)
+            return False
+        return a.leases._released(rid)
+
+    a.leases.balance(ids, {"r0"}, let_go)  # a gives up two, never one mid-tick nor one a thread acts on
+    assert len(a.leases.held()) == 3 and {"r0", "r1"} <= set(a.leases.held()) and kept == ["r1"]
     b.leases._balanced = 0.0
     b.leases.balance(ids, set())
     assert len(b.leases.held()) == 2 and not set(a.leases.held()) & set(b.leases.held())
@@ -140,3 +148,25 @@ def test_balance_spreads_the_rollouts_over_the_live_replicas(replicas):
     a.leases._balanced = 0.0
     a.leases.balance(ids, set())
     assert (a.leases.live, len(a.leases.held())) == (1, 5)
+
+
+def test_the_open_intents_of_a_rollout_that_ended_are_refused_and_none_is_filed_after(replicas):
+    a, b = replicas
+    a.create(rollout("r1"))
+    a.create(rollout("r2").evolve(service="cart"))
+    pending = b.file_intent("r1", "rollback", "", "alice", "user", 5.0)  # a holds both
+    running = b.file_intent("r2", "pause", "", "bob", "user", 5.0)
+    assert a.claim_intent(running)  # a is carrying it out
+    a.save(a.get("r1").evolve(phase=Phase.PROMOTED))  # r1 ended before a's next pass: nobody would take it
+    a.save(a.get("r2").evolve(phase=Phase.ROLLED_BACK))
+    assert [i.id for i in b.refuse_orphaned_intents(9.0)] == [pending.id]  # r2's: a's lease is live, a finishes it
+    got = a.intent(pending.id)
+    assert (got.status, got.done_by, got.done_at) == ("refused", "replica-b", 9.0)
+    assert "is already promoted" in got.detail and "rollback" in got.detail
+    assert a.intent(running.id).status == "running"
+    time.sleep(LEASE + 0.2)  # a stopped midway
+    assert [i.id for i in b.refuse_orphaned_intents(10.0)] == [running.id]
+    assert "while replica replica-a was carrying out the pause" in a.intent(running.id).detail
+    assert b.refuse_orphaned_intents(11.0) == []
+    with pytest.raises(RolloutEnded, match="already promoted"):
+        b.file_intent("r1", "pause", "", None, "user", 12.0)  # answered 409 at once, not filed for ever
