@@ -228,8 +228,9 @@ class Guard:
             start, end = state.tick_bounds(t)
             requests += [(SignalQuery(name, q.type, q.promql), state.service, selector, start, end)
                          for name, q in ruleset.queries.items() for selector in arms.selectors.values()]
-            if state.last_tick < 0 and state.strategy is not Strategy.WATCH and level_signals(ruleset):  # and its
-                # first tick reads the pre-rollout window
+            if state.last_tick < 0 and state.strategy is not Strategy.WATCH and state.bake_seconds <= 0 \
+                    and level_signals(ruleset):  # and its first tick reads the pre-rollout window (a rollout
+                # with a bake read it at its start, frozen with its models: its tick reads none)
                 requests += before_requests(state, ruleset, arms.selectors.get("baseline"))
         self.arms.plan(selections)
         self.source.plan(requests)

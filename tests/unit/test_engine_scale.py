@@ -202,3 +202,18 @@ def test_the_pre_rollout_windows_of_aligned_rollouts_are_shared_and_planned(tmp_
     windows = sum(end - start > 10 for *_, start, end in source.planned)
     guard.plan([guard.store.get(s.id) for s in states])
     assert sum(end - start > 10 for *_, start, end in source.planned) == windows  # none more after tick 0
+
+
+def test_a_rollout_with_a_bake_read_its_pre_rollout_window_at_its_start_and_plans_it_no_more(tmp_path) -> None:
+    clock = FakeClock(1000.3)
+    source = PlanningRecorder()
+    guard = Guard(SQLiteStore(":memory:"), source, RuleBook([tmp_path]),  # type: ignore[arg-type]
+                  lambda target: NoopActuator(), clock, GuardConfig(align_ticks=True, evaluation_delay=1.0))
+    state = guard.start(StartSpec(service="svc", image="v2", step_seconds=10.0, bake_seconds=60.0))
+    read_at_start = [a for a in source.asked if a[4] - a[3] > 10]
+    assert read_at_start  # the bake's reference: the window before the start
+    clock.advance(1021.5 - clock.now())
+    guard.plan([state])
+    assert not [r for r in source.planned if r[4] - r[3] > 10]  # frozen with the models: not planned again
+    guard.tick(state.id)
+    assert [a for a in source.asked if a[4] - a[3] > 10] == read_at_start  # and tick 0 read none
