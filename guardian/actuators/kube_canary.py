@@ -3,12 +3,15 @@
 
 The track label is Kubernetes' own canary pattern (the "Canary deployments" section of the docs' "Managing
 Workloads"): the stable pods carry `track: stable` (any value but `canary`), the stable Service selects it,
-and the canary's pods carry `track: canary`, so neither Service sends traffic to the other's pods and
-neither Deployment's selector matches the other's pods. The canary Deployment `NAME-canary` is the stable
-Deployment's pod template with the new image and `track: canary`; the canary Service `SERVICE-canary` is
-the stable Service's ports with the same selector but `track: canary`, type ClusterIP (the route reaches it
-in the cluster; no load balancer or node port of its own). Both are annotated `guardian.io/canary-of:
-NAME`: the guardian changes or deletes only objects it made.
+and the canary's pods carry `track: canary`, so neither Service sends traffic to the other's pods.
+`track_problem` checks the stable side of that (the pods' label and the stable Service's selector) and
+nothing else: the stable Deployment's own selector is not checked (it is immutable and may leave `track`
+out, docs/kubernetes.md; it then matches the canary's pods as well). The canary Deployment's selector is
+the stable's with `track: canary`, so it never matches the stable's pods. The canary Deployment
+`NAME-canary` is the stable Deployment's pod template with the new image and `track: canary`; the canary
+Service `SERVICE-canary` is the stable Service's ports with the same selector but `track: canary`, type
+ClusterIP (the route reaches it in the cluster; no load balancer or node port of its own). Both are
+annotated `guardian.io/canary-of: NAME`: the guardian changes or deletes only objects it made.
 
 The stable Deployment's metadata annotations are not copied: the Deployment watcher's `guardian.io/policy`
 would make it guard the canary Deployment as a rollout of its own. The pod template's annotations are

@@ -30,9 +30,15 @@ canary's pods too).
             (4) the canary's backendRef, Service and Deployment are removed. Taking the weight back first
             would put the canary's share on old pods, and deleting the canary first would drop its share
             onto a Service that may not have the capacity for it.
-- ROLLBACK  canary weight 0 (stable 100) first, then the backendRef removed, the canary Service and
-            Deployment deleted (each only if the guardian made it: `guardian.io/canary-of`). Applied again it
-            converges: what is gone is skipped. A route that is gone is reported and the rest cleaned up.
+- ROLLBACK  if the stable Deployment runs the rollout's image (a PROMOTE had begun rolling it and failed,
+            e.g. not complete within `settle_timeout`), first the plain actuator's `kubectl rollout undo` of
+            it to its previous revision, waited for until complete (the undo fails, no previous revision is
+            left, or it is not complete in time: ROLLBACK fails saying so, the weights and the canary as they
+            were); then canary weight 0 (stable 100), the backendRef removed, the canary Service and
+            Deployment deleted (each only if the guardian made it: `guardian.io/canary-of`). Its verify fails
+            while the stable runs the rollout's image. Applied again it converges: a stable that no longer
+            runs it is not undone, what is gone is skipped. A route that is gone is reported and the rest
+            cleaned up.
 - SCALE     the stable Deployment, as the plain actuator does; the canary follows at its next step.
 
 The arms (`arm_values`): `{pod_template_hash}` is the canary Deployment's, `{previous_pod_template_hash}`
@@ -291,7 +297,8 @@ class GatewayCanaryActuator(KubernetesActuator):
         if a is Action.PROMOTE:
             return self._promote(request, namespace, name)
         if a is Action.ROLLBACK:
-            return self._retire(namespace, name)
+            undone = self._undo_stable(request, namespace, name)
+            return "; ".join(filter(None, (undone, self._retire(namespace, name))))
         if a in (Action.PAUSE, Action.RESUME):
             return "the weights stay as they are (they move only on START, ADVANCE, BAKE, PROMOTE and ROLLBACK)"
         return super()._apply(request, namespace, name)  # SCALE: the stable Deployment
@@ -331,7 +338,7 @@ class GatewayCanaryActuator(KubernetesActuator):
                     created.append((kind, body["metadata"]["name"]))
             self._write_route(namespace, "writes", lambda r: with_canary(r, stable_svc, canary_svc, namespace))
         except KubeError as e:
-            raise KubeError(f"{e}; {self._undo(namespace, name, created)}", e.status) from e
+            raise KubeError(f"{e}; {self._clean_up_start(namespace, name, created)}", e.status) from e
         canary = canary_name(name)
         try:
             detail = self._shift(namespace, name, request.weight)  # waits for the canary's pods before any weight
@@ -362,8 +369,9 @@ class GatewayCanaryActuator(KubernetesActuator):
             self._set_image(namespace, name, image)
         return False
 
-    def _undo(self, namespace: str, name: str, created: list[tuple[str, str]]) -> str:
-        """Delete what a failed START created (the newest first); says what was deleted and what is left."""
+    def _clean_up_start(self, namespace: str, name: str, created: list[tuple[str, str]]) -> str:
+        """Delete what a failed START created (the newest first); says what was deleted and what is left. (Not
+        named `_undo`: that is the plain actuator's `kubectl rollout undo`, which ROLLBACK reuses.)"""
         if not created:
             return "this START created nothing"
         said = []
@@ -418,6 +426,33 @@ class GatewayCanaryActuator(KubernetesActuator):
                             "share until it is complete; PROMOTE again")
         return (f"stable Deployment {namespace}/{name} rolled to {images(dep['spec']['template'])} "
                 f"({replicas_of(dep)} replicas available); {self._retire(namespace, name)}")
+
+    def _undo_stable(self, request: ActionRequest, namespace: str, name: str) -> str:
+        """ROLLBACK's first step: when the stable Deployment runs the rejected image (a PROMOTE had begun rolling
+        it and failed, e.g. not complete within `settle_timeout`), the plain actuator's `kubectl rollout undo`
+        to its previous revision, then the wait until that rolling update is complete; the weights move only
+        after. '' when the stable does not run it (or is gone): nothing to undo. Raises KubeError, nothing else
+        changed, when the undo fails, leaves it on the image (no previous revision) or is not complete in time."""
+        dep = self._read("Deployment", namespace, name)
+        if dep is None or not runs(dep["spec"]["template"], request.image):
+            return ""
+        where, why = f"the stable Deployment {namespace}/{name}", f"{request.image} (a PROMOTE had begun rolling it)"
+        keeps = "the weights and the canary stay as they are"
+        try:
+            undone = self._rollback(request, namespace, name)  # the plain actuator's: 409 read again and retried
+        except KubeError as e:
+            raise KubeError(f"{where} runs {why} and its undo failed: {e}; {keeps}", e.status) from e
+        dep = self.read(namespace, name)
+        if runs(dep["spec"]["template"], request.image):
+            raise KubeError(f"{where} runs {why} and cannot be undone ({undone}); {keeps}: roll the stable back by "
+                            f"hand (e.g. kubectl -n {namespace} set image deployment/{name} to the previous image), "
+                            "then ROLLBACK again")
+        ok, dep = self._wait(namespace, name, rolled_out)
+        if not ok:
+            raise KubeError(f"{where} ran {why}: {undone}, but it is still rolling back to "
+                            f"{images(dep['spec']['template'])} after {self.connection.settle_timeout:g}s "
+                            f"({progress(dep)}); {keeps} until it is complete: ROLLBACK again")
+        return f"{where} ran {why}: {undone} ({replicas_of(dep)} replicas available)"
 
     def _retire(self, namespace: str, name: str) -> str:
         """Canary weight 0 (stable 100), then its backendRef, Service and Deployment removed; what is gone is
@@ -493,6 +528,9 @@ class GatewayCanaryActuator(KubernetesActuator):
         if a in (Action.ROLLBACK, Action.PROMOTE):
             if a is Action.PROMOTE and not runs(self.read(namespace, name)["spec"]["template"], request.image):
                 return f"the stable Deployment does not run {request.image}"
+            stable = self._read("Deployment", namespace, name) if a is Action.ROLLBACK else None
+            if stable is not None and runs(stable["spec"]["template"], request.image):
+                return f"the stable Deployment still runs {request.image}: it is not rolled back"
             found = self.names(namespace, name)
             if found is None:
                 return ""

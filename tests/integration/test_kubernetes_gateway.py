@@ -9,7 +9,9 @@ The stable Deployment `checkout` (4 replicas of app:v1, pods `app: checkout, tra
 canary beside it."""
 from __future__ import annotations
 
+import itertools
 import json
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -237,6 +239,96 @@ def test_promote_waits_for_the_stable_rolling_update_and_fails_saying_so_with_th
     assert again.ok, again.detail
     assert weights(kube) == {NAME: 100} and canary_objects(kube) == [] and image(kube, NAME) == "app:v2"
     assert len([c for c in calls(kube, "PATCH", f"deployments/{NAME}")]) == 1  # the image set once
+
+
+def timed_out_promote(kube: KubeStub, moved: int = 0) -> GatewayCanaryActuator:
+    """START at 50%, then a PROMOTE whose stable rolling update moves `moved` replicas to app:v2 and no more:
+    it fails after `settle_timeout`, the stable left on app:v2 (what a ROLLBACK must undo). Time passes only
+    as the actuator reads its clock (0.01 s a read), so no wait depends on the machine's speed."""
+    cluster(kube)
+    a = actuator(kube, settle_timeout=0.05, settle_poll=0.01)
+    a._monotonic = itertools.count(0, 0.01).__next__
+    assert a.apply(request(Action.START, "r1:1:start", 50)).ok
+    a._sleep = stalls_after(kube, moved)
+    out = a.apply(request(Action.PROMOTE, "r1:2:promote", 100))
+    assert not out.ok and f"still rolling to app:v2 after 0.05s ({moved}/4 updated" in out.detail, out.detail
+    assert image(kube, NAME) == "app:v2" and weights(kube) == {NAME: 50, f"{NAME}-canary": 50}
+    return a
+
+
+def stalls_after(kube: KubeStub, moves: int) -> Callable[[float], None]:
+    """An injected sleep during which the deployment controller moves the stable's rolling update one replica,
+    `moves` times in all, then none."""
+    left = [moves]
+
+    def sleep(_: float) -> None:
+        if left[0] > 0:
+            left[0] -= 1
+            kube.progress(NS, NAME)
+    return sleep
+
+
+def test_a_rollback_after_a_promote_that_timed_out_undoes_the_stable_before_the_weight_returns_to_it(kube):
+    a = timed_out_promote(kube, moved=2)
+    rollback = request(Action.ROLLBACK, "r1:3:rollback")
+    still = a.verify(rollback)  # the canary there, and the stable on the rejected image
+    assert not still.ok and "the stable Deployment still runs app:v2: it is not rolled back" in still.detail
+    a._sleep = lambda _: kube.progress(NS, NAME)
+    n = len(kube.calls)
+    undo = a.apply(rollback)
+    assert undo.ok, undo.detail
+    assert ("the stable Deployment shop/checkout ran app:v2 (a PROMOTE had begun rolling it): rolled back to "
+            "revision 1") in undo.detail and "(4 replicas available)" in undo.detail, undo.detail
+    assert image(kube, NAME) == "app:v1" and weights(kube) == {NAME: 100} and canary_objects(kube) == []
+    info = a.detect(NS, NAME)
+    assert info.image == "app:v1" and info.updated == 4 and info.total == 4  # the undo's rolling update completed
+    assert a.verify(rollback).ok
+    # the order: `kubectl rollout undo`'s patch, its rolling update complete, then the weight back, then the canary
+    undo_patch = [i for i in calls(kube, "PATCH", f"deployments/{NAME}") if i > n]
+    route_writes = [i for i in calls(kube, "PATCH", ROUTE_PATH) if i > n]
+    assert len(undo_patch) == 1 and kube.calls[undo_patch[0]]["content_type"].startswith("application/json-patch+json")
+    assert undo_patch[0] < route_writes[0] < route_writes[1] < min(calls(kube, "DELETE", f"{NAME}-canary"))
+    complete_reads = [i for i in calls(kube, "GET", f"deployments/{NAME}") if undo_patch[0] < i < route_writes[0]]
+    assert kube.calls[complete_reads[-1]]["response"]["status"]["updatedReplicas"] == 4
+    m = len(kube.calls)
+    again = a.apply(request(Action.ROLLBACK, "r1:4:rollback"))  # a new key: converges, changes nothing
+    assert again.ok and "already gone" in again.detail and "PROMOTE had begun" not in again.detail, again.detail
+    assert not [c for c in kube.calls[m:] if c["method"] in ("PATCH", "DELETE", "POST")]
+    assert image(kube, NAME) == "app:v1" and a.verify(request(Action.ROLLBACK, "r1:4:rollback")).ok
+
+
+def _forbid_the_undo(kube: KubeStub, a: GatewayCanaryActuator) -> None:
+    kube.forbid("patch", "deployments", NS)
+
+
+def _no_previous_revision(kube: KubeStub, a: GatewayCanaryActuator) -> None:
+    """The controller completes the update later and, at revisionHistoryLimit 0, deletes app:v1's ReplicaSet."""
+    kube.deployments[(NS, NAME)]["spec"]["revisionHistoryLimit"] = 0
+    kube.progress(NS, NAME, steps=4)
+
+
+def _undo_never_completes(kube: KubeStub, a: GatewayCanaryActuator) -> None:
+    """The undo is written, but the controller moves none of the 2 replicas on app:v2 back within the wait."""
+    a._sleep = lambda _: None
+
+
+@pytest.mark.parametrize("cannot, words, stable_image", [
+    (_forbid_the_undo, "runs app:v2 (a PROMOTE had begun rolling it) and its undo failed: forbidden: the guardian "
+                       "may not patch deployments.apps in namespace shop", "app:v2"),
+    (_no_previous_revision, "runs app:v2 (a PROMOTE had begun rolling it) and cannot be undone (no previous "
+                            "revision: nothing to roll back)", "app:v2"),
+    (_undo_never_completes, "but it is still rolling back to app:v1 after 0.05s (2/4 updated, 4 available)",
+     "app:v1"),
+], ids=["undo-forbidden", "no-previous-revision", "undo-not-complete-in-time"])
+def test_a_rollback_that_cannot_undo_the_stable_fails_and_leaves_the_weights(kube, cannot, words, stable_image):
+    a = timed_out_promote(kube, moved=2)
+    cannot(kube, a)
+    out = a.apply(request(Action.ROLLBACK, "r1:3:rollback"))
+    assert not out.ok and words in out.detail, out.detail
+    assert "the weights and the canary stay as they are" in out.detail
+    assert weights(kube) == {NAME: 50, f"{NAME}-canary": 50} and len(canary_objects(kube)) == 2
+    assert image(kube, NAME) == stable_image
+    assert not a.verify(request(Action.ROLLBACK, "r1:3:rollback")).ok
 
 
 def test_a_canary_whose_pods_never_become_available_gets_no_weight_and_start_says_what_is_left():
