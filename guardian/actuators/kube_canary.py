@@ -11,7 +11,10 @@ the stable's with `track: canary`, so it never matches the stable's pods. The ca
 `NAME-canary` is the stable Deployment's pod template with the new image and `track: canary`; the canary
 Service `SERVICE-canary` is the stable Service's ports with the same selector but `track: canary`, type
 ClusterIP (the route reaches it in the cluster; no load balancer or node port of its own). Both are
-annotated `guardian.io/canary-of: NAME`: the guardian changes or deletes only objects it made.
+annotated `guardian.io/canary-of: NAME`: the guardian changes or deletes only objects it made. The canary
+Deployment also records the stable's images as START read them (`guardian.io/stable-image`, comma-joined as
+`images` gives them): a ROLLBACK undoes the stable Deployment only if it runs the rollout's image and did not
+then (a re-rollout of the image the stable already ran is not rolled back to an older revision).
 
 The stable Deployment's metadata annotations are not copied: the Deployment watcher's `guardian.io/policy`
 would make it guard the canary Deployment as a rollout of its own. The pod template's annotations are
@@ -24,13 +27,14 @@ import math
 import re
 from typing import Any
 
-from guardian.actuators.kubernetes import containers_to_set
+from guardian.actuators.kubernetes import containers_to_set, images
 
 TRACK = "track"
 CANARY = "canary"
 CANARY_OF = "guardian.io/canary-of"  # on the canary Deployment and Service: the stable Deployment's name
 CANARY_SERVICE = "guardian.io/canary-service"  # on the canary Deployment: its Service (to clean up without a route)
 ROLLOUT = "guardian.io/rollout"
+STABLE_IMAGE = "guardian.io/stable-image"  # on the canary Deployment: the stable's images when START read it
 _SERVICE_NAME = re.compile(r"[a-z]([-a-z0-9]{0,61}[a-z0-9])?")
 # the Deployment spec fields the canary takes from the stable one (not replicas, selector, template, paused)
 _COPIED_SPEC = ("minReadySeconds", "progressDeadlineSeconds", "revisionHistoryLimit", "strategy")
@@ -84,6 +88,14 @@ def made_by_guardian(obj: dict[str, Any], stable: str) -> bool:
     return ((obj.get("metadata") or {}).get("annotations") or {}).get(CANARY_OF) == stable
 
 
+def recorded_stable_image(canary: dict[str, Any] | None, stable: str) -> str | None:
+    """The stable Deployment's images as START recorded them on the canary Deployment the guardian made for
+    it; None when there is no such record (no canary Deployment, not the guardian's, or made without it)."""
+    if canary is None or not made_by_guardian(canary, stable):
+        return None
+    return ((canary.get("metadata") or {}).get("annotations") or {}).get(STABLE_IMAGE) or None
+
+
 def canary_deployment(stable: dict[str, Any], image: str, replicas: int, *, service: str,
                       rollout_id: str) -> dict[str, Any]:
     """The canary Deployment: the stable's pod template with `image` (`kubectl set image`'s choice of
@@ -105,7 +117,7 @@ def canary_deployment(stable: dict[str, Any], image: str, replicas: int, *, serv
         "metadata": {"name": name, "namespace": meta["namespace"],
                      "labels": {**(meta.get("labels") or {}), TRACK: CANARY},
                      "annotations": {CANARY_OF: meta["name"], CANARY_SERVICE: canary_name(service),
-                                     ROLLOUT: rollout_id}},
+                                     ROLLOUT: rollout_id, STABLE_IMAGE: images(spec["template"])}},
         "spec": {**{k: copy.deepcopy(spec[k]) for k in _COPIED_SPEC if k in spec}, "replicas": replicas,
                  "selector": selector, "template": template},
     }
@@ -130,5 +142,6 @@ def canary_service(stable: dict[str, Any], deployment: str, rollout_id: str) -> 
     }
 
 
-__all__ = ["CANARY", "CANARY_OF", "CANARY_SERVICE", "TRACK", "canary_deployment", "canary_name", "canary_replicas",
-           "canary_service", "labels_of", "made_by_guardian", "selects", "track_problem"]
+__all__ = ["CANARY", "CANARY_OF", "CANARY_SERVICE", "ROLLOUT", "STABLE_IMAGE", "TRACK", "canary_deployment",
+           "canary_name", "canary_replicas", "canary_service", "labels_of", "made_by_guardian", "recorded_stable_image",
+           "selects", "track_problem"]

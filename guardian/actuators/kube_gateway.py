@@ -10,7 +10,8 @@ stable Service selects (refused otherwise, nothing created: the stable Service w
 canary's pods too).
 
 - START     reads the route, the Deployment and its Service, checks the track labels; creates the canary
-            Deployment (replicas: the stable's in proportion to the first step, at least 1) and Service,
+            Deployment (replicas: the stable's in proportion to the first step, at least 1; annotated with
+            the stable's images as read now, `guardian.io/stable-image`: ROLLBACK's record) and Service,
             adds the canary's backendRef beside the stable's at weight 0, waits (at most `settle_timeout`)
             for the canary's pods to be available, then sets the first step's weight. A step that fails
             deletes what this START created, or says exactly what is left; the guard then rolls back, which
@@ -30,15 +31,20 @@ canary's pods too).
             (4) the canary's backendRef, Service and Deployment are removed. Taking the weight back first
             would put the canary's share on old pods, and deleting the canary first would drop its share
             onto a Service that may not have the capacity for it.
-- ROLLBACK  if the stable Deployment runs the rollout's image (a PROMOTE had begun rolling it and failed,
-            e.g. not complete within `settle_timeout`), first the plain actuator's `kubectl rollout undo` of
-            it to its previous revision, waited for until complete (the undo fails, no previous revision is
+- ROLLBACK  if the stable Deployment runs the rollout's image and did not at START (the canary Deployment's
+            `guardian.io/stable-image`: a PROMOTE had begun rolling it and failed, e.g. not complete within
+            `settle_timeout`), first the plain actuator's `kubectl rollout undo` of it to its previous
+            revision. A stable that ran the image already at START (a re-rollout of the same image) is not
+            undone; nor is one when that record is gone with the canary Deployment (nothing then tells that
+            the rollout changed it: the detail says so). Then, undone or not, the wait (at most
+            `settle_timeout`) until the stable's rolling update is complete, whatever rolls it (this undo, one
+            a ROLLBACK issued before and that timed out, anyone's) — the undo fails, no previous revision is
             left, or it is not complete in time: ROLLBACK fails saying so, the weights and the canary as they
-            were); then canary weight 0 (stable 100), the backendRef removed, the canary Service and
+            were. Only then canary weight 0 (stable 100), the backendRef removed, the canary Service and
             Deployment deleted (each only if the guardian made it: `guardian.io/canary-of`). Its verify fails
-            while the stable runs the rollout's image. Applied again it converges: a stable that no longer
-            runs it is not undone, what is gone is skipped. A route that is gone is reported and the rest
-            cleaned up.
+            while the stable runs the rollout's image that it did not run at START. Applied again it
+            converges: a stable that no longer runs it is not undone, what is gone is skipped. A route that is
+            gone is reported and the rest cleaned up.
 - SCALE     the stable Deployment, as the plain actuator does; the canary follows at its next step.
 
 The arms (`arm_values`): `{pod_template_hash}` is the canary Deployment's, `{previous_pod_template_hash}`
@@ -69,12 +75,15 @@ from guardian.actuators.gateway_route import (
 )
 from guardian.actuators.kube_canary import (
     CANARY_SERVICE,
+    ROLLOUT,
+    STABLE_IMAGE,
     canary_deployment,
     canary_name,
     canary_replicas,
     canary_service,
     labels_of,
     made_by_guardian,
+    recorded_stable_image,
     selects,
     track_problem,
 )
@@ -84,6 +93,7 @@ from guardian.actuators.kubernetes import (
     UNKNOWN_ARMS,
     KubeError,
     KubernetesActuator,
+    among,
     images,
     runs,
 )
@@ -118,6 +128,10 @@ def progress(dep: dict[str, Any]) -> str:
     status = dep.get("status") or {}
     return (f"{int(status.get('updatedReplicas') or 0)}/{replicas_of(dep)} updated, "
             f"{int(status.get('availableReplicas') or 0)} available")
+
+
+def paused(dep: dict[str, Any]) -> str:
+    return " (the Deployment is paused: resume it)" if dep["spec"].get("paused") else ""
 
 
 class GatewayCanaryActuator(KubernetesActuator):
@@ -297,8 +311,8 @@ class GatewayCanaryActuator(KubernetesActuator):
         if a is Action.PROMOTE:
             return self._promote(request, namespace, name)
         if a is Action.ROLLBACK:
-            undone = self._undo_stable(request, namespace, name)
-            return "; ".join(filter(None, (undone, self._retire(namespace, name))))
+            stable = self._stable_back(request, namespace, name)
+            return "; ".join(filter(None, (stable, self._retire(namespace, name))))
         if a in (Action.PAUSE, Action.RESUME):
             return "the weights stay as they are (they move only on START, ADVANCE, BAKE, PROMOTE and ROLLBACK)"
         return super()._apply(request, namespace, name)  # SCALE: the stable Deployment
@@ -367,7 +381,18 @@ class GatewayCanaryActuator(KubernetesActuator):
                             f"guardian.io/canary-of: {stable}): rename or delete it")
         if kind == "Deployment":
             self._set_image(namespace, name, image)
+            self._keep_record(namespace, existing, body)
         return False
+
+    def _keep_record(self, namespace: str, existing: dict[str, Any], body: dict[str, Any]) -> None:
+        """A canary Deployment the guardian made before, kept by START: it gets this START's record of the
+        stable's images (and rollout), unless this very rollout made it with one (a START tried again: its
+        first reading, from before anything of the rollout touched the stable, stands)."""
+        have, want = existing["metadata"].get("annotations") or {}, body["metadata"]["annotations"]
+        if have.get(ROLLOUT) == want[ROLLOUT] and have.get(STABLE_IMAGE):
+            return
+        patch = {"metadata": {"annotations": {k: want[k] for k in (ROLLOUT, STABLE_IMAGE)}}}
+        self._patch_deployment(namespace, existing["metadata"]["name"], patch, MERGE_PATCH)
 
     def _clean_up_start(self, namespace: str, name: str, created: list[tuple[str, str]]) -> str:
         """Delete what a failed START created (the newest first); says what was deleted and what is left. (Not
@@ -420,39 +445,70 @@ class GatewayCanaryActuator(KubernetesActuator):
             self._set_image(namespace, name, request.image)
         ok, dep = self._wait(namespace, name, rolled_out)
         if not ok:
-            paused = " (the Deployment is paused: resume it)" if dep["spec"].get("paused") else ""
             raise KubeError(f"the stable Deployment {namespace}/{name} is still rolling to {request.image} after "
-                            f"{self.connection.settle_timeout:g}s ({progress(dep)}){paused}: the canary keeps its "
-                            "share until it is complete; PROMOTE again")
+                            f"{self.connection.settle_timeout:g}s ({progress(dep)}){paused(dep)}: the canary keeps "
+                            "its share until it is complete; PROMOTE again")
         return (f"stable Deployment {namespace}/{name} rolled to {images(dep['spec']['template'])} "
                 f"({replicas_of(dep)} replicas available); {self._retire(namespace, name)}")
 
-    def _undo_stable(self, request: ActionRequest, namespace: str, name: str) -> str:
-        """ROLLBACK's first step: when the stable Deployment runs the rejected image (a PROMOTE had begun rolling
-        it and failed, e.g. not complete within `settle_timeout`), the plain actuator's `kubectl rollout undo`
-        to its previous revision, then the wait until that rolling update is complete; the weights move only
-        after. '' when the stable does not run it (or is gone): nothing to undo. Raises KubeError, nothing else
-        changed, when the undo fails, leaves it on the image (no previous revision) or is not complete in time."""
+    def _stable_verdict(self, request: ActionRequest, namespace: str, name: str,
+                        stable: dict[str, Any]) -> tuple[bool, str]:
+        """Whether ROLLBACK undoes the stable Deployment, and why not: only when it runs the rollout's image and
+        the record START left on the canary Deployment (`guardian.io/stable-image`) says it did not then. A
+        stable that ran it at START (a re-rollout of the same image) is not undone, and neither is one with no
+        record left (the canary Deployment gone): nothing then tells that the rollout changed it. ('' as the
+        reason when it does not run the image.) ROLLBACK and its verify both judge by this."""
+        if not runs(stable["spec"]["template"], request.image):
+            return False, ""
+        where = f"the stable Deployment {namespace}/{name} runs {request.image}"
+        recorded = recorded_stable_image(self._read("Deployment", namespace, canary_name(name)), name)
+        if recorded is None:
+            return False, (f"{where} and no record of its image at START is left (no canary Deployment the guardian "
+                           f"made with {STABLE_IMAGE}): not undone, as it may have run it before this rollout; if a "
+                           f"PROMOTE had begun rolling it, undo it by hand (kubectl -n {namespace} rollout undo "
+                           f"deployment/{name})")
+        if among(recorded, request.image):
+            return False, (f"{where} as it did at START ({STABLE_IMAGE} on the canary Deployment: {recorded}): "
+                           "not undone")
+        return True, ""
+
+    def _stable_back(self, request: ActionRequest, namespace: str, name: str) -> str:
+        """ROLLBACK's first step. The stable Deployment undone when `_stable_verdict` says so (the plain
+        actuator's `kubectl rollout undo` to its previous revision); then, undone or not, the wait until its
+        rolling update is complete (whatever rolls it: this undo, an earlier ROLLBACK's that timed out, anyone's),
+        as the weights move only after. Says what was decided ('' when there was nothing to say: a stable not
+        on the image and complete, or gone). Raises KubeError, nothing else changed, when the undo fails, leaves
+        it on the image (no previous revision) or the rolling update is not complete in time."""
         dep = self._read("Deployment", namespace, name)
-        if dep is None or not runs(dep["spec"]["template"], request.image):
+        if dep is None:
             return ""
+        undo, said = self._stable_verdict(request, namespace, name, dep)
         where, why = f"the stable Deployment {namespace}/{name}", f"{request.image} (a PROMOTE had begun rolling it)"
         keeps = "the weights and the canary stay as they are"
-        try:
-            undone = self._rollback(request, namespace, name)  # the plain actuator's: 409 read again and retried
-        except KubeError as e:
-            raise KubeError(f"{where} runs {why} and its undo failed: {e}; {keeps}", e.status) from e
-        dep = self.read(namespace, name)
-        if runs(dep["spec"]["template"], request.image):
-            raise KubeError(f"{where} runs {why} and cannot be undone ({undone}); {keeps}: roll the stable back by "
-                            f"hand (e.g. kubectl -n {namespace} set image deployment/{name} to the previous image), "
-                            "then ROLLBACK again")
+        undone, rolling_before = "", not rolled_out(dep)
+        if undo:
+            try:
+                undone = self._rollback(request, namespace, name)  # the plain actuator's: 409 read again and retried
+            except KubeError as e:
+                raise KubeError(f"{where} runs {why} and its undo failed: {e}; {keeps}", e.status) from e
+            dep = self.read(namespace, name)
+            if runs(dep["spec"]["template"], request.image):
+                raise KubeError(f"{where} runs {why} and cannot be undone ({undone}); {keeps}: roll the stable back "
+                                f"by hand (e.g. kubectl -n {namespace} set image deployment/{name} to the previous "
+                                "image), then ROLLBACK again")
         ok, dep = self._wait(namespace, name, rolled_out)
         if not ok:
-            raise KubeError(f"{where} ran {why}: {undone}, but it is still rolling back to "
-                            f"{images(dep['spec']['template'])} after {self.connection.settle_timeout:g}s "
-                            f"({progress(dep)}); {keeps} until it is complete: ROLLBACK again")
-        return f"{where} ran {why}: {undone} ({replicas_of(dep)} replicas available)"
+            rolling = f"ran {why}: {undone}, but it is still rolling back" if undo else "is still rolling"
+            raise KubeError(f"{where} {rolling} to {images(dep['spec']['template'])} after "
+                            f"{self.connection.settle_timeout:g}s ({progress(dep)}){paused(dep)}: {keeps} until it "
+                            f"is complete; ROLLBACK again{f' ({said})' if said else ''}")
+        if undo:
+            return f"{where} ran {why}: {undone} ({replicas_of(dep)} replicas available)"
+        if rolling_before:
+            waited = (f"{where} completed its rolling update to {images(dep['spec']['template'])} "
+                      f"({replicas_of(dep)} replicas available) before the weight moved")
+            return "; ".join(filter(None, (said, waited)))
+        return said
 
     def _retire(self, namespace: str, name: str) -> str:
         """Canary weight 0 (stable 100), then its backendRef, Service and Deployment removed; what is gone is
@@ -529,8 +585,9 @@ class GatewayCanaryActuator(KubernetesActuator):
             if a is Action.PROMOTE and not runs(self.read(namespace, name)["spec"]["template"], request.image):
                 return f"the stable Deployment does not run {request.image}"
             stable = self._read("Deployment", namespace, name) if a is Action.ROLLBACK else None
-            if stable is not None and runs(stable["spec"]["template"], request.image):
-                return f"the stable Deployment still runs {request.image}: it is not rolled back"
+            if stable is not None and self._stable_verdict(request, namespace, name, stable)[0]:
+                return (f"the stable Deployment still runs {request.image}: it is not rolled back (it did not run "
+                        f"it at START, says {STABLE_IMAGE} on the canary Deployment)")
             found = self.names(namespace, name)
             if found is None:
                 return ""

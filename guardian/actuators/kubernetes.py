@@ -208,8 +208,14 @@ def images(template: dict[str, Any]) -> str:
 def runs(template: dict[str, Any], image: str) -> bool:
     """Whether the pod template runs the rollout's image (each of a comma-joined list, as an observed
     rollout of a many-container template names them)."""
-    have = set(images(template).split(","))
-    return bool(image) and all(i in have for i in image.split(","))
+    return among(images(template), image)
+
+
+def among(have: str, image: str) -> bool:
+    """Whether the rollout's image (each of a comma-joined list) is among the images `have`, comma-joined as
+    `images` gives a pod template's (e.g. as recorded in an annotation)."""
+    known = set(have.split(","))
+    return bool(image) and all(i in known for i in image.split(","))
 
 
 def controller_caught_up(dep: dict[str, Any], sets: list[dict[str, Any]]) -> bool:
@@ -602,5 +608,5 @@ class KubernetesActuator(BaseActuator):
             self._client = None
 
 
-__all__ = ["DeploymentRollout", "KubeConnection", "KubeError", "KubernetesActuator", "containers_to_set",
+__all__ = ["DeploymentRollout", "KubeConnection", "KubeError", "KubernetesActuator", "among", "containers_to_set",
            "controller_caught_up", "runs", "split_target", "template_of", "undo_patch", "validate_target"]

@@ -331,6 +331,106 @@ def test_a_rollback_that_cannot_undo_the_stable_fails_and_leaves_the_weights(kub
     assert not a.verify(request(Action.ROLLBACK, "r1:3:rollback")).ok
 
 
+def _stable_already_on_v2(kube: KubeStub) -> None:
+    """The stable Deployment rolled to app:v2 by hand before the rollout and complete (revision 2; app:v1's
+    ReplicaSet kept at 0 replicas: a previous revision an undo could go back to)."""
+    cluster(kube)
+    kube.set_image(NS, NAME, "app:v2")
+    kube.progress(NS, NAME, steps=4)
+    assert image(kube, NAME) == "app:v2" and kube.settled(NS, NAME)
+
+
+@pytest.mark.parametrize("restarted", [False, True], ids=["same-guardian", "restarted-guardian"])
+def test_a_rollback_of_a_rollout_of_the_image_the_stable_already_ran_at_start_leaves_the_stable_alone(kube, restarted):
+    """Before the record, the same guardian refused the ROLLBACK (its undo target, the stable's revision at START,
+    is the current one: "cannot be undone", the canary kept its share) and a restarted one rolled the stable
+    back to app:v1, an older revision than it ran before the rollout."""
+    _stable_already_on_v2(kube)
+    a = actuator(kube)
+    assert a.apply(request(Action.START, "r1:1:start", 50)).ok  # a re-rollout of app:v2 as a canary
+    canary = kube.deployments[(NS, f"{NAME}-canary")]["metadata"]["annotations"]
+    assert canary["guardian.io/stable-image"] == "app:v2"  # the stable's image, recorded at START
+    if restarted:  # no arms in memory: the undo's target would be the newest revision not on app:v2
+        a = actuator(kube)
+    rollback = request(Action.ROLLBACK, "r1:2:rollback")
+    before = a.verify(rollback)  # fails for the canary only, not for the stable
+    assert not before.ok and "the canary is not gone" in before.detail and "still runs" not in before.detail
+    n = len(kube.calls)
+    out = a.apply(rollback)
+    assert out.ok, out.detail
+    assert ("the stable Deployment shop/checkout runs app:v2 as it did at START (guardian.io/stable-image on the "
+            "canary Deployment: app:v2): not undone") in out.detail, out.detail
+    assert image(kube, NAME) == "app:v2" and a.detect(NS, NAME).revision == 2  # no older revision rolled to
+    assert not [i for i in calls(kube, "PATCH", f"deployments/{NAME}") if i >= n]  # the stable not written
+    assert weights(kube) == {NAME: 100} and canary_objects(kube) == [] and a.verify(rollback).ok
+
+
+def test_a_rollback_without_the_record_of_the_stables_image_does_not_undo_it_and_says_so(kube):
+    """A re-rollout of app:v2 whose START failed and deleted the canary Deployment (and with it the record):
+    the stable runs the rollout's image, but nothing says it did not before, so it is not undone."""
+    _stable_already_on_v2(kube)
+    kube.forbid("create", "services", NS)
+    a = actuator(kube)
+    start = a.apply(request(Action.START, "r1:1:start", 50))
+    assert not start.ok and "Deployment shop/checkout-canary deleted" in start.detail, start.detail
+    kube.forbidden.clear()
+    rollback = request(Action.ROLLBACK, "r1:2:rollback")
+    assert a.verify(rollback).ok  # verify agrees: no record, no judgement of the stable
+    out = a.apply(rollback)
+    assert out.ok, out.detail
+    assert ("the stable Deployment shop/checkout runs app:v2 and no record of its image at START is left (no "
+            "canary Deployment the guardian made with guardian.io/stable-image): not undone") in out.detail, out.detail
+    assert image(kube, NAME) == "app:v2" and a.detect(NS, NAME).revision == 2
+    assert weights(kube) == {NAME: 1} and canary_objects(kube) == []  # the route as it was (weight defaulted)
+
+
+def test_a_start_that_reuses_a_canary_left_by_another_rollout_records_the_stables_image_anew(kube):
+    cluster(kube)
+    a = actuator(kube)
+    assert a.apply(request(Action.START, "r1:1:start", 50)).ok  # r1's canary, recorded on app:v1, left there
+    kube.set_image(NS, NAME, "app:v2")  # then the stable rolled to app:v2 by hand
+    kube.progress(NS, NAME, steps=4)
+    r2 = ActionRequest("r2", NAME, "app:v2", Action.START, 50, "r2:1:start", strategy="canary")
+    assert a.apply(r2).ok
+    annotations = kube.deployments[(NS, f"{NAME}-canary")]["metadata"]["annotations"]
+    assert (annotations["guardian.io/rollout"], annotations["guardian.io/stable-image"]) == ("r2", "app:v2")
+    again = a.apply(ActionRequest("r2", NAME, "app:v2", Action.START, 50, "r2:2:start", strategy="canary"))
+    assert again.ok  # the same rollout's START again: its first record stands (no write of it)
+    out = a.apply(ActionRequest("r2", NAME, "app:v2", Action.ROLLBACK, 0, "r2:3:rollback", strategy="canary"))
+    assert out.ok and "as it did at START" in out.detail, out.detail
+    assert image(kube, NAME) == "app:v2" and canary_objects(kube) == []
+
+
+def test_a_retried_rollback_after_an_undo_that_timed_out_waits_for_the_stable_before_moving_weight(kube):
+    a = timed_out_promote(kube, moved=2)
+    a._sleep = lambda _: None  # the undo is written, the controller moves no replica back within the wait
+    first = a.apply(request(Action.ROLLBACK, "r1:3:rollback"))
+    assert not first.ok and "still rolling back to app:v1" in first.detail, first.detail
+    assert image(kube, NAME) == "app:v1"  # the stable's spec is back on app:v1, its pods still switching
+    n = len(kube.calls)
+    retried = a.apply(request(Action.ROLLBACK, "r1:4:rollback"))  # the guard's retry, a new key
+    assert not retried.ok
+    assert ("the stable Deployment shop/checkout is still rolling to app:v1 after 0.05s (2/4 updated, 4 "
+            "available): the weights and the canary stay as they are until it is complete; ROLLBACK "
+            "again") in retried.detail, retried.detail
+    assert weights(kube) == {NAME: 50, f"{NAME}-canary": 50} and len(canary_objects(kube)) == 2
+    assert not [c for c in kube.calls[n:] if c["method"] in ("PATCH", "DELETE", "POST")]  # nothing written
+    assert not a.verify(request(Action.ROLLBACK, "r1:4:rollback")).ok
+    a._sleep = lambda _: kube.progress(NS, NAME)  # the controller moves on
+    m = len(kube.calls)
+    done = a.apply(request(Action.ROLLBACK, "r1:5:rollback"))
+    assert done.ok, done.detail
+    assert "PROMOTE had begun" not in done.detail, done.detail  # no second undo
+    assert ("the stable Deployment shop/checkout completed its rolling update to app:v1 (4 replicas available) "
+            "before the weight moved") in done.detail, done.detail
+    assert image(kube, NAME) == "app:v1" and weights(kube) == {NAME: 100} and canary_objects(kube) == []
+    route_writes = [i for i in calls(kube, "PATCH", ROUTE_PATH) if i >= m]
+    complete_reads = [i for i in calls(kube, "GET", f"deployments/{NAME}") if m <= i < route_writes[0]]
+    assert kube.calls[complete_reads[-1]]["response"]["status"]["updatedReplicas"] == 4  # complete before weight
+    assert not [i for i in calls(kube, "PATCH", f"deployments/{NAME}") if i >= m]  # no second undo
+    assert a.verify(request(Action.ROLLBACK, "r1:5:rollback")).ok
+
+
 def test_a_canary_whose_pods_never_become_available_gets_no_weight_and_start_says_what_is_left():
     kube = KubeStub(controller_delay=30).start()  # the controller never gets to the canary within the wait
     try:

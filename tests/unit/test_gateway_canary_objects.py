@@ -105,7 +105,8 @@ def test_the_canary_deployment_is_the_stable_template_with_the_image_and_track_c
                                "labels": {"app": "checkout", "track": "canary"},
                                "annotations": {"guardian.io/canary-of": "checkout",
                                                "guardian.io/canary-service": "checkout-canary",
-                                               "guardian.io/rollout": "r9"}}
+                                               "guardian.io/rollout": "r9",
+                                               "guardian.io/stable-image": "envoy:1.30,registry/shop/app:v1"}}
     assert STABLE["spec"]["template"]["metadata"]["labels"]["track"] == "stable"  # the stable's copy untouched
 
 
