@@ -21,7 +21,7 @@ from loguru import logger
 from guardian.metrics import GuardianMetrics
 from guardian.notifiers.formats import cloudevent, email_message, slack_payload, teams_payload
 from guardian.notifiers.messages import Message, message_for
-from guardian.notifiers.outbox import Outbox, Permanent, Transient
+from guardian.notifiers.outbox import Outbox, Permanent, Transient, retry_after
 from guardian.notifiers.routes import NotifyRoute
 
 
@@ -34,13 +34,6 @@ class SmtpSettings:
     sender: str = "guardian@localhost"
     starttls: bool = False
     timeout: float = 10.0
-
-
-def _retry_after(response: httpx.Response) -> float | None:
-    try:
-        return float(response.headers.get("retry-after", ""))
-    except ValueError:
-        return None
 
 
 def http_sender(url: str, *, content_type: str = "application/json", timeout: float = 10.0,
@@ -59,7 +52,7 @@ def http_sender(url: str, *, content_type: str = "application/json", timeout: fl
             return
         body = r.text[:200].replace("\n", " ")
         if r.status_code == 429 or r.status_code >= 500:
-            raise Transient(f"HTTP {r.status_code} {body}", _retry_after(r))
+            raise Transient(f"HTTP {r.status_code} {body}", retry_after(r))
         raise Permanent(f"HTTP {r.status_code} {body}")
 
     return send

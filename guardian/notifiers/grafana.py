@@ -5,9 +5,10 @@ outcome) and a point per decision with its evidence.
     POST  /api/annotations          {dashboardUID?, panelId?, time, timeEnd?, tags, text} -> {"id": N, ...}
     PATCH /api/annotations/:id      the fields to change
 
-`notify` only enqueues (it never blocks, never raises): one background thread sends, in order (so a
-rollout's region PATCH follows its POST), retrying what Grafana could not take (connection errors,
-timeouts, 429, 5xx) with exponential backoff, capped. The queue is bounded: beyond `max_queue` the
+`notify` only enqueues (it never blocks, never raises) on an `Outbox` (outbox.py, as the chat channels):
+its thread sends in order (so a rollout's region PATCH follows its POST and uses the id it was answered
+with), retrying what Grafana could not take (connection errors, timeouts, 429 -- its Retry-After honoured
+--, 5xx) with exponential backoff, capped, until close. The queue is bounded: beyond `max_queue` the
 oldest annotation is dropped, counted and logged. Other 4xx answers (a wrong token, a token without the
 permission -- Grafana's 403 names it --, a refused body) are failures: logged with Grafana's message,
 counted, not retried. The token is sent as `Authorization: Bearer` and never logged.
@@ -25,11 +26,10 @@ characters of the `tag` table's VARCHAR(100) (above it MySQL and PostgreSQL fail
 """
 from __future__ import annotations
 
-import collections
 import threading
 import time
 from collections.abc import Iterable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 from urllib.parse import quote
 
@@ -38,6 +38,7 @@ from loguru import logger
 
 from guardian.images import image_version
 from guardian.metrics import GuardianMetrics
+from guardian.notifiers.outbox import Outbox, Permanent, Transient, retry_after
 from guardian.redact import redact
 from guardian.reporting.explain import DONE, evidence_line, explain_decision
 
@@ -131,15 +132,30 @@ class _Job:
     rollout: str
     body: dict[str, Any]
     start_ms: int | None = None  # region_end: when the region began (if its POST never landed)
-    attempts: int = 0
-    queued_at: float = field(default_factory=time.monotonic)
 
 
-class _Permanent(Exception):
-    """Grafana refused the annotation: retrying the same request cannot help."""
+def _describe(job: _Job) -> str:
+    return f"{job.kind} of rollout {job.rollout}"
+
+
+class _OnOutbox:
+    """An attribute that is the outbox's (retry_base, retry_cap: the dashboard check backs off as the sending does,
+    and a change after construction reaches both)."""
+
+    def __set_name__(self, owner: type, name: str) -> None:
+        self.name = name
+
+    def __get__(self, notifier: GrafanaNotifier, owner: type | None = None) -> float:
+        return float(getattr(notifier.outbox, self.name))
+
+    def __set__(self, notifier: GrafanaNotifier, value: float) -> None:
+        setattr(notifier.outbox, self.name, value)
 
 
 class GrafanaNotifier:
+    retry_base = _OnOutbox()
+    retry_cap = _OnOutbox()
+
     def __init__(self, url: str, token: str | None = None, *, dashboard_uid: str | None = None,
                  panel_id: int | None = None, metrics: GuardianMetrics | None = None, max_queue: int = 10_000,
                  timeout: float = 5.0, retry_base: float = 0.5, retry_cap: float = 30.0,
@@ -151,14 +167,7 @@ class GrafanaNotifier:
         self.client = httpx.Client(base_url=self.url, headers=headers, timeout=timeout, transport=transport)
         self.dashboard_uid, self.panel_id = dashboard_uid, panel_id
         self.metrics = metrics
-        self.max_queue, self.retry_base, self.retry_cap = max_queue, retry_base, retry_cap
-        self._queue: collections.deque[_Job] = collections.deque()
-        self._cond = threading.Condition()
         self._regions: dict[str, tuple[int | None, int]] = {}  # rollout -> (region id or None, start ms)
-        self._busy = False
-        self._stop = False
-        self._deadline: float | None = None
-        self.dropped = 0
         self._gauge = metrics.grafana_dashboard if metrics is not None else None
         self._closing = threading.Event()
         self._checked = threading.Event()
@@ -166,27 +175,17 @@ class GrafanaNotifier:
         self.dashboard_state = "unchecked" if dashboard_uid else "unconfigured"
         if dashboard_uid:
             self._set_dashboard_state("unchecked")
-        self._thread = threading.Thread(target=self._run, name="grafana-annotations", daemon=True)
-        self._thread.start()
+        # the annotations go out in order (a region's PATCH after its POST), retried while Grafana cannot take
+        # them, until close; counted in guardian_annotations_total{result=sent|failed|dropped}
+        self.outbox = Outbox("grafana", self._send, max_queue=max_queue, retry_base=retry_base,
+                             retry_cap=retry_cap, max_attempts=None, label="grafana annotations",
+                             describe=_describe, count=self._count)
 
     # -- the engine's side: never blocks, never raises ---------------------------------------------------
     def notify(self, event: dict[str, Any]) -> None:
         try:
-            jobs = self._jobs(event)
-            with self._cond:
-                if self._stop:
-                    return
-                for job in jobs:
-                    self._queue.append(job)
-                    if len(self._queue) > self.max_queue:
-                        old = self._queue.popleft()
-                        self.dropped += 1
-                        self._count("dropped")
-                        if self.dropped == 1 or self.dropped % 1000 == 0:
-                            logger.warning("grafana annotations: queue full ({}), dropped the oldest ({} of "
-                                           "rollout {}); {} dropped so far", self.max_queue, old.kind,
-                                           old.rollout, self.dropped)
-                self._cond.notify_all()
+            for job in self._jobs(event):
+                self.outbox.put(job)
         except Exception as e:  # noqa: BLE001 - a notifier must never break a tick
             logger.warning("grafana annotations: could not queue an event: {}", e)
 
@@ -281,55 +280,7 @@ class GrafanaNotifier:
             for each in DASHBOARD_STATES:
                 self._gauge.labels(str(self.dashboard_uid), each).set(1 if each == state else 0)
 
-    # -- the worker ---------------------------------------------------------------------------------------
-    def _run(self) -> None:
-        while True:
-            with self._cond:
-                while not self._queue and not self._stop:
-                    self._cond.wait()
-                if not self._queue or self._past_deadline():
-                    return
-                job = self._queue.popleft()
-                self._busy = True
-            try:
-                self._deliver(job)
-            finally:
-                with self._cond:
-                    self._busy = False
-                    self._cond.notify_all()
-
-    def _past_deadline(self) -> bool:
-        return self._deadline is not None and time.monotonic() >= self._deadline
-
-    def _deliver(self, job: _Job) -> None:
-        delay = self.retry_base
-        while True:
-            job.attempts += 1
-            try:
-                self._send(job)
-                self._count("sent")
-                return
-            except _Permanent as e:
-                self._count("failed")
-                logger.error("grafana annotations: {} of rollout {} refused, not retried: {}", job.kind,
-                             job.rollout, e)
-                if job.kind == "region_end":
-                    self._regions.pop(job.rollout, None)
-                return
-            except (httpx.HTTPError, _Retry) as e:
-                if job.attempts == 1 or job.attempts % 10 == 0:
-                    logger.warning("grafana annotations: {} of rollout {} not sent (attempt {}): {}; retrying "
-                                   "in {:.1f}s", job.kind, job.rollout, job.attempts, _safe(e), delay)
-            with self._cond:
-                if self._stop and self._past_deadline():
-                    self._count("failed")
-                    logger.error("grafana annotations: gave up on {} of rollout {} at shutdown after {} attempts",
-                                 job.kind, job.rollout, job.attempts)
-                    return
-                wait = delay if self._deadline is None else max(0.0, min(delay, self._deadline - time.monotonic()))
-                self._cond.wait(wait)
-            delay = min(delay * 2, self.retry_cap)
-
+    # -- the sending, on the outbox's thread ------------------------------------------------------------------
     def _send(self, job: _Job) -> None:
         if job.kind == "region_start":
             answer = self._request("POST", "/api/annotations", job.body)
@@ -338,66 +289,49 @@ class GrafanaNotifier:
             self._request("POST", "/api/annotations", job.body)
         else:  # region_end: PATCH the region; if its POST never landed, post the whole region now
             region_id, start_ms = self._regions.get(job.rollout, (None, job.start_ms or job.body["timeEnd"]))
-            if region_id is not None:
-                self._request("PATCH", f"/api/annotations/{int(region_id)}", job.body)
-            else:
-                self._request("POST", "/api/annotations", self._body(time=start_ms, **job.body))
+            try:
+                if region_id is not None:
+                    self._request("PATCH", f"/api/annotations/{int(region_id)}", job.body)
+                else:
+                    self._request("POST", "/api/annotations", self._body(time=start_ms, **job.body))
+            except Permanent:
+                self._regions.pop(job.rollout, None)
+                raise
             self._regions.pop(job.rollout, None)
 
     def _request(self, method: str, path: str, body: dict[str, Any]) -> dict[str, Any]:
         body = redact(body)  # no secrets in annotation text or tags
         if "tags" in body:
             body["tags"] = fit_tags(body["tags"])  # a mask may be longer than what it hides
-        r = self.client.request(method, path, json=body)
+        try:
+            r = self.client.request(method, path, json=body)
+        except httpx.HTTPError as e:
+            raise Transient(_safe(e)) from None
         if r.status_code == 429 or r.status_code >= 500:
-            raise _Retry(f"HTTP {r.status_code} from {method} {path}: {_message(r)}")
+            raise Transient(f"HTTP {r.status_code} from {method} {path}: {_message(r)}", retry_after(r))
         if r.status_code >= 400:
-            raise _Permanent(f"HTTP {r.status_code} from {method} {path}: {_message(r)}")
+            raise Permanent(f"HTTP {r.status_code} from {method} {path}: {_message(r)}")
         return _json(r)
 
     def _count(self, result: str) -> None:
-        if self.metrics is not None:
+        if self.metrics is not None and result != "retried":  # the series counts sent, failed, dropped
             self.metrics.annotations.labels(result).inc()
 
     # -- lifecycle ------------------------------------------------------------------------------------------
     def pending(self) -> int:
-        with self._cond:
-            return len(self._queue) + (1 if self._busy else 0)
+        return self.outbox.pending()
 
     def flush(self, timeout: float) -> bool:
         """Wait until everything queued has been sent (or given up); True if the queue emptied in time."""
-        end = time.monotonic() + timeout
-        with self._cond:
-            while self._queue or self._busy:
-                left = end - time.monotonic()
-                if left <= 0:
-                    return False
-                self._cond.wait(left)
-        return True
+        return self.outbox.flush(timeout)
 
     def close(self, timeout: float = 5.0) -> None:
-        """Send what can be sent within `timeout` seconds, then stop the worker and close the client."""
-        with self._cond:
-            self._stop = True
-            self._deadline = time.monotonic() + timeout
-            self._cond.notify_all()
+        """Send what can be sent within `timeout` seconds, then stop the sender and the check, close the client."""
         self._closing.set()
-        self._thread.join(timeout + 1.0)
+        self.outbox.close(timeout)
         if self._checker is not None:
             self._checker.join(min(timeout, 1.0))
-        with self._cond:
-            left = len(self._queue)
-            self._queue.clear()
-        if left:
-            logger.warning("grafana annotations: {} annotation(s) not sent at shutdown (Grafana at {} unreachable)",
-                           left, self.url)
-            if self.metrics is not None:
-                self.metrics.annotations.labels("dropped").inc(left)
         self.client.close()
-
-
-class _Retry(Exception):
-    """Grafana could not take it now (429, 5xx): try again later."""
 
 
 def _safe(e: Exception) -> str:

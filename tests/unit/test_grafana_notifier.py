@@ -222,3 +222,23 @@ def test_a_refusal_is_logged_with_grafanas_message():
         logger.remove(sink)
     (line,) = [m for m in logs if "refused" in m]
     assert "HTTP 403" in line and "Permissions needed: annotations:create" in line
+
+
+def test_grafana_down_is_retried_past_any_attempt_bound_and_counted_as_the_annotations_series_counts():
+    metrics, answers = GuardianMetrics(), [503] * 12 + [200]
+    logs: list[str] = []
+    sink = logger.add(lambda m: logs.append(str(m)), level="DEBUG")
+    try:
+        g = GrafanaNotifier("http://grafana.invalid", "tok", metrics=metrics, retry_base=0.001, retry_cap=0.001,
+                            transport=httpx.MockTransport(lambda r: httpx.Response(answers.pop(0), json={"id": 1})))
+        g.notify(event("advance", "progressing"))
+        assert g.flush(5)
+        g.close(1)
+    finally:
+        logger.remove(sink)
+    assert answers == []  # 12 refusals, then sent
+    sample = metrics.registry.get_sample_value
+    assert sample("guardian_annotations_total", {"result": "sent"}) == 1.0
+    assert sample("guardian_annotations_total", {"result": "retried"}) is None  # sent, failed, dropped only
+    assert sample("guardian_notifications_total", {"route": "grafana", "result": "sent"}) is None
+    assert any("grafana annotations: point of rollout r1 not sent (attempt 1): HTTP 503" in m for m in logs)

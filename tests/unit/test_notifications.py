@@ -19,6 +19,7 @@ from guardian.metrics import GuardianMetrics
 from guardian.notifiers.channels import ChannelNotifier, SmtpSettings
 from guardian.notifiers.formats import cloudevent, slack_payload, teams_payload
 from guardian.notifiers.messages import event_kind, message_for
+from guardian.notifiers.outbox import Outbox, Permanent, Transient
 from guardian.notifiers.routes import NotifyRoute
 from guardian.settings import Settings
 from tests.stubs.chat_stub import ChatStub, slack_problem, teams_problem
@@ -225,3 +226,109 @@ def test_an_unreachable_mail_server_is_retried_then_given_up_without_raising() -
     box = n.outboxes[0]
     assert box.counts["failed"] == 1 and box.counts["retried"] == box.max_attempts - 1
     n.close()
+
+
+# -- the Outbox itself: the hooks the Grafana notifier sends through (retries until closed, its own counting and
+# names in log lines) ------------------------------------------------------------------------------------------
+def test_an_unbounded_outbox_retries_until_the_receiver_takes_it_and_later_payloads_see_earlier_results() -> None:
+    learnt: dict[str, int] = {}
+    sent: list[tuple[str, int | None]] = []
+    failures = iter(range(25))  # the receiver is down for 25 attempts: past any default bound
+
+    def send(payload: str) -> None:
+        if payload == "open" and next(failures, None) is not None:
+            raise Transient("HTTP 503")
+        if payload == "open":
+            learnt["id"] = 7  # what the receiver answered
+        sent.append((payload, learnt.get("id")))
+
+    box = Outbox("t", send, max_attempts=None, retry_base=0.0, retry_cap=0.0)
+    box.put("open")
+    box.put("close")  # sent after "open", with its result
+    assert box.flush(10)
+    assert sent == [("open", 7), ("close", 7)]
+    assert (box.counts["retried"], box.counts["sent"], box.counts["failed"]) == (25, 2, 0)
+    box.close(1)
+
+
+def test_close_gives_up_the_payload_being_retried_without_another_attempt_and_drops_the_rest(log_lines) -> None:
+    attempts: list[str] = []
+
+    def send(payload: str) -> None:
+        attempts.append(payload)
+        raise Transient("down")
+
+    box = Outbox("t", send, max_attempts=None, retry_base=30.0, retry_cap=30.0, label="things",
+                 describe=lambda p: f"thing {p}")
+    for p in ("a", "b", "c"):
+        box.put(p)
+    time.sleep(0.2)  # "a" failed once and waits 30 s for its retry
+    began = time.perf_counter()
+    assert box.close(0.2) == 2
+    assert time.perf_counter() - began < 2  # the backoff wait was cut short
+    assert attempts == ["a"]  # no attempt after close's timeout
+    assert (box.counts["failed"], box.counts["dropped"], box.counts["sent"]) == (1, 2, 0)
+    assert any("things: thing a not sent (attempt 1): down; retrying in 30.0s" in line for line in log_lines)
+    assert any("things: gave up on thing a after 1 attempt(s) at shutdown" in line for line in log_lines)
+    assert any("things: 2 not sent at shutdown, dropped" in line for line in log_lines)
+
+
+def test_a_count_hook_replaces_the_notification_series() -> None:
+    metrics, counted = GuardianMetrics(), []
+    calls = iter([Transient("429", retry_after=0.0), None, Permanent("HTTP 403")])
+
+    def send(payload: str) -> None:
+        error = next(calls)
+        if error is not None:
+            raise error
+
+    box = Outbox("t", send, metrics=metrics, count=counted.append, retry_base=0.0)
+    box.put("a")
+    box.put("b")
+    assert box.flush(5)
+    box.close(1)
+    assert counted == ["retried", "sent", "failed"]
+    assert metrics.registry.get_sample_value("guardian_notifications_total", {"route": "t", "result": "sent"}) is None
+
+
+def test_retry_after_is_honoured_within_the_cap() -> None:
+    waits: list[float] = []
+    calls = iter([Transient("429", retry_after=4.0), Transient("429", retry_after=99.0), None])
+
+    def send(payload: str) -> None:
+        error = next(calls)
+        if error is not None:
+            raise error
+
+    box = Outbox("t", send, retry_base=0.5, retry_cap=10.0, sleep=waits.append)
+    box.put("a")
+    assert box.flush(5)
+    box.close(1)
+    assert waits == [4.0, 10.0]
+
+
+def test_drops_beyond_the_bound_are_each_counted_and_the_first_logged_naming_the_payload(log_lines) -> None:
+    hold = threading.Event()
+    box = Outbox("t", lambda p: hold.wait(5), max_queue=2, label="things", describe=lambda p: f"thing {p}")
+    for p in range(6):
+        box.put(p)
+    hold.set()
+    assert box.flush(5)
+    box.close(1)
+    assert box.counts["dropped"] >= 3
+    drops = [line for line in log_lines if "queue full" in line]
+    assert len(drops) == 1 and "dropped the oldest (thing " in drops[0] and "1 dropped so far" in drops[0]
+
+
+def test_a_payload_that_cannot_be_named_is_still_sent_and_logged(log_lines) -> None:
+    def send(payload: str) -> None:
+        raise Permanent("HTTP 400")
+
+    def name(payload: str) -> str:
+        raise KeyError(payload)
+
+    box = Outbox("t", send, describe=name)
+    box.put("a")
+    assert box.flush(5)
+    box.close(1)
+    assert any("notifications to t: message refused, not retried: HTTP 400" in line for line in log_lines)
