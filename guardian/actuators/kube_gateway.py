@@ -124,6 +124,18 @@ def rolled_out(dep: dict[str, Any]) -> bool:
     return available(replicas)(dep) and int((dep.get("status") or {}).get("replicas") or 0) == replicas
 
 
+def switched(dep: dict[str, Any]) -> bool:
+    """Whether every pod of a Deployment runs its current template (none of another left) and one at least is
+    available: what ROLLBACK waits for before the weight returns to the stable. Not `rolled_out`: one pod of the
+    stable that is down (a failed node, a crash loop) must not keep the rejected canary's traffic on it."""
+    status = dep.get("status") or {}
+    seen = int(status.get("observedGeneration") or 0) >= int(dep["metadata"].get("generation") or 0)
+    replicas = replicas_of(dep)
+    return (seen and int(status.get("updatedReplicas") or 0) >= replicas
+            and int(status.get("replicas") or 0) <= replicas
+            and int(status.get("availableReplicas") or 0) >= min(1, replicas))
+
+
 def progress(dep: dict[str, Any]) -> str:
     status = dep.get("status") or {}
     return (f"{int(status.get('updatedReplicas') or 0)}/{replicas_of(dep)} updated, "
@@ -476,16 +488,17 @@ class GatewayCanaryActuator(KubernetesActuator):
         """ROLLBACK's first step. The stable Deployment undone when `_stable_verdict` says so (the plain
         actuator's `kubectl rollout undo` to its previous revision); then, undone or not, the wait until its
         rolling update is complete (whatever rolls it: this undo, an earlier ROLLBACK's that timed out, anyone's),
-        as the weights move only after. Says what was decided ('' when there was nothing to say: a stable not
-        on the image and complete, or gone). Raises KubeError, nothing else changed, when the undo fails, leaves
-        it on the image (no previous revision) or the rolling update is not complete in time."""
+        as the weights move only after (`switched`: no pod of another template left, one at least available).
+        Says what was decided ('' when there was nothing to say: a stable not on the image and complete, or gone).
+        Raises KubeError, nothing else changed, when the undo fails, leaves it on the image (no previous revision)
+        or the rolling update is not complete in time."""
         dep = self._read("Deployment", namespace, name)
         if dep is None:
             return ""
         undo, said = self._stable_verdict(request, namespace, name, dep)
         where, why = f"the stable Deployment {namespace}/{name}", f"{request.image} (a PROMOTE had begun rolling it)"
         keeps = "the weights and the canary stay as they are"
-        undone, rolling_before = "", not rolled_out(dep)
+        undone, rolling_before = "", not switched(dep)
         if undo:
             try:
                 undone = self._rollback(request, namespace, name)  # the plain actuator's: 409 read again and retried
@@ -496,7 +509,7 @@ class GatewayCanaryActuator(KubernetesActuator):
                 raise KubeError(f"{where} runs {why} and cannot be undone ({undone}); {keeps}: roll the stable back "
                                 f"by hand (e.g. kubectl -n {namespace} set image deployment/{name} to the previous "
                                 "image), then ROLLBACK again")
-        ok, dep = self._wait(namespace, name, rolled_out)
+        ok, dep = self._wait(namespace, name, switched)
         if not ok:
             rolling = f"ran {why}: {undone}, but it is still rolling back" if undo else "is still rolling"
             raise KubeError(f"{where} {rolling} to {images(dep['spec']['template'])} after "

@@ -431,6 +431,24 @@ def test_a_retried_rollback_after_an_undo_that_timed_out_waits_for_the_stable_be
     assert a.verify(request(Action.ROLLBACK, "r1:5:rollback")).ok
 
 
+def test_a_rollback_is_not_held_back_by_a_stable_pod_that_is_down_but_is_by_a_stable_with_none_up(kube):
+    cluster(kube)
+    a = actuator(kube)
+    assert a.apply(request(Action.START, "r1:0:start")).ok
+    assert a.apply(request(Action.ADVANCE, "r1:1:advance", 50)).ok
+    kube.down[(NS, NAME)] = 4  # every stable pod down: the weight must not go where nothing answers
+    kube.progress(NS, NAME)
+    a._sleep = lambda _: None
+    held = a.apply(request(Action.ROLLBACK, "r1:2:rollback"))
+    assert not held.ok and "0 available" in held.detail, held.detail
+    assert weights(kube) == {NAME: 50, f"{NAME}-canary": 50}
+    kube.down[(NS, NAME)] = 1  # one stable pod down (a failed node): not a reason to keep the rejected canary
+    kube.progress(NS, NAME)
+    done = a.apply(request(Action.ROLLBACK, "r1:3:rollback"))
+    assert done.ok, done.detail
+    assert weights(kube) == {NAME: 100} and canary_objects(kube) == [] and image(kube, NAME) == "app:v1"
+
+
 def test_a_canary_whose_pods_never_become_available_gets_no_weight_and_start_says_what_is_left():
     kube = KubeStub(controller_delay=30).start()  # the controller never gets to the canary within the wait
     try:

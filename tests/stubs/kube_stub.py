@@ -184,6 +184,7 @@ class KubeStub:
         self.bookmark_every = bookmark_every
         self.compacted = 0  # a watch from a resourceVersion below this one gets 410 Expired
         self._seen_replicas: dict[tuple[str, str], int] = {}  # spec.replicas at the controller's last sync
+        self.down: dict[tuple[str, str], int] = {}  # pods of a Deployment not ready (a failed node): by its status
         self._timers: list[threading.Timer] = []
         self._rv = 100
         self._ips = 0
@@ -465,9 +466,10 @@ class KubeStub:
         dep = self.deployments[(namespace, name)]
         new = self._current(namespace, name)
         total = sum(rs["spec"]["replicas"] for rs in self._owned(namespace, name))
+        up = max(0, total - self.down.get((namespace, name), 0))
         dep["status"] = {"observedGeneration": dep["metadata"]["generation"], "replicas": total,
-                         "updatedReplicas": new["spec"]["replicas"] if new else 0, "readyReplicas": total,
-                         "availableReplicas": total}
+                         "updatedReplicas": new["spec"]["replicas"] if new else 0, "readyReplicas": up,
+                         "availableReplicas": up}
 
     def _event(self, kind: str, namespace: str, dep: dict[str, Any]) -> None:
         self.events.append((int(dep["metadata"]["resourceVersion"]), kind, namespace, copy.deepcopy(dep)))
