@@ -203,62 +203,146 @@ def doctor(
         "the canary's arm label value, where the rule file's follows the release, e.g. {version}"))] = None,
     baseline: Annotated[str | None, typer.Option(show_default="the rule file's arms",
                                                  help="the baseline's arm label value, likewise")] = None,
+    here: Annotated[bool, typer.Option("--here", show_default="off", help=(
+        "ask the metric stores directly, as `guardian serve` would with the same settings (GUARDIAN_SOURCE, "
+        "GUARDIAN_INFLUXDB_URL, … or --config), no guardian needed: Prometheus, VictoriaMetrics, InfluxDB, "
+        "CloudWatch or Datadog, the one the service's rule file names (`source:`) else GUARDIAN_SOURCE"))] = False,
+    config: Annotated[Path | None, typer.Option("--config", "-c", show_default="none", help=(
+        "with --here (implied): the YAML settings file `guardian serve --config` reads"))] = None,
+    source: Annotated[str | None, typer.Option("--source", show_default="GUARDIAN_SOURCE", help=(
+        "with --here (implied): the store of services whose rule file names none: prometheus, victoriametrics, "
+        "influxdb, cloudwatch or datadog"))] = None,
+    url: Annotated[str | None, typer.Option("--url", show_default="its GUARDIAN_*_URL", help=(
+        "with --here (implied): that store's address (CloudWatch: its endpoint; the region, database, keys and "
+        "credentials come from the settings, never the command line)"))] = None,
     prometheus_url: Annotated[str | None, typer.Option(show_default="ask the running guardian (--api)", help=(
         "ask this Prometheus directly, with the rules in --rules, no guardian needed"))] = None,
     rules: Annotated[list[Path] | None, typer.Option(show_default="rules", help=(
-        "with --prometheus-url: rule files or folders (repeat the option for several)"))] = None,
+        "with --here or --prometheus-url: rule files or folders (repeat the option for several)"))] = None,
     as_json: Annotated[bool, typer.Option("--json", show_default="off", help="as JSON")] = False,
     api: ApiOpt = "http://127.0.0.1:8080", token: TokenOpt = None,
 ) -> None:
     """Check a service's metrics before a rollout is judged on them: every signal its policy reads, for both
-    arms — is there data, and if not, why (no series with that `service` label, listing the services there are;
-    no arm label; a histogram without the latency objective's bucket, listing its buckets; a counter that
-    does not move). Exit 0 when every signal a check needs is there, 1 when one is missing (a rollout would
-    then be refused, or start paused with --allow-missing), 2 on an error.
+    arms — is there data, and if not, why, in the store's own terms (no series, measurement or metric of that
+    name; none for the service, listing the services there are; no arm label, tag or dimension, or not the arm's
+    value, listing the values; a histogram without the latency objective's bucket, listing its buckets; a counter
+    that does not move). Exit 0 when every signal a check needs is there, 1 when one is missing (a rollout would
+    then be refused, or start paused with --allow-missing), 2 on an error — a store that refused (401/403) or could
+    not be reached counts as one: its signals show `unavailable` with the cause.
+
+    It asks the running guardian (--api), or the stores directly: `--here` builds them from the settings `guardian
+    serve` reads (GUARDIAN_* variables or --config; `--source` and `--url` override the store and its address),
+    `--prometheus-url` asks one Prometheus.
 
     **Examples**
 
         guardian doctor checkout
         guardian doctor checkout --prometheus-url http://127.0.0.1:9090 --rules rules/
+        guardian doctor checkout --source influxdb --url http://127.0.0.1:8086   # GUARDIAN_INFLUXDB_* for the rest
+        GUARDIAN_SOURCE=cloudwatch GUARDIAN_CLOUDWATCH_REGION=eu-west-1 guardian doctor checkout --here
+        guardian doctor checkout --here --config guardian.yaml --json
         guardian doctor checkout --canary v2 --baseline v1    # arms: {label: version, canary: "{version}" …}
     """
     arm_values = {k: v for k, v in (("canary", canary), ("baseline", baseline)) if v}
+    if prometheus_url and (here or config or source or url):
+        raise fail("--prometheus-url asks one Prometheus; --here (--config, --source, --url) asks the stores the "
+                   "settings name: give one or the other")
     if prometheus_url:
-        here = rules if rules else [Path("rules")] if Path("rules").is_dir() else []  # none: the default policy
-        report = _doctor_here(service, prometheus_url, here, window, arm_values)
+        found = rules if rules else [Path("rules")] if Path("rules").is_dir() else []  # none: the default policy
+        report = _doctor_here(service, prometheus_url, found, window, arm_values)
+    elif here or config or source or url:
+        report = _doctor_from_settings(service, config, source, url, rules, window, arm_values)
     else:
         report = _call(api, token, "GET", f"/v1/services/{service}/doctor", params={"window": window, **arm_values})
     if as_json:
         print(json.dumps(report, indent=2))
     else:
         _print_doctor(report)
-    raise typer.Exit(1 if report["blocking"] else 0)
+    raise typer.Exit(_doctor_exit(report))
+
+
+def _doctor_exit(report: dict[str, Any]) -> int:
+    """2 when the store could not be asked about a signal a check needs (nothing known of it), else 1 when one is
+    missing, else 0."""
+    if any(f["status"] == "unavailable" and f["gating"] for f in report["findings"]):
+        return EXIT_ERROR
+    return 1 if report["blocking"] else 0
+
+
+def _rule_book(rules: list[Path] | list[str]) -> Any:
+    from guardian.rules.book import RuleBook
+
+    try:
+        return RuleBook([str(p) for p in rules])
+    except RuleError as e:
+        for problem in e.problems:
+            print(problem, file=sys.stderr)
+        raise typer.Exit(EXIT_ERROR) from None
 
 
 def _doctor_here(service: str, prometheus_url: str, rules: list[Path], window: float,
                  arm_values: dict[str, str]) -> dict[str, Any]:
     from guardian.engine.preflight import checkup
-    from guardian.rules.book import RuleBook
     from guardian.sources.prometheus import PrometheusSource
 
+    return checkup(_rule_book(rules), PrometheusSource(prometheus_url), service, time.time(), window=window,
+                   arm_values=arm_values)
+
+
+def _doctor_from_settings(service: str, config: Path | None, source: str | None, url: str | None,
+                          rules: list[Path] | None, window: float, arm_values: dict[str, str]) -> dict[str, Any]:
+    """The stores `guardian serve` would read with these settings (each service's the one its rule file names)."""
+    from guardian.api.components import metric_sources
+    from guardian.engine.preflight import checkup
+    from guardian.redact import install_log_redaction
+
+    overrides: dict[str, Any] = {"source": source}
+    if url:
+        name = source or load_settings_or_exit(config).source
+        overrides["cloudwatch_endpoint_url" if name == "cloudwatch" else f"{name}_url"] = url
+    settings = load_settings_or_exit(config, **overrides)
+    install_log_redaction(settings)  # its secrets never reach a message (guardian/redact.py)
+    found: list[Path] | list[str] = rules or [r for r in settings.rules if r != "rules" or Path(r).exists()]
+    book = _rule_book(found)
     try:
-        book = RuleBook([str(p) for p in rules])
+        stores = metric_sources(settings, book)
+    except RuleError as e:  # a rule file naming a store the settings give no address
+        for problem in e.problems:
+            print(problem, file=sys.stderr)
+        raise typer.Exit(EXIT_ERROR) from None
+    try:
+        return checkup(book, stores, service, time.time(), window=window, arm_values=arm_values)
+    finally:
+        stores.close()
+
+
+def load_settings_or_exit(config: Path | None, **overrides: Any) -> Any:
+    from guardian.settings import load_settings
+
+    try:
+        return load_settings(config, **overrides)
     except RuleError as e:
         for problem in e.problems:
             print(problem, file=sys.stderr)
         raise typer.Exit(EXIT_ERROR) from None
-    return checkup(book, PrometheusSource(prometheus_url), service, time.time(), window=window,
-                   arm_values=arm_values)
 
 
 def _print_doctor(report: dict[str, Any]) -> None:
     """A line per signal (a line per arm where the arms differ), its status coloured, then what to do."""
     arms = ", ".join(f"{a} {report['arm_label']}=\"{v}\"" for a, v in report["arms"].items()) or "none known"
+    store = f" from {report['store']}" if report.get("store") else ""
     out.print(f"[bold]{esc(report['service'])}[/bold]: policy {esc(report['rules'])}; arms {esc(arms)}; "
-              f"values over the last {report['window_seconds']:g} s")
+              f"values over the last {report['window_seconds']:g} s{esc(store)}")
+    for note in report.get("notes") or []:
+        out.print(f"  [yellow]note[/yellow]: {esc(note)}")
     by_signal: dict[str, list[dict[str, Any]]] = {}
     for f in report["findings"]:
         by_signal.setdefault(f["signal"], []).append(f)
+    if report["findings"] and all(f["status"] == "unavailable" for f in report["findings"]):  # said once
+        style = STATUS_STYLE["unavailable"]
+        out.print(f"  [bold]{', '.join(by_signal)}[/bold] (every arm): [{style}]unavailable[/{style}] — "
+                  f"{esc(report['findings'][0]['detail'])}")
+        by_signal = {}
     for signal, found in by_signal.items():
         same = len({(f["status"], f["detail"]) for f in found}) == 1
         groups = [found] if same else [[f] for f in found]
@@ -270,10 +354,20 @@ def _print_doctor(report: dict[str, Any]) -> None:
             out.print(f"  [bold]{signal}[/bold] ({who}): [{style}]{shown}[/{style}] — {esc(f['detail'])} "
                       f"[dim](read by {', '.join(f['checks'])})[/dim]")
     blocking = list(dict.fromkeys(f["signal"] for f in report["findings"] if f["blocking"]))
+    unasked = list(dict.fromkeys(f["signal"] for f in report["findings"] if f["status"] == "unavailable"
+                                 and f["gating"]))
+    unchecked = list(dict.fromkeys(f"{f['signal']} ({f['arm']})" for f in report["findings"]
+                                   if f["status"] == "unchecked" and f["gating"]))
+    if unasked:
+        out.print(f"[red]the store could not be asked about {', '.join(unasked)}[/red], which a check needs (see "
+                  "above why): nothing is known of them, and a rollout's ticks would pause on it (exit 2)")
     if blocking:
         out.print(f"[red]no data for {', '.join(blocking)}[/red], which a check needs: a rollout of "
                   f"{esc(report['service'])} would be refused (or start paused with --allow-missing) until it has")
-    else:
+    elif not unasked and unchecked:
+        out.print(f"[yellow]every signal checked is there[/yellow]; not checked: {', '.join(unchecked)} (name the "
+                  "arm's label value with --canary / --baseline)")
+    elif not unasked:
         out.print("[green]every signal a check needs is there[/green]")
 
 

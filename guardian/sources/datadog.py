@@ -187,11 +187,22 @@ class DatadogSource:
             arms: Iterable[str]) -> list[Groups]:
         """Every read over [start_ms, end_ms) for these services and arms, in one request: each read's groups.
         SourceUnavailable when it could not be asked or was not answered."""
+        services, arms = list(services), list(arms)
+        queries = [query_text(r, self.namespace, services, arm_label, arms) for r in reads]
+        body = self.post_queries(start_ms, end_ms, queries)
+        try:
+            return groups_of(body, len(reads), arm_label)
+        except (ValueError, KeyError, TypeError, AttributeError) as e:
+            raise SourceUnavailable(f"Datadog at {self.url} answered in a shape that is not a timeseries response: "
+                                    f"{e}") from None
+
+    def post_queries(self, start_ms: int, end_ms: int, queries: Sequence[str]) -> dict[str, Any]:
+        """Classic metrics queries over [start_ms, end_ms), one request: the answer's body (`ask` reads it; `guardian
+        doctor` sends its own queries: sources/examiners.py). SourceUnavailable when it could not be asked or was not
+        answered."""
         if (wait := self._resumes - time.monotonic()) > 0:
             raise SourceUnavailable(f"Datadog rate-limited the guardian ({self._limited}): not asking again for "
                                     f"{wait:.0f} s, until the limit resets")
-        services, arms = list(services), list(arms)
-        queries = [query_text(r, self.namespace, services, arm_label, arms) for r in reads]
         where = f"Datadog at {self.url}"
         self.requests += 1
         try:
@@ -214,10 +225,7 @@ class DatadogSource:
         if r.status_code >= 400 or not isinstance(body, dict) or _errors(body):
             raise SourceUnavailable(f"{where} unavailable: HTTP {r.status_code} "
                                     f"{_errors(body) or r.text[:200]}; first query: {queries[0]}")
-        try:
-            return groups_of(body, len(reads), arm_label)
-        except (ValueError, KeyError, TypeError, AttributeError) as e:
-            raise SourceUnavailable(f"{where} answered in a shape that is not a timeseries response: {e}") from None
+        return body
 
     def _rate_limited(self, r: httpx.Response) -> SourceUnavailable:
         headers = r.headers

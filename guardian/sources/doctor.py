@@ -2,28 +2,34 @@
 the preflight of `POST /v1/rollouts`.
 
 For every signal the service's policy reads (`needs`: the signals of its checks, and for which arms; a
-signal read only by optional checks does not gate), and for each arm, `examine` asks Prometheus:
+signal read only by optional checks does not gate), and for each arm, `examine` asks the service's store,
+through an `Examiner` (`PromQLExaminer` here; the other stores' in sources/examiners.py, whose `examiner_for`
+finds the service's store behind a router):
 
-1. does the signal's query, as the guard renders it, return a series at all (an instant query: a counter
-   exists from its first scrape on, no traffic needed)? If not, `diagnose` finds out why, from the
-   metric names in the query, in this order: no series of that name at all (the exporter is not
-   scraped); none with `service="SERVICE"` (listing the services that have it); no arm label on them
-   (listing their labels) or not the arm's value (listing the values); a histogram without the bucket
-   the query reads (listing the buckets it has, and how to set the objective);
+1. is the arm's data for the signal there at all (`present`)? For Prometheus and VictoriaMetrics the
+   signal's query, as the guard renders it, as an instant query (a counter exists from its first scrape on,
+   no traffic needed); for InfluxDB, CloudWatch and Datadog the measurements, metrics or series the source
+   reads the standard signal from (sources/examiners.py says how each is asked). If not, `why` finds out,
+   in the store's own terms and in this order: nothing of that name at all (the exporter is not scraped, the
+   collector does not send it); none for `service` SERVICE (listing the services that have it); no arm label
+   (listing the labels there are) or not the arm's value (listing the values); a histogram without the
+   bucket the query reads (listing the buckets it has, and how to set the objective);
 2. with `values`, its value over the last `window` seconds as a tick would read it: a counter that did
    not move (no traffic on a denominator, e.g. `requests`) is `idle`, a gauge with no value (a p99 of no
    requests) too.
 
-Each finding says what to do. A gating signal with no series is `missing` (the preflight refuses the
-start, or starts it paused with `allow_missing`); for optional checks it `abstains`; the canary of a
-rollout the guardian is about to deploy is `pending` (it does not run yet: every tick checks it).
+Each finding says what to do. A gating signal with no data is `missing` (the preflight refuses the start, or
+starts it paused with `allow_missing`); for optional checks it `abstains`; the canary of a rollout the
+guardian is about to deploy is `pending` (it does not run yet: every tick checks it). A store that refuses
+or cannot be reached is `unavailable` with its reason (`guardian doctor` exits 2: nothing was checked), never
+a pass; `unchecked` only where an arm's label value is not known.
 """
 from __future__ import annotations
 
 import re
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
-from typing import Any, Literal
+from typing import Any, Literal, Protocol
 
 from guardian.domain import ARMS, SignalType
 from guardian.errors import NoData, SourceUnavailable
@@ -89,20 +95,98 @@ def needs(ruleset: RuleSet) -> list[Need]:
                  n["den"]) for s, n in found.items()]
 
 
-def examine(source: Introspectable, ruleset: RuleSet, service: str, selectors: Mapping[str, ArmSelector],
+class Examiner(Protocol):
+    """How `examine` asks one store about a signal of one arm (PromQL stores: `PromQLExaminer`; the others:
+    sources/store_doctor.py)."""
+
+    def describe(self) -> str:
+        """The store, for people: "InfluxDB at http://…, database telegraf"."""
+        ...
+
+    def present(self, query: SignalQuery, service: str, arm: ArmSelector, now: float, window: float) -> bool:
+        """Does the store hold this arm's data for the signal (not necessarily within the window)? Raises
+        SourceUnavailable."""
+        ...
+
+    def why(self, query: SignalQuery, service: str, arm: ArmSelector, now: float, window: float) -> str:
+        """Why it does not, in words that say what to change (never raises: a failure to find out is said)."""
+        ...
+
+    def value(self, query: SignalQuery, service: str, arm: ArmSelector, now: float, window: float) -> float:
+        """The signal's value over the last `window` seconds as a tick reads it. Raises NoData or
+        SourceUnavailable."""
+        ...
+
+    def notes(self) -> list[str]:
+        """What is wrong with the store itself, whatever the service (e.g. a setting that hides new samples)."""
+        ...
+
+
+class PromQLExaminer:
+    """Prometheus and VictoriaMetrics: the rendered query as an instant query; `diagnose` for why not."""
+
+    def __init__(self, source: Introspectable) -> None:
+        self.source = source
+
+    def describe(self) -> str:
+        return f"{getattr(self.source, 'product', 'Prometheus')} at {getattr(self.source, 'safe_url', '?')}"
+
+    def present(self, query: SignalQuery, service: str, arm: ArmSelector, now: float, window: float) -> bool:
+        return bool(self.source.instant_result(self.source.render(query, service, arm, now - window, now), now))
+
+    def why(self, query: SignalQuery, service: str, arm: ArmSelector, now: float, window: float) -> str:
+        promql = self.source.render(query, service, arm, now - window, now)
+        try:
+            return diagnose(self.source, promql, service, arm, now)
+        except SourceUnavailable as e:
+            return f"(could not find out why: {e})"
+
+    def value(self, query: SignalQuery, service: str, arm: ArmSelector, now: float, window: float) -> float:
+        return self.source.fetch(query, service, arm, now - window, now)
+
+    def notes(self) -> list[str]:
+        return []
+
+
+class Unreachable:
+    """A store that cannot be asked at all (a rule file naming a store that is not configured): every finding
+    `unavailable` with the reason."""
+
+    def __init__(self, reason: str) -> None:
+        self.reason = reason
+
+    def describe(self) -> str:
+        return "no store"
+
+    def present(self, query: SignalQuery, service: str, arm: ArmSelector, now: float, window: float) -> bool:
+        raise SourceUnavailable(self.reason)
+
+    def why(self, query: SignalQuery, service: str, arm: ArmSelector, now: float, window: float) -> str:
+        return self.reason
+
+    def value(self, query: SignalQuery, service: str, arm: ArmSelector, now: float, window: float) -> float:
+        raise SourceUnavailable(self.reason)
+
+    def notes(self) -> list[str]:
+        return []
+
+
+def examine(source: Introspectable | Examiner, ruleset: RuleSet, service: str, selectors: Mapping[str, ArmSelector],
             now: float, *, window: float = 60.0, values: bool = True, canary_deployed: bool = True,
             unresolved: Mapping[str, str] | None = None) -> list[Finding]:
-    """One finding per (signal, arm) the policy needs. `selectors`: each arm's label and value (an arm
-    missing there is `unchecked`, with `unresolved[arm]` as the reason); `canary_deployed` False: the
-    canary of a rollout about to start, not running yet (`pending` where it has no series)."""
+    """One finding per (signal, arm) the policy needs. `source`: a PromQL store, or an `Examiner` of any store
+    (sources/examiners.py `examiner_for` finds the service's). `selectors`: each arm's label and value (an arm
+    missing there is `unchecked`, with `unresolved[arm]` as the reason); `canary_deployed` False: the canary of a
+    rollout about to start, not running yet (`pending` where it has no data)."""
+    examiner: Examiner = PromQLExaminer(source) if isinstance(source, Introspectable) else source
+    down: str | None = None  # the store stopped answering: the rest is not asked (no timeout each)
     out: list[Finding] = []
-    down: str | None = None  # the source stopped answering: the rest is not asked (no timeout each)
     for need in needs(ruleset):
         query = ruleset.queries.get(need.signal)
         for arm in need.arms:
             common = {"signal": need.signal, "arm": arm, "gating": need.gating, "checks": need.checks}
             if down is not None:
-                out.append(Finding(status="unavailable", detail=down, **common))
+                out.append(Finding(status="unavailable", detail=f"not asked: {down}", **common))
                 continue
             if query is None:
                 out.append(Finding(status="missing", detail=f"no query defines {need.signal!r} (add it under "
@@ -113,34 +197,29 @@ def examine(source: Introspectable, ruleset: RuleSet, service: str, selectors: M
                 out.append(Finding(status="unchecked", detail=why, **common))
                 continue
             q = SignalQuery(need.signal, query.type, query.promql)
-            found = _examine_one(source, q, service, selectors[arm], now, window, values, need,
+            found = _examine_one(examiner, q, service, selectors[arm], now, window, values, need,
                                  canary_deployed or arm != "canary", common)
             down = found.detail if found.status == "unavailable" else None
             out.append(found)
     return out
 
 
-def _examine_one(source: Introspectable, q: SignalQuery, service: str, sel: ArmSelector, now: float,
+def _examine_one(examiner: Examiner, q: SignalQuery, service: str, sel: ArmSelector, now: float,
                  window: float, values: bool, need: Need, deployed: bool, common: dict[str, Any]) -> Finding:
-    promql = source.render(q, service, sel, now - window, now)
     try:
-        exists = bool(source.instant_result(promql, now))
+        exists = examiner.present(q, service, sel, now, window)
     except SourceUnavailable as e:
         return Finding(status="unavailable", detail=str(e), **common)
     if not exists:
         if not deployed:
             return Finding(status="pending", detail="the canary does not run yet: every tick checks it once it "
                            "does", **common)
-        try:
-            why = diagnose(source, promql, service, sel, now)
-        except SourceUnavailable as e:
-            why = f"(could not find out why: {e})"
         status: Status = "missing" if need.gating else "abstains"
-        return Finding(status=status, detail=why, **common)
+        return Finding(status=status, detail=examiner.why(q, service, sel, now, window), **common)
     if not values:
         return Finding(status="ok", detail="series found", **common)
     try:
-        value = source.fetch(q, service, sel, now - window, now)
+        value = examiner.value(q, service, sel, now, window)
     except NoData as e:
         return Finding(status="idle", detail=f"series found, but no value in the last {window:g}s ({e}): no "
                        "traffic on this arm?", **common)
@@ -168,8 +247,8 @@ def diagnose(source: Introspectable, promql: str, service: str, sel: ArmSelector
     svc = escape_label_value(service)
     for metric, matchers in _selectors(promql):
         if not _ask(source, f"count({metric})", at):
-            return (f"Prometheus has no series named {metric} at all: is the exporter scraped (a target for it in "
-                    "prometheus.yml) and does it export that metric?")
+            return (f"{getattr(source, 'product', 'Prometheus')} has no series named {metric} at all: is the "
+                    "exporter scraped (a target for it in prometheus.yml) and does it export that metric?")
         services = _values(source, "service", metric, at)
         if services is None:
             return (f"{metric} has no `service` label: give its targets `service: \"{service}\"` (a `labels:` entry "
@@ -199,14 +278,20 @@ def diagnose(source: Introspectable, promql: str, service: str, sel: ArmSelector
             f"as code=~\"5..\", that no series has?): {promql}")
 
 
-def _bucket_advice(metric: str, wanted: str, buckets: list[str]) -> str:
+def _bucket_advice(metric: str, wanted: str, buckets: list[str], *, overridable: bool = True,
+                   bucket: str = "le=\"{}\"") -> str:
+    """`overridable` False: a store whose `slow` is built in (InfluxDB, Datadog), so the only fix is the bucket.
+    `bucket`: how the store names one ("le=\"{}\"", Datadog's "upper_bound:{}")."""
     finite = sorted((b for b in buckets if b not in ("+Inf", "Inf")), key=_number)
     closest = min(finite, key=lambda b: abs(_number(b) - _number(wanted)), default=None)
     override = (f'override `slow` under `queries:` in the rule file with a bucket it has, e.g. le="{closest}"'
                 if closest else "override `slow` under `queries:` with a bucket it has")
-    return (f"the histogram {metric} has no le=\"{wanted}\" bucket (its buckets: {_list(finite + ['+Inf'])}): "
-            f"the `slow` signal counts the answers slower than {wanted} s (the latency objective). Add a "
-            f"{wanted} s bucket to the exporter's histogram, or {override}")
+    fix = (f"Add a {wanted} s bucket to the exporter's histogram, or {override}" if overridable else
+           f"Add a {wanted} s bucket to the exporter's histogram (this store's `slow` is built in: it reads that "
+           "bucket only)")
+    shown = _list(finite + ['+Inf']) if bucket.startswith("le=") else _list(finite)
+    return (f"the histogram {metric} has no {bucket.format(wanted)} bucket (its buckets: {shown}): "
+            f"the `slow` signal counts the answers slower than {wanted} s (the latency objective). {fix}")
 
 
 def _number(text: str) -> float:
@@ -241,4 +326,5 @@ def _list(values: list[str]) -> str:
     return shown + (f" … ({len(values)} in all)" if len(values) > _SHOWN else "") if values else "none"
 
 
-__all__ = ["Finding", "Introspectable", "Need", "diagnose", "examine", "needs"]
+__all__ = ["Examiner", "Finding", "Introspectable", "Need", "PromQLExaminer", "Unreachable", "diagnose", "examine",
+           "needs"]
