@@ -96,9 +96,12 @@ class Settings(BaseSettings):
     analysis_seconds: float = Field(60.0, ge=0, description="how long a step must pass before advancing")
     align_ticks: bool = Field(True, description="start every rollout's ticks on the grid of its tick length, so "
                               "rollouts share tick windows (and batched queries)")
-    batch_queries: bool = Field(True, description="one query per signal and tick window for all rollouts "
-                                "(Prometheus, VictoriaMetrics: sources/batching.py; InfluxDB: one request per tick "
-                                "window, sources/influxdb_batching.py); off: one per rollout, signal and arm")
+    batch_queries: bool = Field(True, description="ask for all rollouts at once, not per rollout: Prometheus and "
+                                "VictoriaMetrics one query per signal and tick window (sources/batching.py), InfluxDB "
+                                "one request per tick window (sources/influxdb_batching.py), Datadog one request per "
+                                "span (sources/datadog_batching.py), CloudWatch a window's reads in as few "
+                                "GetMetricData calls as the API allows (sources/cloudwatch.py), each through "
+                                "sources/single_flight.py; off: one per rollout, signal and arm")
     max_concurrent_ticks: int = Field(32, ge=1, description="ticks evaluated at once (the scheduler's thread pool)")
     steps: list[int] = [10, 25, 50, 100]
     default_target: str = "noop"

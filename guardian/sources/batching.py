@@ -15,25 +15,24 @@ rollout by the wrapped source; the reason is logged once per template.
 
 Which services a batch asks for: those `plan()`ned for that window (the scheduler plans every due
 rollout before starting their ticks) plus the one asking. Concurrent ticks asking for a window a batch
-in flight covers wait for it (single-flight) and share its answer; answers are kept for the recent
-windows only, failures for `failure_ttl` seconds (so a dead Prometheus is not asked once per rollout).
+in flight covers wait for it (single-flight, sources/single_flight.py) and share its answer; answers are kept for
+the recent windows only, failures for `failure_ttl` seconds (so a dead Prometheus is not asked once per rollout).
 """
 from __future__ import annotations
 
 import re
-import threading
-import time
 from collections.abc import Iterable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 from loguru import logger
 
 from guardian.domain import SignalType
-from guardian.errors import NotBatchable, SourceUnavailable
+from guardian.errors import NotBatchable
 from guardian.rules.promql import _PLACEHOLDER, escape_label_value, format_duration
 from guardian.sources import ArmSelector, SignalQuery
 from guardian.sources.prometheus import PrometheusSource, counter_value, gauge_value
+from guardian.sources.single_flight import Sets, SingleFlight
 from guardian.sources.wrapping import Wrapping
 
 _S = {"service": "__rg_service__", "arm": "__rg_arm__", "arm_label": "__rg_arm_label__", "window": "__rg_window__"}
@@ -230,20 +229,7 @@ def _rewrite_matchers(block: str) -> str:
 
 
 Key = tuple[str, SignalType, str, int, int]  # template, type, arm label, window start and end (ms)
-
-
-@dataclass
-class _Batch:
-    services: frozenset[str]
-    arms: frozenset[str]
-    done: threading.Event = field(default_factory=threading.Event)
-    promql: str = ""
-    groups: dict[tuple[str, str], list[dict[str, Any]]] = field(default_factory=dict)
-    error: SourceUnavailable | None = None
-    finished: float = 0.0
-
-    def covers(self, service: str, arm: str) -> bool:
-        return service in self.services and arm in self.arms
+Answer = tuple[str, dict[tuple[str, str], list[dict[str, Any]]]]  # the batch query; its series by (service, arm value)
 
 
 class BatchingSource(Wrapping):
@@ -252,12 +238,16 @@ class BatchingSource(Wrapping):
     def __init__(self, inner: PrometheusSource, *, failure_ttl: float = 2.0, keep_windows: int = 3) -> None:
         self.inner = inner
         self.failure_ttl, self.keep_windows = failure_ttl, keep_windows
-        self._lock = threading.Lock()
         self._shapes: dict[str, BatchShape | None] = {}
-        self._planned: dict[Key, tuple[set[str], set[str]]] = {}
-        self._batches: dict[Key, _Batch] = {}
-        self.batch_queries = 0  # queries this wrapper sent: batched, and per rollout (fallbacks)
-        self.single_queries = 0
+        # a key's scope: Sets(services, arm values); the newest `keep_windows` windows of each (template, arm label)
+        self._flights: SingleFlight[Key, Sets, Answer] = SingleFlight(
+            prune=lambda flights: flights.keep_newest(self.keep_windows, lambda key: (key[:3], key[4])))
+        self.single_queries = 0  # queries sent per rollout (fallbacks)
+
+    @property
+    def batch_queries(self) -> int:
+        """Batch queries this wrapper sent."""
+        return self._flights.requests
 
     def render(self, query: SignalQuery, service: str, arm: ArmSelector, start: float, end: float) -> str:
         return self.inner.render(query, service, arm, start, end)
@@ -284,80 +274,48 @@ class BatchingSource(Wrapping):
 
     def plan(self, requests: Iterable[tuple[SignalQuery, str, ArmSelector, float, float]]) -> None:
         """Fetches about to be made: the first batch query of each window asks for all of them."""
-        with self._lock:
-            for query, service, arm, start, end in requests:
-                if service and arm.label_value and self.shape(query) is not None:
-                    services, arms = self._planned.setdefault(self._key(query, arm, start, end), (set(), set()))
-                    services.add(service)
-                    arms.add(arm.label_value)
-            self._prune()
+        self._flights.plan((self._key(query, arm, start, end), Sets.of({service}, {arm.label_value}), None)
+                           for query, service, arm, start, end in requests
+                           if service and arm.label_value and self.shape(query) is not None)
 
     def fetch(self, query: SignalQuery, service: str, arm: ArmSelector, start: float, end: float) -> float:
         if end <= start:
             raise ValueError(f"empty window: start={start} end={end}")
         shape = self.shape(query)
         if shape is None or not service or not arm.label_value:
-            with self._lock:
+            with self._flights.lock:
                 self.single_queries += 1
             return self.inner.fetch(query, service, arm, start, end)
         key = self._key(query, arm, start, end)
-        with self._lock:
-            batch = self._batches.get(key)
-            if batch is None or not batch.covers(service, arm.label_value) or (
-                    batch.error is not None and time.monotonic() - batch.finished > self.failure_ttl):
-                services, arms = self._planned.get(key, (set(), set()))
-                old = (batch.services, batch.arms) if batch is not None else (frozenset(), frozenset())
-                batch = _Batch(frozenset(services | old[0] | {service}), frozenset(arms | old[1] | {arm.label_value}))
-                self._batches[key] = batch
-                self.batch_queries += 1
-                mine = True
-                self._prune()
-            else:
-                mine = False
-        if mine:
-            self._run(batch, shape, query, arm.label, start, end)
-        elif not batch.done.wait(self.inner.timeout * 2 + 5):
-            raise SourceUnavailable(f"the batch query for {query.signal} did not finish: {batch.promql}")
-        if batch.error is not None:
-            raise batch.error
+        window = max(end - start, self.inner.min_window)
+        promql, groups = self._flights.get(
+            {key: Sets.of({service}, {arm.label_value})},
+            lambda asked, _: {key: self._ask(shape, query.type, arm.label, asked[key], window, start, end)},
+            failure_ttl=self.failure_ttl, wait=self.inner.timeout * 2 + 5,
+            failed=lambda e: f"batch query for {query.signal} failed: {e!r}",
+            late=lambda _, scope: f"the batch query for {query.signal} did not finish: "
+                                  f"{shape.render(*scope.sets, arm.label, window)}")[key]
         where = f"{query.signal} of {service}/{arm.arm}"
-        series = batch.groups.get((service, arm.label_value), [])
+        series = groups.get((service, arm.label_value), [])
         if query.type == SignalType.COUNTER:
-            return counter_value(series, where, batch.promql, start, end)
-        return gauge_value(series, where, batch.promql)
+            return counter_value(series, where, promql, start, end)
+        return gauge_value(series, where, promql)
 
-    def _run(self, batch: _Batch, shape: BatchShape, query: SignalQuery, arm_label: str,
-             start: float, end: float) -> None:
-        try:
-            batch.promql = shape.render(batch.services, batch.arms, arm_label,
-                                        max(end - start, self.inner.min_window))
-            if query.type == SignalType.COUNTER:
-                result = self.inner.range_result(batch.promql, start, end)
-            else:
-                result = self.inner.instant_result(batch.promql, end)
-            label = shape.label_of_arm(arm_label)
-            for series in result:
-                metric = series.get("metric", {})
-                group = (metric.get(shape.service_label, ""), metric.get(label, ""))
-                batch.groups.setdefault(group, []).append(series)
-        except SourceUnavailable as e:
-            batch.error = e
-        except Exception as e:  # noqa: BLE001 - every waiter must hear of it, not hang
-            batch.error = SourceUnavailable(f"batch query for {query.signal} failed: {e!r}")
-        finally:
-            batch.finished = time.monotonic()
-            batch.done.set()
-
-    def _prune(self) -> None:
-        """Keep the newest `keep_windows` windows of each (template, arm label); called under the lock."""
-        by_shape: dict[tuple[str, SignalType, str], list[int]] = {}
-        for key in (*self._batches, *self._planned):
-            by_shape.setdefault(key[:3], []).append(key[4])
-        oldest = {k: sorted(set(ends))[-self.keep_windows] for k, ends in by_shape.items()
-                  if len(set(ends)) > self.keep_windows}
-        for table in (self._batches, self._planned):
-            for key in [k for k in table if k[:3] in oldest and k[4] < oldest[k[:3]]]:
-                del table[key]
+    def _ask(self, shape: BatchShape, kind: SignalType, arm_label: str, scope: Sets, window: float,
+             start: float, end: float) -> Answer:
+        """The batch query for these services and arms, and its series split by (service, arm value)."""
+        services, arms = scope.sets
+        promql = shape.render(services, arms, arm_label, window)
+        if kind == SignalType.COUNTER:
+            result = self.inner.range_result(promql, start, end)
+        else:
+            result = self.inner.instant_result(promql, end)
+        label = shape.label_of_arm(arm_label)
+        groups: dict[tuple[str, str], list[dict[str, Any]]] = {}
+        for series in result:
+            metric = series.get("metric", {})
+            groups.setdefault((metric.get(shape.service_label, ""), metric.get(label, "")), []).append(series)
+        return promql, groups
 
 
 def batching(source: Any) -> Any:

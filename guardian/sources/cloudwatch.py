@@ -30,17 +30,16 @@ a profile, an instance or task role) and are never logged or shown.
 
 Batching (`Planning`): the fetches of a pass of due ticks are planned first; the first fetch of a window then asks
 for all of that window's planned reads in as few calls as the API allows (500 queries a call, pages followed through
-NextToken). Concurrent fetches of a window wait for the call in flight (single-flight); answers are kept for the
-recent windows, failures for `failure_ttl` seconds.
+NextToken). Concurrent fetches of a window wait for the call in flight (single-flight: sources/single_flight.py), as
+long as each of its requests is answered within the client's own limit for one (`request_wait`); answers are kept
+for the recent windows, failures for `failure_ttl` seconds.
 """
 from __future__ import annotations
 
 import math
 import re
-import threading
-import time
-from collections.abc import Iterable
-from dataclasses import dataclass, field
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
@@ -58,6 +57,7 @@ from guardian.errors import NoData, SourceUnavailable
 from guardian.rules.defaults import SLOW_OBJECTIVE_LE
 from guardian.sources import ArmSelector, Fetch, SignalQuery
 from guardian.sources.prometheus import _safe_url
+from guardian.sources.single_flight import Sets, SingleFlight
 
 NAMESPACE = "ReleaseGuardian"
 SERVICE_DIMENSION = "Service"
@@ -65,6 +65,8 @@ REQUESTS, ERRORS, LATENCY, CPU, MEMORY = "RequestCount", "ErrorCount", "Latency"
 STANDARD = ("requests", "errors", "slow", "p99_seconds", "cpu_seconds", "memory_bytes")
 MAX_QUERIES = 500  # MetricDataQueries in one GetMetricData call: the API's limit
 MAX_PAGES = 200  # NextToken pages followed for one call before giving up (a runaway answer)
+ATTEMPTS = 2  # botocore's tries of one request (standard retry mode: the first and one retry)
+RETRY_PAUSE = 6.0  # botocore's longest pause before that retry: up to 1 s, 5 s more when told x-amz-retry-after
 GAUGE_LOOKBACK = 60.0  # a gauge is its newest datapoint within this long before the window's end
 SHORT_PERIODS = (30, 20, 10, 5)  # the high-resolution periods besides 1 s; longer ones are multiples of 60
 _XML_ERROR = re.compile(r"<Code>(\w+)</Code>\s*<Message>([^<]*)</Message>")
@@ -139,17 +141,9 @@ def latest_period(end: int, longest: int) -> int:
     return next((p for p in SHORT_PERIODS if p <= longest and end % p == 0), 1)
 
 
-@dataclass
-class _Call:
-    """One span's GetMetricData calls (in chunks of 500 queries, pages followed), in flight or done."""
-
-    span: Span
-    reads: frozenset[Read]
-    done: threading.Event = field(default_factory=threading.Event)
-    points: dict[Read, Points] = field(default_factory=dict)
-    failed: dict[Read, str] = field(default_factory=dict)  # a result CloudWatch marked Forbidden or InternalError
-    error: SourceUnavailable | None = None
-    finished: float = 0.0
+CallKey = tuple[Span, Read]
+Answer = tuple[Points, str | None]  # a read's datapoints; why CloudWatch refused it (a result marked Forbidden or …)
+NOTHING = Sets()  # a read says all it asks for itself: a call of the span that asked for it serves it
 
 
 class CloudWatchSource:
@@ -168,10 +162,13 @@ class CloudWatchSource:
         self._client = client or boto3.session.Session().client(
             "cloudwatch", region_name=region, endpoint_url=endpoint_url,
             config=Config(connect_timeout=timeout, read_timeout=timeout, max_pool_connections=16,
-                          retries={"max_attempts": 2, "mode": "standard"}))
-        self._lock = threading.Lock()
-        self._planned: dict[Span, set[Read]] = {}
-        self._calls: dict[Span, list[_Call]] = {}
+                          retries={"max_attempts": ATTEMPTS, "mode": "standard"}))
+        # how long a fetch waits for another's call without it moving: the longest one GetMetricData request may
+        # take within the client's limits (each attempt connecting and reading, the retry's pause), and 5 s more. A
+        # call of many requests (500 queries each, pages followed) is waited for as long as each keeps within it.
+        self.request_wait = ATTEMPTS * 2 * timeout + RETRY_PAUSE + 5
+        self._flights: SingleFlight[CallKey, Sets, Answer] = SingleFlight(  # the newest keep_spans spans (by end)
+            prune=lambda flights: flights.keep_newest(self.keep_spans, lambda key: (None, key[0][1])))
         self.calls = 0  # GetMetricData requests sent (each page counts)
 
     def __repr__(self) -> str:
@@ -224,7 +221,8 @@ class CloudWatchSource:
         """The fetches about to be made: the first call of each window asks for all of them."""
         if not self.batch:
             return
-        with self._lock:
+
+        def wanted() -> Iterable[tuple[CallKey, Sets, Span]]:
             for query, service, arm, start, end in requests:
                 if not service or not arm.label_value:
                     continue
@@ -232,9 +230,9 @@ class CloudWatchSource:
                     reads = self._reads(query, service, arm, start, end)
                 except (SourceUnavailable, ValueError):
                     continue  # its fetch will say so
-                for span, r in reads:
-                    self._planned.setdefault(span, set()).add(r)
-            self._prune()
+                yield from (((span, r), NOTHING, span) for span, r in reads)
+
+        self._flights.plan(wanted())
 
     def fetch(self, query: SignalQuery, service: str, arm: ArmSelector, start: float, end: float) -> float:
         reads = self._reads(query, service, arm, start, end)
@@ -265,62 +263,45 @@ class CloudWatchSource:
     def _answers(self, span: Span, reads: set[Read]) -> dict[Read, Points]:
         """Each read's datapoints in `span`: from a call made or in flight, else from a new call that also asks for
         everything planned for the span and not asked yet."""
-        mine: _Call | None = None
-        with self._lock:
-            now = time.monotonic()
-            calls = self._calls.setdefault(span, [])
-            calls[:] = [c for c in calls if c.error is None or not c.done.is_set() or now - c.finished
-                        <= self.failure_ttl]
-            covering = {r: c for c in calls for r in c.reads if r in reads}
-            missing = reads - covering.keys()
-            if missing:
-                asked = {r for c in calls for r in c.reads}
-                mine = _Call(span, frozenset(missing | (self._planned.get(span, set()) - asked)))
-                calls.append(mine)
-                covering.update(dict.fromkeys(missing, mine))
-                self._prune()
-        if mine is not None:
-            self._run(mine)
+        answers = self._flights.get(
+            {(span, r): NOTHING for r in reads}, lambda asked, progress: self._call(span, asked, progress),
+            failure_ttl=self.failure_ttl, wait=self.request_wait,
+            failed=lambda e: f"CloudWatch at {self.where}: GetMetricData failed: {type(e).__name__}: {str(e)[:200]}",
+            late=lambda key, _: f"CloudWatch at {self.where}: the GetMetricData call for {key[1].metric} did not "
+                                "finish", window=span)
         out: dict[Read, Points] = {}
-        for r, call in covering.items():
-            if not call.done.wait(self.timeout * 4 + 5):
-                raise SourceUnavailable(f"CloudWatch at {self.where}: the GetMetricData call for {r.metric} did not "
-                                        "finish")
-            if call.error is not None:
-                raise call.error
-            if r in call.failed:
-                raise SourceUnavailable(call.failed[r])
-            out[r] = call.points.get(r, [])
+        for (_, r), (points, refused) in answers.items():
+            if refused is not None:
+                raise SourceUnavailable(refused)
+            out[r] = points
         return out
 
-    def _run(self, call: _Call) -> None:
-        try:
-            start, end = (datetime.fromtimestamp(t, UTC) for t in call.span)
-            reads = sorted(call.reads, key=repr)
-            for first in range(0, len(reads), MAX_QUERIES):
-                chunk = {f"q{i}": r for i, r in enumerate(reads[first:first + MAX_QUERIES])}
-                queries = [r.query(self.namespace, qid) for qid, r in chunk.items()]
-                token: str | None = None
-                for _ in range(MAX_PAGES):
-                    answer = self._get(MetricDataQueries=queries, StartTime=start, EndTime=end,
-                                       ScanBy="TimestampAscending", **({"NextToken": token} if token else {}))
-                    self._take(call, chunk, answer)
-                    token = answer.get("NextToken")
-                    if not token:
-                        break
-                else:
-                    raise SourceUnavailable(f"CloudWatch at {self.where}: GetMetricData still paging after "
-                                            f"{MAX_PAGES} pages")
-        except SourceUnavailable as e:
-            call.error = e
-        except Exception as e:  # noqa: BLE001 - every waiter must hear of it, not hang
-            call.error = SourceUnavailable(f"CloudWatch at {self.where}: GetMetricData failed: {type(e).__name__}: "
-                                           f"{str(e)[:200]}")
-        finally:
-            call.finished = time.monotonic()
-            call.done.set()
+    def _call(self, span: Span, asked: Iterable[CallKey], progress: Callable[[], None]) -> dict[CallKey, Answer]:
+        """One span's GetMetricData calls for these reads, in chunks of MAX_QUERIES queries, pages followed (each
+        request answered is progress)."""
+        start, end = (datetime.fromtimestamp(t, UTC) for t in span)
+        reads = sorted((r for _, r in asked), key=repr)
+        points: dict[Read, Points] = {r: [] for r in reads}
+        refused: dict[Read, str] = {}
+        for first in range(0, len(reads), MAX_QUERIES):
+            chunk = {f"q{i}": r for i, r in enumerate(reads[first:first + MAX_QUERIES])}
+            queries = [r.query(self.namespace, qid) for qid, r in chunk.items()]
+            token: str | None = None
+            for _ in range(MAX_PAGES):
+                answer = self._get(MetricDataQueries=queries, StartTime=start, EndTime=end,
+                                   ScanBy="TimestampAscending", **({"NextToken": token} if token else {}))
+                progress()
+                self._take(chunk, answer, points, refused)
+                token = answer.get("NextToken")
+                if not token:
+                    break
+            else:
+                raise SourceUnavailable(f"CloudWatch at {self.where}: GetMetricData still paging after "
+                                        f"{MAX_PAGES} pages")
+        return {(span, r): (points[r], refused.get(r)) for r in reads}
 
-    def _take(self, call: _Call, chunk: dict[str, Read], answer: dict[str, Any]) -> None:
+    def _take(self, chunk: dict[str, Read], answer: dict[str, Any], points: dict[Read, Points],
+              refused: dict[Read, str]) -> None:
         for result in answer.get("MetricDataResults") or []:
             r = chunk.get(result.get("Id", ""))
             if r is None:
@@ -328,14 +309,13 @@ class CloudWatchSource:
             status = result.get("StatusCode")
             if status in ("Forbidden", "InternalError"):
                 said = "; ".join(m.get("Value", "") for m in result.get("Messages") or [])
-                call.failed[r] = (f"CloudWatch at {self.where} answered {status} for {r.metric} {r.stat} of "
+                refused[r] = (f"CloudWatch at {self.where} answered {status} for {r.metric} {r.stat} of "
                                   f"{r.service}/{r.arm_value}{': ' + said if said else ''}")
-            points = call.points.setdefault(r, [])
-            points += [(int(ts.timestamp()), float(v))
+            points[r] += [(int(ts.timestamp()), float(v))
                        for ts, v in zip(result.get("Timestamps") or [], result.get("Values") or [], strict=False)]
 
     def _get(self, **kwargs: Any) -> dict[str, Any]:
-        with self._lock:
+        with self._flights.lock:
             self.calls += 1
         try:
             return self._client.get_metric_data(**kwargs)
@@ -362,13 +342,3 @@ class CloudWatchSource:
         except BotoCoreError as e:
             raise SourceUnavailable(f"CloudWatch at {self.where} unavailable: {type(e).__name__}: {str(e)[:200]}") \
                 from None
-
-    def _prune(self) -> None:
-        """Keep the newest `keep_spans` spans (by end) of calls and plans; called under the lock."""
-        ends = sorted({span[1] for span in (*self._calls, *self._planned)})
-        if len(ends) <= self.keep_spans:
-            return
-        oldest = ends[-self.keep_spans]
-        for table in (self._calls, self._planned):
-            for span in [s for s in table if s[1] < oldest]:
-                del table[span]

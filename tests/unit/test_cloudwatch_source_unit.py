@@ -5,6 +5,8 @@ official service description shipped with boto3) and answers what each test give
 from __future__ import annotations
 
 import datetime as dt
+import threading
+import time
 
 import boto3
 import pytest
@@ -97,3 +99,55 @@ def test_a_throttled_call_is_unavailable_naming_the_code_and_refusals_name_the_c
             src.fetch(REQUESTS, "checkout", CANARY, START, END)
         with pytest.raises(SourceUnavailable, match=r"refused the credentials \(AccessDeniedException"):
             src.fetch(REQUESTS, "checkout", CANARY, END, END + 10)
+
+
+class SlowClient:
+    """A CloudWatch client whose every GetMetricData request takes `pause` seconds and answers 1.0 per query."""
+
+    def __init__(self, pause: float) -> None:
+        self.pause, self.requests, self.started = pause, 0, threading.Event()
+
+    def get_metric_data(self, **kwargs) -> dict:
+        self.requests += 1
+        self.started.set()
+        time.sleep(self.pause)
+        return {"MetricDataResults": [_result(q["Id"], (START, 1.0)) for q in kwargs["MetricDataQueries"]]}
+
+
+def _waiter_meets_runner(client: SlowClient, request_wait: float) -> tuple[CloudWatchSource, float | Exception]:
+    """Three planned reads of one window; one fetch makes the call, another waits for it."""
+    src = CloudWatchSource("eu-west-1", client=client)
+    src.request_wait = request_wait
+    fetches = [(REQUESTS, f"svc-{i}", CANARY, START, END) for i in range(3)]
+    src.plan(fetches)
+    runner = threading.Thread(target=src.fetch, args=fetches[0])
+    runner.start()
+    assert client.started.wait(5)
+    try:
+        got: float | Exception = src.fetch(*fetches[2])
+    except SourceUnavailable as e:
+        got = e
+    runner.join(10)
+    return src, got
+
+
+def test_the_waiters_limit_follows_the_call_not_one_request(monkeypatch) -> None:
+    # a call of 3 requests (one query each here) of 0.5 s: 1.5 s in all, longer than one request's limit (1 s here);
+    # the fetch waiting for it hears each request answered and waits for the whole call
+    monkeypatch.setattr("guardian.sources.cloudwatch.MAX_QUERIES", 1)
+    src, got = _waiter_meets_runner(SlowClient(0.5), request_wait=1.0)
+    assert got == 1.0 and src.calls == 3
+
+    # one request that takes longer than its limit: the waiter gives up, saying so
+    monkeypatch.setattr("guardian.sources.cloudwatch.MAX_QUERIES", 500)
+    began = time.monotonic()
+    src, got = _waiter_meets_runner(SlowClient(1.5), request_wait=0.3)
+    assert isinstance(got, SourceUnavailable) and "the GetMetricData call for RequestCount did not finish" in str(got)
+    assert src.calls == 1 and time.monotonic() - began < 5
+
+
+def test_the_default_request_wait_outlasts_what_the_client_may_take_for_one_request() -> None:
+    # botocore: 2 attempts, each connect_timeout + read_timeout, and a pause of at most 1 s (6 s with
+    # x-amz-retry-after) before the retry
+    for timeout in (1.0, 5.0, 30.0):
+        assert CloudWatchSource("eu-west-1", client=SlowClient(0), timeout=timeout).request_wait >= 2 * 2 * timeout + 6
