@@ -19,6 +19,7 @@ from guardian.errors import NoData, SourceUnavailable
 from guardian.sources import ArmSelector, SignalQuery
 from guardian.sources.cloudwatch import CloudWatchSource
 from tests.fixtures.cloudwatch import CREDENTIALS, REGION, CloudWatchEmulator, aws_environment, put_arm
+from tests.fixtures.whole_rollout import promote_the_healthy_canary
 
 pytestmark = pytest.mark.integration
 CANARY, BASELINE = ArmSelector("canary"), ArmSelector("baseline")
@@ -222,7 +223,7 @@ class Publisher:
 def test_a_whole_rollout_judged_from_cloudwatch(tmp_path) -> None:
     """A real `guardian serve` (GUARDIAN_SOURCE=cloudwatch, the emulator's endpoint) judging with the default
     policy, 1 s ticks (high-resolution metrics): the healthy canary is promoted, its requests read from CloudWatch."""
-    from demo.stack import GuardianServer, wait_until
+    from demo.stack import GuardianServer
 
     started: list = []
     try:
@@ -235,13 +236,7 @@ def test_a_whole_rollout_judged_from_cloudwatch(tmp_path) -> None:
                                       cloudwatch_region=REGION, cloudwatch_endpoint_url=em.url).start()
         started.append(guardian)
         assert guardian.api("GET", "/readyz").status_code == 200  # CloudWatch answers ListMetrics
-        r = guardian.api("POST", "/v1/rollouts", json={"service": "checkout", "image": "demo:v2", "steps": [50, 100]})
-        assert r.status_code == 201, r.text + guardian.log_tail()
-        done = wait_until(lambda: (x := guardian.rollout(r.json()["id"]))["phase"] in ("promoted", "rolled_back")
-                          and x, 60, 0.5, "the end of the rollout")
-        assert done["phase"] == "promoted", done["reason"] + guardian.log_tail()
-        errors = next(v for v in done["decisions"][-1]["verdicts"] if v["check"] == "errors-vs-baseline")
-        assert errors["sample_size"] > 100  # requests read from CloudWatch
+        promote_the_healthy_canary(guardian, [50, 100], 60)
         assert CREDENTIALS["AWS_SECRET_ACCESS_KEY"] not in guardian.log_path.read_text()
         assert em.calls() > 0
     finally:

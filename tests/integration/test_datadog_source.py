@@ -19,6 +19,7 @@ from guardian.errors import NoData, SourceUnavailable
 from guardian.sources import ArmSelector, SignalQuery
 from guardian.sources.datadog import STANDARD, DatadogSource
 from guardian.sources.datadog_batching import BatchingDatadogSource
+from tests.fixtures.whole_rollout import promote_the_healthy_canary
 from tests.stubs.datadog_stub import COUNT, GAUGE, SPEC, DatadogStub, request_schema, resolve, schema_errors
 
 pytestmark = pytest.mark.integration
@@ -205,7 +206,7 @@ def test_a_whole_rollout_judged_from_datadog(tmp_path) -> None:
     """A real `guardian serve` (GUARDIAN_SOURCE=datadog) reading the stub, fed every second by the Agent emulation
     scraping two real demo apps under load: the healthy canary is promoted."""
     from demo.loadgen import LoadGenerator
-    from demo.stack import GuardianServer, start_demo_pair, wait_until
+    from demo.stack import GuardianServer, start_demo_pair
     from tests.fixtures.datadog_agent import AgentLike
 
     started: list = []
@@ -223,13 +224,7 @@ def test_a_whole_rollout_judged_from_datadog(tmp_path) -> None:
                                   datadog_app_key=stub.app_key).start()
         started.append(guardian)
         assert guardian.api("GET", "/readyz").status_code == 200  # /api/v1/validate accepts the API key
-        r = guardian.api("POST", "/v1/rollouts", json={"service": "checkout", "image": "demo:v2", "steps": [100]})
-        assert r.status_code == 201, r.text + guardian.log_tail()
-        done = wait_until(lambda: (x := guardian.rollout(r.json()["id"]))["phase"] in ("promoted", "rolled_back")
-                          and x, 120, 0.5, "the end of the rollout")
-        assert done["phase"] == "promoted", done["reason"] + guardian.log_tail()
-        errors = next(v for v in done["decisions"][-1]["verdicts"] if v["check"] == "errors-vs-baseline")
-        assert errors["sample_size"] > 100  # requests read from Datadog
+        promote_the_healthy_canary(guardian, [100], 120)
         assert stub.api_key not in guardian.log_tail(10**6) and stub.app_key not in guardian.log_tail(10**6)
     finally:
         for thing in reversed(started):

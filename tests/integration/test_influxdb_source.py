@@ -16,6 +16,7 @@ from guardian.errors import NoData, SourceUnavailable
 from guardian.sources import ArmSelector, SignalQuery
 from guardian.sources.influxdb import InfluxDBSource, histogram_quantile
 from tests.fixtures.influx import InfluxDBServer, TelegrafLike
+from tests.fixtures.whole_rollout import promote_the_healthy_canary
 
 pytestmark = pytest.mark.integration
 CANARY, BASELINE = ArmSelector("canary"), ArmSelector("baseline")
@@ -140,7 +141,7 @@ def test_histogram_quantile_matches_prometheus() -> None:
 def test_a_whole_rollout_judged_from_influxdb(tmp_path) -> None:
     """A real `guardian serve` (GUARDIAN_SOURCE=influxdb) over the same layout: the healthy canary is promoted."""
     from demo.loadgen import LoadGenerator
-    from demo.stack import GuardianServer, start_demo_pair, wait_until
+    from demo.stack import GuardianServer, start_demo_pair
 
     started: list = []
     try:
@@ -159,13 +160,7 @@ def test_a_whole_rollout_judged_from_influxdb(tmp_path) -> None:
                                   influxdb_url=influx.url).start()
         started.append(guardian)
         assert guardian.api("GET", "/readyz").status_code == 200  # InfluxDB answers /ping
-        r = guardian.api("POST", "/v1/rollouts", json={"service": "checkout", "image": "demo:v2", "steps": [50, 100]})
-        assert r.status_code == 201, r.text + guardian.log_tail()
-        done = wait_until(lambda: (x := guardian.rollout(r.json()["id"]))["phase"] in ("promoted", "rolled_back")
-                          and x, 120, 0.5, "the end of the rollout")
-        assert done["phase"] == "promoted", done["reason"] + guardian.log_tail()
-        errors = next(v for v in done["decisions"][-1]["verdicts"] if v["check"] == "errors-vs-baseline")
-        assert errors["sample_size"] > 100  # requests read from InfluxDB
+        promote_the_healthy_canary(guardian, [50, 100], 120)
     finally:
         for thing in reversed(started):
             thing.stop()
