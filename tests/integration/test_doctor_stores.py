@@ -122,7 +122,9 @@ def test_cloudwatch_values_and_why_not_from_list_metrics(tmp_path: Path) -> None
         minute = math.floor(time.time() / 60) * 60
         for at in (minute - 30, minute + 30):  # the last whole minute, and the next should it begin meanwhile
             put_arm(c, "checkout", "baseline", at, requests=40, errors=2, latencies={0.01: 38, 0.7: 2}, memory=5e7)
-        put_arm(c, "billing", "baseline", minute - 30, requests=5)  # the right dimensions, and a Host among them:
+        for at in (minute - 30, minute + 30):  # as checkout's: a point in the last minute, whenever it runs
+            put_arm(c, "billing", "baseline", at, requests=5)
+        # the right dimensions, and a Host among them:
         c.put_metric_data(Namespace="ReleaseGuardian", MetricData=[{
             "MetricName": "RequestCount", "Value": 5.0, "Unit": "Count", "Dimensions": [
                 {"Name": "Service", "Value": "hosted"}, {"Name": "Track", "Value": "baseline"},
