@@ -43,6 +43,7 @@ class Scheduler:
         self._stop = asyncio.Event()
         self._last_rules_check = 0.0
         self._active: set[str] = set()
+        self._ending: set[str] = set()  # rollouts that ended whose lease this replica has yet to let go
         self.max_concurrent_ticks = max_concurrent_ticks
         self._pool = ThreadPoolExecutor(max_concurrent_ticks, thread_name_prefix="tick")
 
@@ -110,10 +111,15 @@ class Scheduler:
             self._running.pop(intent.rollout_id, None)
 
     def _keep_leases(self, active: set[str], busy: set[str]) -> None:
-        ended = self._active - active  # (not merely unseen: one created since the list was read is held already)
+        # ended: not merely unseen (one created since the list was read is held already); kept until let go (one
+        # mid-tick or acted on by a thread is let go at a later pass)
+        self._ending |= self._active - active
         self._active = active
-        for rollout_id in set(self.leases.held()) & ended - busy:
-            self._let_go(rollout_id)
+        held = set(self.leases.held())
+        self._ending &= held
+        for rollout_id in self._ending - busy:
+            if self._let_go(rollout_id):
+                self._ending.discard(rollout_id)
         for rollout_id in self.leases.renew():
             logger.warning("lost the lease of rollout {}: another replica acts on it now", rollout_id)
         self.leases.balance(active, busy, self._let_go)

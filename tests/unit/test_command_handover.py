@@ -106,3 +106,16 @@ def test_a_command_carried_out_before_the_lease_was_lost_is_not_filed_again(tmp_
     c = types.SimpleNamespace(guard=refusing, store=filed, clock=FakeClock(1000.0))
     assert isinstance(command(c, state.id, Action.PAUSE, by="alice"), Intent)  # type: ignore[arg-type]
     assert filed.filed == [(state.id, "pause")]  # refused before anything was written: filed for the holder
+
+
+def test_a_rollout_that_ended_while_a_thread_acted_on_it_is_let_go_at_a_later_pass(guard) -> None:
+    state = guard.start(StartSpec(service="checkout", image="v2", analysis_seconds=60))
+    leases = LocalLeases()
+    scheduler = Scheduler(guard, RuleBook([]), leases=leases)
+    assert leases.acquire(state.id)
+    scheduler._keep_leases({state.id}, set())
+    with guard._lock(state.id):  # it ends while an API thread still holds it (its rollback's last writes)
+        scheduler._keep_leases(set(), set())
+        assert state.id in leases.held()
+    scheduler._keep_leases(set(), set())  # the next pass: not seen ending again, yet let go
+    assert state.id not in leases.held()
