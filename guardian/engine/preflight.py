@@ -4,9 +4,9 @@ could never get past (a label mismatch, a histogram without the objective's buck
 too when it runs already (strategy `observe`), else it is pending until it does.
 
 Every store is examined (Prometheus and VictoriaMetrics by the signal's PromQL; InfluxDB, CloudWatch and Datadog by
-their own metadata and queries: sources/examiners.py); `preflight` returns None when the source is none of them (a
-recording, a test stub). A service whose store is not configured, or does not answer, is `unavailable`: it does not
-refuse the start (its ticks pause on it), `guardian doctor` exits 2 on it.
+their own metadata and queries: sources/doctor_<store>.py); `preflight` returns None when the source is none of them
+(a recording, a test stub). A service whose store is not configured, or does not answer, is `unavailable`: it does
+not refuse the start (its ticks pause on it), `guardian doctor` exits 2 on it.
 """
 from __future__ import annotations
 
@@ -18,7 +18,7 @@ from guardian.engine.start import StartSpec
 from guardian.errors import SourceUnavailable
 from guardian.sources import ArmSelector
 from guardian.sources.doctor import Examiner, Finding, Unreachable, examine
-from guardian.sources.examiners import examiner_for
+from guardian.sources.doctor_stores import examiner_for
 
 
 def _examiner(source: Any, service: str) -> Examiner | None:

@@ -314,11 +314,24 @@ class CloudWatchSource:
             points[r] += [(int(ts.timestamp()), float(v))
                        for ts, v in zip(result.get("Timestamps") or [], result.get("Values") or [], strict=False)]
 
+    def list_metrics(self, **ask: Any) -> dict[str, Any]:
+        """One ListMetrics request (boto3's arguments: Namespace, MetricName, Dimensions, RecentlyActive, NextToken),
+        for `guardian doctor`: its answer, or SourceUnavailable naming why there is none, as a fetch's."""
+        return self._answer(self._client.list_metrics, ask,
+                            refused="`guardian doctor` needs cloudwatch:ListMetrics and GetMetricData")
+
     def _get(self, **kwargs: Any) -> dict[str, Any]:
         with self._flights.lock:
             self.calls += 1
+        return self._answer(self._client.get_metric_data, kwargs,
+                            refused="they come from the environment (AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY, "
+                                    "AWS_PROFILE, or a role) and need cloudwatch:GetMetricData")
+
+    def _answer(self, call: Callable[..., dict[str, Any]], kwargs: dict[str, Any], *, refused: str) -> dict[str, Any]:
+        """One request's answer; every way of not getting one as SourceUnavailable naming it (`refused`: what a
+        refusal adds, the permissions the caller needs)."""
         try:
-            return self._client.get_metric_data(**kwargs)
+            return call(**kwargs)
         except ClientError as e:
             error, meta = e.response.get("Error") or {}, e.response.get("ResponseMetadata") or {}
             code, status = str(error.get("Code", "?")), meta.get("HTTPStatusCode")
@@ -327,10 +340,8 @@ class CloudWatchSource:
                 code, said = xml.group(1), xml.group(2)
             said = said[:200]
             if code in REFUSALS or status in (401, 403):
-                raise SourceUnavailable(
-                    f"CloudWatch at {self.where} refused the credentials ({code}, HTTP {status}): {said}; they come "
-                    "from the environment (AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY, AWS_PROFILE, or a role) and "
-                    "need cloudwatch:GetMetricData") from None
+                raise SourceUnavailable(f"CloudWatch at {self.where} refused the credentials ({code}, HTTP {status}): "
+                                        f"{said}; {refused}") from None
             raise SourceUnavailable(f"CloudWatch at {self.where} unavailable: {code} (HTTP {status}): {said}") from None
         except NoCredentialsError:
             raise SourceUnavailable(f"CloudWatch at {self.where} unavailable: no AWS credentials found (set "

@@ -198,8 +198,8 @@ class DatadogSource:
 
     def post_queries(self, start_ms: int, end_ms: int, queries: Sequence[str]) -> dict[str, Any]:
         """Classic metrics queries over [start_ms, end_ms), one request: the answer's body (`ask` reads it; `guardian
-        doctor` sends its own queries: sources/examiners.py). SourceUnavailable when it could not be asked or was not
-        answered."""
+        doctor` sends its own queries: sources/doctor_datadog.py). SourceUnavailable when it could not be asked or was
+        not answered."""
         if (wait := self._resumes - time.monotonic()) > 0:
             raise SourceUnavailable(f"Datadog rate-limited the guardian ({self._limited}): not asking again for "
                                     f"{wait:.0f} s, until the limit resets")

@@ -3,14 +3,14 @@ the preflight of `POST /v1/rollouts`.
 
 For every signal the service's policy reads (`needs`: the signals of its checks, and for which arms; a
 signal read only by optional checks does not gate), and for each arm, `examine` asks the service's store,
-through an `Examiner` (`PromQLExaminer` here; the other stores' in sources/examiners.py, whose `examiner_for`
-finds the service's store behind a router):
+through an `Examiner` (`PromQLExaminer` here; the other stores' in sources/doctor_<store>.py, and
+sources/doctor_stores.py's `examiner_for` finds the service's store behind a router):
 
 1. is the arm's data for the signal there at all (`present`)? For Prometheus and VictoriaMetrics the
    signal's query, as the guard renders it, as an instant query (a counter exists from its first scrape on,
    no traffic needed); for InfluxDB, CloudWatch and Datadog the measurements, metrics or series the source
-   reads the standard signal from (sources/examiners.py says how each is asked). If not, `why` finds out,
-   in the store's own terms and in this order: nothing of that name at all (the exporter is not scraped, the
+   reads the standard signal from (each sources/doctor_<store>.py says how it is asked). If not, `why` finds
+   out, in the store's own terms and in this order: nothing of that name at all (the exporter is not scraped, the
    collector does not send it); none for `service` SERVICE (listing the services that have it); no arm label
    (listing the labels there are) or not the arm's value (listing the values); a histogram without the
    bucket the query reads (listing the buckets it has, and how to set the objective);
@@ -96,8 +96,8 @@ def needs(ruleset: RuleSet) -> list[Need]:
 
 
 class Examiner(Protocol):
-    """How `examine` asks one store about a signal of one arm (PromQL stores: `PromQLExaminer`; the others:
-    sources/store_doctor.py)."""
+    """How `examine` asks one store about a signal of one arm (PromQL stores: `PromQLExaminer`; each store's own:
+    sources/doctor_<store>.py, found by sources/doctor_stores.py `examiner_for`)."""
 
     def describe(self) -> str:
         """The store, for people: "InfluxDB at http://…, database telegraf"."""
@@ -175,7 +175,7 @@ def examine(source: Introspectable | Examiner, ruleset: RuleSet, service: str, s
             now: float, *, window: float = 60.0, values: bool = True, canary_deployed: bool = True,
             unresolved: Mapping[str, str] | None = None) -> list[Finding]:
     """One finding per (signal, arm) the policy needs. `source`: a PromQL store, or an `Examiner` of any store
-    (sources/examiners.py `examiner_for` finds the service's). `selectors`: each arm's label and value (an arm
+    (sources/doctor_stores.py `examiner_for` finds the service's). `selectors`: each arm's label and value (an arm
     missing there is `unchecked`, with `unresolved[arm]` as the reason); `canary_deployed` False: the canary of a
     rollout about to start, not running yet (`pending` where it has no data)."""
     examiner: Examiner = PromQLExaminer(source) if isinstance(source, Introspectable) else source
@@ -255,7 +255,7 @@ def diagnose(source: Introspectable, promql: str, service: str, sel: ArmSelector
                     "in the scrape config, or relabelling)")
         if service not in services:
             return (f"no {metric} series has service=\"{service}\"; the services that have it: "
-                    f"{_list(services)} (label the targets with service=\"{service}\", or name the rule file's "
+                    f"{listing(services)} (label the targets with service=\"{service}\", or name the rule file's "
                     "service after one of these)")
         own = f'{metric}{{service="{svc}"}}'
         arms = _values(source, sel.label, own, at)
@@ -267,19 +267,19 @@ def diagnose(source: Introspectable, promql: str, service: str, sel: ArmSelector
                     "in the rule file's `arms:`")
         if sel.label_value not in arms:
             return (f"no {own} series has {sel.label}=\"{sel.label_value}\" (the {sel.arm}); its {sel.label} values: "
-                    f"{_list(arms)}")
+                    f"{listing(arms)}")
         wanted = _LE.search(matchers)
         if wanted:
             arm_sel = f'{metric}{{service="{svc}",{sel.label}="{escape_label_value(sel.label_value)}"}}'
             buckets = _values(source, "le", arm_sel, at) or []
             if wanted.group(1) not in buckets:
-                return _bucket_advice(metric, wanted.group(1), buckets)
+                return bucket_advice(metric, wanted.group(1), buckets)
     return (f"the series exist, but the query returns nothing now (no samples yet? a label matcher it adds, such "
             f"as code=~\"5..\", that no series has?): {promql}")
 
 
-def _bucket_advice(metric: str, wanted: str, buckets: list[str], *, overridable: bool = True,
-                   bucket: str = "le=\"{}\"") -> str:
+def bucket_advice(metric: str, wanted: str, buckets: list[str], *, overridable: bool = True,
+                  bucket: str = "le=\"{}\"") -> str:
     """`overridable` False: a store whose `slow` is built in (InfluxDB, Datadog), so the only fix is the bucket.
     `bucket`: how the store names one ("le=\"{}\"", Datadog's "upper_bound:{}")."""
     finite = sorted((b for b in buckets if b not in ("+Inf", "Inf")), key=_number)
@@ -289,7 +289,7 @@ def _bucket_advice(metric: str, wanted: str, buckets: list[str], *, overridable:
     fix = (f"Add a {wanted} s bucket to the exporter's histogram, or {override}" if overridable else
            f"Add a {wanted} s bucket to the exporter's histogram (this store's `slow` is built in: it reads that "
            "bucket only)")
-    shown = _list(finite + ['+Inf']) if bucket.startswith("le=") else _list(finite)
+    shown = listing(finite + ['+Inf']) if bucket.startswith("le=") else listing(finite)
     return (f"the histogram {metric} has no {bucket.format(wanted)} bucket (its buckets: {shown}): "
             f"the `slow` signal counts the answers slower than {wanted} s (the latency objective). {fix}")
 
@@ -321,10 +321,17 @@ def _values(source: Introspectable, label: str, selector: str, at: float) -> lis
     return found or None
 
 
-def _list(values: list[str]) -> str:
+def listing(values: list[str]) -> str:
+    """Values for people, quoted: the first few, and how many there are in all when there are more ("none": none)."""
     shown = ", ".join(f'"{v}"' for v in values[:_SHOWN])
     return shown + (f" … ({len(values)} in all)" if len(values) > _SHOWN else "") if values else "none"
 
 
-__all__ = ["Examiner", "Finding", "Introspectable", "Need", "PromQLExaminer", "Unreachable", "diagnose", "examine",
-           "needs"]
+def duration(seconds: float) -> str:
+    """A length of time for people: in hours from 2 h on, in minutes from 2 min on, else in seconds."""
+    return f"{seconds / 3600:.1f} h" if seconds >= 7200 else f"{seconds / 60:.0f} min" if seconds >= 120 else \
+        f"{seconds:.0f} s"
+
+
+__all__ = ["Examiner", "Finding", "Introspectable", "Need", "PromQLExaminer", "Unreachable", "bucket_advice",
+           "diagnose", "duration", "examine", "listing", "needs"]

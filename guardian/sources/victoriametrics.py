@@ -11,12 +11,14 @@ as Prometheus (tests/integration/test_prometheus_source.py, test_batching.py). T
   window's start and end, merged per series into the range answer `counter_value` reads;
 - a query that does not parse is HTTP 422 (Prometheus: 400); both are "unavailable", never "no data";
 - the server itself hides the newest `-search.latencyOffset` (30 s by default) of samples from queries: run it with
-  `-search.latencyOffset=1s` or less, or every tick's last seconds read as missing (the doctor says so).
+  `-search.latencyOffset=1s` or less, or every tick's last seconds read as missing (the doctor says so, from `flags`).
 """
 from __future__ import annotations
 
 import json
 from typing import Any
+
+import requests
 
 from guardian.sources.prometheus import PrometheusSource
 
@@ -35,3 +37,12 @@ class VictoriaMetricsSource(PrometheusSource):
                 series.setdefault(key, {"metric": s.get("metric") or {}, "values": []})["values"].append(
                     [at, s["value"][1]])
         return list(series.values())
+
+    def flags(self) -> str | None:
+        """Its `/flags` page: the command-line flags it runs with. None where it has none (a cluster's vmselect) or
+        does not answer."""
+        try:
+            r = self._session.get(f"{self.url}/flags", headers=self._headers, timeout=self.timeout)
+        except requests.RequestException:
+            return None
+        return r.text if r.status_code == 200 else None

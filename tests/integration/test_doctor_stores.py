@@ -1,4 +1,4 @@
-"""`guardian doctor` against every store that is not Prometheus (guardian/sources/examiners.py), each a real server as
+"""`guardian doctor` against every store that is not Prometheus (guardian/sources/doctor_*.py), each a real server as
 the sources' own tests start them: VictoriaMetrics and InfluxDB 1.x (Debian's binaries), moto's server (an emulator of
 CloudWatch's API) and the Datadog stub (tests/stubs/datadog_stub.py). Through the CLI's `--here` / `--source … --url`
 (the settings `guardian serve` reads) and the API: values per signal and arm, `missing` with the store's own reason
