@@ -136,6 +136,11 @@ def switched(dep: dict[str, Any]) -> bool:
             and int(status.get("availableReplicas") or 0) >= min(1, replicas))
 
 
+def serving(dep: dict[str, Any]) -> bool:
+    """Whether one pod of a Deployment at least is available (none asked for: nothing to wait for)."""
+    return int((dep.get("status") or {}).get("availableReplicas") or 0) >= min(1, replicas_of(dep))
+
+
 def progress(dep: dict[str, Any]) -> str:
     status = dep.get("status") or {}
     return (f"{int(status.get('updatedReplicas') or 0)}/{replicas_of(dep)} updated, "
@@ -488,7 +493,9 @@ class GatewayCanaryActuator(KubernetesActuator):
         """ROLLBACK's first step. The stable Deployment undone when `_stable_verdict` says so (the plain
         actuator's `kubectl rollout undo` to its previous revision); then, undone or not, the wait until its
         rolling update is complete (whatever rolls it: this undo, an earlier ROLLBACK's that timed out, anyone's),
-        as the weights move only after (`switched`: no pod of another template left, one at least available).
+        as the weights move only after (`switched`: no pod of another template left, one at least available) —
+        when the stable runs the rejected image or has pods of it; otherwise only until one stable pod serves
+        (`serving`: a stable paused with a pending change, or someone else's update stuck, must not hold it).
         Says what was decided ('' when there was nothing to say: a stable not on the image and complete, or gone).
         Raises KubeError, nothing else changed, when the undo fails, leaves it on the image (no previous revision)
         or the rolling update is not complete in time."""
@@ -509,6 +516,14 @@ class GatewayCanaryActuator(KubernetesActuator):
                 raise KubeError(f"{where} runs {why} and cannot be undone ({undone}); {keeps}: roll the stable back "
                                 f"by hand (e.g. kubectl -n {namespace} set image deployment/{name} to the previous "
                                 "image), then ROLLBACK again")
+        if not undo and not self._runs_rejected(dep, request.image):
+            # nothing of the rejected image on the stable: the weight goes back as soon as one stable pod serves,
+            # whatever else holds the stable (paused with a pending change, someone else's stuck update)
+            ok, dep = self._wait(namespace, name, serving)
+            if not ok:
+                raise KubeError(f"{where} has no pod available ({progress(dep)}){paused(dep)}: {keeps} (the weight "
+                                "would go where nothing answers); ROLLBACK again once one is")
+            return said
         ok, dep = self._wait(namespace, name, switched)
         if not ok:
             rolling = f"ran {why}: {undone}, but it is still rolling back" if undo else "is still rolling"
@@ -522,6 +537,12 @@ class GatewayCanaryActuator(KubernetesActuator):
                       f"({replicas_of(dep)} replicas available) before the weight moved")
             return "; ".join(filter(None, (said, waited)))
         return said
+
+    def _runs_rejected(self, dep: dict[str, Any], image: str) -> bool:
+        """Whether a ReplicaSet of the stable Deployment with pods runs the rejected image (a PROMOTE's, or the
+        pods an undo has yet to replace)."""
+        return any(int((rs.get("status") or {}).get("replicas") or rs["spec"].get("replicas") or 0) > 0
+                   and runs(rs["spec"]["template"], image) for rs in self.replicasets(dep))
 
     def _retire(self, namespace: str, name: str) -> str:
         """Canary weight 0 (stable 100), then its backendRef, Service and Deployment removed; what is gone is

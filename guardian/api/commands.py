@@ -38,8 +38,12 @@ def start_or_file(c: Components, spec: StartSpec, pause: str | None) -> RolloutS
         except LeaseRefused as refused:  # ending the watch was refused: nothing was written
             watch = next((s for s in c.store.list(active_only=True)
                           if s.service == spec.service and s.strategy is Strategy.WATCH), None)
-            if not isinstance(c.store, HoldsIntents) or watch is None:
+            if not isinstance(c.store, HoldsIntents):
                 raise
+            if watch is None:  # it ended meanwhile: nobody holds it now
+                if attempt == START_ATTEMPTS - 1:
+                    raise
+                continue
             try:
                 return file_start(c.store, spec, watch, pause, c.clock.now(), refused)
             except RolloutEnded:  # the watch ended meanwhile: nobody holds it now

@@ -141,9 +141,13 @@ def file_start(store: HoldsIntents, spec: StartSpec, watch: RolloutState, pause:
 
 def orphaned(intent: Intent, phase: str) -> str:
     """Why an open intent of a rollout that ended (`phase`) is refused."""
-    if intent.action == START:
+    if intent.action == START and intent.status == PENDING:
         return (f"the watch {intent.rollout_id} ended ({phase}) before the replica holding it carried out the start "
                 f"of {intent.subject}, which was not started: send the start again")
+    if intent.action == START:
+        return (f"replica {intent.done_by} was carrying out the start of {intent.subject} (the watch "
+                f"{intent.rollout_id} is {phase}) and stopped before saying how it went: see rollout {intent.subject}, "
+                "which may have started")
     if intent.status == PENDING:
         return (f"rollout {intent.rollout_id} is already {phase}: it ended before its holder carried out the "
                 f"{intent.action}")

@@ -28,7 +28,7 @@ from guardian.engine.guard import Guard
 from guardian.engine.intents import Intent, IntentKeeper
 from guardian.engine.leases import Leases, LocalLeases
 from guardian.engine.watches import WatchKeeper
-from guardian.errors import LeaseLost
+from guardian.errors import LeaseLost, RolloutNotFound
 from guardian.rules.book import RuleBook
 
 
@@ -74,7 +74,10 @@ class Scheduler:
                 logger.exception("watch keeper pass failed: {}", e)
         await asyncio.to_thread(self._keep_leases, {s.id for s in states}, set(self._running))
         if self.intents is not None:
-            await asyncio.to_thread(self.intents.sweep)
+            try:
+                await asyncio.to_thread(self.intents.sweep)
+            except Exception as e:  # noqa: BLE001 - the pass's ticks go on; the next pass sweeps again
+                logger.exception("refusing the intents of ended rollouts failed: {}", e)
             held = [rid for rid in self.leases.held() if rid not in self._running]
             for intent in await asyncio.to_thread(self.intents.due, held):
                 if intent.rollout_id not in self._running:  # one at a time per rollout, never beside its tick
@@ -117,12 +120,23 @@ class Scheduler:
         self._active = active
         held = set(self.leases.held())
         self._ending &= held
+        for rollout_id in held - active - self._ending - busy:  # held, yet never seen in flight: ended within one
+            # pass (a start that failed, a command on an ended rollout took its lease back), or created since the
+            # list was read (in flight: kept)
+            if self._ended(rollout_id):
+                self._ending.add(rollout_id)
         for rollout_id in self._ending - busy:
             if self._let_go(rollout_id):
                 self._ending.discard(rollout_id)
         for rollout_id in self.leases.renew():
             logger.warning("lost the lease of rollout {}: another replica acts on it now", rollout_id)
         self.leases.balance(active, busy, self._let_go)
+
+    def _ended(self, rollout_id: str) -> bool:
+        try:
+            return self.guard.store.get(rollout_id).phase.terminal
+        except RolloutNotFound:
+            return True
 
     def _let_go(self, rollout_id: str) -> bool:
         """Release the rollout's lease unless a thread acts on it (an API override, a start): False then, and it

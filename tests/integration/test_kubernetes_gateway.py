@@ -15,6 +15,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+import httpx
 import pytest
 from fastapi.testclient import TestClient
 
@@ -446,6 +447,24 @@ def test_a_rollback_is_not_held_back_by_a_stable_pod_that_is_down_but_is_by_a_st
     kube.progress(NS, NAME)
     done = a.apply(request(Action.ROLLBACK, "r1:3:rollback"))
     assert done.ok, done.detail
+    assert weights(kube) == {NAME: 100} and canary_objects(kube) == [] and image(kube, NAME) == "app:v1"
+
+
+def test_a_rollback_is_not_held_back_by_a_stable_paused_mid_change_by_someone_else(kube):
+    cluster(kube)
+    a = actuator(kube)
+    assert a.apply(request(Action.START, "r1:0:start")).ok
+    assert a.apply(request(Action.ADVANCE, "r1:1:advance", 50)).ok
+    r = httpx.patch(f"{kube.url}/apis/apps/v1/namespaces/{NS}/deployments/{NAME}",  # kubectl rollout pause, an edit
+                    headers={"Content-Type": "application/merge-patch+json"},
+                    json={"spec": {"paused": True, "template": {"metadata": {"annotations": {"ops/restart": "1"}}}}})
+    assert r.status_code == 200, r.text
+    dep = kube.deployments[(NS, NAME)]  # as the controller reports it: no new ReplicaSet, the old pods all serving
+    dep["status"] = {"observedGeneration": dep["metadata"]["generation"], "replicas": 4, "updatedReplicas": 0,
+                     "readyReplicas": 4, "availableReplicas": 4}
+    a._sleep = lambda _: None
+    done = a.apply(request(Action.ROLLBACK, "r1:2:rollback"))
+    assert done.ok, done.detail  # the rollout never touched the stable: the weight goes back at once
     assert weights(kube) == {NAME: 100} and canary_objects(kube) == [] and image(kube, NAME) == "app:v1"
 
 

@@ -3,6 +3,7 @@ the scheduler never releases a rollout an API thread acts on, and a command whos
 the lease was lost is not filed for the holder to carry out a second time."""
 from __future__ import annotations
 
+import dataclasses
 import threading
 import types
 
@@ -119,3 +120,26 @@ def test_a_rollout_that_ended_while_a_thread_acted_on_it_is_let_go_at_a_later_pa
         assert state.id in leases.held()
     scheduler._keep_leases(set(), set())  # the next pass: not seen ending again, yet let go
     assert state.id not in leases.held()
+
+
+def test_a_rollout_that_ended_within_one_pass_is_let_go(guard) -> None:
+    state = guard.start(StartSpec(service="checkout", image="v2", analysis_seconds=60))
+    guard.override(state.id, Action.ROLLBACK)  # ended before any pass saw it in flight (a start that failed, say)
+    leases = LocalLeases()
+    scheduler = Scheduler(guard, RuleBook([]), leases=leases)
+    assert leases.acquire(state.id)  # (a command on the ended rollout took its lease back)
+    fresh = guard.start(StartSpec(service="cart", image="v2", analysis_seconds=60))
+    assert leases.acquire(fresh.id)  # created since the pass listed the rollouts: in flight, kept
+    scheduler._keep_leases(set(), set())
+    assert set(leases.held()) == {fresh.id}
+
+
+def test_an_orphaned_start_says_whether_it_may_have_started() -> None:
+    from guardian.engine.intents import RUNNING, orphaned
+
+    start = Intent(id=1, rollout_id="watch-1", action="start", reason="", by=None, source="user", filed_by="a",
+                   filed_at=1.0, payload={"spec": {"id": "new-1"}, "pause": None})
+    assert "which was not started: send the start again" in orphaned(start, "ended")
+    claimed = dataclasses.replace(start, status=RUNNING, done_by="replica-b")
+    said = orphaned(claimed, "ended")
+    assert "replica-b" in said and "see rollout new-1, which may have started" in said and "send" not in said
