@@ -225,12 +225,9 @@ class Guard:
             ruleset = self.rulebook.for_service(state.service)
             arms = self.arms.select(state, ruleset)
             selections[state.id] = (t, arms)
-            # the due tick's window, and those of the ticks it catches up on (a rollout a tick late, under load,
-            # fetches them too: unplanned, each would grow its window's batch query by one rollout at a time)
-            for i in range(max(state.last_tick + 1, t - self.config.catch_up_ticks + 1), t + 1):
-                start, end = state.tick_bounds(i)
-                requests += [(SignalQuery(name, q.type, q.promql), state.service, selector, start, end)
-                             for name, q in ruleset.queries.items() for selector in arms.selectors.values()]
+            start, end = state.tick_bounds(t)
+            requests += [(SignalQuery(name, q.type, q.promql), state.service, selector, start, end)
+                         for name, q in ruleset.queries.items() for selector in arms.selectors.values()]
             if state.last_tick < 0 and state.strategy is not Strategy.WATCH and state.bake_seconds <= 0 \
                     and level_signals(ruleset):  # and its first tick reads the pre-rollout window (a rollout
                 # with a bake read it at its start, frozen with its models: its tick reads none)
