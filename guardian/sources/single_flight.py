@@ -59,6 +59,17 @@ class Sets:
         return Sets(tuple(mine | theirs for mine, theirs in zip(self.sets, other.sets, strict=True)))
 
 
+def merged(scopes: list[Any]) -> Any:
+    """The union of scopes: of Sets at once, set by set (`|` one at a time copies the growing sets each time: with
+    a plan of 500 rollouts' fetches that was a quarter of a million copies per key and pass)."""
+    if all(isinstance(s, Sets) for s in scopes) and len({len(s.sets) for s in scopes}) == 1:
+        return Sets(tuple(frozenset().union(*column) for column in zip(*(s.sets for s in scopes), strict=True)))
+    out = scopes[0]
+    for scope in scopes[1:]:
+        out = out | scope
+    return out
+
+
 K = TypeVar("K", bound=Hashable)
 S = TypeVar("S", bound=Scope)
 V = TypeVar("V")
@@ -121,11 +132,15 @@ class SingleFlight(Generic[K, S, V]):
         """(key, scope, window or None) that fetches about to be made will want."""
         with self.lock:
             now = time.monotonic()
+            scopes: dict[K, list[S]] = {}  # merged once per key: one union per plan, not one per fetch planned
             for key, scope, window in wanted:
-                plan = self.planned.get(key)
-                self.planned[key] = _Plan(scope, now) if plan is None else _Plan(plan.scope | scope, plan.since)
+                scopes.setdefault(key, []).append(scope)
                 if window is not None:
                     self.windows.setdefault(window, set()).add(key)
+            for key, more in scopes.items():
+                plan = self.planned.get(key)
+                self.planned[key] = _Plan(merged(more), now) if plan is None else \
+                    _Plan(merged([plan.scope, *more]), plan.since)
             self.prune(self)
 
     def get(self, wants: Mapping[K, S], ask: Ask[K, S, V], *, failure_ttl: float, wait: float,
