@@ -36,13 +36,15 @@ canary's pods too).
             `settle_timeout`), first the plain actuator's `kubectl rollout undo` of it to its previous
             revision. A stable that ran the image already at START (a re-rollout of the same image) is not
             undone; nor is one when that record is gone with the canary Deployment (nothing then tells that
-            the rollout changed it: the detail says so). Then, undone or not, the wait (at most
-            `settle_timeout`) until the stable's rolling update is complete, whatever rolls it (this undo, one
-            a ROLLBACK issued before and that timed out, anyone's) — the undo fails, no previous revision is
-            left, or it is not complete in time: ROLLBACK fails saying so, the weights and the canary as they
-            were. Only then canary weight 0 (stable 100), the backendRef removed, the canary Service and
+            the rollout changed it: the detail says so). Then the wait (at most `settle_timeout`): when the
+            stable was undone or has pods of the rollout's image (this undo, one a ROLLBACK issued before and
+            that timed out), until no pod of another template is left and one serves; otherwise only until one
+            stable pod serves (a stable someone paused mid-change does not hold it) — the undo fails, no
+            previous revision is left, or the wait ends: ROLLBACK fails saying so, the weights and the canary
+            as they were. Only then canary weight 0 (stable 100), the backendRef removed, the canary Service and
             Deployment deleted (each only if the guardian made it: `guardian.io/canary-of`). Its verify fails
-            while the stable runs the rollout's image that it did not run at START. Applied again it
+            while the stable runs the rollout's image that it did not run at START (by the record: once the
+            canary Deployment is deleted with it, verify has nothing to check it against). Applied again it
             converges: a stable that no longer runs it is not undone, what is gone is skipped. A route that is
             gone is reported and the rest cleaned up.
 - SCALE     the stable Deployment, as the plain actuator does; the canary follows at its next step.
@@ -511,7 +513,9 @@ class GatewayCanaryActuator(KubernetesActuator):
                 undone = self._rollback(request, namespace, name)  # the plain actuator's: 409 read again and retried
             except KubeError as e:
                 raise KubeError(f"{where} runs {why} and its undo failed: {e}; {keeps}", e.status) from e
-            dep = self.read(namespace, name)
+            dep = self._read("Deployment", namespace, name)
+            if dep is None:  # deleted meanwhile: nothing to wait for, the weight goes back to what is left
+                return f"{where} is gone ({undone})"
             if runs(dep["spec"]["template"], request.image):
                 raise KubeError(f"{where} runs {why} and cannot be undone ({undone}); {keeps}: roll the stable back "
                                 f"by hand (e.g. kubectl -n {namespace} set image deployment/{name} to the previous "
