@@ -179,9 +179,13 @@ class Guard:
             baseline = arms.selectors.get("baseline")
             window = models.setdefault(BEFORE_ROLLOUT_KEY, self.bake_reference.window(state, ruleset, baseline))
             models[BAKE_REFERENCE_KEY] = self.bake_reference.before(state, ruleset, baseline, window)
-        with self._lock(state.id):  # held from the create: a tick must not see it before its START
-            self.end_watches(spec.service, f"ended: rollout {state.id} started")  # a watch gives way (watches.py)
-            self.store.create(state)
+        with self._lock(state.id), contextlib.ExitStack() as watches:  # a tick must not see it before its START
+            # a watch gives way (watches.py): ended in the create's transaction, so the start that ends it is the
+            # one that takes its place, never a start another replica slipped in between the two
+            ending = self._watches_ending(spec.service, f"ended: rollout {state.id} started", watches)
+            self.store.create(state, ending)
+            for ended, decision in ending:
+                self._watch_ended(ended, decision)
             if models:
                 self.store.save_models(state.id, models)
             self._checked.add(state.id)
@@ -582,32 +586,44 @@ class Guard:
     def end_watch(self, watch_id: str, reason: str) -> RolloutState | None:
         """End one watch (phase ENDED, a NOTIFY decision with `reason`), after finishing an action a crash left
         half done. None if it had ended already."""
-        with self._lock(watch_id):
-            self._resume_pending_ops(watch_id)
-            state = self.store.get(watch_id)
-            if state.phase.terminal or state.strategy is not Strategy.WATCH:
+        with contextlib.ExitStack() as held:
+            ending = self._watch_ending(watch_id, reason, held)
+            if ending is None:
                 return None
-            now = self.clock.now()
-            ended = state.evolve(phase=Phase.ENDED, paused_by=None, reason=reason, updated_at=now)
-            decision = Decision(Action.NOTIFY, reason, at=now, source="guardian")
-            self.store.log_decision(watch_id, decision, None, now, state=ended)
-            self.metrics.decisions.labels(decision.action.value).inc()
-        self._write_recording(ended)
-        self._notify(ended, decision, None)
-        self.forget(watch_id)
-        self._refresh_gauges()
-        logger.info("watch {} of {} {}", watch_id, state.service, reason)
+            ended, decision = ending
+            self.store.log_decision(watch_id, decision, None, ended.updated_at, state=ended)
+        self._watch_ended(ended, decision)
         return ended
 
-    def end_watches(self, service: str, reason: str) -> list[RolloutState]:
-        """End the service's watch in flight, if any (start: a rollout of the service begins); no new watch of
-        it starts for GIVE_WAY_SECONDS, so the rollout's row can be created."""
+    def _watches_ending(self, service: str, reason: str,
+                        held: contextlib.ExitStack) -> list[tuple[RolloutState, Decision]]:
+        """The service's watches in flight, each as it is once ended, holding their locks in `held` until the
+        caller has written them; no new watch of the service starts for GIVE_WAY_SECONDS meanwhile."""
         watches = [s for s in self.store.list(active_only=True) if s.service == service
                    and s.strategy is Strategy.WATCH]
-        if not watches:
-            return []
-        self.giving_way[service] = time.monotonic() + GIVE_WAY_SECONDS
-        return [ended for s in watches if (ended := self.end_watch(s.id, reason)) is not None]
+        if watches:
+            self.giving_way[service] = time.monotonic() + GIVE_WAY_SECONDS
+        return [ending for s in watches if (ending := self._watch_ending(s.id, reason, held)) is not None]
+
+    def _watch_ending(self, watch_id: str, reason: str,
+                      held: contextlib.ExitStack) -> tuple[RolloutState, Decision] | None:
+        held.enter_context(self._lock(watch_id))
+        self._resume_pending_ops(watch_id)
+        state = self.store.get(watch_id)
+        if state.phase.terminal or state.strategy is not Strategy.WATCH:
+            return None
+        now = self.clock.now()
+        return (state.evolve(phase=Phase.ENDED, paused_by=None, reason=reason, updated_at=now),
+                Decision(Action.NOTIFY, reason, at=now, source="guardian"))
+
+    def _watch_ended(self, ended: RolloutState, decision: Decision) -> None:
+        """What follows a watch's end once it is written: its decision counted, recording, notice, gauges."""
+        self.metrics.decisions.labels(decision.action.value).inc()
+        self._write_recording(ended)
+        self._notify(ended, decision, None)
+        self.forget(ended.id)
+        self._refresh_gauges()
+        logger.info("watch {} of {} {}", ended.id, ended.service, decision.reason)
 
     # -- manual overrides -------------------------------------------------------------------------------
     def override(self, rollout_id: str, action: Action, reason: str = "", *, source: str = "user",

@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import sqlite3
 import threading
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from datetime import UTC, datetime
 from pathlib import Path
@@ -77,8 +77,10 @@ class StateStore(Protocol):
     path: str  # where it is, as it may be shown (a PostgreSQL URL without its password)
 
     # rollouts
-    def create(self, state: RolloutState) -> None:
-        """Store a new rollout; RolloutConflict when its service has one in flight already."""
+    def create(self, state: RolloutState, ending: Sequence[tuple[RolloutState, Decision]] = ()) -> None:
+        """Store a new rollout; RolloutConflict when its service has one in flight already. `ending`: the
+        service's watches that give way to it, each ended (its state after, the decision saying why) in the same
+        transaction, so a start that ends a watch is the one that takes its place (nothing written when refused)."""
         ...
 
     def get(self, rollout_id: str) -> RolloutState:
@@ -187,9 +189,12 @@ class SQLiteStore:
                             group_key=r["group_key"]) for r in rows]
 
     # -- rollouts ---------------------------------------------------------------------------------
-    def create(self, state: RolloutState) -> None:
+    def create(self, state: RolloutState, ending: Sequence[tuple[RolloutState, Decision]] = ()) -> None:
         try:
             with self._tx() as db:
+                for ended, decision in ending:
+                    self._log_decision(db, ended.id, decision, None, ended.updated_at)
+                    self._save(db, ended)
                 db.execute(
                     "INSERT INTO rollouts (id, service, phase, state, created_at, updated_at) VALUES (?,?,?,?,?,?)",
                     (state.id, state.service, state.phase.value, _dumps(state.to_dict()),

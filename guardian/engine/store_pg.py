@@ -12,7 +12,7 @@ The URL's password is never logged: `redact(url)` is what goes into messages.
 """
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import replace
 from typing import Any
@@ -23,7 +23,7 @@ import psycopg
 from psycopg.rows import dict_row
 from psycopg_pool import ConnectionPool
 
-from guardian.domain import Phase, RolloutState
+from guardian.domain import Decision, Phase, RolloutState
 from guardian.engine.alerts import StoredAlert
 from guardian.engine.intents import PENDING, REFUSED, RUNNING, Intent, orphaned
 from guardian.engine.leases import LEASES_SCHEMA, PostgresLeases
@@ -166,10 +166,15 @@ class PostgresStore(SQLiteStore):
                             group_key=r["group_key"]) for r in rows]
 
     # -- rollouts ---------------------------------------------------------------------------------
-    def create(self, state: RolloutState) -> None:
-        """Store a new rollout; the replica creating it takes its lease in the same transaction."""
+    def create(self, state: RolloutState, ending: Sequence[tuple[RolloutState, Decision]] = ()) -> None:
+        """Store a new rollout; the replica creating it takes its lease in the same transaction, and ends the
+        watches in `ending` in it, fenced by their leases (LeaseRefused, nothing written, when another holds one)."""
         try:
             with self._tx() as db:
+                for ended, decision in ending:
+                    self._fenced(db, ended.id)
+                    self._log_decision(db, ended.id, decision, None, ended.updated_at)
+                    self._save(db, ended)
                 db.execute(
                     "INSERT INTO rollouts (id, service, phase, state, created_at, updated_at) VALUES (?,?,?,?,?,?)",
                     (state.id, state.service, state.phase.value, _dumps(state.to_dict()),

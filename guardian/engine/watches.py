@@ -4,10 +4,11 @@ explain` treat it as any rollout; only its decision differs (judge/steady.py, ca
 
 `WatchKeeper.run_once` (each scheduler pass) makes sure every watched service — a rule file with a `watch:`
 section, or one the settings' `watch_services` name — has a watch in flight whenever no rollout of it is. A
-rollout's start ends the service's watch first (`Guard.end_watches`, from Guard.start: the store refuses two rows in
-flight for one service), phase ENDED, "ended: rollout X started"; when the rollout ends the next watch starts,
-carrying what runs (`carried`): the promoted rollout's image, the image it replaced, its id and promotion time
-(the attribution), and the replicas the last watch knew.
+rollout's start ends the service's watch in the transaction that creates the rollout's row (Guard.start, through
+`StateStore.create(state, ending)`: the store refuses two rows in flight for one service), phase ENDED, "ended:
+rollout X started"; when the rollout ends the next watch starts, carrying what runs (`carried`): the promoted
+rollout's image, the image it replaced, its id and promotion time (the attribution), and the replicas the last
+watch knew.
 
 A watch that cannot be evaluated says so when it would start: a gating forecast check (rollback / pause) without
 its model refuses it (ModelMissing, logged, tried again every `retry_seconds` or when the rules change), an

@@ -141,8 +141,16 @@ def test_a_start_that_must_end_a_watch_held_by_the_other_replica_is_carried_out_
     assert r.status_code == 202, r.text
     intent = r.json()["intent"]
     assert intent["action"] == "start" and intent["rollout_id"] == watch_id and intent["starts"]
+    second = other.api("POST", "/v1/rollouts", json={"service": "checkout", "image": "demo:v3", "steps": [50, 100],
+                                                    "analysis_seconds": 600})
     done = other.api("GET", f"/v1/intents/{intent['id']}", params={"wait": 10}).json()
-    assert done["status"] == "done" and done["done_by"] == holder, done
+    assert done["status"] == "done" and done["done_by"] == holder, done  # the first start is the one carried out
+    if second.status_code == 202:  # filed on the same watch: the first start ended it, so this one is refused
+        late = other.api("GET", f"/v1/intents/{second.json()['intent']['id']}", params={"wait": 10}).json()
+        assert late["status"] == "refused" and late["detail"], late
+        assert other.api("GET", f"/v1/rollouts/{late['starts']}").status_code == 404
+    else:  # the first start had taken the watch's place already
+        assert second.status_code == 409 and intent["starts"] in second.text, second.text
     started = other.rollout(intent["starts"])
     assert started["phase"] == "progressing" and started["image"] == "demo:v2"
     assert other.rollout(watch_id)["phase"] == "ended"

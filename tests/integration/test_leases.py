@@ -170,3 +170,20 @@ def test_the_open_intents_of_a_rollout_that_ended_are_refused_and_none_is_filed_
     assert b.refuse_orphaned_intents(11.0) == []
     with pytest.raises(RolloutEnded, match="already promoted"):
         b.file_intent("r1", "pause", "", None, "user", 12.0)  # answered 409 at once, not filed for ever
+
+
+def test_a_watch_is_ended_only_with_the_row_of_the_rollout_taking_its_place_and_by_its_holder(replicas):
+    a, b = replicas
+    a.create(rollout("w1").evolve(strategy=Strategy.WATCH, steps=(100,)))  # a holds the watch
+    why = Decision(Action.NOTIFY, "ended: rollout r2 started", at=5.0)
+    ended = a.get("w1").evolve(phase=Phase.ENDED, updated_at=5.0)
+    with pytest.raises(LeaseRefused):  # b may not end a's watch: nothing is written, r2 is filed for a instead
+        b.create(rollout("r2").evolve(created_at=5.0), [(ended, why)])
+    assert not a.get("w1").phase.terminal
+    with pytest.raises(RolloutNotFound):
+        a.get("r2")
+    assert a.decisions("w1") == []
+    a.create(rollout("r3").evolve(created_at=6.0), [(ended, Decision(Action.NOTIFY, "ended: rollout r3 started",
+                                                                      at=6.0))])
+    assert a.get("w1").phase is Phase.ENDED and not a.get("r3").phase.terminal
+    assert [d["reason"] for d in a.decisions("w1")] == ["ended: rollout r3 started"]

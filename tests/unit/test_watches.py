@@ -328,3 +328,33 @@ def test_killed_at_any_point_of_a_scale_the_restarted_guardian_scales_once(dirs,
     assert [d["tick"] for d in guard2.store.decisions(w.id) if d["action"] == "scale"] == [17]
     state = guard2.store.get(w.id)
     assert (state.replicas, state.scaled_replicas) == (3, 1) and not guard2.store.pending_ops(w.id)
+
+
+class SlipIn(SQLiteStore):
+    """A store where, just before the first start's row is written, another guardian's start of the service gets
+    in first (two replicas answering two starts at once)."""
+
+    def __init__(self) -> None:
+        super().__init__(":memory:")
+        self.other: Guard | None = None
+        self.slipped: list[str] = []
+
+    def create(self, state, ending=()):
+        if self.other is not None and state.image == "shop:v2" and not self.slipped:
+            self.slipped.append(self.other.start(StartSpec(service="shop", image="shop:v3", steps=(100,),
+                                                           step_seconds=STEP)).id)
+        super().create(state, *([ending] if ending else []))
+
+
+def test_the_start_that_ends_a_watch_is_the_one_that_takes_its_place(dirs):
+    store = SlipIn()
+    guard, keeper, _, _ = make(dirs, world([10.0] * 20), store=store)
+    [watch] = keeper.run_once()
+    store.other = make(dirs, world([10.0] * 20), store=store)[0]
+    with pytest.raises(RolloutConflict):  # the other start got in first: this one is refused, nothing half done
+        guard.start(StartSpec(service="shop", image="shop:v2", steps=(100,), step_seconds=STEP))
+    [winner] = store.slipped
+    assert store.get(winner).phase is Phase.PROGRESSING
+    ended = [d["reason"] for d in store.decisions(watch.id) if d["action"] == "notify"]
+    assert ended == [f"ended: rollout {winner} started"]  # ended once, naming the rollout in its place
+    assert store.get(watch.id).reason == f"ended: rollout {winner} started"
