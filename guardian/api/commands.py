@@ -4,6 +4,8 @@ with where to follow it. The API's routes, the web UI and the gates all send com
 goes through `start_or_file` (filed only when the service's watch, which it ends, is held by another replica)."""
 from __future__ import annotations
 
+import contextlib
+
 from fastapi.responses import JSONResponse
 
 from guardian.api.components import Components
@@ -32,24 +34,21 @@ def start_or_file(c: Components, spec: StartSpec, pause: str | None) -> RolloutS
     """Start it here; when the service's watch, which a start ends first, is held by another replica, file the
     start for that one (`pause`: the reason it is to start paused, the preflight's missing signals). When the
     watch ends between the two (the store refuses to file for it), the start is tried here again."""
-    for attempt in range(START_ATTEMPTS):
-        try:
-            return c.guard.start(spec)
-        except LeaseRefused as refused:  # ending the watch was refused: nothing was written
-            watch = next((s for s in c.store.list(active_only=True)
-                          if s.service == spec.service and s.strategy is Strategy.WATCH), None)
-            if not isinstance(c.store, HoldsIntents):
-                raise
-            if watch is None:  # it ended meanwhile: nobody holds it now
-                if attempt == START_ATTEMPTS - 1:
-                    raise
-                continue
-            try:
-                return file_start(c.store, spec, watch, pause, c.clock.now(), refused)
-            except RolloutEnded:  # the watch ended meanwhile: nobody holds it now
-                if attempt == START_ATTEMPTS - 1:
-                    raise
-    raise AssertionError("unreachable")
+    for _ in range(START_ATTEMPTS - 1):
+        with contextlib.suppress(LeaseRefused, RolloutEnded):  # the watch ended meanwhile: nobody holds it now
+            return _start_or_file_once(c, spec, pause)
+    return _start_or_file_once(c, spec, pause)
+
+
+def _start_or_file_once(c: Components, spec: StartSpec, pause: str | None) -> RolloutState | Intent:
+    try:
+        return c.guard.start(spec)
+    except LeaseRefused as refused:  # ending the watch was refused: nothing was written
+        watch = next((s for s in c.store.list(active_only=True)
+                      if s.service == spec.service and s.strategy is Strategy.WATCH), None)
+        if watch is None or not isinstance(c.store, HoldsIntents):  # (None: the watch ended meanwhile)
+            raise
+        return file_start(c.store, spec, watch, pause, c.clock.now(), refused)  # RolloutEnded: ended meanwhile
 
 
 def accepted(intent: Intent) -> JSONResponse:

@@ -1,13 +1,15 @@
 """/v1/rollouts: start one (after a preflight of its metrics), list, read, explain, steer; and
 /v1/services/{service}/doctor, the same check of a service's metrics on its own. Handlers are plain `def`:
 they run in the thread pool, because the store and the actuators block; only GET /v1/intents/{id}, which can
-wait a minute, is `async` (its store reads go to a thread, its waits do not hold one)."""
+wait a minute, is `async` (its store reads go to two threads of its own, INTENT_READS, so followers never queue
+the scheduler's work on the event loop's default pool; its waits hold no thread)."""
 from __future__ import annotations
 
 import asyncio
 import contextlib
 import re
 import time
+from concurrent.futures import ThreadPoolExecutor
 from typing import Annotated, Any
 
 from fastapi import APIRouter, HTTPException, Query
@@ -227,6 +229,10 @@ def _override_route(action: Action):
     return override
 
 
+INTENT_READS = ThreadPoolExecutor(2, thread_name_prefix="intent-reads")  # GET /v1/intents' reads, apart from
+# asyncio.to_thread's default pool, which the scheduler's passes use (many followers must not delay a pass)
+
+
 @router.get("/v1/intents/{intent_id}", dependencies=Reading)
 async def get_intent(intent_id: int, c: Deps, wait: Annotated[float, Query(ge=0, le=60, description=(
         "wait up to this many seconds for it to be carried out (answers as soon as it is)"))] = 0.0) -> dict[str, Any]:
@@ -238,10 +244,11 @@ async def get_intent(intent_id: int, c: Deps, wait: Annotated[float, Query(ge=0,
     if not isinstance(c.store, HoldsIntents):
         raise HTTPException(404, f"no intent with id {intent_id}: this guardian runs alone and files none")
     deadline = time.monotonic() + wait  # waited on the event loop: many followers hold no worker thread
-    intent = await asyncio.to_thread(c.store.intent, intent_id)
+    loop = asyncio.get_running_loop()
+    intent = await loop.run_in_executor(INTENT_READS, c.store.intent, intent_id)
     while not intent.finished and time.monotonic() < deadline:
         await asyncio.sleep(0.2)
-        intent = await asyncio.to_thread(c.store.intent, intent_id)
+        intent = await loop.run_in_executor(INTENT_READS, c.store.intent, intent_id)
     return intent.to_dict()
 
 

@@ -11,7 +11,9 @@ sent to it, with the operator's name and reason.
 Each intent goes pending -> running -> done | refused | failed:
 - *claimed* (pending -> running) in a transaction fenced by the rollout's lease, so only the holder can take it
   and two replicas never both do; a holder that loses the lease or dies after claiming leaves it running with
-  its fencing token, and the next holder (a greater token) takes it again;
+  its fencing token, and the next holder (a greater token) takes it again; when the store shows the last holder
+  carried it out (the rollout a start started, or the action's decision by that sender since it was filed), the
+  next holder says it is done, not refused because the rollout's phase has moved on (`_carried_out_before`);
 - *done*: carried out (the rollout's decision log names the operator); *refused*: the rollout's phase does not
   allow it (e.g. it ended meanwhile), with the reason, as a direct call answers 409; *failed*: the actuator
   failed and nothing changed, as a direct call answers 502;
@@ -19,10 +21,11 @@ Each intent goes pending -> running -> done | refused | failed:
   promoted) leaves no holder to take its open intents: every replica, every SWEEP_SECONDS, refuses them with why
   (`orphaned`), and the store refuses to file one for a rollout that ended already (409).
 
-A rollout's *start* can need another replica too: it ends the service's watch first (engine/watches.py), and the
-watch is a rollout leased like the others. A start refused that way is filed as a `start` intent on the watch, with
-the start's request (a StartSpec, its id chosen already, so the 202 names the rollout to come) and, when the
-preflight found signals with no data and the request allowed it, the reason to start it paused.
+A rollout's *start* can need another replica too: it ends the service's watch, in the transaction creating its row
+(engine/watches.py), and the watch is a rollout leased like the others. A start refused that way is filed as a
+`start` intent on the watch, with the start's request (a StartSpec, its id chosen already, so the 202 names the
+rollout to come) and, when the preflight found signals with no data and the request allowed it, the reason to start
+it paused.
 
 A replica alone (SQLite) holds every rollout: it never files an intent.
 """
@@ -195,6 +198,8 @@ class IntentKeeper:
             return
         except (RolloutConflict, RolloutNotFound, ModelMissing) as e:
             status, detail = REFUSED, str(e)
+            if intent.status == RUNNING and (before := self._carried_out_before(intent)) is not None:
+                status, detail = DONE, before  # its last holder did it, then lost the rollout before saying so
         except ActuatorError as e:
             status, detail = FAILED, str(e)
         except Exception as e:  # noqa: BLE001 - said, never left running for ever (the holder would not retry it)
@@ -203,6 +208,25 @@ class IntentKeeper:
         self.store.finish_intent(intent.id, status, detail, self.guard.clock.now())
         logger.info("intent {} ({} of rollout {} by {}): {}: {}", intent.id, intent.action, intent.rollout_id,
                     intent.by or intent.source, status, detail)
+
+    def _carried_out_before(self, intent: Intent) -> str | None:
+        """How the replica that claimed it before (and lost the rollout before finishing it) carried it out, as
+        the store shows it: the rollout a start started, or the rollout's decision of that action by that sender
+        since it was filed. None when nothing shows it was."""
+        store = self.guard.store
+        if intent.action == START:
+            try:
+                state = store.get(intent.subject)
+            except RolloutNotFound:
+                return None
+            return (f"start: rollout {state.id} was started by replica {intent.done_by}, which lost the watch before "
+                    f"saying so; it is {state.phase.value} at {state.weight}%")
+        for d in reversed(store.decisions(intent.rollout_id)):
+            if (d["action"] == intent.action and d.get("source") == intent.source and d.get("by") == intent.by
+                    and d["at"] >= intent.filed_at):
+                return (f"{intent.action}: carried out by replica {intent.done_by}, which lost the rollout before "
+                        f"saying so (decision {d['seq']}: {d['reason']})")
+        return None
 
     def _start(self, intent: Intent) -> RolloutState:
         assert intent.payload is not None
