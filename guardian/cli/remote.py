@@ -213,8 +213,9 @@ def doctor(
         "with --here (implied): the store of services whose rule file names none: prometheus, victoriametrics, "
         "influxdb, cloudwatch or datadog"))] = None,
     url: Annotated[str | None, typer.Option("--url", show_default="its GUARDIAN_*_URL", help=(
-        "with --here (implied): that store's address (CloudWatch: its endpoint; the region, database, keys and "
-        "credentials come from the settings, never the command line)"))] = None,
+        "with --here (implied): the address of the store the service is read from, the one its rule file names "
+        "(`source:`) else --source (CloudWatch: its endpoint; the region, database, keys and credentials come from "
+        "the settings, never the command line)"))] = None,
     prometheus_url: Annotated[str | None, typer.Option(show_default="ask the running guardian (--api)", help=(
         "ask this Prometheus directly, with the rules in --rules, no guardian needed"))] = None,
     rules: Annotated[list[Path] | None, typer.Option(show_default="rules", help=(
@@ -296,14 +297,17 @@ def _doctor_from_settings(service: str, config: Path | None, source: str | None,
     from guardian.engine.preflight import checkup
     from guardian.redact import install_log_redaction
 
-    overrides: dict[str, Any] = {"source": source}
-    if url:
-        name = source or load_settings_or_exit(config).source
-        overrides["cloudwatch_endpoint_url" if name == "cloudwatch" else f"{name}_url"] = url
-    settings = load_settings_or_exit(config, **overrides)
-    install_log_redaction(settings)  # its secrets never reach a message (guardian/redact.py)
+    def with_url(name: str) -> dict[str, Any]:
+        return {"source": source, **({"cloudwatch_endpoint_url" if name == "cloudwatch" else f"{name}_url": url}
+                                     if url else {})}
+
+    settings = load_settings_or_exit(config, **with_url(source or load_settings_or_exit(config).source))
     found: list[Path] | list[str] = rules or [r for r in settings.rules if r != "rules" or Path(r).exists()]
     book = _rule_book(found)
+    named = book.for_service(service).rules.source  # --url is the address of the store the service is read from
+    if url and named and named != (source or settings.source):
+        settings = load_settings_or_exit(config, **with_url(named))
+    install_log_redaction(settings)  # its secrets never reach a message (guardian/redact.py)
     try:
         stores = metric_sources(settings, book)
     except RuleError as e:  # a rule file naming a store the settings give no address

@@ -90,6 +90,11 @@ def test_influxdb_values_and_why_not_in_its_own_terms(tmp_path: Path) -> None:
 
         code, _, out = doctor("checkout", "--source", "influxdb", "--url", influx.url)  # the same, for people
         assert code == 1 and "InfluxDB at" in out and "would be refused" in out, out
+        (tmp_path / "rules").mkdir()
+        (tmp_path / "rules" / "checkout.yaml").write_text("service: checkout\nsource: influxdb\n")
+        code, report, out = doctor("checkout", "--url", influx.url, "--rules", str(tmp_path / "rules"), "--json",
+                                   GUARDIAN_SOURCE="prometheus")  # --url is the address of the store it is read from
+        assert code != 2 and report is not None and report["store"].startswith(f"InfluxDB at {influx.url}"), out
     finally:
         influx.stop()
     code, report, _ = doctor("checkout", *here)  # stopped: unavailable, exit 2, never a pass
