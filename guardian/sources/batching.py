@@ -14,9 +14,13 @@ grouping after the expression, selectors without both matchers, empty label valu
 rollout by the wrapped source; the reason is logged once per template.
 
 Which services a batch asks for: those `plan()`ned for that window (the scheduler plans every due
-rollout before starting their ticks) plus the one asking. Concurrent ticks asking for a window a batch
-in flight covers wait for it (single-flight, sources/single_flight.py) and share its answer; answers are kept for
-the recent windows only, failures for `failure_ttl` seconds (so a dead Prometheus is not asked once per rollout).
+rollout before starting their ticks) plus the one asking; for a window nobody planned (ticks running late reach
+the next window before their pass plans it, or catch up on one they missed), those of the newest window of the
+same template, arm label and length. The newest 6 windows of each are kept, so ticks up to 6 windows late find
+theirs answered: each asking alone for its own window (a query per late tick) made lag feed on itself.
+Concurrent ticks asking for a window a batch in flight covers wait for it (single-flight,
+sources/single_flight.py) and share its answer; answers are kept for the recent windows only, failures for
+`failure_ttl` seconds (so a dead Prometheus is not asked once per rollout).
 """
 from __future__ import annotations
 
@@ -232,16 +236,25 @@ Key = tuple[str, SignalType, str, int, int]  # template, type, arm label, window
 Answer = tuple[str, dict[tuple[str, str], list[dict[str, Any]]]]  # the batch query; its series by (service, arm value)
 
 
+def _kin(key: Key) -> tuple[tuple[str, SignalType, str, int], int]:
+    """A key's kind (template, type, arm label, window length) and time (its window's end). A window nobody planned
+    and nobody asked for yet (a late tick's next one, or one it catches up on) is asked for the services the newest
+    window of its kind was: the other late ticks want it too. A pre-rollout window is of another length: never asked
+    for the ticks' services, nor crowding their windows out of the cache."""
+    return (*key[:3], key[4] - key[3]), key[4]
+
+
 class BatchingSource(Wrapping):
     """A MetricSource over a PrometheusSource that asks once per (signal template, window, arm label)."""
 
-    def __init__(self, inner: PrometheusSource, *, failure_ttl: float = 2.0, keep_windows: int = 3) -> None:
+    def __init__(self, inner: PrometheusSource, *, failure_ttl: float = 2.0, keep_windows: int = 6) -> None:
         self.inner = inner
         self.failure_ttl, self.keep_windows = failure_ttl, keep_windows
         self._shapes: dict[str, BatchShape | None] = {}
-        # a key's scope: Sets(services, arm values); the newest `keep_windows` windows of each (template, arm label)
+        # a key's scope: Sets(services, arm values); the newest `keep_windows` windows of each (template, arm label,
+        # window length): ticks running up to that many windows late still find theirs (else each would ask alone)
         self._flights: SingleFlight[Key, Sets, Answer] = SingleFlight(
-            prune=lambda flights: flights.keep_newest(self.keep_windows, lambda key: (key[:3], key[4])))
+            prune=lambda flights: flights.keep_newest(self.keep_windows, _kin))
         self.single_queries = 0  # queries sent per rollout (fallbacks)
 
     @property
@@ -291,7 +304,7 @@ class BatchingSource(Wrapping):
         promql, groups = self._flights.get(
             {key: Sets.of({service}, {arm.label_value})},
             lambda asked, _: {key: self._ask(shape, query.type, arm.label, asked[key], window, start, end)},
-            failure_ttl=self.failure_ttl, wait=self.inner.timeout * 2 + 5,
+            failure_ttl=self.failure_ttl, wait=self.inner.timeout * 2 + 5, kin=_kin,
             failed=lambda e: f"batch query for {query.signal} failed: {e!r}",
             late=lambda _, scope: f"the batch query for {query.signal} did not finish: "
                                   f"{shape.render(*scope.sets, arm.label, window)}")[key]

@@ -145,17 +145,24 @@ class SingleFlight(Generic[K, S, V]):
 
     def get(self, wants: Mapping[K, S], ask: Ask[K, S, V], *, failure_ttl: float, wait: float,
             failed: Callable[[Exception], str], late: Callable[[K, S], str], window: Hashable | None = None,
-            unplanned: Mapping[K, S] | None = None) -> dict[K, V]:
+            unplanned: Mapping[K, S] | None = None,
+            kin: Callable[[K], tuple[Hashable, int]] | None = None) -> dict[K, V]:
         """Each wanted key's answer: kept, in flight (waited for), or asked for now with every missing key (and the
-        window's planned keys not served), each wanting also what `unplanned` adds when nobody planned it.
+        window's planned keys not served), each wanting also what `unplanned` adds when nobody planned it and, with
+        `kin` (a key's kind and time), the scope of the newest other key of its kind: the fetches planned for a
+        template's last window are the ones late ticks make for their next, or the one they catch up on (each late
+        tick asking for itself alone would ask once per rollout).
         SourceUnavailable for a key whose request failed or did not finish."""
         with self.lock:
             now = time.monotonic()
             missing = {key: scope for key, scope in wants.items() if not self._serves(key, scope, now, failure_ttl)}
             mine: dict[K, S] = {}
             for key, scope in missing.items():
-                if unplanned and key in unplanned and key not in self.planned:
-                    scope = scope | unplanned[key]
+                if key not in self.planned:
+                    if unplanned and key in unplanned:
+                        scope = scope | unplanned[key]
+                    if kin is not None and (near := self._kin_scope(key, kin)) is not None:
+                        scope = scope | near
                 mine[key] = self._asked(key, scope)
             if mine and window is not None:
                 for key in self.windows.get(window, ()):
@@ -213,6 +220,20 @@ class SingleFlight(Generic[K, S, V]):
     def _serves(self, key: K, scope: S, now: float, failure_ttl: float) -> bool:
         entry = self.entries.get(key)
         return entry is not None and not entry.flight.expired(key, now, failure_ttl) and entry.scope.covers(scope)
+
+    def _kin_scope(self, key: K, kin: Callable[[K], tuple[Hashable, int]]) -> S | None:
+        """The scope planned for and asked of the newest other key of `key`'s kind (None when there is none)."""
+        kind, _ = kin(key)
+        newest: K | None = None
+        newest_at = 0
+        for other in (*self.planned, *self.entries):
+            other_kind, at = kin(other)
+            if other != key and other_kind == kind and (newest is None or at > newest_at):
+                newest, newest_at = other, at
+        if newest is None:
+            return None
+        scopes = [x.scope for x in (self.planned.get(newest), self.entries.get(newest)) if x is not None]
+        return merged(scopes)
 
     def _asked(self, key: K, scope: S) -> S:
         """What a new request asks for the key: the scope wanted, planned, and the former request's."""

@@ -152,3 +152,30 @@ def test_keep_newest_and_forget_older_forget_answers_plans_and_windows() -> None
     time.sleep(0.01)
     aging.forget_older(0.0)
     assert not aging.entries and not aging.planned
+
+
+def test_late_fetches_of_a_window_nobody_planned_ask_once_for_whom_the_last_window_was_planned() -> None:
+    def kin(key: tuple[str, int]) -> tuple[str, int]:
+        return key[0], key[1]  # (template, window end)
+
+    services = [f"s{i}" for i in range(50)]
+    flights: SingleFlight = SingleFlight()
+    store = Store()
+    flights.plan(((("errors", 10), who(s), None) for s in services))
+    for s in services:  # the planned window: one request for all
+        assert get(flights, {("errors", 10): who(s)}, store, kin=kin)[("errors", 10)] == sorted(services)
+    assert len(store.asked) == 1
+    for s in services:  # late ticks reach window 20 before any pass plans it: still one request, not fifty
+        get(flights, {("errors", 20): who(s)}, store, kin=kin)
+    assert len(store.asked) == 2 and store.asked[1][("errors", 20)] == who(*services)
+    get(flights, {("latency", 20): who("s1")}, store, kin=kin)  # another template: its own kind, nothing to go by
+    assert store.asked[2] == {("latency", 20): who("s1")}
+    for s in services[:10]:  # late ticks catching up on a window nobody planned: one request too
+        get(flights, {("errors", 0): who(s)}, store, kin=kin)
+    assert len(store.asked) == 4 and store.asked[3][("errors", 0)] == who(*services)
+
+    grown = SingleFlight()  # without kin, each late tick's request asks for the one before's scope and itself
+    store = Store()
+    for s in services:
+        get(grown, {("errors", 20): who(s)}, store)
+    assert len(store.asked) == len(services)
