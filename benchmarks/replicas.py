@@ -77,7 +77,7 @@ def _stats(lags: list[float]) -> dict[str, float | None]:
 
 
 def run(rollouts: int = 1000, tick_seconds: float = 10.0, duration: float = 60.0, lease_seconds: float = 15.0,
-        verbose: bool = True) -> dict[str, Any]:
+        verbose: bool = True, query_log: Path | None = None) -> dict[str, Any]:
     work = Path(tempfile.mkdtemp(prefix="replicas-bench-"))
     (work / "rules").mkdir()
     say = (lambda m: print(m, file=sys.stderr, flush=True)) if verbose else (lambda m: None)
@@ -100,7 +100,8 @@ def run(rollouts: int = 1000, tick_seconds: float = 10.0, duration: float = 60.0
     try:
         wait_until(lambda: httpx.get(f"http://127.0.0.1:{exporter_port}/metrics", timeout=30).status_code == 200,
                    60, 0.2, "the exporter", ignore=(httpx.HTTPError,))
-        prom = PrometheusServer([(f"127.0.0.1:{exporter_port}", {})], "5s", workdir=work / "prometheus").start()
+        prom = PrometheusServer([(f"127.0.0.1:{exporter_port}", {})], "5s", workdir=work / "prometheus",
+                                query_log=query_log).start()
         prom.wait_for_series(f"count(http_requests_total) >= {rollouts * 2}", timeout=60)
         pg = PostgresServer().start()
         r0, r1 = replica("r0"), replica("r1")
@@ -177,8 +178,9 @@ def main() -> None:
     parser.add_argument("--tick", type=float, default=10.0)
     parser.add_argument("--lease-seconds", type=float, default=15.0)
     parser.add_argument("--json", type=Path, help="write the result here")
+    parser.add_argument("--query-log", type=Path, help="Prometheus writes every query it answers here (JSON lines)")
     args = parser.parse_args()
-    result = run(args.rollouts, args.tick, args.duration, args.lease_seconds)
+    result = run(args.rollouts, args.tick, args.duration, args.lease_seconds, query_log=args.query_log)
     print(f"replicas: {args.rollouts} rollouts on 2 replicas sharing PostgreSQL, {args.tick:g} s ticks, "
           f"{args.duration:g} s measured, {os.cpu_count()} cores")
     for key, value in result.items():

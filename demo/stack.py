@@ -170,8 +170,10 @@ class PrometheusServer:
         file_sd: Path | None = None,
         rules: str | None = None,
         alertmanager: str | None = None,
+        query_log: Path | None = None,
     ) -> None:
         self.binary = binary or prometheus_binary()
+        self.query_log = query_log  # every query Prometheus answers, one JSON line each (its query_log_file)
         self.targets, self.scrape_interval = list(targets), scrape_interval
         self.file_sd = file_sd  # a folder of file_sd JSON files (the docker actuator writes them)
         self.rules, self.alertmanager = rules, alertmanager  # alerting rules (YAML text), host:port to send to
@@ -196,6 +198,7 @@ class PrometheusServer:
             f"  scrape_interval: {iv}",
             f"  scrape_timeout: {iv}",
             f"  evaluation_interval: {iv}",
+            *([f"  query_log_file: {q(str(self.query_log))}"] if self.query_log else []),
             "scrape_configs:",
             "  - job_name: demo",
             "    static_configs:",
