@@ -187,3 +187,18 @@ def test_a_watch_is_ended_only_with_the_row_of_the_rollout_taking_its_place_and_
                                                                       at=6.0))])
     assert a.get("w1").phase is Phase.ENDED and not a.get("r3").phase.terminal
     assert [d["reason"] for d in a.decisions("w1")] == ["ended: rollout r3 started"]
+
+
+def test_the_rollouts_in_flight_are_decoded_again_only_when_their_row_changed(replicas):
+    a, b = replicas
+    a.create(rollout("r1"))
+    a.create(rollout("r2").evolve(service="cart", created_at=2.0))
+    first = a.list(active_only=True)
+    again = a.list(active_only=True)
+    assert [s.id for s in again] == ["r1", "r2"] and all(x is y for x, y in zip(first, again, strict=True))
+    b.create(rollout("r3").evolve(service="shop", created_at=3.0))  # written by another replica
+    a.save(a.get("r1").evolve(last_tick=4))
+    a.save(a.get("r2").evolve(phase=Phase.PROMOTED))
+    now = a.list(active_only=True)
+    assert [(s.id, s.last_tick) for s in now] == [("r1", 4), ("r3", -1)]
+    assert [s.id for s in a.list()] == ["r1", "r2", "r3"]
