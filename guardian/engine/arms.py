@@ -76,11 +76,18 @@ class ArmSelections:
         selectors, unresolved = arm_selectors(arms, state, self.arm_values(state, ruleset))
         return ArmSelection(arms, selectors, unresolved)
 
-    def plan(self, planned: dict[str, tuple[int, ArmSelection]]) -> None:
-        """The selections of a pass's due ticks (rollout id -> tick, selection); those of the pass before that
-        no tick took are dropped."""
+    def plan(self, planned: dict[str, tuple[int, ArmSelection]], keep: set[str] | frozenset[str] = frozenset()
+             ) -> None:
+        """The selections of a pass's due ticks (rollout id -> tick, selection); those planned before that no tick
+        took are dropped, but for the rollouts in `keep` (due still, planned by an earlier pass)."""
         with self._lock:
-            self._planned = planned
+            self._planned = {rid: v for rid, v in self._planned.items() if rid in keep} | planned
+
+    def planned_tick(self, rollout_id: str) -> int | None:
+        """The tick a pass planned the rollout's selection for, that no tick took yet (None: none)."""
+        with self._lock:
+            planned = self._planned.get(rollout_id)
+        return planned[0] if planned is not None else None
 
     def for_tick(self, state: RolloutState, ruleset: RuleSet, t: int) -> ArmSelection:
         """Tick t's selection: the one planned for it (under the same rules), else selected now."""

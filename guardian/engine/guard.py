@@ -221,10 +221,13 @@ class Guard:
         selected here are the ones those ticks fetch (`ArmSelections`: once per tick)."""
         if not isinstance(self.source, Planning):
             return
-        now, requests, selections = self.clock.now(), [], {}
+        now, requests, selections, earlier = self.clock.now(), [], {}, set()
         for state in states:
             t = state.due_tick(now, self.config.evaluation_delay)
             if state.phase.terminal or t <= state.last_tick:
+                continue
+            if self.arms.planned_tick(state.id) == t:  # planned by an earlier pass, its tick not started yet (of
+                earlier.add(state.id)  # 500 due at once, 32 start a pass: each pass planned all the rest again)
                 continue
             ruleset = self.rulebook.for_service(state.service)
             arms = self.arms.select(state, ruleset)
@@ -236,7 +239,7 @@ class Guard:
                     and level_signals(ruleset):  # and its first tick reads the pre-rollout window (a rollout
                 # with a bake read it at its start, frozen with its models: its tick reads none)
                 requests += before_requests(state, ruleset, arms.selectors.get("baseline"))
-        self.arms.plan(selections)
+        self.arms.plan(selections, keep=earlier)
         self.source.plan(requests)
 
     def tick(self, rollout_id: str) -> Decision | None:

@@ -287,9 +287,13 @@ class BatchingSource(Wrapping):
 
     def plan(self, requests: Iterable[tuple[SignalQuery, str, ArmSelector, float, float]]) -> None:
         """Fetches about to be made: the first batch query of each window asks for all of them."""
-        self._flights.plan((self._key(query, arm, start, end), Sets.of({service}, {arm.label_value}), None)
-                           for query, service, arm, start, end in requests
-                           if service and arm.label_value and self.shape(query) is not None)
+        wanted: dict[Key, tuple[set[str], set[str]]] = {}  # one scope per key (not a Sets per fetch, then merged)
+        for query, service, arm, start, end in requests:
+            if service and arm.label_value and self.shape(query) is not None:
+                services, arms = wanted.setdefault(self._key(query, arm, start, end), (set(), set()))
+                services.add(service)
+                arms.add(arm.label_value)
+        self._flights.plan((key, Sets.of(services, arms), None) for key, (services, arms) in wanted.items())
 
     def fetch(self, query: SignalQuery, service: str, arm: ArmSelector, start: float, end: float) -> float:
         if end <= start:

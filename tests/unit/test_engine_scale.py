@@ -217,3 +217,23 @@ def test_a_rollout_with_a_bake_read_its_pre_rollout_window_at_its_start_and_plan
     assert not [r for r in source.planned if r[4] - r[3] > 10]  # frozen with the models: not planned again
     guard.tick(state.id)
     assert [a for a in source.asked if a[4] - a[3] > 10] == read_at_start  # and tick 0 read none
+
+
+def test_a_due_tick_is_planned_once_whatever_the_passes_before_it_starts(tmp_path) -> None:
+    clock = FakeClock(1000.3)
+    source = PlanningRecorder()
+    guard = Guard(SQLiteStore(":memory:"), source, RuleBook([tmp_path]),  # type: ignore[arg-type]
+                  lambda target: NoopActuator(), clock, GuardConfig(align_ticks=True, evaluation_delay=1.0))
+    states = [guard.start(StartSpec(service=f"svc{i}", image="v2", step_seconds=10.0)) for i in range(3)]
+    clock.advance(1021.5 - clock.now())
+    guard.plan(states)
+    planned = len(source.planned)
+    assert planned and {s for _, s, *_ in source.planned} == {"svc0", "svc1", "svc2"}
+    guard.plan(states)  # the next pass: the same ticks are still due, none started (the pool was full)
+    assert len(source.planned) == planned
+    guard.tick(states[0].id)  # one ran, reading what was planned for it
+    clock.advance(10.0)  # tick 1 due for all: planned again, each once
+    guard.plan([guard.store.get(s.id) for s in states])
+    fresh = [(s, start, end) for _, s, _, start, end in source.planned[planned:] if end - start == 10]
+    assert sorted(fresh) == sorted([(f"svc{i}", 1020.0, 1030.0) for i in range(3)] * 12)  # 6 signals x 2 arms
+    assert guard.arms.planned_tick(states[1].id) == 1
