@@ -161,7 +161,7 @@ def test_late_fetches_of_a_window_nobody_planned_ask_once_for_whom_the_last_wind
     services = [f"s{i}" for i in range(50)]
     flights: SingleFlight = SingleFlight()
     store = Store()
-    flights.plan(((("errors", 10), who(s), None) for s in services))
+    flights.plan((("errors", 10), who(s), None) for s in services)
     for s in services:  # the planned window: one request for all
         assert get(flights, {("errors", 10): who(s)}, store, kin=kin)[("errors", 10)] == sorted(services)
     assert len(store.asked) == 1
