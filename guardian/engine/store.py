@@ -192,9 +192,7 @@ class SQLiteStore:
     def create(self, state: RolloutState, ending: Sequence[tuple[RolloutState, Decision]] = ()) -> None:
         try:
             with self._tx() as db:
-                for ended, decision in ending:
-                    self._log_decision(db, ended.id, decision, None, ended.updated_at)
-                    self._save(db, ended)
+                self._end(db, ending)
                 db.execute(
                     "INSERT INTO rollouts (id, service, phase, state, created_at, updated_at) VALUES (?,?,?,?,?,?)",
                     (state.id, state.service, state.phase.value, _dumps(state.to_dict()),
@@ -205,6 +203,13 @@ class SQLiteStore:
             raise RolloutConflict(
                 f"service {state.service!r} already has a rollout in flight: {', '.join(active) or '?'}"
             ) from None
+
+    def _end(self, db: Any, ending: Sequence[tuple[RolloutState, Decision]]) -> None:
+        """Write each watch's end (its decision, its state after) in the caller's transaction (create's); on
+        PostgreSQL `_save` fences it by the watch's lease."""
+        for ended, decision in ending:
+            self._log_decision(db, ended.id, decision, None, ended.updated_at)
+            self._save(db, ended)
 
     def get(self, rollout_id: str) -> RolloutState:
         with self._lock:

@@ -172,10 +172,7 @@ class PostgresStore(SQLiteStore):
         watches in `ending` in it, fenced by their leases (LeaseRefused, nothing written, when another holds one)."""
         try:
             with self._tx() as db:
-                for ended, decision in ending:
-                    self._fenced(db, ended.id)
-                    self._log_decision(db, ended.id, decision, None, ended.updated_at)
-                    self._save(db, ended)
+                self._end(db, ending)  # fenced by each watch's lease (_save): refused, nothing is written
                 db.execute(
                     "INSERT INTO rollouts (id, service, phase, state, created_at, updated_at) VALUES (?,?,?,?,?,?)",
                     (state.id, state.service, state.phase.value, _dumps(state.to_dict()),
